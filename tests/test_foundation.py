@@ -76,3 +76,12 @@ def test_bad_config_is_rejected_naming_the_key(mutate, expected, tmp_path):
 
 def test_snakemake_on_path():
     assert Path(SNAKEMAKE).exists() or shutil.which("snakemake")
+
+
+@pytest.mark.parametrize("profile", ["profiles/local-gpu", "profiles/slurm"])
+def test_profiles_dry_run(profile, tmp_path):
+    res = _snakemake(
+        tmp_path, "-n", "--workflow-profile", str(ROOT / profile),
+        "--configfile", str(ROOT / "config/config.yaml"),
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
