@@ -13,6 +13,9 @@ BENCH = f"{RESULTS}/benchmarks/rules"
 RESOURCES = "resources"
 CONFIG_JSON = json.dumps(config, sort_keys=True)
 
+# Every rule runs in the project's environment (pins identical to pyproject.toml).
+CONDA_ENV = "../../envs/unroll3d.yaml"
+
 # Stage files append the files they want built by `rule all`.
 FINAL_TARGETS = []
 
@@ -22,6 +25,11 @@ def settings(task):
     if task == "cbct":
         return [f"v{n}" for n in config["cbct"]["views"]]
     return [f"R{r:g}" for r in config["mri"]["accelerations"]]
+
+
+def join_values(values):
+    """Space-separated command-line form of a config list."""
+    return " ".join(str(v) for v in values)
 
 
 def final_targets(wildcards):

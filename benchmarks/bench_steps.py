@@ -1,0 +1,144 @@
+"""Fig. 1 of the paper: memory and time of one data-consistency step vs one 3D DRUNet step.
+
+For each cubic volume N³, measures forward + backward through
+  * the data step  x − η Aᵀ(A x − y)  with the cone-beam operator (exact, as in unrolling), and
+  * the prior step D_φ(x) with a 3D DRUNet,
+each in a fresh subprocess so peak memory is the step's own: peak RSS growth on the CPU,
+``torch.cuda.max_memory_allocated`` on a GPU. Writes one CSV row per (N, step).
+
+    python benchmarks/bench_steps.py --sizes 16 24 32 --channels 4 8 8 8 --out results/benchmarks/bench_steps.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {name}"
+
+
+def _measure(step: str, n: int, views: int, channels: list[int], blocks: int, device: str,
+             repeats: int) -> dict:
+    """Run one step kind ``repeats`` times in this process; return time and peak memory."""
+    import torch
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    if step == "data":
+        from unroll3d.physics import ConeBeam
+
+        physics = ConeBeam.circular(
+            n_views=views, img_size=(n, n, n), source_origin=4.0 * n, origin_detector=2.0 * n,
+            det_shape=(n, int(1.5 * n)), det_spacing=2.0,
+        ).to(dev)
+        y = physics.A(torch.rand(1, 1, n, n, n, device=dev))
+
+        def run(x):
+            return x - 0.1 * physics.A_adjoint(physics.A(x) - y)
+    else:
+        from deepinv.models import DRUNet
+
+        net = DRUNet(in_channels=1, out_channels=1, nc=channels, nb=blocks, pretrained=None,
+                     dim=3, device=dev)
+
+        def run(x):
+            return net(x, sigma=0.05)
+
+    x = torch.rand(1, 1, n, n, n, device=dev, requires_grad=True)
+    run(x).sum().backward()  # warm-up
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        x.grad = None
+        run(x).sum().backward()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+    else:  # RSS high-water mark of this process above the level after the warm-up
+        peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base, 0)
+    return {"time_s": min(times), "peak_mem_gb": peak / 1e9, "mem_method":
+            "cuda.max_memory_allocated" if dev.type == "cuda" else "peak RSS growth"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", required=True, help="volume sizes N (N³)")
+    parser.add_argument("--views", type=int, default=30)
+    parser.add_argument("--channels", type=int, nargs=4, default=[64, 128, 256, 512])
+    parser.add_argument("--blocks", type=int, default=4)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", required=True, help="CSV path")
+    parser.add_argument("--_child", nargs=2, metavar=("STEP", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args._child:
+        step, n = args._child[0], int(args._child[1])
+        print(json.dumps(_measure(step, n, args.views, args.channels, args.blocks, args.device,
+                                  args.repeats)))
+        return 0
+
+    import pandas as pd
+
+    from unroll3d.utils import atomic_path
+
+    rows = []
+    name = device_name(args.device)
+    for n in args.sizes:
+        for step in ("data", "network"):
+            cmd = [sys.executable, __file__, "--sizes", str(n), "--out", args.out, "--views",
+                   str(args.views), "--channels", *map(str, args.channels), "--blocks",
+                   str(args.blocks), "--device", args.device, "--repeats", str(args.repeats),
+                   "--_child", step, str(n)]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                err = res.stderr.strip().splitlines()[-1:] or ["?"]
+                status = "oom" if "out of memory" in res.stderr.lower() else f"error: {err[0]}"
+                rows.append({"n": n, "step": step, "time_s": None, "peak_mem_gb": None,
+                             "status": status, "device": name})
+                print(f"N={n} {step}: {status}", file=sys.stderr)
+                continue
+            record = json.loads(res.stdout.strip().splitlines()[-1])
+            rows.append({"n": n, "step": step, **record, "status": "ok", "views": args.views,
+                         "device": name})
+            print(f"N={n} {step}: {record['time_s']:.3f} s, {record['peak_mem_gb']:.3f} GB",
+                  file=sys.stderr)
+    with atomic_path(args.out) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
