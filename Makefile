@@ -15,9 +15,7 @@ $(STAMP): pyproject.toml
 		echo "broken virtual environment: rebuilding $(VENV)"; rm -rf $(VENV); fi
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	rm -f $(STAMP)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m pip check
 	$(BIN)/python -c "import torch, torchvision, deepinv, itk, snakemake, unroll3d"
 	touch $(STAMP)
 
