@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
+IMPORT_CHECK := import torch, torchvision, deepinv, itk, snakemake, pytest, unroll3d; from itk import RTK
 
 .PHONY: setup smoke test lint paper report dryrun clean
 
@@ -12,11 +13,14 @@ CORES ?= 2
 setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@if [ -d $(VENV) ] && ! $(BIN)/python -c "import sys" >/dev/null 2>&1; then \
-		echo "broken virtual environment: rebuilding $(VENV)"; rm -rf $(VENV); fi
+		echo "broken virtual environment (no working python): rebuilding $(VENV)"; rm -rf $(VENV); fi
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	rm -f $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -c "import torch, torchvision, deepinv, itk, snakemake, unroll3d"
+	@if ! $(BIN)/python -c "$(IMPORT_CHECK)"; then \
+		echo "packages in $(VENV) do not import (interrupted install?): rebuilding it from scratch"; \
+		rm -rf $(VENV) && $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet -e '.[dev]' \
+		&& $(BIN)/python -c "$(IMPORT_CHECK)"; fi
 	touch $(STAMP)
 
 smoke: setup
