@@ -1,0 +1,381 @@
+"""Cone-beam CT as a :class:`deepinv.physics.LinearPhysics` with ASTRA ``cone_vec`` geometry.
+
+One geometry convention for both backends (see :mod:`unroll3d.physics.rtk` for the exact
+definition): ``vectors`` is an ``(n_views, 12)`` array of ASTRA ``cone_vec`` rows (source,
+detector centre, detector ``u`` step along a row, ``v`` step along a column), in the length unit
+of ``voxel_size`` (``voxel_size=1``: voxel units; Walnut ``.geom`` files in mm go with
+``voxel_size=0.1``), with the volume centred at the origin. Volumes are ``(B, 1, D, H, W)`` =
+``(z, y, x)``; measurements are ``(B, 1, n_views, rows, cols)``. Line integrals are in the same
+length unit, so a ray crossing a unit-valued cube of side ``L`` gives ``L``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from deepinv.physics import LinearPhysics
+
+__all__ = ["ConeBeam", "circular_vectors", "cuda_astra_available", "operator_norm"]
+
+
+def circular_vectors(
+    n_views: int,
+    source_origin: float,
+    origin_detector: float,
+    det_spacing=1.0,
+    angles=None,
+) -> np.ndarray:
+    """ASTRA ``cone_vec`` rows of a circular orbit about the z axis (ASTRA's ``cone`` geometry).
+
+    View ``θ``: source ``(sin θ, -cos θ, 0)·SO``, detector centre ``(-sin θ, cos θ, 0)·OD``,
+    ``u = (cos θ, sin θ, 0)·du``, ``v = (0, 0, dv)`` (ASTRA's own ``cone`` → ``cone_vec``
+    conversion).
+
+    :param int n_views: number of views.
+    :param float source_origin: source to rotation axis distance (SO).
+    :param float origin_detector: rotation axis to detector distance (OD).
+    :param det_spacing: detector pixel size, a float or ``(dv, du)`` = (row step, column step).
+    :param angles: angles in radians; default ``n_views`` equispaced over ``[0, 2π)``.
+    :return: ``(n_views, 12)`` float64 array.
+    """
+    if angles is None:
+        angles = np.linspace(0.0, 2 * np.pi, int(n_views), endpoint=False)
+    angles = np.asarray(angles, dtype=np.float64).reshape(-1)
+    if len(angles) != int(n_views):
+        raise ValueError(f"got {len(angles)} angles for n_views={n_views}")
+    if np.ndim(det_spacing) == 0:
+        dv = du = float(det_spacing)
+    else:
+        dv, du = (float(t) for t in det_spacing)
+    c, s = np.cos(angles), np.sin(angles)
+    z = np.zeros_like(angles)
+    return np.stack(
+        [
+            s * source_origin,
+            -c * source_origin,
+            z,
+            -s * origin_detector,
+            c * origin_detector,
+            z,
+            c * du,
+            s * du,
+            z,
+            z,
+            z,
+            z + dv,
+        ],
+        axis=1,
+    )
+
+
+def cuda_astra_available() -> bool:
+    """True when CUDA is available and astra-toolbox imports."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import astra  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _default_det_shape(vectors: np.ndarray, vol_shape, voxel_size: float) -> tuple[int, int]:
+    """Smallest centred detector on which every volume corner lands, in every view."""
+    d_, h_, w_ = vol_shape
+    half = np.array([w_, h_, d_], dtype=np.float64) * voxel_size / 2
+    corners = np.array(
+        [
+            [sx * half[0], sy * half[1], sz * half[2]]
+            for sx in (-1, 1)
+            for sy in (-1, 1)
+            for sz in (-1, 1)
+        ]
+    )
+    max_c = max_r = 0.0
+    for row in vectors:
+        s, d, u, v = row[0:3], row[3:6], row[6:9], row[9:12]
+        n = np.cross(u, v)
+        for p in corners:
+            t = np.dot(d - s, n) / np.dot(p - s, n)
+            q = s + t * (p - s) - d
+            cu, cv = np.linalg.lstsq(np.stack([u, v], 1), q, rcond=None)[0]
+            max_c, max_r = max(max_c, abs(cu)), max(max_r, abs(cv))
+    return 2 * math.ceil(max_r) + 1, 2 * math.ceil(max_c) + 1
+
+
+class _Project(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, op):
+        ctx.op = op
+        return op._forward_raw(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _BackProject.apply(grad, ctx.op), None
+
+
+class _BackProject(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, op):
+        ctx.op = op
+        return op._adjoint_raw(y)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _Project.apply(grad, ctx.op), None
+
+
+class ConeBeam(LinearPhysics):
+    r"""3D cone-beam CT :math:`y = s\,Ax` with per-view ASTRA ``cone_vec`` geometry.
+
+    :math:`A` is the Joseph projector (rtk backend, CPU) or astra's ray-driven projector (astra
+    backend, CUDA); :math:`s` is a scale (1 unless :meth:`normalize_` was called) stored as a
+    buffer together with the geometry vectors. ``A`` and ``A_adjoint`` are differentiable
+    (autograd's gradient of one is the other), ``A_dagger`` is FDK.
+
+    :param vectors: ``(n_views, 12)`` ASTRA ``cone_vec`` geometry, in the unit of ``voxel_size``.
+    :param tuple img_size: ``(1, D, H, W)`` or ``(D, H, W)``.
+    :param float voxel_size: voxel size (length unit of ``vectors`` and of line integrals).
+    :param tuple det_shape: ``(rows, cols)``; ``None`` picks the smallest centred detector that
+        sees the whole volume.
+    :param str backend: ``"rtk"`` (CPU), ``"astra"`` (CUDA only) or ``"auto"`` (astra when CUDA
+        and astra are available, else rtk).
+    :param int views_per_chunk: project at most this many views at a time (memory).
+    :param int num_threads: threads for RTK (``None``: ITK's default).
+
+    :Example:
+
+    >>> import torch
+    >>> from unroll3d.physics import ConeBeam
+    >>> physics = ConeBeam.circular(8, (8, 8, 8), 30.0, 10.0, det_shape=(12, 12), backend="rtk")
+    >>> physics.A(torch.ones(1, 1, 8, 8, 8)).shape
+    torch.Size([1, 1, 8, 12, 12])
+    """
+
+    def __init__(
+        self,
+        vectors,
+        img_size,
+        voxel_size: float = 1.0,
+        det_shape=None,
+        backend: str = "auto",
+        views_per_chunk: int | None = None,
+        num_threads: int | None = None,
+        device="cpu",
+        **kwargs,
+    ):
+        img_size = tuple(int(n) for n in img_size)
+        if len(img_size) == 3:
+            img_size = (1, *img_size)
+        if len(img_size) != 4 or img_size[0] != 1:
+            raise ValueError(f"img_size must be (1, D, H, W) or (D, H, W); got {img_size}")
+        super().__init__(img_size=img_size, **kwargs)
+        vec = torch.as_tensor(np.asarray(vectors, dtype=np.float64))
+        if vec.ndim != 2 or vec.shape[1] != 12:
+            raise ValueError(f"vectors must have shape (n_views, 12); got {tuple(vec.shape)}")
+        if voxel_size <= 0:
+            raise ValueError(f"voxel_size must be positive; got {voxel_size}")
+        self.voxel_size = float(voxel_size)
+        if det_shape is None:
+            det_shape = _default_det_shape(vec.numpy(), img_size[1:], self.voxel_size)
+        self.det_shape = tuple(int(n) for n in det_shape)
+        if len(self.det_shape) != 2 or min(self.det_shape) < 1:
+            raise ValueError(f"det_shape must be (rows, cols) of positive ints; got {det_shape}")
+        self.register_buffer("vectors", vec)
+        self.register_buffer("scale", torch.tensor(1.0, dtype=torch.float64))
+        self.backend = self._resolve_backend(backend)
+        self.views_per_chunk = views_per_chunk
+        self.num_threads = num_threads
+        self._backend_cache = None
+        self.to(device)
+
+    # ---- construction ------------------------------------------------------------------
+    @classmethod
+    def circular(
+        cls,
+        n_views: int,
+        img_size,
+        source_origin: float,
+        origin_detector: float,
+        det_shape=None,
+        det_spacing=1.0,
+        voxel_size: float = 1.0,
+        angles=None,
+        backend: str = "auto",
+        **kwargs,
+    ) -> ConeBeam:
+        """Circular orbit about the z axis; distances and ``det_spacing`` in voxel-size units.
+
+        See :func:`circular_vectors` for the geometry.
+        """
+        vectors = circular_vectors(n_views, source_origin, origin_detector, det_spacing, angles)
+        return cls(vectors, img_size, voxel_size, det_shape, backend=backend, **kwargs)
+
+    @staticmethod
+    def _resolve_backend(backend: str) -> str:
+        if backend not in ("auto", "rtk", "astra"):
+            raise ValueError(f"backend must be 'auto', 'rtk' or 'astra'; got {backend!r}")
+        if backend == "auto":
+            return "astra" if cuda_astra_available() else "rtk"
+        if backend == "astra" and not torch.cuda.is_available():
+            raise RuntimeError(
+                "backend='astra' needs CUDA: astra-toolbox's 3D cone-beam projectors only run on "
+                "a GPU. Use backend='rtk' (CPU) or backend='auto'."
+            )
+        return backend
+
+    @property
+    def n_views(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def meas_shape(self) -> tuple[int, int, int, int]:
+        """``(1, n_views, rows, cols)``, the measurement shape without the batch dimension."""
+        return (1, self.n_views, *self.det_shape)
+
+    def _backend_key(self):
+        return (self.backend, self.vectors.detach().cpu().numpy().tobytes(), self.voxel_size)
+
+    def _get_backend(self):
+        key = self._backend_key()
+        if self._backend_cache is None or self._backend_cache[0] != key:
+            vecs = self.vectors.detach().cpu().numpy()
+            if self.backend == "rtk":
+                from .rtk import RTKConeBeamBackend
+
+                impl = RTKConeBeamBackend(
+                    vecs,
+                    self.img_size[1:],
+                    self.voxel_size,
+                    self.det_shape,
+                    views_per_chunk=self.views_per_chunk,
+                    num_threads=self.num_threads,
+                )
+            else:
+                from .astra import AstraConeBeamBackend
+
+                impl = AstraConeBeamBackend(
+                    vecs,
+                    self.img_size[1:],
+                    self.voxel_size,
+                    self.det_shape,
+                    views_per_chunk=self.views_per_chunk,
+                )
+            self._backend_cache = (key, impl)
+        return self._backend_cache[1]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_backend_cache"] = None
+        return state
+
+    # ---- raw (non-autograd) operators --------------------------------------------------
+    def _check(self, t: torch.Tensor, shape, name: str):
+        if t.ndim != 5 or tuple(t.shape[1:]) != tuple(shape):
+            raise ValueError(
+                f"ConeBeam.{name} expects a (B, {', '.join(map(str, shape))}) tensor; "
+                f"got {tuple(t.shape)}"
+            )
+
+    def _run_backend(self, t: torch.Tensor, fn_name: str, out_shape) -> torch.Tensor:
+        impl = self._get_backend()
+        fn = getattr(impl, fn_name)
+        scale = float(self.scale)
+        if self.backend == "astra":
+            out = torch.stack([fn(t[b, 0].float()) for b in range(t.shape[0])])[:, None]
+            return (out * scale).to(t.dtype)
+        arr = t.detach().to("cpu", torch.float32).numpy()
+        out = np.stack([fn(arr[b, 0]) for b in range(arr.shape[0])])[:, None]
+        if scale != 1.0:
+            out *= scale
+        return torch.from_numpy(out).to(device=t.device, dtype=t.dtype)
+
+    def _forward_raw(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x, self.img_size, "A")
+        return self._run_backend(x, "forward", self.meas_shape)
+
+    def _adjoint_raw(self, y: torch.Tensor) -> torch.Tensor:
+        self._check(y, self.meas_shape, "A_adjoint")
+        return self._run_backend(y, "backward", self.img_size)
+
+    # ---- LinearPhysics interface -------------------------------------------------------
+    def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Forward projection, ``(B, 1, D, H, W)`` → ``(B, 1, n_views, rows, cols)``."""
+        return _Project.apply(x, self)
+
+    def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Back projection (exact adjoint of :meth:`A` on rtk)."""
+        return _BackProject.apply(y, self)
+
+    def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        """FDK reconstruction, see :func:`unroll3d.physics.fdk`."""
+        from .fdk import fdk
+
+        return fdk(y, self, **kwargs)
+
+    def operator_norm(self, **kwargs) -> float:
+        """Spectral norm ‖sA‖ (power method), see :func:`operator_norm`."""
+        return operator_norm(self, **kwargs)
+
+    def normalize_(self, norm: float | None = None, **kwargs) -> float:
+        """Rescale in place so that ‖A‖ = 1; return the norm before rescaling.
+
+        :param float norm: the current norm ‖A‖ if already known (skips the power method).
+        """
+        if norm is None:
+            norm = operator_norm(self, **kwargs)
+        if not norm > 0:
+            raise ValueError(f"cannot normalise an operator of norm {norm}")
+        self.scale.mul_(1.0 / float(norm))
+        return float(norm)
+
+
+def operator_norm(
+    physics: LinearPhysics,
+    img_size=None,
+    max_iter: int = 50,
+    rtol: float = 1e-4,
+    seed: int = 0,
+    device=None,
+    verbose: bool = False,
+) -> float:
+    r"""Spectral norm :math:`\|A\|_2` by the power method on :math:`A^\top A`, seeded.
+
+    Unlike deepinv's ``compute_norm`` (absolute tolerance, returns the *squared* norm by default),
+    this stops on a *relative* change of the estimate of :math:`\|A^\top A\|_2` and returns the
+    (non-squared) norm as a float.
+
+    :param physics: any linear physics with ``A_adjoint_A``.
+    :param tuple img_size: ``(C, ...)`` of x; default ``physics.img_size``.
+    :param int max_iter: maximum number of iterations.
+    :param float rtol: relative tolerance on the squared-norm estimate.
+    :param int seed: seed of the random start.
+    """
+    img_size = tuple(img_size or physics.img_size)
+    if device is None:
+        bufs = list(physics.buffers())
+        device = bufs[0].device if bufs else "cpu"
+    gen = torch.Generator("cpu").manual_seed(int(seed))
+    x = torch.randn((1, *img_size), generator=gen).to(device)
+    x /= torch.linalg.vector_norm(x)
+    old = 0.0
+    sq = 0.0
+    with torch.no_grad():
+        for it in range(max_iter):
+            z = physics.A_adjoint_A(x)
+            sq = float(torch.vdot(x.flatten(), z.flatten()).real)
+            if it > 0 and abs(sq - old) <= rtol * abs(sq):
+                break
+            old = sq
+            x = z / torch.linalg.vector_norm(z)
+        else:
+            warnings.warn(
+                f"operator_norm: power method did not reach rtol={rtol} in {max_iter} iterations",
+                stacklevel=2,
+            )
+    if verbose:
+        print(f"operator_norm: ||A||^2 = {sq:.6g} after {it + 1} iterations")
+    return math.sqrt(max(sq, 0.0))
