@@ -1,0 +1,414 @@
+"""Reconstruction models: unrolled PGD with a shared 3D DRUNet, baselines and the variant registry.
+
+Every model follows the ``(y, physics)`` contract of :class:`deepinv.models.Reconstructor`
+and touches the operator only through
+
+- ``physics.A_dagger(y)`` for the initial iterate :math:`x_0` (skipped when ``x_init`` is given),
+- ``physics.A_adjoint(y)`` once,
+- ``physics.A_adjoint_A(x)`` once per iteration,
+
+so the same module runs unchanged on a global operator, a partitioned patch operator
+(:class:`unroll3d.partition.PartitionedPhysics`) and the diagonal-circulant wrapper
+(:class:`unroll3d.normal.DiagCirculantWrapper`, whose ``A_adjoint_A`` is :math:`s\\,H`).
+
+Why not ``deepinv.optim.PGD(unfold=True)``: its data step calls ``A_adjoint(A x - y)``, i.e.
+the exact ``A`` and ``Aᵀ`` at every iteration, which would bypass the cheap normal operator
+``H`` the paper is about. The lean module below has the same contract and the same maths,
+:math:`x_{k+1} = D_\\phi(x_k - \\eta_k (A^\\top A x_k - A^\\top y), \\sigma_k)`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from deepinv.models import Reconstructor
+from torch import nn
+
+__all__ = [
+    "DRUNet3D",
+    "UnrolledPGD",
+    "PostProcess",
+    "Analytical",
+    "TVReconstructor",
+    "VariantSpec",
+    "VARIANTS",
+    "variant_spec",
+    "build_variant",
+    "apply_tiled",
+    "count_parameters",
+]
+
+
+def _inv_softplus(v: float) -> float:
+    return v + math.log(-math.expm1(-v))
+
+
+class DRUNet3D(nn.Module):
+    """A 3D :class:`deepinv.models.DRUNet` with padding to a multiple of 8 and a noise-level map.
+
+    deepinv's ``DRUNet.forward`` pads by replication to a multiple of 16 only for small inputs and
+    refuses 3D inputs >= 64 that are not multiples of 8 in eval mode. This wrapper always pads
+    (replicate) each spatial axis to a multiple of ``multiple`` (8 = three 2× down-samplings),
+    appends the constant noise-level channel and calls ``forward_unet``, then crops back.
+
+    :param int channels: image channels (1 for CBCT, 2 = real/imag for MRI).
+    :param Sequence[int] nc: widths of the 4 scales.
+    :param int nb: residual blocks per scale.
+    :param int multiple: padding multiple.
+    """
+
+    def __init__(
+        self,
+        channels: int = 1,
+        nc: Sequence[int] = (64, 128, 256, 512),
+        nb: int = 4,
+        multiple: int = 8,
+    ):
+        super().__init__()
+        from deepinv.models import DRUNet
+
+        if len(nc) != 4:
+            raise ValueError(f"DRUNet needs 4 widths (one per scale), got nc={list(nc)}")
+        self.net = DRUNet(
+            in_channels=channels,
+            out_channels=channels,
+            nc=tuple(int(c) for c in nc),
+            nb=int(nb),
+            pretrained=None,
+            dim=3,
+        )
+        self.channels = channels
+        self.multiple = multiple
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """Denoise ``x`` (B, C, D, H, W) at noise level ``sigma`` (scalar)."""
+        if x.ndim != 5 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"DRUNet3D expects (B, {self.channels}, D, H, W), got {tuple(x.shape)}"
+            )
+        spatial = x.shape[2:]
+        pad = [(-s) % self.multiple for s in spatial]
+        if any(pad):
+            # F.pad takes the last axis first.
+            x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")
+        sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(1, 1, 1, 1, 1)
+        noise_map = sig.expand(x.shape[0], 1, *x.shape[2:])
+        out = self.net.forward_unet(torch.cat((x, noise_map), dim=1))
+        return out[..., : spatial[0], : spatial[1], : spatial[2]]
+
+
+def apply_tiled(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    patch_size: Sequence[int],
+    stride: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Apply a shape-preserving ``fn`` patch by patch and average overlaps (count map).
+
+    The patch grid is ``stride = patch // 2`` by default with the last patch snapped to the end
+    of each axis; patches larger than the volume are clipped to it.
+
+    :param Callable fn: maps (B, C, *p) to (B, C, *p).
+    :param torch.Tensor x: (B, C, D, H, W).
+    :param Sequence[int] patch_size: (pd, ph, pw).
+    :param Sequence[int] stride: defaults to half the patch.
+    """
+    spatial = x.shape[2:]
+    patch = [min(int(p), int(s)) for p, s in zip(patch_size, spatial, strict=True)]
+    stride = [max(1, p // 2) for p in patch] if stride is None else [int(s) for s in stride]
+    starts = []
+    for n, p, s in zip(spatial, patch, stride, strict=True):
+        st = list(range(0, n - p + 1, s))
+        if st[-1] != n - p:
+            st.append(n - p)
+        starts.append(st)
+    out = torch.zeros_like(x)
+    count = torch.zeros((1, 1, *spatial), dtype=x.dtype, device=x.device)
+    for z in starts[0]:
+        for yy in starts[1]:
+            for xx in starts[2]:
+                sl = (
+                    Ellipsis,
+                    slice(z, z + patch[0]),
+                    slice(yy, yy + patch[1]),
+                    slice(xx, xx + patch[2]),
+                )
+                out[sl] += fn(x[sl])
+                count[sl] += 1
+    return out / count
+
+
+class _Tiling:
+    """Mixin: optional patch-wise application of the denoiser (no-grad inference only)."""
+
+    tiler: Callable | None = None
+
+    def set_tiling(self, tiler: Callable | Sequence[int] | None, stride=None):
+        """Apply the prior patch by patch when gradients are off; ``None`` disables.
+
+        :param tiler: ``tiler(fn, x) -> x`` (e.g. ``PartitionedReconstructor.apply_patchwise``)
+            or a patch size for :func:`apply_tiled`.
+        """
+        if tiler is None or callable(tiler):
+            self.tiler = tiler
+        else:
+            patch = tuple(int(p) for p in tiler)
+            self.tiler = lambda fn, x: apply_tiled(fn, x, patch, stride)
+        return self
+
+    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        amp = bool(getattr(self, "bf16", False)) and x.is_cuda
+
+        def fn(v):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                out = self.denoiser(v, sigma)
+            return out.float()
+
+        if self.tiler is not None and not torch.is_grad_enabled():
+            return self.tiler(fn, x)
+        return fn(x)
+
+
+class UnrolledPGD(_Tiling, Reconstructor):
+    r"""Unrolled proximal gradient descent with one shared (tied) 3D DRUNet prior.
+
+    .. math::
+
+        x_0 = A^\dagger y,\qquad
+        x_{k+1} = D_\phi\big(x_k - \eta_k (A^\top A x_k - A^\top y),\ \sigma_k\big),\quad k < K.
+
+    The step size is :math:`\eta_k = \tau_k / L` with :math:`L = \|A\|^2` (buffer ``lipschitz``,
+    1 for a normalised operator) and a learnable :math:`\tau_k > 0` initialised to 1, i.e.
+    :math:`\eta_k = 1/\|A\|^2` at initialisation (paper.md §10). The noise level
+    :math:`\sigma_k > 0` fed as DRUNet's noise-map channel is learnable per iteration. Both are
+    positive through a softplus. The physics stays in fp32; with ``bf16 = True`` only the
+    network runs under CUDA bf16 autocast.
+
+    :param int K: unrolled iterations.
+    :param int channels: image channels (1 CBCT, 2 MRI real/imag).
+    :param Sequence[int] nc: DRUNet widths.
+    :param int nb: DRUNet residual blocks per scale.
+    :param float lipschitz: :math:`\|A\|^2` used to normalise the step size.
+    :param float sigma_init: initial noise level of every iteration.
+
+    :Example:
+
+    >>> import torch, deepinv as dinv
+    >>> physics = dinv.physics.Denoising()
+    >>> model = UnrolledPGD(K=2, channels=1, nc=(4, 8, 8, 8), nb=1)
+    >>> model(torch.zeros(1, 1, 8, 8, 8), physics).shape
+    torch.Size([1, 1, 8, 8, 8])
+    """
+
+    def __init__(
+        self,
+        K: int = 3,
+        channels: int = 1,
+        nc: Sequence[int] = (64, 128, 256, 512),
+        nb: int = 4,
+        lipschitz: float = 1.0,
+        sigma_init: float = 0.05,
+    ):
+        super().__init__()
+        if K < 1:
+            raise ValueError(f"K must be >= 1, got {K}")
+        self.K = int(K)
+        self.denoiser = DRUNet3D(channels, nc, nb)
+        self.register_buffer("lipschitz", torch.tensor(float(lipschitz)))
+        self.step_raw = nn.Parameter(torch.full((self.K,), _inv_softplus(1.0)))
+        self.sigma_raw = nn.Parameter(torch.full((self.K,), _inv_softplus(sigma_init)))
+        self.bf16 = False
+
+    @property
+    def step_sizes(self) -> torch.Tensor:
+        """Current :math:`\\eta_k`, shape (K,)."""
+        return F.softplus(self.step_raw) / self.lipschitz
+
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """Current :math:`\\sigma_k`, shape (K,)."""
+        return F.softplus(self.sigma_raw)
+
+    def forward(
+        self, y: torch.Tensor, physics, x_init: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """Run the K iterations; ``x_init`` replaces ``physics.A_dagger(y)`` when given."""
+        x = physics.A_dagger(y) if x_init is None else x_init
+        x = x.float()
+        aty = physics.A_adjoint(y)
+        eta = self.step_sizes
+        sig = self.sigmas
+        for k in range(self.K):
+            x = x - eta[k] * (physics.A_adjoint_A(x) - aty)
+            x = self._denoise(x, sig[k])
+        return x
+
+
+class PostProcess(_Tiling, Reconstructor):
+    r"""Post-processing baseline: a 3D DRUNet applied to :math:`x_0 = A^\dagger y`.
+
+    Trained on patches (the crop of the global :math:`x_0`, see
+    :meth:`unroll3d.partition.PartitionedReconstructor.training_pair`); at inference on the whole
+    volume, optionally tiled (:meth:`set_tiling`).
+    """
+
+    def __init__(
+        self,
+        channels: int = 1,
+        nc: Sequence[int] = (64, 128, 256, 512),
+        nb: int = 4,
+        sigma_init: float = 0.05,
+        lipschitz: float = 1.0,
+    ):
+        super().__init__()
+        self.denoiser = DRUNet3D(channels, nc, nb)
+        self.sigma_raw = nn.Parameter(torch.tensor(_inv_softplus(sigma_init)))
+        self.register_buffer("lipschitz", torch.tensor(float(lipschitz)))
+        self.bf16 = False
+
+    def forward(self, y, physics, x_init: torch.Tensor | None = None, **kwargs: Any):
+        x0 = physics.A_dagger(y) if x_init is None else x_init
+        return self._denoise(x0.float(), F.softplus(self.sigma_raw))
+
+
+class Analytical(Reconstructor):
+    """The analytical initial reconstruction ``physics.A_dagger(y)``: FDK (CBCT), adjoint (MRI)."""
+
+    def forward(self, y, physics, x_init: torch.Tensor | None = None, **kwargs: Any):
+        return physics.A_dagger(y) if x_init is None else x_init
+
+
+class TVReconstructor(Reconstructor):
+    r"""TV-regularised reconstruction with deepinv's FISTA and ``TVPrior``.
+
+    Solves :math:`\min_x \tfrac12\|Ax - y\|^2 + \lambda\,\mathrm{TV}(x)` from :math:`x_0 = A^\dagger y`
+    with step :math:`1/L`, :math:`L = \|A\|^2`. The regularisation is parametrised scale-free as
+    :math:`\lambda = \alpha L`, so the TV prox threshold per iteration is :math:`\alpha`.
+
+    :param float alpha: normalised regularisation weight.
+    :param float lipschitz: :math:`\|A\|^2`.
+    :param int iters: FISTA iterations.
+    :param int inner: Chambolle-Pock iterations of each TV prox.
+    """
+
+    def __init__(
+        self, alpha: float = 0.01, lipschitz: float = 1.0, iters: int = 50, inner: int = 20
+    ):
+        super().__init__()
+        self.register_buffer("alpha", torch.tensor(float(alpha)))
+        self.register_buffer("lipschitz", torch.tensor(float(lipschitz)))
+        self.iters = int(iters)
+        self.inner = int(inner)
+
+    def forward(self, y, physics, x_init: torch.Tensor | None = None, **kwargs: Any):
+        from deepinv.optim import FISTA, L2, TVPrior
+
+        x0 = physics.A_dagger(y) if x_init is None else x_init
+        L = float(self.lipschitz)
+        prior = TVPrior(n_it_max=self.inner)
+        algo = FISTA(
+            data_fidelity=L2(),
+            prior=prior,
+            lambda_reg=float(self.alpha) * L,
+            stepsize=1.0 / L,
+            max_iter=self.iters,
+            early_stop=False,
+        )
+        with torch.no_grad():
+            x0 = x0.float()
+            return algo(y, physics, init=(x0, x0.clone()))
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """What a variant name means.
+
+    :param str kind: ``unrolled``, ``postproc``, ``tv`` or ``analytical``.
+    :param bool partition: trained on patches / inferred through ``PartitionedReconstructor``.
+    :param bool use_H: the data step uses the fitted diagonal-circulant ``H``.
+    :param bool learned: has trainable weights.
+    """
+
+    kind: str
+    partition: bool
+    use_H: bool
+    learned: bool
+
+
+VARIANTS: dict[str, VariantSpec] = {
+    "fdk": VariantSpec("analytical", False, False, False),
+    "adjoint": VariantSpec("analytical", False, False, False),
+    "tv": VariantSpec("tv", False, False, False),
+    "postproc": VariantSpec("postproc", True, False, True),
+    "unrolled": VariantSpec("unrolled", False, False, True),
+    "unrolled-H": VariantSpec("unrolled", False, True, True),
+    "partition": VariantSpec("unrolled", True, False, True),
+    "partition-H": VariantSpec("unrolled", True, True, True),
+}
+
+
+def variant_spec(name: str) -> VariantSpec:
+    """The :class:`VariantSpec` of ``name``; a clear error lists the known names."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown variant {name!r}; known: {sorted(VARIANTS)}") from None
+
+
+TASK_CHANNELS = {"cbct": 1, "mri": 2}
+
+
+def build_variant(
+    name: str,
+    task: str,
+    config: dict,
+    lipschitz: float = 1.0,
+    alpha: float | None = None,
+    device: torch.device | str | None = None,
+) -> Reconstructor:
+    """Build the reconstructor of variant ``name`` for ``task`` from the pipeline config.
+
+    :param str name: a key of :data:`VARIANTS`.
+    :param str task: ``cbct`` or ``mri`` (sets channels and K).
+    :param dict config: the pipeline config (sections ``model``, ``train`` and ``<task>``).
+    :param float lipschitz: :math:`\\|A\\|^2` of the (unnormalised) operator.
+    :param float alpha: TV weight (``tv`` only); defaults to the middle of the grid.
+    """
+    spec = variant_spec(name)
+    if task not in TASK_CHANNELS:
+        raise ValueError(f"unknown task {task!r}; known: {sorted(TASK_CHANNELS)}")
+    channels = TASK_CHANNELS[task]
+    mcfg = config.get("model", {})
+    nc = mcfg.get("channels", [64, 128, 256, 512])
+    nb = mcfg.get("blocks", 4)
+    sigma_init = mcfg.get("sigma_init", 0.05)
+    if spec.kind == "analytical":
+        model = Analytical()
+    elif spec.kind == "tv":
+        tcfg = config.get("train", {})
+        grid = tcfg.get("tv_grid", [0.001, 0.003, 0.01, 0.03, 0.1])
+        a = grid[len(grid) // 2] if alpha is None else alpha
+        model = TVReconstructor(
+            alpha=a,
+            lipschitz=lipschitz,
+            iters=tcfg.get("tv_iters", 50),
+            inner=tcfg.get("tv_inner", 20),
+        )
+    elif spec.kind == "postproc":
+        model = PostProcess(channels, nc, nb, sigma_init=sigma_init, lipschitz=lipschitz)
+    else:
+        K = config.get(task, {}).get("K", 3 if task == "cbct" else 5)
+        model = UnrolledPGD(K, channels, nc, nb, lipschitz=lipschitz, sigma_init=sigma_init)
+    if device is not None:
+        model = model.to(device)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
