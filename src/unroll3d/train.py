@@ -296,6 +296,7 @@ class TrainJob:
     csv_path: Path | None = None
     stats_path: Path | None = None
     normal_path: str | None = None
+    H: dict | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     loader: Callable | None = None
     progress: bool = True
@@ -352,7 +353,7 @@ def train_step(
         )
         loss = torch.mean((est.float() - target.float()) ** 2)
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(float(loss))
+            raise NonFiniteLoss(float(loss.detach()))
         (loss / accumulate).backward()
         total += float(loss.detach())
     if grad_clip and grad_clip > 0:
@@ -455,7 +456,8 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
     seed = int(job.config.get("seed", 0))
     seed_everything(seed)
     result = _base_result(job, spec)
-    H = load_H(job.normal_path, job.device) if spec.use_H else None
+    H = job.H if job.H is not None else load_H(job.normal_path, job.device)
+    H = H if spec.use_H else None
 
     if not spec.learned:
         extra = {"lipschitz": None}

@@ -1,0 +1,252 @@
+"""Training: loss decreases for every learned variant, resume is exact, NaN guard, OOM capture."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_models import TINY, toy_sample
+
+import unroll3d.train as tr
+from unroll3d.models import variant_spec
+
+torch.set_num_threads(1)
+
+SHAPE = (16, 16, 16)
+
+
+def toy_config(**train):
+    cfg = {
+        "name": "test",
+        "seed": 0,
+        "model": dict(TINY),
+        "cbct": {"K": 2, "patch_size": [8, 8, 8], "stride": None},
+        "mri": {"K": 2, "patch_size": [8, 8, 8], "stride": None},
+        "train": {
+            "steps": 30,
+            "lr": 3e-3,
+            "lr_min": 1e-4,
+            "weight_decay": 0.0,
+            "accumulate": 1,
+            "grad_clip": 1.0,
+            "checkpoint_every": 1000,
+            "val_every": 1000,
+            "bf16": False,
+            "warmup_steps": 2,
+            "val_max": 1,
+            "tv_grid": [0.003, 0.03],
+            "tv_iters": 10,
+            "tv_inner": 5,
+        },
+        "evaluate": {"refine": True, "timing_steps": 1, "cbct_crop": None, "cbct_data_range": 1.0},
+    }
+    cfg["train"].update(train)
+    return cfg
+
+
+_SAMPLES: dict[str, object] = {}
+
+
+def loader(path):
+    """Test double of load_sample: 'toyN' -> the seeded toy sample N (cached)."""
+    if path not in _SAMPLES:
+        seed = int(str(path).rsplit("toy", 1)[1].split(".")[0])
+        _SAMPLES[path] = toy_sample(SHAPE, seed=seed)
+    return _SAMPLES[path]
+
+
+def toy_H(sample):
+    from unroll3d.normal import fit_normal_operator
+
+    lam, m, hist = fit_normal_operator(
+        sample.physics,
+        tuple(sample.x.shape[1:]),
+        n_steps=3,
+        heldout=1,
+        progress=False,
+        sqnorm=sample.meta["op_norm_sq"],
+    )
+    return {
+        "fourier_filter": lam,
+        "spatial_mask": m,
+        "scaling": hist["sqnorm"],
+        "two_sided": hist["two_sided"],
+        "grid": hist["grid"],
+    }
+
+
+def make_job(tmp_path, variant, config, name="m", **kw):
+    job = tr.TrainJob(
+        task="cbct",
+        setting="v30",
+        variant=variant,
+        config=config,
+        train_paths=["toy0"],
+        val_paths=kw.pop("val_paths", []),
+        out=tmp_path / f"{name}.pt",
+        loader=loader,
+        progress=False,
+        **kw,
+    )
+    return job
+
+
+def fixed_loss(model, variant, H):
+    """Loss on a fixed batch: the full volume, or three fixed patches with GT context."""
+    spec = variant_spec(variant)
+    s = loader("toy0")
+    lip = s.meta["op_norm_sq"]
+    phys = tr.physics_for(s, spec, H, lip)
+    x0 = s.physics.A_dagger(s.y)
+    with torch.no_grad():
+        if not spec.partition:
+            return float(((model(s.y, phys, x_init=x0) - s.x) ** 2).mean())
+        part = tr.make_partitioner(model, "cbct", toy_config(), s.x.shape[1:])
+        losses = []
+        for start in [(0, 0, 0), (4, 8, 2), (8, 4, 8)]:
+            est, tgt = part.training_pair(
+                s.y, phys, s.x, start=start, x0=x0, **tr.h_kwargs(spec, H)
+            )
+            losses.append(float(((est - tgt) ** 2).mean()))
+        return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize(
+    "variant", ["unrolled", "unrolled-H", "partition", "partition-H", "postproc"]
+)
+def test_training_lowers_loss(tmp_path, variant):
+    spec = variant_spec(variant)
+    H = toy_H(loader("toy0")) if spec.use_H else None
+    cfg = toy_config()
+    job = make_job(tmp_path, variant, cfg, H=H)
+    torch.manual_seed(0)
+    from unroll3d.models import build_variant
+
+    init = build_variant(variant, "cbct", cfg, lipschitz=loader("toy0").meta["op_norm_sq"])
+    before = fixed_loss(init, variant, H)
+    stats = tr.train(job)
+    assert stats["status"] == "ok" and stats["steps"] == 30
+    model, payload = tr.load_trained(job.out, "cbct", cfg)
+    after = fixed_loss(model, variant, H)
+    assert after < 0.7 * before, (before, after)
+    # logs
+    rows = (tmp_path / "m.csv").read_text().splitlines()
+    assert rows[0].split(",") == tr.CSV_FIELDS and len(rows) == 31
+    js = json.loads((tmp_path / "m.json").read_text())
+    assert js["step_time_mean_s"] > 0 and js["device"].startswith("CPU")
+    from unroll3d.evaluate import validate_result
+
+    validate_result(js, "train_stats")
+
+
+def test_resume_gives_identical_weights(tmp_path):
+    cfg = toy_config(steps=6, checkpoint_every=2, accumulate=2)
+    a = make_job(tmp_path / "a", "partition", cfg)
+    tr.train(a)
+    b = make_job(tmp_path / "b", "partition", cfg)
+    assert tr.train(b, stop_at=3) == {"stopped_at": 3}  # "killed" after step 3
+    assert torch.load(b.ckpt_path, weights_only=False)["step"] == 2
+    tr.train(b)  # resumes from step 2
+    wa = torch.load(a.out, weights_only=False)["state_dict"]
+    wb = torch.load(b.out, weights_only=False)["state_dict"]
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    rows = (tmp_path / "b" / "m.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4", "5", "6"]
+
+
+class NaNAfter:
+    """Physics double: exact until ``n`` calls of A_adjoint_A, then NaN."""
+
+    def __init__(self, inner, n):
+        self.inner, self.n, self.calls = inner, n, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def A_adjoint_A(self, x, **kw):
+        self.calls += 1
+        out = self.inner.A_adjoint_A(x)
+        return out * float("nan") if self.calls > self.n else out
+
+
+def test_nan_guard_keeps_last_checkpoint(tmp_path):
+    s = toy_sample(SHAPE, seed=5)
+    s.physics = NaNAfter(s.physics, n=8)  # K=2: steps 1-4 fine, step 5 NaN
+    cfg = toy_config(steps=10, checkpoint_every=2)
+    job = make_job(tmp_path, "unrolled", cfg)
+    job.loader = lambda p: s
+    with pytest.raises(tr.NonFiniteLoss, match="step 5") as err:
+        tr.train(job)
+    assert "last good checkpoint: step 4" in str(err.value)
+    state = torch.load(job.ckpt_path, weights_only=False)
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not job.out.exists()
+
+
+class OOMModel(torch.nn.Module):
+    """Model double whose forward raises CUDA's out-of-memory error."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.bf16 = False
+
+    def forward(self, *a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+
+def test_oom_is_a_result(tmp_path, monkeypatch):
+    monkeypatch.setattr(tr, "build_variant", lambda *a, **k: OOMModel())
+    job = make_job(tmp_path, "unrolled", toy_config())
+    stats = tr.train(job)
+    assert stats["status"] == "oom"
+    assert stats["message"].startswith("OOM at volume 16³, peak")
+    payload = torch.load(job.out, weights_only=False)
+    assert payload["status"] == "oom" and payload["state_dict"] is None
+    assert json.loads((tmp_path / "m.json").read_text())["status"] == "oom"
+
+
+def test_non_learned_variants_write_model_files(tmp_path):
+    cfg = toy_config()
+    stats = tr.train(make_job(tmp_path, "tv", cfg, name="tv", val_paths=["toy1"]))
+    assert stats["alpha"] in cfg["train"]["tv_grid"] and len(stats["tv_val_psnr"]) == 2
+    model, payload = tr.load_trained(tmp_path / "tv.pt", "cbct", cfg)
+    assert float(model.alpha) == pytest.approx(stats["alpha"])
+    tr.train(make_job(tmp_path, "fdk", cfg, name="fdk"))
+    model, payload = tr.load_trained(tmp_path / "fdk.pt", "cbct", cfg)
+    assert payload["status"] == "ok" and (tmp_path / "fdk.csv").exists()
+
+
+def test_cli_with_validation(tmp_path, monkeypatch):
+    monkeypatch.setattr(tr, "default_loader", lambda setting, device: loader)
+    cfg = toy_config(steps=4, val_every=2)
+    out = tmp_path / "cli.pt"
+    rc = tr.main(
+        [
+            "--task",
+            "cbct",
+            "--setting",
+            "v30",
+            "--variant",
+            "partition",
+            "--config-json",
+            json.dumps(cfg),
+            "--train",
+            "toy0",
+            "toy1",
+            "--val",
+            "toy2",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    stats = json.loads(out.with_suffix(".json").read_text())
+    assert stats["status"] == "ok" and stats["val_psnr_last"] > 0
