@@ -1,0 +1,1593 @@
+"""The paper's tables and figures, regenerated from the pipeline's results (verb ``unroll3d report``).
+
+Reads only small files, so it re-renders in seconds from existing results:
+
+- evaluation JSONs ``{results}/eval/{task}/{setting}/{variant}/{volume}.json`` (one per test
+  volume; see :func:`read_eval` for the keys used and their accepted spellings);
+- optional slice files (``.npz``) named by an evaluation JSON (qualitative figures);
+- benchmark CSVs ``{results}/benchmarks/bench_steps.csv`` (Fig. 1) and
+  ``{results}/benchmarks/bench_partition.csv`` (partitioned memory);
+- normal-operator illustrations ``{results}/figures/data/normal_{task}_{setting}.npz``, computed
+  once by ``unroll3d report normal-illustration`` (the only sub-command that touches an operator).
+
+Writes ``{results}/tables/{table1_cbct,table2_mri,table_ablation}.{csv,md,tex}`` and
+``{results}/figures/<name>.{png,pdf}`` (names in :data:`FIGURES`).
+
+Table cells read ``ours / paper (Δ)`` with Δ = ours − paper; the paper's numbers come from
+:mod:`unroll3d.paper_numbers`. A requested cell (task × setting × variant of the config) without
+evaluation files is an error; a figure whose inputs are absent (a task or the benchmarks disabled)
+is drawn as a labelled "no data" panel.
+
+Usage::
+
+    unroll3d report --results results --config config/smoke.yaml
+    unroll3d report normal-illustration --normal results/normal/cbct/v30.pt \\
+        --data results/data/cbct/walnut_01.pt --task cbct --setting v30 \\
+        --out results/figures/data/normal_cbct_v30.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unroll3d.paper_numbers import PAPER_ONLY_ROWS, paper_value
+from unroll3d.utils import atomic_path, atomic_write_text
+
+log = logging.getLogger("unroll3d.report")
+
+__all__ = [
+    "EvalRecord",
+    "ReportError",
+    "read_eval",
+    "collect_evals",
+    "build_table",
+    "render_markdown",
+    "render_latex",
+    "write_tables",
+    "write_figures",
+    "task_settings",
+    "TABLES",
+    "FIGURES",
+    "main",
+]
+
+TASKS = ("cbct", "mri")
+TABLES = ("table1_cbct", "table2_mri", "table_ablation")
+FIGURES = (
+    "fig1_data_vs_network",
+    "fig_normal_cbct",
+    "fig_normal_mri",
+    "fig_slices_cbct",
+    "fig_slices_mri",
+    "fig_psnr_vs_setting",
+    "fig_partition_memory",
+)
+ABLATION_VARIANTS = ("unrolled", "unrolled-H", "partition", "partition-H")
+TASK_TITLE = {"cbct": "Walnut-CBCT", "mri": "MC-MRI"}
+
+#: Row labels, by task (the paper's wording where it has the row).
+METHOD_LABEL = {
+    "cbct": {
+        "fdk": "FDK (analytical)",
+        "tv": "TV (variational)",
+        "postproc": "DRUNet[3D] (post-processing)",
+        "unrolled": "Unrolled[3D] (standard)",
+        "unrolled-H": "Unrolled[3D] + H",
+        "partition": "Unrolled[3D] + partition (exact)",
+        "partition-H": "Unrolled[3D] + partition + H (paper: ours)",
+    },
+    "mri": {
+        "fdk": "Zero-filled (Aᴴy)",
+        "tv": "TV (variational)",
+        "postproc": "DRUNet[3D] (post-processing)",
+        "unrolled": "Unrolled[3D] (standard)",
+        "unrolled-H": "Unrolled[3D] + H",
+        "partition": "Unrolled[3D] + partition (paper: ours)",
+        "partition-H": "Unrolled[3D] + partition + H",
+    },
+}
+#: Short labels for figure panels and legends.
+SHORT_LABEL = {
+    "cbct": {
+        "fdk": "FDK",
+        "tv": "TV",
+        "postproc": "Post-proc. 3D",
+        "unrolled": "Unrolled",
+        "unrolled-H": "Unrolled + H",
+        "partition": "Partition",
+        "partition-H": "Partition + H*",
+    },
+    "mri": {
+        "fdk": "Zero-filled",
+        "tv": "TV",
+        "postproc": "Post-proc. 3D",
+        "unrolled": "Unrolled",
+        "unrolled-H": "Unrolled + H",
+        "partition": "Partition*",
+        "partition-H": "Partition + H",
+    },
+}
+ABLATION_LABEL = {
+    "unrolled": "Unrolled[3D] (no partitioning, exact operator)",
+    "unrolled-H": "+ Approx only",
+    "partition": "+ Partitioning only",
+    "partition-H": "+ Partitioning + Approx",
+}
+#: One colour and marker per variant, shared by every figure.
+VARIANT_STYLE = {
+    "fdk": ("#7f7f7f", "v"),
+    "tv": ("#8c564b", "^"),
+    "postproc": ("#1f77b4", "s"),
+    "unrolled": ("#2ca02c", "D"),
+    "unrolled-H": ("#98df8a", "d"),
+    "partition": ("#ff7f0e", "o"),
+    "partition-H": ("#d62728", "*"),
+}
+STYLE = {
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "lines.linewidth": 1.4,
+    "lines.markersize": 5,
+    "figure.dpi": 100,
+    "savefig.dpi": 200,
+    "savefig.bbox": "tight",
+    "pdf.fonttype": 42,
+}
+DEFAULT_METRIC_CONVENTION = {
+    "cbct": "PSNR/SSIM on the prior-work crop (slices 100–400, [100:400, 100:400]) clipped at 0, "
+    "fixed data range (paper.md §10)",
+    "mri": "PSNR/SSIM on magnitude images over the whole volume, data range = ground-truth max "
+    "per volume (paper.md §10)",
+}
+REPORT_DEFAULTS = {
+    "qualitative_volume": None,
+    "qualitative_setting": None,
+    "inset_center": [0.5, 0.5],
+    "inset_size": 0.25,
+}
+
+
+class ReportError(RuntimeError):
+    """A requested table cell or input file is missing or malformed."""
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation records
+
+
+@dataclass
+class EvalRecord:
+    """One evaluation JSON, with keys normalised (see :func:`read_eval`)."""
+
+    task: str
+    setting: str
+    variant: str
+    volume: str
+    status: str = "ok"
+    psnr: float | None = None
+    ssim: float | None = None
+    train_peak_mem_gb: float | None = None
+    train_step_s: float | None = None
+    train_accumulate: int = 1
+    infer_time_s: float | None = None
+    infer_peak_mem_gb: float | None = None
+    device: str | None = None
+    message: str = ""
+    oom_needed_gb: float | None = None
+    volume_shape: tuple[int, ...] | None = None
+    slices: str | None = None
+    metric_convention: str | None = None
+    path: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "psnr": ("psnr", "psnr_db"),
+    "ssim": ("ssim",),
+    "train_peak_mem_gb": (
+        "train_peak_mem_gb",
+        "train_mem_gb",
+        "train_peak_memory_gb",
+        "train_vram_gb",
+    ),
+    "train_step_s": ("train_step_s", "train_time_per_step_s", "train_s_per_step", "step_time_s"),
+    "train_accumulate": ("train_accumulate", "accumulate", "grad_accumulation"),
+    "infer_time_s": ("infer_time_s", "inference_time_s"),
+    "infer_peak_mem_gb": ("infer_peak_mem_gb", "inference_peak_mem_gb", "infer_mem_gb"),
+    "device": ("device", "device_name", "gpu_name", "hardware"),
+    "message": ("message", "error", "oom_message"),
+    "oom_needed_gb": ("oom_needed_gb", "required_mem_gb", "needed_mem_gb", "oom_peak_gb"),
+    "volume_shape": ("volume_shape", "img_size", "shape", "volume_size"),
+    "slices": ("slices", "slices_path", "slices_npz"),
+    "metric_convention": ("metric_convention", "metrics_convention", "metric_notes"),
+}
+_OOM_RE = re.compile(r"peak\s*(?:of\s*)?([0-9.]+)\s*(GB|GiB|MB|MiB)", re.IGNORECASE)
+
+
+def _lookup(d: dict, names: Iterable[str]) -> Any:
+    """First key of ``names`` found in ``d`` or in one of its nested dicts (one level)."""
+    for name in names:
+        if name in d and d[name] is not None:
+            return d[name]
+    for value in d.values():
+        if isinstance(value, dict):
+            for name in names:
+                if name in value and value[name] is not None:
+                    return value[name]
+    return None
+
+
+def _as_float(value: Any, key: str, path: Path) -> float | None:
+    if value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError) as err:
+        raise ReportError(f"{path}: key {key!r} must be a number or null, got {value!r}") from err
+    return None if math.isnan(out) else out
+
+
+def read_eval(path: str | Path) -> EvalRecord:
+    """Read one evaluation JSON into an :class:`EvalRecord`.
+
+    Required keys: ``task``, ``setting``, ``variant``, ``volume`` (taken from the path
+    ``.../{task}/{setting}/{variant}/{volume}.json`` when absent), ``status`` (``ok`` or ``oom``;
+    default ``ok``) and, for ``ok``, ``psnr``. Optional: ``ssim``, ``train_peak_mem_gb``,
+    ``train_step_s``, ``train_accumulate``, ``infer_time_s``, ``infer_peak_mem_gb``, ``device``,
+    ``message`` (for OOM: "OOM at volume N³, peak X GB"), ``volume_shape``, ``slices`` (path to an
+    ``.npz``, relative to the JSON's folder or to the working directory), ``metric_convention``.
+    Keys may also sit one level down (e.g. ``{"metrics": {"psnr": ...}}``).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise ReportError(f"missing evaluation file {path}") from err
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    parts = path.with_suffix("").parts
+    from_path = dict(zip(("task", "setting", "variant", "volume"), parts[-4:], strict=False))
+    ids = {k: str(data.get(k) or from_path.get(k, "")) for k in from_path}
+    for k, v in ids.items():
+        if not v:
+            raise ReportError(f"{path}: missing key {k!r}")
+    status = str(data.get("status", "ok")).lower()
+    if status not in ("ok", "oom"):
+        raise ReportError(f"{path}: status must be 'ok' or 'oom', got {status!r}")
+    rec = EvalRecord(**ids, status=status, path=str(path))
+    for name in (
+        "psnr",
+        "ssim",
+        "train_peak_mem_gb",
+        "train_step_s",
+        "infer_time_s",
+        "infer_peak_mem_gb",
+        "oom_needed_gb",
+    ):
+        setattr(rec, name, _as_float(_lookup(data, _ALIASES[name]), name, path))
+    acc = _lookup(data, _ALIASES["train_accumulate"])
+    rec.train_accumulate = int(acc) if acc else 1
+    for name in ("device", "message", "metric_convention"):
+        value = _lookup(data, _ALIASES[name])
+        if value is not None:
+            setattr(rec, name, str(value))
+    shape = _lookup(data, _ALIASES["volume_shape"])
+    if isinstance(shape, (list, tuple)) and shape:
+        rec.volume_shape = tuple(int(s) for s in shape)
+    elif isinstance(shape, (int, float)):
+        rec.volume_shape = (int(shape),) * 3
+    slices = _lookup(data, _ALIASES["slices"])
+    if slices:
+        p = Path(str(slices))
+        if not p.is_absolute() and not p.exists() and (path.parent / p).exists():
+            p = path.parent / p
+        rec.slices = str(p)
+    if rec.status == "ok" and rec.psnr is None:
+        raise ReportError(f"{path}: status 'ok' but no 'psnr' value")
+    if rec.status == "oom" and rec.oom_needed_gb is None:
+        match = _OOM_RE.search(rec.message)
+        if match:
+            scale = {"gb": 1.0, "gib": 1.073741824, "mb": 1e-3, "mib": 1.048576e-3}
+            rec.oom_needed_gb = float(match.group(1)) * scale[match.group(2).lower()]
+    return rec
+
+
+def task_settings(config: dict, task: str) -> list[str]:
+    """Setting names of a task in the config: ``v30``... (CBCT views) or ``R5``... (MRI)."""
+    if task == "cbct":
+        return [f"v{int(n)}" for n in config.get("cbct", {}).get("views", [])]
+    return [f"R{float(r):g}" for r in config.get("mri", {}).get("accelerations", [])]
+
+
+def setting_value(setting: str) -> float:
+    """The number in a setting name (``v30`` → 30, ``R5`` → 5)."""
+    return float(setting[1:])
+
+
+def collect_evals(
+    results: str | Path, config: dict, allow_missing: bool = False
+) -> dict[tuple[str, str, str], list[EvalRecord]]:
+    """Read every requested evaluation JSON: {(task, setting, variant): records sorted by volume}.
+
+    The requested cells are the config's tasks × settings × variants. Every cell must have at
+    least one file, and all variants of a (task, setting) the same test volumes; otherwise a
+    :class:`ReportError` lists the missing files (unless ``allow_missing``, which skips them).
+    """
+    results = Path(results)
+    cells: dict[tuple[str, str, str], list[EvalRecord]] = {}
+    problems: list[str] = []
+    for task in config.get("tasks", []):
+        for setting in task_settings(config, task):
+            volumes: dict[str, set[str]] = {}
+            for variant in config.get("variants", []):
+                folder = results / "eval" / task / setting / variant
+                files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+                volumes[variant] = {f.stem for f in files}
+                if not files:
+                    problems.append(
+                        f"no evaluation files in {folder}/ (cell {task}/{setting}/{variant})"
+                    )
+                    continue
+                recs = [read_eval(f) for f in files]
+                for r in recs:
+                    if (r.task, r.setting, r.variant) != (task, setting, variant):
+                        raise ReportError(
+                            f"{r.path}: says task/setting/variant = {r.task}/{r.setting}/"
+                            f"{r.variant} but lies under {folder}"
+                        )
+                cells[(task, setting, variant)] = recs
+            union = set().union(*volumes.values()) if volumes else set()
+            for variant, vols in volumes.items():
+                if vols:
+                    for v in sorted(union - vols):
+                        problems.append(
+                            f"missing {results / 'eval' / task / setting / variant / (v + '.json')}"
+                            " (other variants have this test volume)"
+                        )
+    if problems and not allow_missing:
+        raise ReportError("evaluation results incomplete:\n  " + "\n  ".join(problems))
+    for p in problems:
+        log.warning(p)
+    return cells
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation and cells
+
+
+@dataclass
+class Agg:
+    """One aggregated cell of ours: mean over test volumes (or OOM)."""
+
+    status: str  # ok | oom | missing
+    value: float | None = None
+    n: int = 0
+    accumulate: int = 1
+    needed_gb: float | None = None
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def aggregate(records: list[EvalRecord] | None, metric: str) -> Agg:
+    """Mean of ``metric`` over the records; ``oom`` if any record is OOM."""
+    if not records:
+        return Agg("missing")
+    if any(r.status == "oom" for r in records):
+        needed = [r.oom_needed_gb for r in records if r.oom_needed_gb is not None]
+        return Agg("oom", n=len(records), needed_gb=max(needed) if needed else None)
+    if metric == "train_peak_mem_gb":
+        vals = [r.train_peak_mem_gb for r in records if r.train_peak_mem_gb is not None]
+        value = max(vals) if vals else None
+    else:
+        value = _mean([getattr(r, metric) for r in records])
+    acc = max(r.train_accumulate for r in records)
+    return Agg("ok", value, len(records), accumulate=acc)
+
+
+def aggregate_settings(aggs: list[Agg], metric: str) -> Agg:
+    """Combine per-setting cells (the ablation's average over settings)."""
+    if not aggs or any(a.status == "missing" for a in aggs):
+        return Agg("missing")
+    if any(a.status == "oom" for a in aggs):
+        needed = [a.needed_gb for a in aggs if a.needed_gb is not None]
+        return Agg("oom", n=sum(a.n for a in aggs), needed_gb=max(needed) if needed else None)
+    vals = [a.value for a in aggs if a.value is not None]
+    if not vals:
+        value = None
+    elif metric == "train_peak_mem_gb":
+        value = max(vals)
+    else:
+        value = float(np.mean(vals))
+    return Agg("ok", value, sum(a.n for a in aggs), accumulate=max(a.accumulate for a in aggs))
+
+
+_DIGITS = {"psnr": 2, "ssim": 3, "train_peak_mem_gb": 2, "train_step_s": 2}
+_PAPER_METRIC = {"train_peak_mem_gb": "train_mem_gb"}
+
+
+def _fmt(value: float | None, metric: str, accumulate: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    text = f"{value:.{_DIGITS.get(metric, 3)}f}"
+    return text + (f"×{accumulate}" if accumulate > 1 else "")
+
+
+def _signed(value: float, metric: str) -> str:
+    text = f"{value:+.{_DIGITS.get(metric, 3)}f}"
+    return text.replace("-", "−")
+
+
+@dataclass
+class Cell:
+    """One rendered table cell with its parts (for the CSV)."""
+
+    text: str
+    ours: float | None
+    ours_status: str
+    paper: float | None
+    paper_status: str | None
+    diff: float | None
+    paper_source: str | None
+    n: int
+
+
+def make_cell(agg: Agg, task: str, variant: str, metric: str, setting: str, source=None) -> Cell:
+    """``ours / paper (Δ)``; OOM cells state the memory needed when it is known."""
+    pm = _PAPER_METRIC.get(metric, metric)
+    paper = paper_value(task, variant, pm, setting, source=source)
+    if agg.status == "oom":
+        if metric == "train_peak_mem_gb":
+            ours_text = "OOM" + (f" (needs ≥{agg.needed_gb:.1f} GB)" if agg.needed_gb else "")
+        else:
+            ours_text = "✗ OOM"
+    elif agg.status == "missing":
+        ours_text = "—"
+    else:
+        ours_text = _fmt(agg.value, metric, agg.accumulate if metric == "train_step_s" else 1)
+    diff = None
+    if paper is None:
+        text = f"{ours_text} / —" if agg.status != "missing" else ours_text
+    else:
+        text = f"{ours_text} / {paper.display(_DIGITS.get(metric, 2))}"
+        if agg.status == "ok" and agg.value is not None and paper.value is not None:
+            diff = agg.value - paper.value
+            text += f" ({_signed(diff, metric)})"
+    return Cell(
+        text=text,
+        ours=agg.value if agg.status == "ok" else None,
+        ours_status=agg.status,
+        paper=None if paper is None else paper.value,
+        paper_status=None if paper is None else paper.status,
+        diff=diff,
+        paper_source=None if paper is None else paper.source,
+        n=agg.n,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+
+
+@dataclass
+class Table:
+    """A rendered table: header, rows of :class:`Cell` (first column = method label), footnotes."""
+
+    name: str
+    title: str
+    header: list[str]
+    rows: list[list[Cell | str]]
+    footnotes: list[str]
+    long: list[dict[str, Any]]  # tidy rows for the CSV
+
+
+def _git_commit(cwd: str | Path = ".") -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _footnotes(
+    task_cells: dict[tuple[str, str, str], list[EvalRecord]],
+    config: dict,
+    config_path: str | None,
+    commit: str,
+    tasks: Sequence[str],
+) -> list[str]:
+    notes = [
+        "Cells: ours / paper (Δ = ours − paper). Paper values are the [summary] numbers of "
+        "paper.md §6 (not checked against the PDF); — = not reported by the paper or not run.",
+    ]
+    for task in tasks:
+        recs = [r for (t, _, _), rs in task_cells.items() if t == task for r in rs]
+        if not recs:
+            continue
+        title = TASK_TITLE[task]
+        shapes = sorted({r.volume_shape for r in recs if r.volume_shape})
+        shape_text = ", ".join("×".join(map(str, s)) for s in shapes) if shapes else "not recorded"
+        vols = sorted({r.volume for r in recs})
+        notes.append(
+            f"{title}: volume size {shape_text} (paper: "
+            f"{'501³' if task == 'cbct' else '218×170×256, 12 coils'}); {len(vols)} test "
+            f"volume{'s' if len(vols) != 1 else ''} per cell ({', '.join(vols)}); mean over volumes."
+        )
+        conv = sorted({r.metric_convention for r in recs if r.metric_convention})
+        notes.append(f"{title} metrics: {'; '.join(conv) or DEFAULT_METRIC_CONVENTION[task]}.")
+        if PAPER_ONLY_ROWS.get(task):
+            notes.append(
+                f"{title}: paper rows not reimplemented here: {', '.join(PAPER_ONLY_ROWS[task])}."
+            )
+    devices = sorted({r.device for rs in task_cells.values() for r in rs if r.device})
+    notes.append(
+        f"Hardware: {', '.join(devices) or 'not recorded'} (paper: one NVIDIA H100 80 GB). "
+        "Train VRAM = peak torch.cuda.max_memory_allocated over timed training steps (n/a on CPU); "
+        "s/step = mean seconds per micro-step after warm-up, ×k = gradient-accumulation "
+        "micro-steps per optimiser step; OOM = training did not fit, with the peak reached "
+        "before failing."
+    )
+    notes.append(
+        f"Config: {config.get('name', '?')}"
+        + (f" ({config_path})" if config_path else "")
+        + f"; commit {commit}; generated by `unroll3d report`."
+    )
+    return notes
+
+
+def build_table(
+    kind: str,
+    cells: dict[tuple[str, str, str], list[EvalRecord]],
+    config: dict,
+    config_path: str | None = None,
+    commit: str | None = None,
+) -> Table | None:
+    """Build ``table1_cbct``, ``table2_mri`` or ``table_ablation``; ``None`` if no task applies."""
+    commit = commit or _git_commit()
+    variants = list(config.get("variants", []))
+    if kind in ("table1_cbct", "table2_mri"):
+        task = "cbct" if kind == "table1_cbct" else "mri"
+        if task not in config.get("tasks", []):
+            return None
+        sets = task_settings(config, task)
+        header = ["Method"]
+        header += [f"SSIM {s}" for s in sets] + [f"PSNR (dB) {s}" for s in sets]
+        header += ["Train VRAM (GB)", "s/step"]
+        rows, long = [], []
+        for v in variants:
+            row: list[Cell | str] = [METHOD_LABEL[task].get(v, v)]
+            for metric in ("ssim", "psnr"):
+                for s in sets:
+                    cell = make_cell(aggregate(cells.get((task, s, v)), metric), task, v, metric, s)
+                    row.append(cell)
+                    long.append(_long(kind, task, v, s, metric, cell))
+            for metric in ("train_peak_mem_gb", "train_step_s"):
+                agg = aggregate_settings(
+                    [aggregate(cells.get((task, s, v)), metric) for s in sets], metric
+                )
+                cell = make_cell(agg, task, v, metric, "all")
+                row.append(cell)
+                long.append(_long(kind, task, v, "all", metric, cell))
+            rows.append(row)
+        # inference costs (ours only) for the CSV
+        for v in variants:
+            for s in sets:
+                for metric in ("infer_time_s", "infer_peak_mem_gb"):
+                    agg = aggregate(cells.get((task, s, v)), metric)
+                    cell = make_cell(agg, task, v, metric, s)
+                    long.append(_long(kind, task, v, s, metric, cell))
+        title = (
+            "Table 1: sparse-view Walnut-CBCT"
+            if task == "cbct"
+            else "Table 2: MC-MRI (Calgary-Campinas)"
+        )
+        task_cells = {k: r for k, r in cells.items() if k[0] == task}
+        notes = _footnotes(task_cells, config, config_path, commit, [task])
+        return Table(kind, title, header, rows, notes, long)
+    if kind == "table_ablation":
+        tasks = [t for t in ("mri", "cbct") if t in config.get("tasks", [])]
+        abl = [v for v in ABLATION_VARIANTS if v in variants]
+        if not tasks or not abl:
+            return None
+        header = ["Configuration", "Variant"]
+        for t in tasks:
+            header += [
+                f"{TASK_TITLE[t]} PSNR (dB)",
+                f"{TASK_TITLE[t]} VRAM (GB)",
+                f"{TASK_TITLE[t]} s/step",
+            ]
+        rows, long = [], []
+        for v in abl:
+            row: list[Cell | str] = [ABLATION_LABEL[v], v]
+            for t in tasks:
+                sets = task_settings(config, t)
+                for metric in ("psnr", "train_peak_mem_gb", "train_step_s"):
+                    agg = aggregate_settings(
+                        [aggregate(cells.get((t, s, v)), metric) for s in sets], metric
+                    )
+                    cell = make_cell(agg, t, v, metric, "mean", source="ablation")
+                    row.append(cell)
+                    long.append(_long(kind, t, v, "mean", metric, cell))
+            rows.append(row)
+        task_cells = {k: r for k, r in cells.items() if k[0] in tasks and k[2] in abl}
+        notes = [
+            "PSNR is the mean over the settings of each task (CBCT views, MRI accelerations) and "
+            "the test volumes; VRAM is the largest over settings."
+        ] + _footnotes(task_cells, config, config_path, commit, tasks)
+        return Table(
+            kind,
+            "Ablation: partitioning × normal-operator approximation",
+            header,
+            rows,
+            notes,
+            long,
+        )
+    raise ValueError(f"unknown table {kind!r}; expected one of {TABLES}")
+
+
+def _long(table: str, task: str, variant: str, setting: str, metric: str, cell: Cell) -> dict:
+    return {
+        "table": table,
+        "task": task,
+        "variant": variant,
+        "method": METHOD_LABEL[task].get(variant, variant),
+        "setting": setting,
+        "metric": metric,
+        "ours": cell.ours,
+        "ours_status": cell.ours_status,
+        "paper": cell.paper,
+        "paper_status": cell.paper_status,
+        "delta": cell.diff,
+        "paper_source": cell.paper_source,
+        "n_volumes": cell.n,
+        "text": cell.text,
+    }
+
+
+def _text(c: Cell | str) -> str:
+    return c if isinstance(c, str) else c.text
+
+
+def render_markdown(table: Table) -> str:
+    """GitHub Markdown with numbered footnotes."""
+    lines = [f"**{table.title}**", ""]
+    lines.append("| " + " | ".join(table.header) + " |")
+    lines.append("|" + "|".join("---" for _ in table.header) + "|")
+    for row in table.rows:
+        lines.append("| " + " | ".join(_text(c).replace("|", "\\|") for c in row) + " |")
+    lines.append("")
+    lines += [f"{i}. {note}" for i, note in enumerate(table.footnotes, 1)]
+    return "\n".join(lines) + "\n"
+
+
+_TEX = [
+    ("\\", r"\textbackslash{}"),
+    ("&", r"\&"),
+    ("%", r"\%"),
+    ("$", r"\$"),
+    ("#", r"\#"),
+    ("_", r"\_"),
+    ("{", r"\{"),
+    ("}", r"\}"),
+    ("~", r"\textasciitilde{}"),
+    ("^", r"\textasciicircum{}"),
+]
+_TEX_UNICODE = {
+    "Δ": r"$\Delta$",
+    "−": "$-$",
+    "×": r"$\times$",
+    "≥": r"$\geq$",
+    "✗": r"\ding{55}",
+    "³": r"$^3$",
+    "²": r"$^2$",
+    "ᴴ": r"$^H$",
+    "ᵀ": r"$^T$",
+    "α": r"$\alpha$",
+    "λ": r"$\lambda$",
+    "—": "---",
+    "–": "--",
+    "§": r"\S{}",
+    "·": r"$\cdot$",
+}
+
+
+def tex_escape(text: str) -> str:
+    """Escape LaTeX specials and map the Unicode symbols used in cells to math."""
+    for a, b in _TEX:
+        text = text.replace(a, b)
+    text = re.sub(r"`([^`]*)`", r"\\texttt{\1}", text)
+    for a, b in _TEX_UNICODE.items():
+        text = text.replace(a, b)
+    return text
+
+
+def render_latex(table: Table) -> str:
+    """A booktabs ``table`` float (needs ``booktabs`` and ``pifont``), footnotes below."""
+    ncol = len(table.header)
+    lines = [
+        f"% {table.title} -- generated by `unroll3d report`; needs \\usepackage{{booktabs,pifont}}",
+        r"\begin{table*}[t]",
+        r"\centering\scriptsize",
+        f"\\caption{{{tex_escape(table.title)}}}",
+        f"\\label{{tab:{table.name}}}",
+        r"\begin{tabular}{l" + "c" * (ncol - 1) + "}",
+        r"\toprule",
+        " & ".join(tex_escape(h) for h in table.header) + r" \\",
+        r"\midrule",
+    ]
+    for row in table.rows:
+        lines.append(" & ".join(tex_escape(_text(c)) for c in row) + r" \\")
+    lines += [
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\par\smallskip",
+        r"\begin{minipage}{\linewidth}\tiny",
+    ]
+    lines += [f"({i}) {tex_escape(n)}\\par" for i, n in enumerate(table.footnotes, 1)]
+    lines += [r"\end{minipage}", r"\end{table*}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(
+    cells: dict[tuple[str, str, str], list[EvalRecord]],
+    config: dict,
+    out_dir: str | Path,
+    config_path: str | None = None,
+    commit: str | None = None,
+) -> list[Path]:
+    """Write every table as CSV (tidy, one row per cell), Markdown and LaTeX; return the paths.
+
+    A table whose task is not in the config is written with a one-line "no data" note, so the
+    set of output files does not depend on the config.
+    """
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    written = []
+    for kind in TABLES:
+        table = build_table(kind, cells, config, config_path, commit)
+        if table is None:
+            note = (
+                f"no data: {kind} needs a task that configuration {config.get('name')!r} disables"
+            )
+            md, tex = f"_{note}_\n", f"% {note}\n"
+            df = pd.DataFrame(
+                columns=list(
+                    _long(
+                        "t", "cbct", "fdk", "s", "m", Cell("", None, "", None, None, None, None, 0)
+                    )
+                )
+            )
+        else:
+            md, tex = render_markdown(table), render_latex(table)
+            df = pd.DataFrame(table.long)
+        for ext, text in (("md", md), ("tex", tex)):
+            atomic_write_text(out_dir / f"{kind}.{ext}", text)
+            written.append(out_dir / f"{kind}.{ext}")
+        with atomic_path(out_dir / f"{kind}.csv") as tmp:
+            df.to_csv(tmp, index=False)
+        written.append(out_dir / f"{kind}.csv")
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def no_data(ax, reason: str, head: str = "no data") -> None:
+    """Turn ``ax`` into a clearly labelled empty panel."""
+    ax.set_facecolor("#f2f2f2")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(True)
+        spine.set_color("#bbbbbb")
+    ax.text(
+        0.5,
+        0.5,
+        head + ("\n" + reason if reason else ""),
+        ha="center",
+        va="center",
+        fontsize=7,
+        color="#555555",
+        wrap=True,
+        transform=ax.transAxes,
+    )
+
+
+def save_figure(fig, out_dir: str | Path, name: str) -> list[Path]:
+    """Save ``fig`` as ``name.png`` and ``name.pdf`` atomically; close it."""
+    out_dir = Path(out_dir)
+    paths = []
+    for fmt in ("png", "pdf"):
+        path = out_dir / f"{name}.{fmt}"
+        with atomic_path(path) as tmp:
+            fig.savefig(
+                tmp, format=fmt, metadata={"Software": "unroll3d report"} if fmt == "png" else None
+            )
+        paths.append(path)
+    _plt().close(fig)
+    return paths
+
+
+def _log_y(ax) -> None:
+    """Log y axis with plain tick labels (0.2, 1, 3 rather than 2×10⁻¹)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _read_csv(path: Path):
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path)
+    except FileNotFoundError:
+        return None
+    except Exception as err:  # noqa: BLE001 - any parse failure is reported with the file name
+        raise ReportError(f"{path}: cannot read CSV ({err})") from err
+    return df
+
+
+def _col(df, names: Sequence[str], path: Path, required: bool = True):
+    for n in names:
+        if n in df.columns:
+            return n
+    if required:
+        raise ReportError(
+            f"{path}: none of the columns {list(names)} found (has {list(df.columns)})"
+        )
+    return None
+
+
+def _size_col(df, path):
+    return _col(df, ("n", "size", "N", "volume_size", "img_size"), path)
+
+
+def _mem_gb(df, path):
+    c = _col(df, ("peak_mem_gb", "mem_gb", "peak_memory_gb", "peak_mem_mb"), path)
+    scale = 1e-3 if c.endswith("_mb") else 1.0
+    return df[c].astype(float) * scale
+
+
+def _devices(df) -> str:
+    if df is None or "device" not in df.columns:
+        return ""
+    return ", ".join(sorted({str(d) for d in df["device"].dropna()}))
+
+
+def fig_data_vs_network(bench_csv: Path, out_dir: Path, reason: str | None = None) -> list[Path]:
+    """Fig. 1: peak memory and time of one data step vs one 3D DRUNet step against N."""
+    plt = _plt()
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.6))
+        df = None if reason else _read_csv(bench_csv)
+        if df is None or df.empty:
+            for ax in axes:
+                no_data(ax, reason or f"{bench_csv} not found")
+        else:
+            ncol = _size_col(df, bench_csv)
+            scol = _col(df, ("step", "component", "kind"), bench_csv)
+            df = df.assign(_mem=_mem_gb(df, bench_csv))
+            tcol = _col(df, ("time_s", "wall_s", "seconds"), bench_csv)
+            status = df["status"] if "status" in df.columns else None
+            labels = {
+                "data": "data step  x − ηAᵀ(Ax − y)",
+                "network": "network step  D_φ(x) (3D DRUNet)",
+            }
+            colors = {"data": "#1f77b4", "network": "#d62728"}
+            for ax, ycol, ylabel, ls in (
+                (axes[0], "_mem", "peak memory (GB)", "--"),
+                (axes[1], tcol, "time fwd+bwd (s)", ":"),
+            ):
+                for step, sub in df.groupby(scol):
+                    sub = sub.sort_values(ncol)
+                    ok = sub[ycol].notna() & (sub[ycol] > 0)
+                    c = colors.get(str(step), None)
+                    ax.plot(
+                        sub[ncol][ok],
+                        sub[ycol][ok],
+                        ls=ls,
+                        marker="o",
+                        color=c,
+                        label=labels.get(str(step), str(step)),
+                    )
+                    if status is not None:
+                        bad = sub[sub["status"].astype(str) != "ok"]
+                        for n in bad[ncol]:
+                            ax.axvline(n, color=c, alpha=0.3, lw=0.8)
+                            ax.text(
+                                n,
+                                0.95,
+                                " OOM",
+                                color=c,
+                                fontsize=6,
+                                va="top",
+                                transform=ax.get_xaxis_transform(),
+                            )
+                _log_y(ax)
+                ax.set_xlabel("volume size N (N³ voxels)")
+                ax.set_ylabel(ylabel)
+                sizes = sorted(df[ncol].unique())
+                ax.set_xticks(sizes)
+                ax.set_xticklabels([str(int(s)) for s in sizes])
+            handles, labels_ = axes[0].get_legend_handles_labels()
+            fig.legend(
+                handles,
+                labels_,
+                loc="lower center",
+                ncol=2,
+                frameon=False,
+                bbox_to_anchor=(0.5, -0.06),
+            )
+            method = ""
+            if "mem_method" in df.columns:
+                method = ", memory: " + ", ".join(
+                    sorted(set(df["mem_method"].dropna().astype(str)))
+                )
+            fig.suptitle(f"Data step vs network step ({_devices(df)}{method})", fontsize=8)
+        fig.tight_layout()
+        return save_figure(fig, out_dir, "fig1_data_vs_network")
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError as err:
+        raise ReportError(f"missing file {path}") from err
+    except Exception as err:  # noqa: BLE001
+        raise ReportError(f"{path}: cannot read .npz ({err})") from err
+
+
+def _to_image(a: np.ndarray, name: str = "") -> np.ndarray:
+    """2D float image: magnitude of (2, H, W) real/imag or complex arrays, squeezed."""
+    a = np.asarray(a)
+    if np.iscomplexobj(a):
+        a = np.abs(a)
+    a = np.squeeze(a)
+    if a.ndim == 3 and a.shape[0] == 2:
+        a = np.sqrt(a[0] ** 2 + a[1] ** 2)
+    if a.ndim != 2:
+        raise ReportError(f"slice {name!r} must be 2D (or 2×H×W real/imag), got shape {a.shape}")
+    return a.astype(np.float64)
+
+
+def _imshow(ax, img, vmin=None, vmax=None, cmap="gray", title=None):
+    im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        ax.set_title(title)
+    return im
+
+
+def fig_normal(
+    task: str, npz_paths: dict[str, Path], out_dir: Path, reason: str | None = None
+) -> list[Path]:
+    """Figs. 9/10: x, AᵀAx, Hx / λ, m, (AᵀAx − Hx)², plus the fit curve of every setting.
+
+    ``npz_paths`` maps setting → illustration file (see :func:`normal_illustration`); the first
+    existing one gives the six panels.
+    """
+    plt = _plt()
+    name = f"fig_normal_{task}"
+    with plt.rc_context(STYLE):
+        fig = plt.figure(figsize=(7.2, 3.8))
+        gs = fig.add_gridspec(2, 4, width_ratios=[1, 1, 1, 1.25])
+        axes = [fig.add_subplot(gs[i, j]) for i in range(2) for j in range(3)]
+        curve = fig.add_subplot(gs[:, 3])
+        existing = {s: p for s, p in npz_paths.items() if p.exists()} if not reason else {}
+        if not existing:
+            why = reason or (
+                "missing " + ", ".join(str(p) for p in npz_paths.values())
+                if npz_paths
+                else "no settings"
+            )
+            for ax in axes:
+                no_data(ax, "")
+            no_data(curve, why)
+        else:
+            setting, path = next(iter(existing.items()))
+            z = _load_npz(path)
+            for key in ("x", "AtAx", "Hx", "lam", "mask"):
+                if key not in z:
+                    raise ReportError(f"{path}: missing array {key!r} (has {sorted(z)})")
+            x, ata, hx = (_to_image(z[k], k) for k in ("x", "AtAx", "Hx"))
+            err = (ata - hx) ** 2
+            lo, hi = np.percentile(np.concatenate([ata.ravel(), hx.ravel()]), [0.5, 99.5])
+            rel = float(np.linalg.norm(ata - hx) / max(np.linalg.norm(ata), 1e-30))
+            panels = [
+                (x, None, None, "gray", "x"),
+                (ata, lo, hi, "gray", "AᵀA x (exact)"),
+                (hx, lo, hi, "gray", "H x"),
+                (
+                    _to_image(z["lam"], "lam"),
+                    None,
+                    None,
+                    "viridis",
+                    "filter λ\n(log₁₀|λ|, centred)",
+                ),
+                (_to_image(z["mask"], "mask"), None, None, "viridis", "mask m"),
+                (err, None, None, "magma", f"(AᵀAx − Hx)²\nrel. error {rel:.3f}"),
+            ]
+            for ax, (img, a, b, cmap, title) in zip(axes, panels, strict=True):
+                im = _imshow(ax, img, a, b, cmap=cmap, title=title)
+                cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, format="%.2g")
+                cbar.ax.tick_params(labelsize=5.5)
+            drew = False
+            for s, p in existing.items():
+                zz = _load_npz(p)
+                hist = np.asarray(zz.get("history", np.array([]))).ravel()
+                if hist.size:
+                    curve.plot(np.arange(1, hist.size + 1), hist, label=s)
+                    drew = True
+                if "heldout_rel_err" in zz:
+                    curve.axhline(
+                        float(zz["heldout_rel_err"]),
+                        ls=":",
+                        lw=0.8,
+                        color=curve.lines[-1].get_color() if curve.lines else "k",
+                    )
+            if drew:
+                curve.set_yscale("log")
+                curve.set_xscale("log")
+                curve.set_xlabel("Adam iteration")
+                curve.set_ylabel("fit loss (dotted: held-out rel. error)")
+                curve.set_title("fit of H to AᵀA/‖A‖²")
+                curve.legend(frameon=False)
+            else:
+                no_data(curve, "no fit history in the illustration files")
+            fig.suptitle(
+                f"{TASK_TITLE[task]}: diagonal-circulant H ≈ AᵀA ({setting}, central slice)",
+                fontsize=8,
+            )
+        fig.tight_layout()
+        return save_figure(fig, out_dir, name)
+
+
+_SLICE_KEYS = {
+    "axial": ("axial", "recon_axial", "x_axial", "pred_axial"),
+    "vertical": (
+        "vertical",
+        "coronal",
+        "recon_vertical",
+        "x_vertical",
+        "pred_vertical",
+        "recon_coronal",
+    ),
+    "gt_axial": ("gt_axial", "truth_axial", "target_axial", "x_true_axial"),
+    "gt_vertical": (
+        "gt_vertical",
+        "gt_coronal",
+        "truth_vertical",
+        "target_vertical",
+        "x_true_vertical",
+    ),
+}
+
+
+def read_slices(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a slices ``.npz``: reconstruction and ground truth, axial and vertical (2D each).
+
+    Keys: ``axial``, ``vertical`` (or ``coronal``), ``gt_axial``, ``gt_vertical`` (aliases in
+    :data:`_SLICE_KEYS`); optional ``data_range`` (scalar) for the corner PSNR.
+    """
+    path = Path(path)
+    z = _load_npz(path)
+    out = {}
+    for key, names in _SLICE_KEYS.items():
+        hit = next((n for n in names if n in z), None)
+        if hit is None:
+            raise ReportError(
+                f"{path}: missing slice {key!r} (accepted names {names}; has {sorted(z)})"
+            )
+        out[key] = _to_image(z[hit], f"{path}:{hit}")
+    if "data_range" in z:
+        out["data_range"] = np.asarray(z["data_range"], dtype=float)
+    return out
+
+
+def slice_psnr(x: np.ndarray, ref: np.ndarray, data_range: float | None = None) -> float:
+    """PSNR (dB) of a 2D slice against the reference; data range = reference max − min by default."""
+    rng = float(data_range) if data_range else float(ref.max() - ref.min())
+    mse = float(np.mean((x - ref) ** 2))
+    if mse == 0:
+        return float("inf")
+    return 10.0 * math.log10(max(rng, 1e-30) ** 2 / mse)
+
+
+def _inset(ax, img, vmin, vmax, center, size):
+    h, w = img.shape
+    ch, cw = max(int(size * h), 2), max(int(size * w), 2)
+    y0 = int(np.clip(center[0] * h - ch / 2, 0, h - ch))
+    x0 = int(np.clip(center[1] * w - cw / 2, 0, w - cw))
+    axin = ax.inset_axes([0.62, 0.0, 0.38, 0.38])
+    axin.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+    axin.set_xlim(x0 - 0.5, x0 + cw - 0.5)
+    axin.set_ylim(y0 + ch - 0.5, y0 - 0.5)
+    axin.set_xticks([])
+    axin.set_yticks([])
+    for spine in axin.spines.values():
+        spine.set_edgecolor("#ffcc00")
+        spine.set_linewidth(0.8)
+    ax.indicate_inset_zoom(axin, edgecolor="#ffcc00", alpha=0.9, linewidth=0.6)
+
+
+def fig_slices(
+    task: str,
+    cells: dict[tuple[str, str, str], list[EvalRecord]] | None,
+    config: dict,
+    out_dir: Path,
+    reason: str | None = None,
+) -> list[Path]:
+    """Figs. 3/4: axial and vertical slices of the ground truth and each method, PSNR in the corner."""
+    plt = _plt()
+    name = f"fig_slices_{task}"
+    rep = {**REPORT_DEFAULTS, **(config.get("report") or {})}
+    variants = list(config.get("variants", []))
+    sets = task_settings(config, task) if task in config.get("tasks", []) else []
+    setting = rep["qualitative_setting"] or (sets[0] if sets else None)
+    if not reason and setting not in sets:
+        raise ReportError(
+            f"report.qualitative_setting {setting!r} is not a setting of {task} ({sets})"
+        )
+    with plt.rc_context(STYLE):
+        if reason or not cells:
+            fig, ax = plt.subplots(figsize=(6.4, 2.4))
+            no_data(ax, reason or f"no evaluation results for {task}")
+            fig.suptitle(f"{TASK_TITLE[task]}: qualitative slices", fontsize=8)
+            return save_figure(fig, out_dir, name)
+        vols = sorted({r.volume for v in variants for r in cells.get((task, setting, v), [])})
+        volume = rep["qualitative_volume"] or (vols[0] if vols else None)
+        if volume not in vols:
+            raise ReportError(
+                f"report.qualitative_volume {volume!r} not among the test volumes {vols}"
+            )
+        recs = {
+            v: next((r for r in cells.get((task, setting, v), []) if r.volume == volume), None)
+            for v in variants
+        }
+        slices = {}
+        for v, r in recs.items():
+            if r is not None and r.status == "ok" and r.slices:
+                slices[v] = read_slices(r.slices)
+        ncol = len(variants) + 1
+        fig, axes = plt.subplots(2, ncol, figsize=(1.35 * ncol, 3.1), squeeze=False)
+        if not slices:
+            for ax in axes.ravel():
+                no_data(ax, "")
+            no_data(axes[0, 0], "no slice files (.npz) named by the evaluation JSONs")
+        else:
+            ref = next(iter(slices.values()))
+            gts = {"axial": ref["gt_axial"], "vertical": ref["gt_vertical"]}
+            both = np.concatenate([gts["axial"].ravel(), gts["vertical"].ravel()])
+            vmin, vmax = np.percentile(both, [0.5, 99.5])
+            if task == "cbct":
+                vmin = max(vmin, 0.0)
+            row_names = {"axial": "axial", "vertical": "vertical" if task == "cbct" else "coronal"}
+            for i, orient in enumerate(("axial", "vertical")):
+                _imshow(
+                    axes[i, 0], gts[orient], vmin, vmax, title="ground truth" if i == 0 else None
+                )
+                axes[i, 0].set_ylabel(row_names[orient])
+                _inset(axes[i, 0], gts[orient], vmin, vmax, rep["inset_center"], rep["inset_size"])
+                for j, v in enumerate(variants, 1):
+                    ax = axes[i, j]
+                    title = SHORT_LABEL[task].get(v, v) if i == 0 else None
+                    r = recs[v]
+                    if r is not None and r.status == "oom":
+                        need = f"needs ≥{r.oom_needed_gb:.0f} GB" if r.oom_needed_gb else ""
+                        no_data(ax, need, head="OOM\n(not trainable)")
+                        if title:
+                            ax.set_title(title)
+                        continue
+                    if v not in slices:
+                        no_data(ax, "no slices saved")
+                        if title:
+                            ax.set_title(title)
+                        continue
+                    img = slices[v][orient]
+                    if img.shape != gts[orient].shape:
+                        raise ReportError(
+                            f"{r.slices}: {orient} slice shape {img.shape} differs from the ground "
+                            f"truth's {gts[orient].shape}"
+                        )
+                    _imshow(ax, img, vmin, vmax, title=title)
+                    dr = slices[v].get("data_range")
+                    p = slice_psnr(img, gts[orient], float(dr) if dr is not None else None)
+                    ax.text(
+                        0.03,
+                        0.97,
+                        f"{p:.2f} dB",
+                        transform=ax.transAxes,
+                        ha="left",
+                        va="top",
+                        color="white",
+                        fontsize=6.5,
+                        bbox={"facecolor": "black", "alpha": 0.6, "pad": 1.2, "lw": 0},
+                    )
+                    _inset(ax, img, vmin, vmax, rep["inset_center"], rep["inset_size"])
+            fig.suptitle(
+                f"{TASK_TITLE[task]}, {setting}, volume {volume} (shared grey scale; PSNR per slice; "
+                "* = the paper's method)",
+                fontsize=8,
+            )
+        fig.tight_layout(pad=0.3, w_pad=0.2, h_pad=0.4)
+        return save_figure(fig, out_dir, name)
+
+
+def fig_psnr_vs_setting(
+    cells: dict[tuple[str, str, str], list[EvalRecord]], config: dict, out_dir: Path
+) -> list[Path]:
+    """PSNR against views (CBCT) and acceleration (MRI) per method; the paper's values dashed."""
+    plt = _plt()
+    from matplotlib.lines import Line2D
+
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(6.8, 2.8))
+        for ax, task in zip(axes, TASKS, strict=True):
+            ax.set_title(TASK_TITLE[task])
+            if task not in config.get("tasks", []):
+                no_data(ax, f"task {task} disabled in config {config.get('name')!r}")
+                continue
+            sets = task_settings(config, task)
+            xs = [setting_value(s) for s in sets]
+            handles = []
+            for v in config.get("variants", []):
+                color, marker = VARIANT_STYLE.get(v, ("k", "o"))
+                aggs = [aggregate(cells.get((task, s, v)), "psnr") for s in sets]
+                ours = [a.value if a.status == "ok" else np.nan for a in aggs]
+                paper = [paper_value(task, v, "psnr", s) for s in sets]
+                pv = [p.value if p is not None and p.value is not None else np.nan for p in paper]
+                oom = any(a.status == "oom" for a in aggs)
+                label = SHORT_LABEL[task].get(v, v) + (" (OOM)" if oom else "")
+                ax.plot(xs, ours, marker=marker, color=color, label=label)
+                if not all(np.isnan(pv)):
+                    ax.plot(xs, pv, ls="--", marker=marker, mfc="none", color=color, alpha=0.8)
+                handles.append(Line2D([], [], color=color, marker=marker, label=label))
+            ax.set_xlabel("number of views" if task == "cbct" else "acceleration R")
+            ax.set_ylabel("PSNR (dB)")
+            ax.set_xticks(xs)
+            ax.set_xticklabels([f"{x:g}" for x in xs])
+            if len(xs) == 1:
+                ax.set_xlim(xs[0] * 0.8, xs[0] * 1.2)
+            handles += [
+                Line2D([], [], color="k", label="ours (solid)"),
+                Line2D([], [], color="k", ls="--", label="paper (dashed)"),
+            ]
+            ax.legend(
+                handles=handles,
+                frameon=False,
+                fontsize=6,
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.3),
+                ncol=3,
+            )
+        fig.tight_layout()
+        return save_figure(fig, out_dir, "fig_psnr_vs_setting")
+
+
+def fig_partition_memory(bench_csv: Path, out_dir: Path, reason: str | None = None) -> list[Path]:
+    """Peak training memory of a partitioned step (fixed patch) vs full-volume unrolling, against N."""
+    plt = _plt()
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(3.6, 2.7))
+        df = None if reason else _read_csv(bench_csv)
+        if df is None or df.empty:
+            no_data(ax, reason or f"{bench_csv} not found")
+        else:
+            ncol = _size_col(df, bench_csv)
+            mcol = _col(df, ("method", "variant", "mode", "kind"), bench_csv)
+            df = df.assign(_mem=_mem_gb(df, bench_csv))
+            for method, sub in df.groupby(mcol):
+                sub = sub.sort_values(ncol)
+                m = str(method)
+                color, marker = VARIANT_STYLE.get(
+                    m, ("#d62728", "o") if "part" in m else ("#2ca02c", "D")
+                )
+                ok = sub["_mem"].notna()
+                if "status" in sub.columns:
+                    ok &= sub["status"].astype(str) == "ok"
+                ax.plot(sub[ncol][ok], sub["_mem"][ok], marker=marker, color=color, label=m)
+                for n in sub[ncol][~ok]:
+                    ax.axvline(n, color=color, alpha=0.3, lw=0.8)
+                    ax.text(
+                        n,
+                        0.95,
+                        " OOM",
+                        color=color,
+                        fontsize=6,
+                        va="top",
+                        transform=ax.get_xaxis_transform(),
+                    )
+            _log_y(ax)
+            ax.set_xlabel("volume size N (N³ voxels)")
+            ax.set_ylabel("peak training memory (GB)")
+            sizes = sorted(df[ncol].unique())
+            ax.set_xticks(sizes)
+            ax.set_xticklabels([str(int(s)) for s in sizes])
+            patch = ""
+            pcol = _col(df, ("patch", "patch_size"), bench_csv, required=False)
+            if pcol:
+                patch = f", patch {', '.join(sorted(set(df[pcol].astype(str))))}"
+            ax.legend(frameon=False)
+            ax.set_title(f"Partitioned vs full-volume training{patch}\n{_devices(df)}", fontsize=7)
+        fig.tight_layout()
+        return save_figure(fig, out_dir, "fig_partition_memory")
+
+
+def write_figures(
+    cells: dict[tuple[str, str, str], list[EvalRecord]],
+    config: dict,
+    results: str | Path,
+    out_dir: str | Path,
+) -> list[Path]:
+    """Render every figure of :data:`FIGURES` (PNG + PDF) under ``out_dir``."""
+    results, out_dir = Path(results), Path(out_dir)
+    bench = results / "benchmarks"
+    bench_on = (config.get("benchmarks") or {}).get("enabled", True)
+    off = None if bench_on else f"benchmarks disabled in config {config.get('name')!r}"
+    paths = fig_data_vs_network(bench / "bench_steps.csv", out_dir, reason=off)
+    for task in TASKS:
+        reason = (
+            None
+            if task in config.get("tasks", [])
+            else f"task {task} disabled in config {config.get('name')!r}"
+        )
+        sets = task_settings(config, task) if not reason else []
+        npz = {s: results / "figures" / "data" / f"normal_{task}_{s}.npz" for s in sets}
+        paths += fig_normal(task, npz, out_dir, reason=reason)
+        paths += fig_slices(task, cells, config, out_dir, reason=reason)
+    paths += fig_psnr_vs_setting(cells, config, out_dir)
+    paths += fig_partition_memory(bench / "bench_partition.csv", out_dir, reason=off)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Normal-operator illustration (the one step that applies an operator; run once per setting)
+
+
+def _central(a, axis: int = 0) -> np.ndarray:
+    """Central slice of a (…, D, H, W) tensor/array along ``axis`` of (D, H, W), as numpy."""
+    if hasattr(a, "detach"):
+        a = a.detach().cpu()
+        if a.is_complex():
+            a = a.abs()
+        a = a.numpy()
+    a = np.asarray(a)
+    while a.ndim > 4:
+        a = a[0]
+    if a.ndim == 4:  # (C, D, H, W): magnitude over real/imag channels
+        a = np.sqrt((a.astype(np.float64) ** 2).sum(axis=0)) if a.shape[0] > 1 else a[0]
+    idx = [slice(None)] * 3
+    idx[axis] = a.shape[axis] // 2
+    return np.asarray(a[tuple(idx)], dtype=np.float64)
+
+
+def normal_illustration(
+    normal_path: str | Path, data_path: str | Path, setting: str, out: str | Path
+) -> Path:
+    """Compute the panels of Figs. 9/10 once and store them as a small ``.npz``.
+
+    Loads the fitted H (``unroll3d.normal.load_normal``) and one preprocessed volume
+    (``unroll3d.data.load_sample``), applies the exact normal operator and H to the volume, and
+    stores central axial slices of ``x``, ``AtAx`` (= AᵀA x), ``Hx`` (= scaling · H x), the
+    centred log-magnitude filter ``lam``, the mask ``mask``, the fit ``history`` and
+    ``heldout_rel_err`` when the fit recorded it.
+    """
+    import torch
+
+    from unroll3d.data import load_sample
+    from unroll3d.normal import DiagCirculantWrapper, load_normal
+
+    sample = load_sample(str(data_path), setting, device="cpu")
+    loaded = load_normal(str(normal_path))
+    if isinstance(loaded, dict):
+        info = loaded
+    elif isinstance(loaded, (tuple, list)):
+        info = dict(zip(("fourier_filter", "spatial_mask", "history"), loaded, strict=False))
+        if len(loaded) > 3 and isinstance(loaded[3], dict):
+            info.update(loaded[3])
+    else:  # an object with attributes
+        info = {k: getattr(loaded, k) for k in dir(loaded) if not k.startswith("_")}
+    for key in ("fourier_filter", "spatial_mask"):
+        if info.get(key) is None:
+            raise ReportError(f"{normal_path}: no {key!r} in the saved normal operator")
+    physics = sample.physics
+    img_size = tuple(sample.x.shape[1:])
+    scaling = None
+    for key in ("scaling", "sqnorm", "op_sqnorm", "operator_sqnorm"):
+        if info.get(key) is not None:
+            scaling = float(info[key])
+            break
+    if scaling is None:
+        scaling = 1.0
+        log.warning("%s: no 'scaling' stored; comparing AᵀA x with H x unscaled", normal_path)
+    wrapped = DiagCirculantWrapper(
+        physics,
+        img_size,
+        scaling=scaling,
+        fourier_filter=info["fourier_filter"],
+        spatial_mask=info["spatial_mask"],
+    )
+    with torch.no_grad():
+        x = sample.x.float()
+        ata = physics.A_adjoint_A(x)
+        hx = wrapped.A_adjoint_A(x)
+    lam = info["fourier_filter"]
+    lam = lam.detach().cpu() if hasattr(lam, "detach") else torch.as_tensor(np.asarray(lam))
+    lam_mag = lam.abs() if lam.is_complex() else lam.abs().float()
+    while lam_mag.ndim > 3:
+        lam_mag = lam_mag[0]
+    # centre the zero frequency of the full axes (rfft's last axis starts at 0 already)
+    full_axes = (0, 1) if lam_mag.shape[-1] != img_size[-1] else (0, 1, 2)
+    lam_c = torch.fft.fftshift(lam_mag, dim=full_axes)
+    lam_img = np.log10(_central(lam_c.numpy()[None], axis=0) + 1e-12)
+    hist = info.get("history")
+    if isinstance(hist, dict):
+        hist = hist.get("loss", hist.get("losses", next(iter(hist.values()), [])))
+    hist = np.asarray(hist if hist is not None else [], dtype=np.float64).ravel()
+    arrays = {
+        "x": _central(x),
+        "AtAx": _central(ata),
+        "Hx": _central(hx),
+        "lam": lam_img,
+        "mask": _central(info["spatial_mask"]),
+        "history": hist,
+        "setting": np.asarray(setting),
+    }
+    for key in ("heldout_rel_err", "rel_err", "relative_error"):
+        value = info.get(key)
+        if value is not None and np.ndim(value) == 0:
+            arrays["heldout_rel_err"] = np.asarray(float(value))
+            break
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a workflow config YAML (the same file Snakemake validates)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except FileNotFoundError as err:
+        raise ReportError(f"config file {path} not found") from err
+    if not isinstance(config, dict):
+        raise ReportError(f"{path}: expected a mapping at the top level")
+    for key in ("tasks", "variants"):
+        if key not in config:
+            raise ReportError(f"{path}: missing key {key!r}")
+    bad = set(config["tasks"]) - set(TASKS)
+    if bad:
+        raise ReportError(f"{path}: unknown task(s) {sorted(bad)}; allowed {list(TASKS)}")
+    return config
+
+
+def _main_illustration(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="unroll3d report normal-illustration",
+        description="Compute the panels of the normal-operator figure (x, AᵀAx, Hx, λ, m) once.",
+    )
+    p.add_argument(
+        "--normal", required=True, help="fitted H file results/normal/{task}/{setting}.pt"
+    )
+    p.add_argument(
+        "--data", required=True, help="one preprocessed volume results/data/{task}/{volume}.pt"
+    )
+    p.add_argument("--setting", required=True, help="v30, R5, ...")
+    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    normal_illustration(args.normal, args.data, args.setting, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``unroll3d report``: render tables and figures from existing results (seconds)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if argv and argv[0] == "normal-illustration":
+            return _main_illustration(argv[1:])
+        p = argparse.ArgumentParser(
+            prog="unroll3d report",
+            description="Render the paper's tables (CSV, Markdown, LaTeX) and figures (PNG, PDF).",
+            epilog="Sub-command: `unroll3d report normal-illustration --help`.",
+        )
+        p.add_argument("--results", default="results", help="results folder (default: results)")
+        p.add_argument("--config", required=True, help="workflow config YAML (config/config.yaml)")
+        p.add_argument("--tables", default=None, help="tables folder (default: RESULTS/tables)")
+        p.add_argument("--figures", default=None, help="figures folder (default: RESULTS/figures)")
+        p.add_argument("--only", choices=("tables", "figures"), default=None)
+        p.add_argument(
+            "--allow-missing",
+            action="store_true",
+            help="skip missing evaluation files with a warning instead of failing (exploration only)",
+        )
+        args = p.parse_args(argv)
+        results = Path(args.results)
+        config = load_config(args.config)
+        cells = collect_evals(results, config, allow_missing=args.allow_missing)
+        written: list[Path] = []
+        if args.only in (None, "tables"):
+            written += write_tables(cells, config, args.tables or results / "tables", args.config)
+        if args.only in (None, "figures"):
+            written += write_figures(cells, config, results, args.figures or results / "figures")
+    except ReportError as err:
+        print(f"unroll3d report: error: {err}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""Tables and figures of ``unroll3d report`` from small metric files written by the tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from unroll3d import paper_numbers as pn
+from unroll3d import report
+
+VARIANTS = ["fdk", "postproc", "unrolled", "partition", "partition-H"]
+CONFIG = {
+    "name": "unit",
+    "tasks": ["cbct", "mri"],
+    "variants": VARIANTS,
+    "cbct": {"views": [30, 50]},
+    "mri": {"accelerations": [5]},
+    "benchmarks": {"enabled": True},
+}
+VOLUMES = ["vol_a", "vol_b"]
+
+
+def _slices(path: Path, seed: int, noise: float, mri: bool = False) -> Path:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:24, :24]
+    gt = ((yy - 12) ** 2 + (xx - 12) ** 2 < 80).astype(float) + 0.5 * (xx > 15)
+    gt_v = np.roll(gt, 3, axis=0)
+    rec, rec_v = (
+        gt + noise * rng.standard_normal(gt.shape),
+        gt_v + noise * rng.standard_normal(gt.shape),
+    )
+    if mri:  # 2×H×W real/imag, as the MRI pipeline stores complex images
+        rec = np.stack([rec, 0 * rec])
+    np.savez(path, axial=rec, vertical=rec_v, gt_axial=gt, gt_vertical=gt_v)
+    return path
+
+
+def write_evals(
+    results: Path, config: dict = CONFIG, skip: tuple = (), slices: bool = True
+) -> None:
+    """Tiny evaluation JSONs: PSNR = base + setting offset + volume offset; `unrolled` OOMs on CBCT."""
+    base = {"fdk": 18.0, "postproc": 29.0, "unrolled": 36.0, "partition": 31.0, "partition-H": 31.5}
+    for task in config["tasks"]:
+        for s in report.task_settings(config, task):
+            for i, v in enumerate(config["variants"]):
+                for k, vol in enumerate(VOLUMES):
+                    path = results / "eval" / task / s / v / f"{vol}.json"
+                    if (task, s, v, vol) in skip:
+                        continue
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    rec = {
+                        "task": task,
+                        "setting": s,
+                        "variant": v,
+                        "volume": vol,
+                        "status": "ok",
+                        "device": "CPU: test",
+                        "volume_shape": [16, 16, 16],
+                        "infer_time_s": 0.5,
+                        "infer_peak_mem_gb": None,
+                    }
+                    if task == "cbct" and v == "unrolled":
+                        rec.update(status="oom", message="OOM at volume 16³, peak 93.1 GB")
+                    else:
+                        rec["psnr"] = base[v] + k * 1.0  # mean over volumes = base + 0.5
+                        rec["ssim"] = 0.5 + 0.1 * i
+                        if v not in ("fdk",):
+                            rec["train_peak_mem_gb"] = 10.0 + i
+                            rec["train_step_s"] = 1.0 + 0.1 * i
+                            rec["train_accumulate"] = 4 if v.startswith("partition") else 1
+                        if slices:
+                            npz = _slices(
+                                path.with_suffix(".npz"), 10 * i + k, 0.02 * (5 - i), task == "mri"
+                            )
+                            rec["slices"] = npz.name  # relative to the JSON's folder
+                    path.write_text(json.dumps(rec))
+
+
+def write_bench(results: Path) -> None:
+    b = results / "benchmarks"
+    b.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n in (16, 24, 32):
+        rows.append(
+            {
+                "n": n,
+                "step": "data",
+                "time_s": 1e-3 * n,
+                "peak_mem_gb": 1e-5 * n**3,
+                "status": "ok",
+                "device": "CPU: test",
+            }
+        )
+        rows.append(
+            {
+                "n": n,
+                "step": "network",
+                "time_s": 1e-2 * n,
+                "peak_mem_gb": 1e-4 * n**3,
+                "status": "ok",
+                "device": "CPU: test",
+            }
+        )
+    rows[-1].update(status="oom", time_s=None, peak_mem_gb=None)
+    pd.DataFrame(rows).to_csv(b / "bench_steps.csv", index=False)
+    rows = [
+        {
+            "n": n,
+            "method": m,
+            "peak_mem_gb": (0.2 if m == "partition" else 1e-4 * n**3),
+            "status": "ok",
+            "device": "CPU: test",
+            "patch": "8x16x16",
+        }
+        for n in (16, 24, 32)
+        for m in ("partition", "unrolled")
+    ]
+    pd.DataFrame(rows).to_csv(b / "bench_partition.csv", index=False)
+
+
+def write_normal_npz(results: Path, task: str, setting: str) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.random((12, 12))
+    d = results / "figures" / "data"
+    d.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        d / f"normal_{task}_{setting}.npz",
+        x=x,
+        AtAx=x + 0.1,
+        Hx=x + 0.12,
+        lam=rng.random((12, 12)),
+        mask=np.ones((12, 12)),
+        history=np.geomspace(1.0, 1e-2, 50),
+        heldout_rel_err=np.asarray(0.05),
+    )
+
+
+# ------------------------------------------------------------------------------ paper numbers
+
+
+def test_paper_numbers_consistency():
+    """paper.md §6.5: the mean of 'ours' per task equals the matching ablation row."""
+    cbct = [pn.paper_value("cbct", "partition-H", "psnr", s).value for s in ("v30", "v50", "v100")]
+    assert np.mean(cbct) == pytest.approx(
+        pn.paper_value("cbct", "partition-H", "psnr", "mean").value, abs=0.01
+    )
+    mri = [pn.paper_value("mri", "unrolled", "psnr", s).value for s in ("R5", "R10")]
+    assert np.mean(mri) == pytest.approx(
+        pn.paper_value("mri", "unrolled", "psnr", "mean").value, abs=0.01
+    )
+    # training costs are setting-independent; a main table wins over the ablation
+    step = pn.paper_value("cbct", "partition-H", "train_step_s", "v30")
+    assert (step.value, step.accumulate, step.source) == (1.20, 4, "table1")
+    assert (
+        pn.paper_value("cbct", "partition-H", "train_step_s", "mean", source="ablation").value
+        == 1.21
+    )
+    assert pn.paper_value("cbct", "unrolled", "train_mem_gb", "v30").display() == "OOM"
+    assert pn.paper_value("cbct", "partition", "psnr", "v30") is None
+    assert all(p.label == "summary" for p in pn.PAPER_NUMBERS)
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def test_read_eval_aliases_and_oom(tmp_path):
+    p = tmp_path / "eval" / "mri" / "R5" / "partition" / "v1.json"
+    p.parent.mkdir(parents=True)
+    p.write_text(json.dumps({"metrics": {"psnr_db": 33.0, "ssim": 0.9}, "device_name": "GPU X"}))
+    r = report.read_eval(p)
+    assert (r.task, r.setting, r.variant, r.volume) == ("mri", "R5", "partition", "v1")
+    assert (r.psnr, r.ssim, r.device) == (33.0, 0.9, "GPU X")
+    p.write_text(json.dumps({"status": "oom", "message": "OOM at volume 501³, peak 79.2 GB"}))
+    r = report.read_eval(p)
+    assert r.status == "oom" and r.oom_needed_gb == pytest.approx(79.2)
+    p.write_text(json.dumps({"status": "ok"}))
+    with pytest.raises(report.ReportError, match="psnr"):
+        report.read_eval(p)
+    p.write_text(json.dumps({"status": "crashed", "psnr": 1}))
+    with pytest.raises(report.ReportError, match="status"):
+        report.read_eval(p)
+
+
+def test_missing_eval_file_is_an_error(tmp_path):
+    write_evals(tmp_path, skip=(("cbct", "v50", "partition", "vol_b"),), slices=False)
+    with pytest.raises(report.ReportError, match=r"cbct/v50/partition/vol_b\.json"):
+        report.collect_evals(tmp_path, CONFIG)
+    # a whole cell missing names its folder
+    cfg = {**CONFIG, "variants": VARIANTS + ["tv"]}
+    with pytest.raises(report.ReportError, match=r"eval/cbct/v30/tv"):
+        report.collect_evals(tmp_path, cfg, allow_missing=False)
+    cells = report.collect_evals(tmp_path, cfg, allow_missing=True)
+    assert ("cbct", "v30", "tv") not in cells
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+def test_tables_values_paper_columns_and_oom(tmp_path):
+    write_evals(tmp_path, slices=False)
+    cells = report.collect_evals(tmp_path, CONFIG)
+    paths = report.write_tables(
+        cells, CONFIG, tmp_path / "tables", "config/unit.yaml", commit="abc123"
+    )
+    assert {p.name for p in paths} == {
+        f"{t}.{e}" for t in report.TABLES for e in ("csv", "md", "tex")
+    }
+
+    df = pd.read_csv(tmp_path / "tables" / "table1_cbct.csv")
+    row = df[(df.variant == "partition-H") & (df.setting == "v30") & (df.metric == "psnr")].iloc[0]
+    assert row.ours == pytest.approx(32.0)  # 31.5 + mean of the volume offsets 0, 1
+    assert row.paper == pytest.approx(31.17)
+    assert row.delta == pytest.approx(32.0 - 31.17)
+    assert row.n_volumes == 2
+    # every row with both numbers has diff = ours − paper
+    both = df.dropna(subset=["ours", "paper"])
+    np.testing.assert_allclose(both["delta"], both["ours"] - both["paper"], atol=1e-9)
+    oom = df[(df.variant == "unrolled") & (df.metric == "psnr")]
+    assert set(oom.ours_status) == {"oom"} and oom.ours.isna().all()
+
+    md = (tmp_path / "tables" / "table1_cbct.md").read_text()
+    assert "OOM (needs ≥93.1 GB) / OOM" in md
+    assert "32.00 / 31.17 (+0.83)" in md
+    assert "1.40×4 / 1.20×4 (+0.20)" in md  # partition-H s/step, with accumulation
+    for needle in (
+        "16×16×16",
+        "2 test volumes",
+        "CPU: test",
+        "config/unit.yaml",
+        "abc123",
+        "INR[3D]",
+    ):
+        assert needle in md, needle
+    # column count consistent in every Markdown row
+    table_lines = [line for line in md.splitlines() if line.startswith("|")]
+    assert len({line.count(" | ") for line in table_lines if "---" not in line}) == 1
+
+    md2 = (tmp_path / "tables" / "table2_mri.md").read_text()
+    assert "PSNR (dB) R5" in md2 and "37.74" in md2  # paper's standard unrolled on MRI
+    abl = pd.read_csv(tmp_path / "tables" / "table_ablation.csv")
+    r = abl[(abl.task == "cbct") & (abl.variant == "partition-H") & (abl.metric == "psnr")].iloc[0]
+    assert r.ours == pytest.approx(32.0) and r.paper == pytest.approx(34.15)
+    r = abl[
+        (abl.task == "mri") & (abl.variant == "partition") & (abl.metric == "train_step_s")
+    ].iloc[0]
+    assert r.paper == pytest.approx(1.10)
+
+    tex = (tmp_path / "tables" / "table1_cbct.tex").read_text()
+    assert r"\toprule" in tex and r"\ding{55}" in tex and r"$\times$4" in tex
+    body = tex.split(r"\toprule")[1]
+    assert tex.count(r"\begin{tabular}") == 1 and "_" not in body.replace(r"\_", "")
+
+
+def test_table_for_disabled_task_says_no_data(tmp_path):
+    cfg = {**CONFIG, "tasks": ["cbct"]}
+    write_evals(tmp_path, cfg, slices=False)
+    cells = report.collect_evals(tmp_path, cfg)
+    report.write_tables(cells, cfg, tmp_path / "tables", commit="x")
+    assert "no data" in (tmp_path / "tables" / "table2_mri.md").read_text()
+    assert "Walnut-CBCT" in (tmp_path / "tables" / "table_ablation.md").read_text()
+
+
+# ------------------------------------------------------------------------------ figures
+
+
+def _assert_real_png(path: Path) -> None:
+    import matplotlib.image as mpimg
+
+    assert path.exists() and path.stat().st_size > 5_000, path
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and min(img.shape[:2]) > 100
+    assert img[..., :3].std() > 0.05, f"{path} looks blank"
+
+
+def test_figures_render(tmp_path):
+    write_evals(tmp_path)
+    write_bench(tmp_path)
+    for task, s in (("cbct", "v30"), ("cbct", "v50"), ("mri", "R5")):
+        write_normal_npz(tmp_path, task, s)
+    cells = report.collect_evals(tmp_path, CONFIG)
+    paths = report.write_figures(cells, CONFIG, tmp_path, tmp_path / "figures")
+    assert {p.name for p in paths} == {f"{f}.{e}" for f in report.FIGURES for e in ("png", "pdf")}
+    for p in paths:
+        if p.suffix == ".png":
+            _assert_real_png(p)
+        else:
+            assert p.read_bytes()[:5] == b"%PDF-"
+
+
+def test_figures_no_data_panels(tmp_path):
+    cfg = {**CONFIG, "tasks": ["mri"], "benchmarks": {"enabled": False}}
+    write_evals(tmp_path, cfg, slices=False)
+    cells = report.collect_evals(tmp_path, cfg)
+    paths = report.write_figures(cells, cfg, tmp_path, tmp_path / "figures")
+    assert len(paths) == 2 * len(report.FIGURES)
+    for p in paths:
+        assert p.stat().st_size > 0
+
+
+def test_slice_psnr_matches_definition():
+    ref = np.zeros((4, 4))
+    ref[0, 0] = 2.0
+    x = ref + 0.1
+    assert report.slice_psnr(x, ref) == pytest.approx(10 * np.log10(4.0 / 0.01))
+
+
+def test_cli_end_to_end(tmp_path):
+    import yaml
+
+    write_evals(tmp_path / "results")
+    write_bench(tmp_path / "results")
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(CONFIG))
+    rc = report.main(["--results", str(tmp_path / "results"), "--config", str(cfg_path)])
+    assert rc == 0
+    assert (tmp_path / "results" / "tables" / "table1_cbct.md").exists()
+    assert (tmp_path / "results" / "figures" / "fig_slices_mri.png").exists()
+    # a broken cell makes the command fail with a message, not a traceback
+    (tmp_path / "results" / "eval" / "mri" / "R5" / "fdk" / "vol_a.json").write_text("{oops")
+    assert report.main(["--results", str(tmp_path / "results"), "--config", str(cfg_path)]) == 1
