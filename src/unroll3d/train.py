@@ -67,8 +67,9 @@ class NonFiniteLoss(RuntimeError):
 
 
 def config_hash(config: dict) -> str:
-    """Short hash of the config sections that define a training run."""
-    text = json.dumps(config, sort_keys=True, default=str)
+    """Short hash of the config sections that define a training run (seed, model, train, tasks)."""
+    keys = ("seed", "model", "train", "cbct", "mri")
+    text = json.dumps({k: config.get(k) for k in keys}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -128,6 +129,8 @@ def lipschitz_of(sample, x0: torch.Tensor | None = None) -> float:
     probe = torch.randn(ref.shape, generator=gen).to(ref.device, ref.dtype)
     with torch.no_grad():
         phys = sample.physics
+        if hasattr(phys, "operator_norm"):
+            return float(phys.operator_norm()) ** 2
         if hasattr(phys, "compute_sqnorm"):
             norm = phys.compute_sqnorm(probe, max_iter=50, tol=1e-4, verbose=False)
         else:

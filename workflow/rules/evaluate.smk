@@ -1,0 +1,61 @@
+# Evaluation of one trained variant on one test volume (unroll3d evaluate): PSNR / 3D SSIM under
+# the task's convention (src/unroll3d/metrics.py), inference time and peak memory, timed training
+# micro-steps on the volume, and the training run's own stats. One JSON per
+# (task, setting, variant, volume), validated against src/unroll3d/schemas/eval.schema.json,
+# plus axial/vertical slices (.npz) for the qualitative figures.
+EVAL = f"{RESULTS}/eval"
+
+
+def evaluate_inputs(wildcards):
+    base = f"{RESULTS}/models/{wildcards.task}/{wildcards.setting}/{wildcards.variant}"
+    inputs = {
+        "model": f"{base}.pt",
+        "stats": f"{base}.json",
+        "sample": sample_path(wildcards.task, wildcards.volume),
+    }
+    if wildcards.variant.endswith("-H"):
+        inputs["normal"] = f"{RESULTS}/normal/{wildcards.task}/{wildcards.setting}.pt"
+    return inputs
+
+
+rule evaluate:
+    input:
+        unpack(evaluate_inputs),
+    output:
+        json=f"{EVAL}/{{task}}/{{setting}}/{{variant}}/{{volume}}.json",
+        slices=f"{EVAL}/{{task}}/{{setting}}/{{variant}}/{{volume}}.npz",
+    params:
+        config=CONFIG_JSON,
+        normal=normal_arg,
+    wildcard_constraints:
+        volume=r"[^/]+",
+    log:
+        f"{LOGS}/evaluate/{{task}}/{{setting}}/{{variant}}/{{volume}}.log",
+    benchmark:
+        f"{BENCH}/evaluate/{{task}}/{{setting}}/{{variant}}/{{volume}}.tsv"
+    threads: 2
+    conda:
+        CONDA_ENV
+    resources:
+        gpu=lambda wildcards: 0 if wildcards.variant in ANALYTICAL_VARIANTS else 1,
+    shell:
+        "unroll3d device run -- unroll3d evaluate --task {wildcards.task}"
+        " --setting {wildcards.setting} --variant {wildcards.variant}"
+        " --config-json '{params.config}' --model {input.model} --train-stats {input.stats}"
+        " --sample {input.sample} --volume {wildcards.volume} {params.normal}"
+        " --out {output.json} --slices {output.slices} --threads {threads} > {log} 2>&1"
+
+
+def eval_targets():
+    return [
+        f"{EVAL}/{task}/{setting}/{variant}/{volume}.json"
+        for task in config["tasks"]
+        for setting in settings(task)
+        for variant in config["variants"]
+        for volume in volumes(task, "test")
+    ]
+
+
+# `volumes` comes from data.smk (the data stage); until it exists there is nothing to evaluate.
+if "volumes" in globals():
+    FINAL_TARGETS.extend(eval_targets())
