@@ -24,25 +24,10 @@ CONFIG = {
 VOLUMES = ["vol_a", "vol_b"]
 
 
-def _slices(path: Path, seed: int, noise: float, mri: bool = False) -> Path:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:24, :24]
-    gt = ((yy - 12) ** 2 + (xx - 12) ** 2 < 80).astype(float) + 0.5 * (xx > 15)
-    gt_v = np.roll(gt, 3, axis=0)
-    rec, rec_v = (
-        gt + noise * rng.standard_normal(gt.shape),
-        gt_v + noise * rng.standard_normal(gt.shape),
-    )
-    if mri:  # 2×H×W real/imag, as the MRI pipeline stores complex images
-        rec = np.stack([rec, 0 * rec])
-    np.savez(path, axial=rec, vertical=rec_v, gt_axial=gt, gt_vertical=gt_v)
-    return path
-
-
 def write_evals(
     results: Path, config: dict = CONFIG, skip: tuple = (), slices: bool = True
 ) -> None:
-    """Tiny evaluation JSONs: PSNR = base + setting offset + volume offset; `unrolled` OOMs on CBCT."""
+    """Tiny evaluation JSONs in the evaluate schema: PSNR = base + volume offset; `unrolled` OOMs on CBCT."""
     base = {"fdk": 18.0, "postproc": 29.0, "unrolled": 36.0, "partition": 31.0, "partition-H": 31.5}
     for task in config["tasks"]:
         for s in report.task_settings(config, task):
@@ -52,32 +37,72 @@ def write_evals(
                     if (task, s, v, vol) in skip:
                         continue
                     path.parent.mkdir(parents=True, exist_ok=True)
+                    learned = v != "fdk"
                     rec = {
+                        "schema_version": 1,
                         "task": task,
                         "setting": s,
                         "variant": v,
                         "volume": vol,
                         "status": "ok",
+                        "message": None,
+                        "shape": [16, 16, 16],
                         "device": "CPU: test",
-                        "volume_shape": [16, 16, 16],
-                        "infer_time_s": 0.5,
-                        "infer_peak_mem_gb": None,
+                        "config_name": config["name"],
+                        "metric_convention": f"{task} test convention",
+                        "psnr": base[v] + k * 1.0,  # mean over the two volumes = base + 0.5
+                        "ssim": 0.5 + 0.1 * i,
+                        "ssim_slices": 0.5,
+                        "psnr_x0": 18.0,
+                        "data_range": 1.5,
+                        "inference_time_s": 0.5,
+                        "inference_peak_memory_gb": None,
+                        "train_step": None,
+                        "train_accumulate": 4 if v.startswith("partition") else 1,
+                        "train_stats": None,
+                        "n_params": 10 if learned else 0,
                     }
+                    if learned:
+                        rec["train_step"] = {
+                            "status": "ok",
+                            "message": None,
+                            "step_time_s": 1.0 + 0.1 * i,
+                            "peak_memory_gb": 10.0 + i,
+                            "steps": 2,
+                        }
                     if task == "cbct" and v == "unrolled":
-                        rec.update(status="oom", message="OOM at volume 16³, peak 93.1 GB")
-                    else:
-                        rec["psnr"] = base[v] + k * 1.0  # mean over volumes = base + 0.5
-                        rec["ssim"] = 0.5 + 0.1 * i
-                        if v not in ("fdk",):
-                            rec["train_peak_mem_gb"] = 10.0 + i
-                            rec["train_step_s"] = 1.0 + 0.1 * i
-                            rec["train_accumulate"] = 4 if v.startswith("partition") else 1
-                        if slices:
-                            npz = _slices(
-                                path.with_suffix(".npz"), 10 * i + k, 0.02 * (5 - i), task == "mri"
-                            )
-                            rec["slices"] = npz.name  # relative to the JSON's folder
+                        rec.update(
+                            status="oom",
+                            message="OOM at volume 16³, peak 93.10 GB",
+                            psnr=None,
+                            ssim=None,
+                            ssim_slices=None,
+                            psnr_x0=None,
+                            data_range=None,
+                            inference_time_s=None,
+                            train_step=None,
+                        )
+                    if slices:  # the .npz beside the JSON, as `unroll3d evaluate --slices` writes
+                        npz = path.with_suffix(".npz")
+                        if rec["status"] == "ok":
+                            _slices(npz, 10 * i + k, 0.02 * (5 - i))
+                        else:
+                            np.savez(npz, meta=np.array(json.dumps({"status": "oom"})))
                     path.write_text(json.dumps(rec))
+
+
+def _slices(path: Path, seed: int, noise: float) -> Path:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:24, :24]
+    gt = ((yy - 12) ** 2 + (xx - 12) ** 2 < 80).astype(float) + 0.5 * (xx > 15)
+    gt_v = np.roll(gt, 3, axis=0)
+    rec = gt + noise * rng.standard_normal(gt.shape)
+    rec_v = gt_v + noise * rng.standard_normal(gt.shape)
+    meta = json.dumps({"data_range": 1.5})
+    np.savez(
+        path, rec_axial=rec, rec_vertical=rec_v, gt_axial=gt, gt_vertical=gt_v, meta=np.array(meta)
+    )
+    return path
 
 
 def write_bench(results: Path) -> None:
@@ -183,6 +208,41 @@ def test_read_eval_aliases_and_oom(tmp_path):
     p.write_text(json.dumps({"status": "crashed", "psnr": 1}))
     with pytest.raises(report.ReportError, match="status"):
         report.read_eval(p)
+
+
+def test_test_files_follow_the_evaluate_schema(tmp_path):
+    """The fake evaluation files used here are valid under evaluate's own JSON schema."""
+    import jsonschema
+
+    schema_path = Path(report.__file__).parent / "schemas" / "eval.schema.json"
+    if not schema_path.exists():
+        pytest.skip("evaluate schema not present")
+    schema = json.loads(schema_path.read_text())
+    write_evals(tmp_path, slices=False)
+    files = sorted((tmp_path / "eval").rglob("*.json"))
+    assert files
+    for f in files:
+        jsonschema.validate(json.loads(f.read_text()), schema)
+
+
+def test_training_oom_with_inference_ok(tmp_path):
+    """A learned model that evaluates but whose timed training step ran out of memory."""
+    p = tmp_path / "eval" / "cbct" / "v30" / "unrolled-H" / "v1.json"
+    p.parent.mkdir(parents=True)
+    step = {
+        "status": "oom",
+        "message": "OOM at volume 501³, peak 80.1 GB",
+        "step_time_s": None,
+        "peak_memory_gb": 80.1,
+        "steps": 0,
+    }
+    p.write_text(json.dumps({"psnr": 30.0, "train_step": step, "train_accumulate": 1}))
+    r = report.read_eval(p)
+    assert r.status == "ok" and r.train_status == "oom" and r.oom_needed_gb == pytest.approx(80.1)
+    assert report.aggregate([r], "psnr").status == "ok"
+    agg = report.aggregate([r], "train_peak_mem_gb")
+    cell = report.make_cell(agg, "cbct", "unrolled-H", "train_peak_mem_gb", "all")
+    assert agg.status == "oom" and cell.text.startswith("OOM (needs ≥80.1 GB)")
 
 
 def test_missing_eval_file_is_an_error(tmp_path):

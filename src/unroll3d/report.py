@@ -197,6 +197,9 @@ class EvalRecord:
     volume_shape: tuple[int, ...] | None = None
     slices: str | None = None
     metric_convention: str | None = None
+    data_range: float | None = None
+    train_status: str | None = None  # "oom" when the timed training steps ran out of memory
+    train_message: str = ""
     path: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -204,36 +207,41 @@ class EvalRecord:
 _ALIASES: dict[str, tuple[str, ...]] = {
     "psnr": ("psnr", "psnr_db"),
     "ssim": ("ssim",),
-    "train_peak_mem_gb": (
-        "train_peak_mem_gb",
-        "train_mem_gb",
-        "train_peak_memory_gb",
-        "train_vram_gb",
-    ),
-    "train_step_s": ("train_step_s", "train_time_per_step_s", "train_s_per_step", "step_time_s"),
-    "train_accumulate": ("train_accumulate", "accumulate", "grad_accumulation"),
+    "train_peak_mem_gb": ("train_peak_mem_gb", "train_mem_gb", "train_peak_memory_gb"),
+    "train_step_s": ("train_step_s", "train_time_per_step_s", "train_s_per_step"),
+    "train_accumulate": ("train_accumulate", "accumulate"),
     "infer_time_s": ("infer_time_s", "inference_time_s"),
-    "infer_peak_mem_gb": ("infer_peak_mem_gb", "inference_peak_mem_gb", "infer_mem_gb"),
-    "device": ("device", "device_name", "gpu_name", "hardware"),
-    "message": ("message", "error", "oom_message"),
-    "oom_needed_gb": ("oom_needed_gb", "required_mem_gb", "needed_mem_gb", "oom_peak_gb"),
-    "volume_shape": ("volume_shape", "img_size", "shape", "volume_size"),
-    "slices": ("slices", "slices_path", "slices_npz"),
-    "metric_convention": ("metric_convention", "metrics_convention", "metric_notes"),
+    "infer_peak_mem_gb": ("infer_peak_mem_gb", "inference_peak_memory_gb", "inference_peak_mem_gb"),
+    "device": ("device", "device_name"),
+    "message": ("message",),
+    "oom_needed_gb": ("oom_needed_gb",),
+    "volume_shape": ("volume_shape", "shape", "img_size"),
+    "slices": ("slices", "slices_path"),
+    "metric_convention": ("metric_convention",),
+    "data_range": ("data_range",),
 }
+#: Nested objects searched (in this order) when a key is not at the top level.
+_NESTED = ("metrics",)
+#: Training-cost sources: the evaluation's own timed micro-steps first, then the training run.
+_TRAIN_SOURCES = (
+    ("train_step", "step_time_s", "peak_memory_gb"),
+    ("train_stats", "step_time_mean_s", "peak_memory_gb"),
+)
 _OOM_RE = re.compile(r"peak\s*(?:of\s*)?([0-9.]+)\s*(GB|GiB|MB|MiB)", re.IGNORECASE)
+_STATUSES = ("ok", "oom", "failed")
 
 
 def _lookup(d: dict, names: Iterable[str]) -> Any:
-    """First key of ``names`` found in ``d`` or in one of its nested dicts (one level)."""
+    """First key of ``names`` found in ``d``, else in its ``metrics`` object."""
     for name in names:
-        if name in d and d[name] is not None:
+        if d.get(name) is not None:
             return d[name]
-    for value in d.values():
-        if isinstance(value, dict):
+    for nest in _NESTED:
+        sub = d.get(nest)
+        if isinstance(sub, dict):
             for name in names:
-                if name in value and value[name] is not None:
-                    return value[name]
+                if sub.get(name) is not None:
+                    return sub[name]
     return None
 
 
@@ -247,16 +255,26 @@ def _as_float(value: Any, key: str, path: Path) -> float | None:
     return None if math.isnan(out) else out
 
 
-def read_eval(path: str | Path) -> EvalRecord:
-    """Read one evaluation JSON into an :class:`EvalRecord`.
+def _needed_gb(message: str) -> float | None:
+    match = _OOM_RE.search(message or "")
+    if not match:
+        return None
+    scale = {"gb": 1.0, "gib": 1.073741824, "mb": 1e-3, "mib": 1.048576e-3}
+    return float(match.group(1)) * scale[match.group(2).lower()]
 
-    Required keys: ``task``, ``setting``, ``variant``, ``volume`` (taken from the path
-    ``.../{task}/{setting}/{variant}/{volume}.json`` when absent), ``status`` (``ok`` or ``oom``;
-    default ``ok``) and, for ``ok``, ``psnr``. Optional: ``ssim``, ``train_peak_mem_gb``,
-    ``train_step_s``, ``train_accumulate``, ``infer_time_s``, ``infer_peak_mem_gb``, ``device``,
-    ``message`` (for OOM: "OOM at volume N³, peak X GB"), ``volume_shape``, ``slices`` (path to an
-    ``.npz``, relative to the JSON's folder or to the working directory), ``metric_convention``.
-    Keys may also sit one level down (e.g. ``{"metrics": {"psnr": ...}}``).
+
+def read_eval(path: str | Path) -> EvalRecord:
+    """Read one evaluation JSON (``src/unroll3d/schemas/eval.schema.json``) into an :class:`EvalRecord`.
+
+    Used keys: ``task``, ``setting``, ``variant``, ``volume`` (from the path
+    ``.../{task}/{setting}/{variant}/{volume}.json`` when absent); ``status`` (``ok``, ``oom`` or
+    ``failed``; default ``ok``) with ``message`` (for OOM "OOM at volume N³, peak X GB");
+    ``psnr`` (required when ok), ``ssim``, ``data_range``, ``shape``, ``device``,
+    ``metric_convention``, ``inference_time_s``, ``inference_peak_memory_gb``,
+    ``train_accumulate``; the training cost from ``train_step`` (``step_time_s``,
+    ``peak_memory_gb``, ``status``, ``message``: timed micro-steps of the evaluation), else
+    ``train_stats`` (``step_time_mean_s``, ``peak_memory_gb``: the training run), else flat
+    ``train_step_s`` / ``train_peak_mem_gb``; slices from ``slices`` or the ``.npz`` beside the JSON.
     """
     path = Path(path)
     try:
@@ -274,19 +292,35 @@ def read_eval(path: str | Path) -> EvalRecord:
         if not v:
             raise ReportError(f"{path}: missing key {k!r}")
     status = str(data.get("status", "ok")).lower()
-    if status not in ("ok", "oom"):
-        raise ReportError(f"{path}: status must be 'ok' or 'oom', got {status!r}")
+    if status not in _STATUSES:
+        raise ReportError(f"{path}: status must be one of {_STATUSES}, got {status!r}")
     rec = EvalRecord(**ids, status=status, path=str(path))
     for name in (
         "psnr",
         "ssim",
-        "train_peak_mem_gb",
-        "train_step_s",
         "infer_time_s",
         "infer_peak_mem_gb",
         "oom_needed_gb",
+        "data_range",
     ):
         setattr(rec, name, _as_float(_lookup(data, _ALIASES[name]), name, path))
+    rec.train_step_s = _as_float(_lookup(data, _ALIASES["train_step_s"]), "train_step_s", path)
+    rec.train_peak_mem_gb = _as_float(
+        _lookup(data, _ALIASES["train_peak_mem_gb"]), "train_peak_mem_gb", path
+    )
+    for key, t_key, m_key in _TRAIN_SOURCES:
+        sub = data.get(key)
+        if not isinstance(sub, dict):
+            continue
+        if str(sub.get("status", "ok")).lower() == "oom":
+            rec.train_status = "oom"
+            rec.train_message = str(sub.get("message") or "")
+        if rec.train_step_s is None:
+            rec.train_step_s = _as_float(sub.get(t_key), f"{key}.{t_key}", path)
+        if rec.train_peak_mem_gb is None and rec.train_status != "oom":
+            rec.train_peak_mem_gb = _as_float(sub.get(m_key), f"{key}.{m_key}", path)
+        if rec.train_step_s is not None or rec.train_status == "oom":
+            break
     acc = _lookup(data, _ALIASES["train_accumulate"])
     rec.train_accumulate = int(acc) if acc else 1
     for name in ("device", "message", "metric_convention"):
@@ -304,13 +338,17 @@ def read_eval(path: str | Path) -> EvalRecord:
         if not p.is_absolute() and not p.exists() and (path.parent / p).exists():
             p = path.parent / p
         rec.slices = str(p)
+    elif path.with_suffix(".npz").exists():
+        rec.slices = str(path.with_suffix(".npz"))
     if rec.status == "ok" and rec.psnr is None:
         raise ReportError(f"{path}: status 'ok' but no 'psnr' value")
-    if rec.status == "oom" and rec.oom_needed_gb is None:
-        match = _OOM_RE.search(rec.message)
-        if match:
-            scale = {"gb": 1.0, "gib": 1.073741824, "mb": 1e-3, "mib": 1.048576e-3}
-            rec.oom_needed_gb = float(match.group(1)) * scale[match.group(2).lower()]
+    if rec.status == "oom":
+        rec.train_status = "oom"
+        rec.train_message = rec.train_message or rec.message
+    if rec.train_status == "oom" and rec.oom_needed_gb is None:
+        rec.oom_needed_gb = _needed_gb(rec.train_message) or _needed_gb(rec.message)
+    if rec.status == "failed":
+        log.warning("%s: evaluation failed: %s", path, rec.message)
     return rec
 
 
@@ -381,7 +419,7 @@ def collect_evals(
 class Agg:
     """One aggregated cell of ours: mean over test volumes (or OOM)."""
 
-    status: str  # ok | oom | missing
+    status: str  # ok | oom | failed | missing
     value: float | None = None
     n: int = 0
     accumulate: int = 1
@@ -397,7 +435,10 @@ def aggregate(records: list[EvalRecord] | None, metric: str) -> Agg:
     """Mean of ``metric`` over the records; ``oom`` if any record is OOM."""
     if not records:
         return Agg("missing")
-    if any(r.status == "oom" for r in records):
+    if any(r.status == "failed" for r in records):
+        return Agg("failed", n=len(records))
+    train = metric in ("train_peak_mem_gb", "train_step_s")
+    if any(r.status == "oom" or (train and r.train_status == "oom") for r in records):
         needed = [r.oom_needed_gb for r in records if r.oom_needed_gb is not None]
         return Agg("oom", n=len(records), needed_gb=max(needed) if needed else None)
     if metric == "train_peak_mem_gb":
@@ -413,6 +454,8 @@ def aggregate_settings(aggs: list[Agg], metric: str) -> Agg:
     """Combine per-setting cells (the ablation's average over settings)."""
     if not aggs or any(a.status == "missing" for a in aggs):
         return Agg("missing")
+    if any(a.status == "failed" for a in aggs):
+        return Agg("failed", n=sum(a.n for a in aggs))
     if any(a.status == "oom" for a in aggs):
         needed = [a.needed_gb for a in aggs if a.needed_gb is not None]
         return Agg("oom", n=sum(a.n for a in aggs), needed_gb=max(needed) if needed else None)
@@ -467,6 +510,8 @@ def make_cell(agg: Agg, task: str, variant: str, metric: str, setting: str, sour
             ours_text = "✗ OOM"
     elif agg.status == "missing":
         ours_text = "—"
+    elif agg.status == "failed":
+        ours_text = "failed"
     else:
         ours_text = _fmt(agg.value, metric, agg.accumulate if metric == "train_step_s" else 1)
     diff = None
@@ -1100,8 +1145,9 @@ def fig_normal(
 
 
 _SLICE_KEYS = {
-    "axial": ("axial", "recon_axial", "x_axial", "pred_axial"),
+    "axial": ("rec_axial", "axial", "recon_axial", "x_axial", "pred_axial"),
     "vertical": (
+        "rec_vertical",
         "vertical",
         "coronal",
         "recon_vertical",
@@ -1138,6 +1184,13 @@ def read_slices(path: str | Path) -> dict[str, np.ndarray]:
         out[key] = _to_image(z[hit], f"{path}:{hit}")
     if "data_range" in z:
         out["data_range"] = np.asarray(z["data_range"], dtype=float)
+    elif "meta" in z:
+        try:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("data_range") is not None:
+                out["data_range"] = np.asarray(float(meta["data_range"]))
+        except (ValueError, TypeError, AttributeError):
+            pass
     return out
 
 
@@ -1247,7 +1300,7 @@ def fig_slices(
                             f"truth's {gts[orient].shape}"
                         )
                     _imshow(ax, img, vmin, vmax, title=title)
-                    dr = slices[v].get("data_range")
+                    dr = slices[v].get("data_range", r.data_range)
                     p = slice_psnr(img, gts[orient], float(dr) if dr is not None else None)
                     ax.text(
                         0.03,
