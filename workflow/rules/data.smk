@@ -1,0 +1,198 @@
+# Data stage: toy raw files (smoke) -> checksummed download -> one preprocessed .pt per volume.
+# Helpers for other rule files: volumes(task, split) and sample_path(task, volume).
+# Raw files: resources/{task}/raw/; toy sources: resources/{task}/toy/ (served on 127.0.0.1 to pooch).
+
+DATA_SPLITS = ("train", "val", "test")
+
+
+def volumes(task, split):
+    """Volume ids of a split: ["walnut3", ...] (cbct) or HDF5 stems (mri); split may be "all"."""
+    splits = config[task]["splits"]
+    names = DATA_SPLITS if split == "all" else (split,)
+    out = []
+    for name in names:
+        for v in splits.get(name, []):
+            out.append(f"walnut{v}" if task == "cbct" else str(v))
+    return out
+
+
+def sample_path(task, volume):
+    """Preprocessed file of one volume (input of fit-normal, train, evaluate)."""
+    return f"{RESULTS}/data/{task}/{volume}.pt"
+
+
+def _toy(task):
+    return config[task]["source"] == "toy"
+
+
+def _registry_args(task):
+    return f"--registry {RESOURCES}/{task}/toy/registry.csv --serve {RESOURCES}/{task}/toy" if _toy(task) else ""
+
+
+def _walnut_numbers():
+    return sorted({int(v) for s in DATA_SPLITS for v in config["cbct"]["splits"].get(s, [])})
+
+
+MRI_ZIP = "train_val_12_channel.zip"
+
+
+localrules:
+    download_walnut,
+    download_mri,
+
+
+rule toy_cbct:
+    output:
+        zips=expand(RESOURCES + "/cbct/toy/Walnut{n}.zip", n=_walnut_numbers()),
+        registry=f"{RESOURCES}/cbct/toy/registry.csv",
+    params:
+        walnuts=" ".join(str(n) for n in _walnut_numbers()),
+        size=lookup(dpath="cbct/toy/size", within=config, default=24),
+        det=" ".join(str(n) for n in lookup(dpath="cbct/toy/det_shape", within=config, default=[30, 24])),
+        n_full=lookup(dpath="cbct/toy/n_full", within=config, default=120),
+        orbit=config["cbct"]["orbit"],
+        voxel=config["cbct"]["voxel_size_mm"],
+        seed=config["seed"],
+    log:
+        f"{LOGS}/toy_cbct/toy_cbct.log",
+    benchmark:
+        f"{BENCH}/toy_cbct.tsv"
+    threads: 1
+    shell:
+        "unroll3d toy cbct --out {RESOURCES}/cbct/toy --walnuts {params.walnuts} --size {params.size}"
+        " --det-shape {params.det} --n-full {params.n_full} --orbit {params.orbit}"
+        " --voxel-mm {params.voxel} --seed {params.seed} > {log} 2>&1"
+
+
+rule toy_mri:
+    output:
+        zip=f"{RESOURCES}/mri/toy/{MRI_ZIP}",
+        registry=f"{RESOURCES}/mri/toy/registry.csv",
+    params:
+        train=" ".join(volumes("mri", "train") + volumes("mri", "val")),
+        val=" ".join(volumes("mri", "test")),
+        shape=" ".join(str(n) for n in lookup(dpath="mri/toy/shape", within=config, default=[16, 20, 18])),
+        coils=lookup(dpath="mri/toy/coils", within=config, default=4),
+        pf=config["mri"]["partial_fourier"],
+        seed=config["seed"],
+    log:
+        f"{LOGS}/toy_mri/toy_mri.log",
+    benchmark:
+        f"{BENCH}/toy_mri.tsv"
+    threads: 1
+    shell:
+        "unroll3d toy mri --out {RESOURCES}/mri/toy --train {params.train} --val {params.val}"
+        " --shape {params.shape} --coils {params.coils} --partial-fourier {params.pf}"
+        " --seed {params.seed} > {log} 2>&1"
+
+
+rule download_walnut:
+    input:
+        registry=[f"{RESOURCES}/cbct/toy/registry.csv"] if _toy("cbct") else [],
+    output:
+        f"{RESOURCES}/cbct/raw/Walnut{{n}}.zip",
+    params:
+        src=_registry_args("cbct"),
+        retries=config["cbct"]["download_retries"],
+    wildcard_constraints:
+        n=r"\d+",
+    log:
+        f"{LOGS}/download/Walnut{{n}}.log",
+    benchmark:
+        f"{BENCH}/download/Walnut{{n}}.tsv"
+    threads: 1
+    shell:
+        "unroll3d data download --task cbct --file Walnut{wildcards.n}.zip --dest {RESOURCES}/cbct/raw"
+        " {params.src} --retries {params.retries} > {log} 2>&1"
+
+
+rule download_mri:
+    input:
+        registry=[f"{RESOURCES}/mri/toy/registry.csv"] if _toy("mri") else [],
+    output:
+        f"{RESOURCES}/mri/raw/{MRI_ZIP}",
+    params:
+        src=_registry_args("mri"),
+        retries=config["mri"]["download_retries"],
+    log:
+        f"{LOGS}/download/{MRI_ZIP}.log",
+    benchmark:
+        f"{BENCH}/download/{MRI_ZIP}.tsv"
+    threads: 1
+    shell:
+        "unroll3d data download --task mri --file {MRI_ZIP} --dest {RESOURCES}/mri/raw"
+        " {params.src} --retries {params.retries} > {log} 2>&1"
+
+
+rule preprocess_walnut:
+    input:
+        f"{RESOURCES}/cbct/raw/Walnut{{n}}.zip",
+    output:
+        f"{RESULTS}/data/cbct/walnut{{n}}.pt",
+    params:
+        orbit=config["cbct"]["orbit"],
+        voxel=config["cbct"]["voxel_size_mm"],
+        scale=config["cbct"]["intensity_scale"],
+        clip=config["cbct"]["log_clip"],
+    wildcard_constraints:
+        n=r"\d+",
+    log:
+        f"{LOGS}/preprocess/cbct/walnut{{n}}.log",
+    benchmark:
+        f"{BENCH}/preprocess/cbct/walnut{{n}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=16000,
+    shell:
+        "unroll3d data preprocess cbct --zip {input} --out {output} --volume walnut{wildcards.n}"
+        " --orbit {params.orbit} --voxel-mm {params.voxel} --scale {params.scale}"
+        " --log-clip {params.clip} > {log} 2>&1"
+
+
+rule preprocess_mri:
+    input:
+        f"{RESOURCES}/mri/raw/{MRI_ZIP}",
+    output:
+        f"{RESULTS}/data/mri/{{volume}}.pt",
+    params:
+        pf=config["mri"]["partial_fourier"],
+        calib=config["mri"]["calib"],
+        conv=config["mri"]["kspace_convention"],
+    wildcard_constraints:
+        volume=r"[A-Za-z0-9_]+",
+    log:
+        f"{LOGS}/preprocess/mri/{{volume}}.log",
+    benchmark:
+        f"{BENCH}/preprocess/mri/{{volume}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=12000,
+    shell:
+        "unroll3d data preprocess mri --zip {input} --volume {wildcards.volume} --out {output}"
+        " --partial-fourier {params.pf} --calib {params.calib} --convention {params.conv} > {log} 2>&1"
+
+
+rule fdk_check:
+    input:
+        sample=f"{RESULTS}/data/cbct/walnut{{n}}.pt",
+        zip=f"{RESOURCES}/cbct/raw/Walnut{{n}}.zip",
+    output:
+        f"{RESULTS}/data/cbct/fdk_check/walnut{{n}}.json",
+    params:
+        orbit=config["cbct"]["orbit"],
+    log:
+        f"{LOGS}/fdk_check/walnut{{n}}.log",
+    benchmark:
+        f"{BENCH}/fdk_check/walnut{{n}}.tsv"
+    threads: 2
+    shell:
+        "unroll3d data fdk-check --sample {input.sample} --zip {input.zip} --orbit {params.orbit}"
+        " --out {output} > {log} 2>&1"
+
+
+for _task in config["tasks"]:
+    FINAL_TARGETS.extend(sample_path(_task, v) for v in volumes(_task, "all"))
+if "cbct" in config["tasks"]:
+    _t = volumes("cbct", "test")
+    if _t:
+        FINAL_TARGETS.append(f"{RESULTS}/data/cbct/fdk_check/{_t[0]}.json")

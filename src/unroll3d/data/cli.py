@@ -1,0 +1,217 @@
+"""``unroll3d data <action>``: download, freeze-registry, preprocess, fdk-check, splits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+from pathlib import Path
+
+from unroll3d.data.download import (
+    DataError,
+    download,
+    freeze_registry,
+    package_registry,
+    read_registry,
+    serve_directory,
+)
+
+
+def prior_work_split(
+    n: int = 42, counts: tuple[int, int, int] = (30, 4, 8), seed: int = 42
+) -> dict:
+    """The prior work's Walnut split (``create_splits.py`` of romainvo/pnp-learned-proximal-
+    trajectory): shuffle ids 1..n with ``random.seed(seed)``, then *pop from the end*: the first
+    ``counts[0]`` popped are train, the next ``counts[1]`` validation, the rest test."""
+    rng = random.Random(seed)
+    ids = list(range(1, n + 1))
+    rng.shuffle(ids)
+    popped = ids[::-1]
+    a, b = counts[0], counts[0] + counts[1]
+    return {
+        "train": sorted(popped[:a]),
+        "val": sorted(popped[a:b]),
+        "test": sorted(popped[b : b + counts[2]]),
+    }
+
+
+def _download(a) -> int:
+    from unroll3d.data.mri import MANUAL_HINT
+
+    registry = read_registry(a.registry or package_registry(a.task))
+    if a.file not in registry:
+        raise DataError(
+            f"{a.file!r} is not listed in registry {a.registry or package_registry(a.task)}"
+        )
+    entry = registry[a.file]
+    hint = (
+        MANUAL_HINT
+        if a.task == "mri"
+        else (
+            f"Download {a.file} by hand from https://doi.org/{entry.url[4:].rsplit('/', 1)[0]} and place it "
+            f"in {a.dest}/; its checksum is verified on the next run."
+            if entry.url.startswith("doi:")
+            else None
+        )
+    )
+    if a.serve:
+        with serve_directory(a.serve) as base:
+            path = download(entry, a.dest, base_url=base, retries=a.retries, manual_hint=hint)
+    else:
+        path = download(
+            entry,
+            a.dest,
+            base_url=a.base_url,
+            retries=a.retries,
+            manual_hint=hint,
+            verify_tls=not a.insecure,
+        )
+    print(f"{path} ({entry.hash or 'checksum not pinned'})")
+    return 0
+
+
+def _freeze(a) -> int:
+    path = a.registry or package_registry(a.task)
+    report = freeze_registry(path, out=a.out)
+    print(json.dumps(report, indent=2))
+    if report["still_unknown"]:
+        print(f"{len(report['still_unknown'])} file(s) still without a checksum", file=sys.stderr)
+    return 1 if report["conflict"] else 0
+
+
+def _preprocess(a) -> int:
+    if a.task == "cbct":
+        from unroll3d.data.walnut import preprocess_walnut
+
+        meta = preprocess_walnut(a.zip, a.out, a.volume, a.orbit, a.voxel_mm, a.scale, a.log_clip)
+    else:
+        from unroll3d.data.mri import preprocess_mri
+
+        if not a.volume:
+            raise DataError(
+                "preprocess mri needs --volume (the HDF5 file stem, e.g. e14089s3_P53248)"
+            )
+        meta = preprocess_mri(a.zip, a.volume, a.out, a.partial_fourier, a.calib, a.convention)
+    print(json.dumps({k: v for k, v in meta.items() if k != "input_sha256"}, default=str))
+    return 0
+
+
+def fdk_check(sample: str | Path, zip_path: str | Path, orbit: int = 2) -> dict:
+    """Relative difference between our FDK of the full stored orbit and the shipped
+    ``fdk_pos<orbit>_*`` reconstruction (both in 1/mm)."""
+    import numpy as np
+    import torch
+
+    from unroll3d.data import load_sample
+    from unroll3d.data.walnut import read_fdk_reference
+
+    probe = torch.load(sample, map_location="cpu", mmap=True, weights_only=True)
+    n_full = probe["y"].shape[0]
+    s = load_sample(sample, f"v{n_full}")
+    ours = s.physics.A_dagger(s.y)[0, 0].cpu().numpy() / s.meta["intensity_scale"]
+    ref = read_fdk_reference(zip_path, orbit)
+    if ref.shape != ours.shape:
+        raise DataError(
+            f"{zip_path}: fdk_pos{orbit} volume has shape {ref.shape}; ours is {ours.shape}"
+        )
+    rel = float(np.linalg.norm(ours - ref) / max(np.linalg.norm(ref), 1e-30))
+    gt = s.x[0, 0].cpu().numpy() / s.meta["intensity_scale"]
+    return {
+        "volume": s.meta.get("volume"),
+        "orbit": orbit,
+        "n_views": n_full,
+        "backend": getattr(s.physics, "backend", "?"),
+        "rel_diff_fdk_vs_shipped": rel,
+        "rel_diff_fdk_vs_reference_gt": float(
+            np.linalg.norm(ours - gt) / max(np.linalg.norm(gt), 1e-30)
+        ),
+        "rel_diff_shipped_fdk_vs_reference_gt": float(
+            np.linalg.norm(ref - gt) / max(np.linalg.norm(gt), 1e-30)
+        ),
+    }
+
+
+def _fdk_check(a) -> int:
+    from unroll3d.utils import atomic_write_json
+
+    res = fdk_check(a.sample, a.zip, a.orbit)
+    if a.out:
+        atomic_write_json(a.out, res)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def _splits(a) -> int:
+    print(json.dumps(prior_work_split(a.n, tuple(a.counts), a.seed)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unroll3d data", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="action", required=True)
+
+    d = sub.add_parser("download", help="download one raw file (checksummed, retried)")
+    d.add_argument("--task", choices=["cbct", "mri"], required=True)
+    d.add_argument("--file", required=True, help="file name as listed in the registry")
+    d.add_argument("--dest", required=True, type=Path, help="raw-data folder")
+    d.add_argument("--registry", type=Path, help="registry CSV (default: the package's)")
+    d.add_argument(
+        "--serve", type=Path, help="serve this folder on 127.0.0.1 and download from it (toy)"
+    )
+    d.add_argument("--base-url", help="base URL for registry entries with a relative url")
+    d.add_argument("--retries", type=int, default=3)
+    d.add_argument(
+        "--insecure", action="store_true", help="skip TLS verification (checksum still verified)"
+    )
+    d.set_defaults(func=_download)
+
+    f = sub.add_parser(
+        "freeze-registry", help="fill missing checksums from the Zenodo API (network)"
+    )
+    f.add_argument("--task", choices=["cbct", "mri"], default="cbct")
+    f.add_argument("--registry", type=Path)
+    f.add_argument("--out", type=Path, help="write here instead of updating the registry in place")
+    f.set_defaults(func=_freeze)
+
+    pp = sub.add_parser("preprocess", help="one raw volume -> one .pt sample file")
+    pp.add_argument("task", choices=["cbct", "mri"])
+    pp.add_argument("--zip", required=True, type=Path)
+    pp.add_argument("--out", required=True, type=Path)
+    pp.add_argument("--volume", help="volume id (walnutN; the MRI file stem)")
+    pp.add_argument("--orbit", type=int, default=2)
+    pp.add_argument("--voxel-mm", type=float, default=0.1)
+    pp.add_argument("--scale", type=float, default=14.0, help="x = scale * mu[1/mm]")
+    pp.add_argument("--log-clip", type=float, default=1e-6)
+    pp.add_argument("--partial-fourier", type=float, default=0.85)
+    pp.add_argument("--calib", type=int, default=24)
+    pp.add_argument("--convention", choices=["auto", "centred", "uncentred"], default="auto")
+    pp.set_defaults(func=_preprocess)
+
+    c = sub.add_parser("fdk-check", help="our FDK vs the shipped fdk_pos* reconstruction")
+    c.add_argument("--sample", required=True, type=Path)
+    c.add_argument("--zip", required=True, type=Path)
+    c.add_argument("--orbit", type=int, default=2)
+    c.add_argument("--out", type=Path, help="JSON report")
+    c.set_defaults(func=_fdk_check)
+
+    s = sub.add_parser("splits", help="print the prior work's Walnut split")
+    s.add_argument("--n", type=int, default=42)
+    s.add_argument("--counts", type=int, nargs=3, default=(30, 4, 8))
+    s.add_argument("--seed", type=int, default=42)
+    s.set_defaults(func=_splits)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(message)s"
+    )
+    try:
+        return int(a.func(a) or 0)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1

@@ -1,0 +1,302 @@
+"""Checksummed downloads with pooch, registry files, a local HTTP server for toy data.
+
+A *registry* is a small CSV file (columns ``file,url,hash,note``) listing every raw file a task
+needs. ``url`` is either a full URL (``https://``, ``http://``, ``doi:``) or a bare file name
+that is joined to a base URL given at download time (toy data served from a local folder).
+``hash`` is ``md5:<hex>`` or ``sha256:<hex>``, or empty when it is not known; an unknown hash is
+reported as such and never invented (``unroll3d data freeze-registry`` fills them from Zenodo).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import hashlib
+import http.server
+import io
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from unroll3d.utils import atomic_path
+
+log = logging.getLogger("unroll3d.data")
+
+REGISTRY_FIELDS = ("file", "url", "hash", "note")
+
+
+class DataError(RuntimeError):
+    """A raw or preprocessed data file is missing, corrupt or not in the expected format."""
+
+
+@dataclass
+class RegistryEntry:
+    """One row of a registry file."""
+
+    file: str
+    url: str
+    hash: str | None
+    note: str = ""
+
+
+def package_registry(task: str) -> Path:
+    """Path of the registry shipped with the package for ``task`` ("cbct" or "mri")."""
+    name = {"cbct": "walnut_registry.csv", "mri": "mri_registry.csv"}[task]
+    return Path(str(resources.files("unroll3d.data").joinpath(name)))
+
+
+def read_registry(path: str | Path) -> dict[str, RegistryEntry]:
+    """Read a registry CSV into ``{file: RegistryEntry}``.
+
+    :raises DataError: if the file lacks a column or lists a file twice.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"registry file {path} does not exist")
+    text = path.read_text()
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    reader = csv.DictReader(lines)
+    missing = set(REGISTRY_FIELDS) - set(reader.fieldnames or ())
+    if missing:
+        raise DataError(
+            f"registry {path}: missing column(s) {sorted(missing)}; expected {REGISTRY_FIELDS}"
+        )
+    out: dict[str, RegistryEntry] = {}
+    for row in reader:
+        name = row["file"].strip()
+        if name in out:
+            raise DataError(f"registry {path}: file {name!r} is listed twice")
+        h = (row["hash"] or "").strip() or None
+        if h is not None and ":" not in h:
+            raise DataError(
+                f"registry {path}: hash of {name!r} must be 'md5:<hex>' or 'sha256:<hex>', got {h!r}"
+            )
+        out[name] = RegistryEntry(name, row["url"].strip(), h, (row.get("note") or "").strip())
+    return out
+
+
+def write_registry(path: str | Path, entries: dict[str, RegistryEntry], header: str = "") -> None:
+    """Write ``entries`` as a registry CSV atomically (``header`` lines are written as comments)."""
+    buf = io.StringIO()
+    for line in header.splitlines():
+        buf.write(f"# {line}\n")
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(REGISTRY_FIELDS)
+    for e in entries.values():
+        writer.writerow([e.file, e.url, e.hash or "", e.note])
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())
+
+
+def file_hash(path: str | Path, alg: str = "sha256", chunk: int = 1 << 22) -> str:
+    """Hex digest of a file, read in chunks."""
+    h = hashlib.new(alg)
+    with open(path, "rb") as f:
+        for block in iter(functools.partial(f.read, chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def split_hash(known: str) -> tuple[str, str]:
+    """``"md5:abc"`` -> ``("md5", "abc")``; a bare hex string is sha256 (pooch's rule)."""
+    if ":" in known:
+        alg, value = known.split(":", 1)
+        return alg.lower(), value.lower()
+    return "sha256", known.lower()
+
+
+def verify(path: str | Path, known: str | None) -> tuple[bool, str | None]:
+    """Check ``path`` against ``known``; return ``(matches, "alg:actual")`` (``None`` if unknown)."""
+    if known is None:
+        return True, None
+    alg, value = split_hash(known)
+    actual = file_hash(path, alg)
+    return actual == value, f"{alg}:{actual}"
+
+
+def resolve_url(entry: RegistryEntry, base_url: str | None) -> str:
+    """Full URL of an entry: absolute URLs are kept, bare names are joined to ``base_url``."""
+    if entry.url.split(":", 1)[0] in ("http", "https", "ftp", "sftp", "doi"):
+        return entry.url
+    if not base_url:
+        raise DataError(
+            f"registry entry {entry.file!r} has a relative url {entry.url!r} but no base url was given"
+        )
+    return base_url.rstrip("/") + "/" + (entry.url or entry.file)
+
+
+def download(
+    entry: RegistryEntry,
+    dest_dir: str | Path,
+    base_url: str | None = None,
+    retries: int = 3,
+    manual_hint: str | None = None,
+    timeout: float = 60.0,
+    verify_tls: bool = True,
+) -> Path:
+    """Download one registry entry into ``dest_dir`` with pooch and verify its checksum.
+
+    * An existing file with the right hash is kept (no network access).
+    * An existing file with a wrong hash is deleted (the message names it and both hashes), then
+      downloaded again.
+    * A download is written to a temporary name and moved into place only if its hash matches
+      (pooch), retried ``retries`` times; a final mismatch raises :class:`DataError` naming the
+      file and both hashes.
+    * An unknown hash is logged as *unpinned* together with the md5 and sha256 of what arrived.
+    * If the host cannot be reached, :class:`DataError` carries ``manual_hint`` (how to place
+      the file by hand; its checksum is still verified on the next run).
+    """
+    import pooch
+    import requests
+
+    dest_dir = Path(dest_dir)
+    dest = dest_dir / entry.file
+    if dest.exists():
+        ok, actual = verify(dest, entry.hash)
+        if ok:
+            if entry.hash is None:
+                log.warning(
+                    "%s exists; its checksum is not pinned in the registry (unverified)", dest
+                )
+            else:
+                log.info("%s present, %s verified", dest, entry.hash)
+            return dest
+        log.warning(
+            "checksum mismatch for %s: expected %s, got %s; deleting it and downloading again",
+            dest,
+            entry.hash,
+            actual,
+        )
+        dest.unlink()
+    url = resolve_url(entry, base_url)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    kwargs = {"progressbar": False, "timeout": timeout}
+    if not verify_tls:
+        kwargs["verify"] = False
+    downloader = None if url.startswith("doi:") else pooch.HTTPDownloader(**kwargs)
+    pup = pooch.create(
+        path=dest_dir,
+        base_url="",
+        registry={entry.file: entry.hash},
+        urls={entry.file: url},
+        retry_if_failed=retries,
+        allow_updates=True,
+    )
+    try:
+        pup.fetch(entry.file, downloader=downloader)
+    except ValueError as err:
+        if "hash" in str(err):
+            raise DataError(
+                f"checksum mismatch for {dest} downloaded from {url}: expected {entry.hash} "
+                f"(pooch: {err}); the bad download was deleted"
+            ) from err
+        raise DataError(f"download of {entry.file} from {url} failed: {err}") from err
+    except (requests.exceptions.RequestException, OSError) as err:
+        hint = f"\n{manual_hint}" if manual_hint else ""
+        raise DataError(f"could not download {entry.file} from {url}: {err}{hint}") from err
+    if entry.hash is None:
+        log.warning(
+            "%s downloaded but UNPINNED (no checksum in the registry): md5:%s sha256:%s",
+            dest,
+            file_hash(dest, "md5"),
+            file_hash(dest, "sha256"),
+        )
+    return dest
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - signature of the base class
+        log.debug("http: " + format, *args)
+
+
+@contextlib.contextmanager
+def serve_directory(directory: str | Path) -> Iterator[str]:
+    """Serve ``directory`` read-only over HTTP on 127.0.0.1 (a free port); yield the base URL.
+
+    Used for toy data so that the download goes through exactly the same pooch code path as a
+    real download.
+    """
+    directory = Path(directory).resolve()
+    if not directory.is_dir():
+        raise DataError(f"cannot serve {directory}: not a directory")
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def zenodo_registry_from_doi(doi: str) -> dict[str, str]:
+    """``{file name: "md5:<hex>"}`` of a Zenodo record, through pooch's DOI support (network)."""
+    import tempfile
+
+    import pooch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pup = pooch.create(path=tmp, base_url=f"doi:{doi}/", registry=None)
+        pup.load_registry_from_doi()
+        return dict(pup.registry)
+
+
+def doi_of(entry: RegistryEntry) -> str | None:
+    """The DOI part of a ``doi:<doi>/<file>`` url, else ``None``."""
+    if not entry.url.startswith("doi:"):
+        return None
+    return entry.url[len("doi:") :].rsplit("/", 1)[0]
+
+
+def freeze_registry(
+    path: str | Path,
+    fetch: Callable[[str], dict[str, str]] = zenodo_registry_from_doi,
+    out: str | Path | None = None,
+) -> dict[str, list[str]]:
+    """Fill the missing checksums of a registry from the Zenodo API (one query per DOI).
+
+    Known hashes are never overwritten; a Zenodo hash that disagrees with a pinned one is
+    reported in ``"conflict"``. Returns ``{"filled": [...], "still_unknown": [...],
+    "conflict": [...]}``. ``fetch`` is injectable for tests (no network there).
+    """
+    entries = read_registry(path)
+    header = "".join(
+        ln[2:] + "\n" for ln in Path(path).read_text().splitlines() if ln.startswith("# ")
+    ).rstrip("\n")
+    by_doi: dict[str, dict[str, str]] = {}
+    report: dict[str, list[str]] = {"filled": [], "still_unknown": [], "conflict": []}
+    for e in entries.values():
+        doi = doi_of(e)
+        if doi is None:
+            if e.hash is None:
+                report["still_unknown"].append(e.file)
+            continue
+        if doi not in by_doi:
+            try:
+                by_doi[doi] = fetch(doi)
+            except Exception as err:  # network, API change: report, never invent
+                log.error("could not query %s: %s", doi, err)
+                by_doi[doi] = {}
+        remote = by_doi[doi].get(e.file)
+        if remote is None:
+            if e.hash is None:
+                report["still_unknown"].append(e.file)
+            continue
+        if ":" not in remote:
+            remote = f"md5:{remote}"  # the Zenodo API reports md5
+        if e.hash is None:
+            e.hash = remote
+            e.note = (e.note + "; " if e.note else "") + f"md5 from Zenodo API ({doi})"
+            report["filled"].append(e.file)
+        elif split_hash(e.hash)[0] == split_hash(remote)[0] and split_hash(e.hash) != split_hash(
+            remote
+        ):
+            report["conflict"].append(f"{e.file}: registry {e.hash} vs Zenodo {remote}")
+    write_registry(out or path, entries, header=header)
+    return report

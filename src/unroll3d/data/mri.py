@@ -1,0 +1,337 @@
+"""Calgary-Campinas 12-channel MRI: parse one HDF5 volume and preprocess it into one ``.pt`` file.
+
+Raw layout (``datasets.md`` §2.2): HDF5 key ``kspace``, shape ``(x, ky, kz, 2 N)`` float32, the
+readout ``x`` already inverse-Fourier-transformed (hybrid data), real and imaginary parts of the
+``N`` coils interleaved on the last axis, ky-kz k-space with DC in the middle, and the last
+15 % of kz never acquired (zero-filled partial Fourier).
+
+Preprocessing:
+
+1. complex coils first: ``k[..., 0::2] + 1j k[..., 1::2]`` -> ``(N, x, ky, kz)``;
+2. the partial-Fourier block ``kz >= ceil(pf * Nz)`` is zeroed (as DIRECT does) and the acquired
+   ky-kz region is stored as ``pf_mask``;
+3. ky-kz -> image with the *raw* convention, either ``uncentred`` (an un-shifted inverse FFT gives
+   the image, as DIRECT / the challenge code assume) or ``centred``; ``auto`` picks the one whose
+   image has more energy in the central half of the field of view (recorded in ``meta``);
+4. coil images -> k-space in deepinv's centred convention over all three axes
+   (``fftshift(fftn(ifftshift(.), norm="ortho"))``), so that ``deepinv.physics.MultiCoilMRI(
+   three_d=True)`` with a full mask and the true maps reproduces the data;
+5. coil maps from the centred calibration region (``calib`` x ``calib`` in ky-kz, all x),
+   normalised by their root-sum-of-squares;
+6. ground truth = the coil-combined complex image ``sum_c conj(S_c) I_c / sum_c |S_c|^2``.
+
+Intensity normalisation happens at load time (it depends on the mask): ``x`` and ``y`` are divided
+by the 99.5th percentile of ``|A^H y|`` (paper.md §10; no ground-truth leakage).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from unroll3d.data.download import DataError, file_hash
+
+log = logging.getLogger("unroll3d.data")
+
+FORMAT = "unroll3d-sample-v1"
+RAW_ZIP = "train_val_12_channel.zip"
+MANUAL_HINT = (
+    f"The Calgary-Campinas host could not be reached or asked for credentials. Download "
+    f"{RAW_ZIP} (58,138,458,254 bytes) by hand from the CC-359 pages (https://sites.google.com/"
+    f"view/calgary-campinas-dataset or the CONP portal https://portal.conp.ca, dataset "
+    f"'calgary-campinas'), accept its CC BY-ND 4.0 licence, and place it at "
+    f"resources/mri/raw/{RAW_ZIP}; its md5 is still verified on the next run."
+)
+
+_AX = (-3, -2, -1)
+
+
+def fft3c(img):
+    """deepinv's centred orthonormal FFT over the last three axes (torch or numpy)."""
+    if isinstance(img, np.ndarray):
+        return np.fft.fftshift(
+            np.fft.fftn(np.fft.ifftshift(img, axes=_AX), axes=_AX, norm="ortho"), axes=_AX
+        )
+    import torch
+
+    return torch.fft.fftshift(
+        torch.fft.fftn(torch.fft.ifftshift(img, dim=_AX), dim=_AX, norm="ortho"), dim=_AX
+    )
+
+
+def ifft3c(k):
+    """Inverse of :func:`fft3c`."""
+    if isinstance(k, np.ndarray):
+        return np.fft.fftshift(
+            np.fft.ifftn(np.fft.ifftshift(k, axes=_AX), axes=_AX, norm="ortho"), axes=_AX
+        )
+    import torch
+
+    return torch.fft.fftshift(
+        torch.fft.ifftn(torch.fft.ifftshift(k, dim=_AX), dim=_AX, norm="ortho"), dim=_AX
+    )
+
+
+def hybrid_to_image(k: np.ndarray, convention: str) -> np.ndarray:
+    """Raw hybrid data ``(..., x, ky, kz)`` -> images ``(..., x, y, z)`` under the raw convention."""
+    ax = (-2, -1)
+    if convention == "uncentred":
+        return np.fft.ifftn(np.fft.ifftshift(k, axes=ax), axes=ax, norm="ortho")
+    if convention == "centred":
+        return np.fft.fftshift(
+            np.fft.ifftn(np.fft.ifftshift(k, axes=ax), axes=ax, norm="ortho"), axes=ax
+        )
+    raise DataError(
+        f"unknown k-space convention {convention!r} (expected auto, centred, uncentred)"
+    )
+
+
+def central_energy(img: np.ndarray) -> float:
+    """Fraction of ``sum |img|^2`` (over leading axes) inside the central half of the y-z plane."""
+    e = np.sum(np.abs(img) ** 2, axis=tuple(range(img.ndim - 2)))
+    ny, nz = e.shape
+    c = e[ny // 4 : ny - ny // 4, nz // 4 : nz - nz // 4].sum()
+    return float(c / max(e.sum(), 1e-30))
+
+
+def read_kspace(path: str | Path, source: str | None = None) -> np.ndarray:
+    """Read ``kspace`` of a Calgary-Campinas HDF5 file -> complex64 ``(N, x, ky, kz)``."""
+    import h5py
+
+    source = source or str(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise DataError(f"{source} is not a readable HDF5 file: {err}") from err
+    with f:
+        if "kspace" not in f:
+            raise DataError(f"{source}: no dataset 'kspace' (keys: {sorted(f.keys())})")
+        k = f["kspace"][()]
+    if k.ndim != 4 or k.shape[-1] % 2:
+        raise DataError(
+            f"{source}: 'kspace' has shape {k.shape}; expected (x, ky, kz, 2*coils) with "
+            f"interleaved real/imaginary parts"
+        )
+    kc = (k[..., 0::2] + 1j * k[..., 1::2]).astype(np.complex64)
+    return np.ascontiguousarray(np.moveaxis(kc, -1, 0))
+
+
+def estimate_coil_maps(kspace, calib: int):
+    """Coil maps from the centred ``calib`` x ``calib`` ky-kz region of centred 3D k-space.
+
+    Uses :func:`unroll3d.physics.estimate_coil_maps` when the physics module provides it; the
+    fallback takes low-resolution coil images (Hann-windowed calibration block, all kx) and
+    divides them by their root-sum-of-squares.
+
+    :param kspace: complex ``(N, x, ky, kz)`` tensor in deepinv's centred convention.
+    :return: complex ``(N, x, y, z)`` tensor.
+    """
+    import torch
+
+    try:
+        from unroll3d.physics import estimate_coil_maps as physics_maps
+    except ImportError:
+        physics_maps = None
+    if physics_maps is not None:
+        return physics_maps(kspace, calib)
+    n, nx, ny, nz = kspace.shape
+    win = torch.zeros(ny, nz)
+    cy, cz = min(calib, ny), min(calib, nz)
+    hy = torch.hann_window(cy + 2, periodic=False)[1:-1]
+    hz = torch.hann_window(cz + 2, periodic=False)[1:-1]
+    y0, z0 = ny // 2 - cy // 2, nz // 2 - cz // 2
+    win[y0 : y0 + cy, z0 : z0 + cz] = hy[:, None] * hz[None, :]
+    low = ifft3c(kspace * win.to(kspace.device))
+    rss = torch.sqrt(torch.sum(torch.abs(low) ** 2, dim=0, keepdim=True))
+    return (low / torch.clamp(rss, min=1e-6 * float(rss.max()))).to(torch.complex64)
+
+
+def _find_member(zf: zipfile.ZipFile, volume: str, zip_path: Path) -> str:
+    pat = re.compile(rf"(?:.*/)?{re.escape(volume)}(?:\.7)?\.h5")
+    hits = [n for n in zf.namelist() if pat.fullmatch(n)]
+    if len(hits) != 1:
+        raise DataError(
+            f"{zip_path}: expected one member '<folder>/{volume}.7.h5', found {hits or 'none'}"
+        )
+    return hits[0]
+
+
+def preprocess_mri(
+    zip_path: str | Path,
+    volume: str,
+    out: str | Path,
+    partial_fourier: float = 0.85,
+    calib: int = 24,
+    convention: str = "auto",
+) -> dict:
+    """Preprocess one volume of ``train_val_12_channel.zip`` into ``out`` (atomically)."""
+    import torch
+
+    from unroll3d.utils import atomic_torch_save
+
+    zip_path, out = Path(zip_path), Path(out)
+    if not zip_path.exists():
+        raise DataError(f"{zip_path} does not exist")
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DataError(
+            f"{zip_path} is not a readable zip file (truncated download?): {err}"
+        ) from err
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with zf, tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{volume}.") as tmpd:
+        member = _find_member(zf, volume, zip_path)
+        h5 = Path(tmpd) / "volume.h5"
+        try:
+            with zf.open(member) as src, open(h5, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            raise DataError(
+                f"{zip_path}: cannot extract member {member!r} (corrupt zip?): {err}"
+            ) from err
+        k = read_kspace(h5, f"{zip_path}:{member}")
+        member_sha = file_hash(h5, "sha256")
+    n, nx, ny, nz = k.shape
+    kz_cut = math.ceil(partial_fourier * nz)
+    acquired = np.abs(k).sum(axis=(0, 1, 2)) > 0
+    k[..., kz_cut:] = 0
+    pf_mask = np.zeros((ny, nz), dtype=np.float32)
+    pf_mask[:, :kz_cut] = 1
+    scores = {}
+    if convention == "auto":
+        for conv in ("uncentred", "centred"):
+            scores[conv] = central_energy(hybrid_to_image(k[:, nx // 2 - 2 : nx // 2 + 2], conv))
+        convention = max(scores, key=scores.get)
+    images = hybrid_to_image(k, convention).astype(np.complex64)
+    kspace = fft3c(torch.from_numpy(images))
+    kspace = kspace * torch.from_numpy(pf_mask)  # exact zeros outside the acquired block
+    del images
+    maps = estimate_coil_maps(kspace, calib).to(torch.complex64)
+    coil_images = ifft3c(kspace)
+    x = torch.sum(maps.conj() * coil_images, dim=0) / torch.clamp(
+        torch.sum(maps.abs() ** 2, dim=0), min=1e-12
+    )
+    meta = {
+        "format": FORMAT,
+        "task": "mri",
+        "volume": volume,
+        "source_zip": zip_path.name,
+        "member": member,
+        "img_size": [nx, ny, nz],
+        "n_coils": n,
+        "axes": "x = (real/imag, x readout, y, z); y = (real/imag, coil, kx, ky, kz), deepinv centred FFT",
+        "partial_fourier": partial_fourier,
+        "kz_cut": kz_cut,
+        "kz_acquired_in_file": int(acquired.sum()),
+        "kspace_convention": convention,
+        "convention_scores": scores,
+        "calib": calib,
+        "coil_maps": "calibration region, RSS-normalised",
+        "normalisation": "at load: divide by the 99.5th percentile of |A^H y|",
+        "input_sha256": {member: member_sha},
+    }
+    atomic_torch_save(
+        {
+            "kspace": kspace.to(torch.complex64).contiguous(),
+            "coil_maps": maps.contiguous(),
+            "x": x.to(torch.complex64).contiguous(),
+            "pf_mask": torch.from_numpy(pf_mask),
+            "meta": meta,
+        },
+        out,
+    )
+    return meta
+
+
+def sampling_mask(shape: tuple[int, int], acceleration: float, calib: int, seed: int):
+    """ky-kz mask of ``acceleration`` with a fully sampled centred ``calib`` block (float32).
+
+    Uses :func:`unroll3d.physics.poisson_disc_mask` when the physics module provides it; the
+    fallback draws a variable-density random pattern with exactly ``round(ny*nz/R)`` samples.
+    """
+    import torch
+
+    try:
+        from unroll3d.physics import poisson_disc_mask
+    except ImportError:
+        poisson_disc_mask = None
+    if poisson_disc_mask is not None:
+        m = poisson_disc_mask(tuple(shape), acceleration, calib, seed)
+        return torch.as_tensor(m, dtype=torch.float32)
+    ny, nz = shape
+    rng = np.random.default_rng(seed)
+    yy, zz = np.meshgrid(np.linspace(-1, 1, ny), np.linspace(-1, 1, nz), indexing="ij")
+    r = np.sqrt(yy**2 + zz**2) / math.sqrt(2)
+    m = np.zeros((ny, nz), dtype=bool)
+    cy, cz = min(calib, ny), min(calib, nz)
+    m[ny // 2 - cy // 2 : ny // 2 - cy // 2 + cy, nz // 2 - cz // 2 : nz // 2 - cz // 2 + cz] = True
+    target = int(round(ny * nz / acceleration))
+    extra = min(max(target - int(m.sum()), 0), int((~m).sum()))
+    if extra:
+        p = ((1 - r) ** 2 + 1e-3) * (~m)
+        idx = rng.choice(ny * nz, size=extra, replace=False, p=(p / p.sum()).ravel())
+        m.ravel()[idx] = True
+    else:
+        log.warning(
+            "calibration block %dx%d alone exceeds 1/R=%g of the %dx%d grid",
+            cy,
+            cz,
+            acceleration,
+            ny,
+            nz,
+        )
+    return torch.from_numpy(m.astype(np.float32))
+
+
+def make_physics(mask3d, coil_maps, img_size):
+    """``unroll3d.physics.MultiCoilMRI3D`` if available, else deepinv's 3D ``MultiCoilMRI``."""
+    try:
+        from unroll3d.physics import MultiCoilMRI3D
+    except ImportError:
+        MultiCoilMRI3D = None
+    if MultiCoilMRI3D is not None:
+        return MultiCoilMRI3D(mask3d, coil_maps, img_size)
+    from deepinv.physics import MultiCoilMRI
+
+    return MultiCoilMRI(mask=mask3d, coil_maps=coil_maps, img_size=tuple(img_size), three_d=True)
+
+
+def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed: int, device):
+    """Build the :class:`~unroll3d.data.Sample` of a preprocessed MRI file under ``R<acceleration>``."""
+    import torch
+
+    from unroll3d.data import Sample
+
+    kspace = data["kspace"]
+    n, nx, ny, nz = kspace.shape
+    calib = int(meta.get("calib", 24))
+    mask2d = sampling_mask((ny, nz), acceleration, calib, seed) * data["pf_mask"]
+    mask3d = mask2d[None].expand(nx, ny, nz).contiguous().to(device)
+    maps = data["coil_maps"].to(device)[None]
+    physics = make_physics(mask3d, maps, (nx, ny, nz)).to(device)
+    yk = (kspace.to(device) * mask3d)[None]  # (1, N, x, y, z)
+    y = torch.stack([yk.real, yk.imag], dim=1).float()  # (1, 2, N, x, y, z)
+    xc = data["x"].to(device)
+    x = torch.stack([xc.real, xc.imag])[None].float()  # (1, 2, x, y, z)
+    adj = physics.A_adjoint(y)
+    mag = torch.sqrt(adj[:, 0] ** 2 + adj[:, 1] ** 2).flatten().cpu().numpy()
+    p995 = float(np.percentile(mag, 99.5))
+    if not p995 > 0:
+        raise DataError(f"volume {meta.get('volume')}: |A^H y| is zero; cannot normalise")
+    scale = 1.0 / p995
+    meta = {
+        **meta,
+        "setting": setting,
+        "acceleration": acceleration,
+        "mask_seed": seed,
+        "effective_acceleration": float(ny * nz / max(float(mask2d.sum()), 1.0)),
+        "scale": scale,
+    }
+    return Sample(x=x * scale, y=y * scale, physics=physics, meta=meta)
