@@ -199,3 +199,10 @@ def test_evaluate_cli(trained, tmp_path, monkeypatch):
     )
     assert rc == 0
     ev.validate_result(json.loads(out.read_text()))
+
+
+def test_refine_switches():
+    assert ev.refine_enabled("cbct", {"evaluate": {"refine": True}})
+    assert not ev.refine_enabled("mri", {"evaluate": {"refine": True}})
+    assert ev.refine_enabled("mri", {"evaluate": {"refine": True, "mri_refine": True}})
+    assert not ev.refine_enabled("cbct", {"evaluate": {"refine": False}})

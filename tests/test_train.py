@@ -250,3 +250,10 @@ def test_cli_with_validation(tmp_path, monkeypatch):
     assert rc == 0
     stats = json.loads(out.with_suffix(".json").read_text())
     assert stats["status"] == "ok" and stats["val_psnr_last"] > 0
+
+
+def test_patch_ranges_match_the_derived_loader():
+    r = tr.patch_ranges((501, 501, 501), (8, 384, 384), (0.16, 0.1, 0.1))
+    assert r == [(80, 421 - 8), (50, 451 - 384), (50, 451 - 384)]
+    assert tr.patch_ranges((16, 16, 16), (8, 16, 16), (0.16, 0.1, 0.1)) == [(3, 5), None, None]
+    assert tr.patch_ranges((16, 16, 16), (8, 8, 8), None) is None

@@ -95,9 +95,19 @@ def reconstruct(
             est = model(sample.y, sample.physics, x_init=x0)
         finally:
             model.set_tiling(None)
-        if spec.kind == "postproc" or not config.get("evaluate", {}).get("refine", True):
+        if spec.kind == "postproc" or not refine_enabled(task, config):
             return est
         return partitioner(sample.y, physics, x0=x0, x_init=est, refine=True, **h_kwargs(spec, H))
+
+
+def refine_enabled(task: str, config: dict) -> bool:
+    """Whether Algorithm 1's refinement pass runs: ``evaluate.refine`` and, for MRI,
+    ``evaluate.mri_refine`` (off by default: the paper finds it adds almost nothing there)."""
+    ecfg = config.get("evaluate", {})
+    on = bool(ecfg.get("refine", True))
+    if task == "mri":
+        on = on and bool(ecfg.get("mri_refine", False))
+    return on
 
 
 def time_train_steps(

@@ -52,6 +52,7 @@ __all__ = [
     "load_H",
     "physics_for",
     "make_partitioner",
+    "patch_ranges",
     "peak_memory_gb",
     "main",
 ]
@@ -205,12 +206,32 @@ def make_partitioner(model, task: str, config: dict, img_size: Sequence[int]):
     patch = tcfg.get("patch_size", [8, 16, 16])
     patch = [min(int(p), int(n)) for p, n in zip(patch, img_size[-3:], strict=True)]
     stride = tcfg.get("stride")
+    margin = config.get("train", {}).get(f"{task}_patch_margin")
     return PartitionedReconstructor(
         base_reconstructor=model,
         img_size=tuple(img_size),
         patch_size=tuple(patch),
         stride=None if stride is None else tuple(stride),
+        train_ranges=patch_ranges(img_size[-3:], patch, margin),
     )
+
+
+def patch_ranges(spatial: Sequence[int], patch: Sequence[int], margin: Sequence[float] | None):
+    """Training patch-corner bounds from margins given as fractions of each axis.
+
+    Corner ``c`` on an axis of size ``n`` with patch ``p`` and margin ``f`` lies in
+    ``[round(f n), n − round(f n) − p]`` (paper.md §10, CBCT: z ∈ [80, 421 − D] and
+    y, x ∈ [50, 451 − H] at 501³ ≈ margins (0.16, 0.1, 0.1)). An axis too small for its margin
+    falls back to the whole axis. ``None`` = uniform over the volume.
+    """
+    if margin is None:
+        return None
+    out = []
+    for n, p, f in zip(spatial, patch, margin, strict=True):
+        m = int(round(float(f) * int(n)))
+        lo, hi = m, int(n) - m - int(p)
+        out.append((lo, hi) if hi >= lo else None)
+    return out
 
 
 def estimate_pair(
@@ -414,6 +435,8 @@ def validate_psnr(model, spec, task, config, prepared: list[_Prepared], H) -> fl
     from unroll3d.metrics import compute_metrics, convention_for
 
     conv = convention_for(task, config.get("evaluate", {}))
+    # validation during training: Algorithm 1's first pass only (no per-patch refinement)
+    config = {**config, "evaluate": {**config.get("evaluate", {}), "refine": False}}
     vals = []
     was_training = model.training
     model.eval()
