@@ -160,6 +160,9 @@ def write_normal_npz(results: Path, task: str, setting: str) -> None:
         lam=rng.random((12, 12)),
         mask=np.ones((12, 12)),
         history=np.geomspace(1.0, 1e-2, 50),
+        history_step=np.arange(0, 500, 10),
+        history_train=np.geomspace(1.1, 2e-2, 50),
+        rel_err_x=np.asarray(0.04),
         heldout_rel_err=np.asarray(0.05),
     )
 
@@ -382,3 +385,34 @@ def test_cli_end_to_end(tmp_path):
     # a broken cell makes the command fail with a message, not a traceback
     (tmp_path / "results" / "eval" / "mri" / "R5" / "fdk" / "vol_a.json").write_text("{oops")
     assert report.main(["--results", str(tmp_path / "results"), "--config", str(cfg_path)]) == 1
+
+
+def test_normal_illustration_exact_for_a_scaled_identity(tmp_path, monkeypatch):
+    """AᵀA = 4·I is represented exactly by λ = 1, m = 1, scaling 4: the stored error is ~0."""
+    torch = pytest.importorskip("torch")
+    normal = pytest.importorskip("unroll3d.normal")
+    import deepinv as dinv
+
+    import unroll3d.data as data
+
+    img = (1, 6, 7, 5)
+    x = torch.rand((1, *img), generator=torch.Generator().manual_seed(0))
+    physics = dinv.physics.LinearPhysics(A=lambda v: 2 * v, A_adjoint=lambda v: 2 * v)
+    monkeypatch.setattr(data, "load_sample", lambda *a, **k: data.Sample(x, None, physics, {}))
+    grid = normal.padded_grid(img[1:])
+    lam = torch.ones(grid[:-1] + (grid[-1] // 2 + 1,), dtype=torch.complex64)
+    hist = {
+        "step": [0, 10],
+        "heldout_rel_error": [0.5, 0.1],
+        "train_rel_error": [float("nan"), 0.2],
+    }
+    normal.save_normal(tmp_path / "fit.pt", lam, torch.ones(img[1:]), img, 4.0, history=hist)
+    out = report.normal_illustration(tmp_path / "fit.pt", "unused.pt", "v30", tmp_path / "n.npz")
+    z = np.load(out)
+    assert float(z["rel_err_x"]) < 1e-5
+    np.testing.assert_allclose(z["AtAx"], 4 * z["x"], rtol=1e-5)
+    np.testing.assert_allclose(z["Hx"], z["AtAx"], rtol=1e-4, atol=1e-6)
+    assert z["x"].shape == (7, 5) and z["mask"].shape == (7, 5)
+    assert z["lam"].shape == grid[1:] and np.allclose(z["lam"], 0.0, atol=1e-5)  # log10|1| = 0
+    assert float(z["heldout_rel_err"]) == pytest.approx(0.1)
+    np.testing.assert_array_equal(z["history_step"], [0, 10])

@@ -1094,7 +1094,11 @@ def fig_normal(
             x, ata, hx = (_to_image(z[k], k) for k in ("x", "AtAx", "Hx"))
             err = (ata - hx) ** 2
             lo, hi = np.percentile(np.concatenate([ata.ravel(), hx.ravel()]), [0.5, 99.5])
-            rel = float(np.linalg.norm(ata - hx) / max(np.linalg.norm(ata), 1e-30))
+            rel = (
+                float(z["rel_err_x"])
+                if "rel_err_x" in z
+                else float(np.linalg.norm(ata - hx) / max(np.linalg.norm(ata), 1e-30))
+            )
             panels = [
                 (x, None, None, "gray", "x"),
                 (ata, lo, hi, "gray", "AᵀA x (exact)"),
@@ -1107,31 +1111,36 @@ def fig_normal(
                     "filter λ\n(log₁₀|λ|, centred)",
                 ),
                 (_to_image(z["mask"], "mask"), None, None, "viridis", "mask m"),
-                (err, None, None, "magma", f"(AᵀAx − Hx)²\nrel. error {rel:.3f}"),
+                (err, None, None, "magma", f"(AᵀAx − Hx)²\n‖AᵀAx − Hx‖/‖AᵀAx‖ = {rel:.3f}"),
             ]
             for ax, (img, a, b, cmap, title) in zip(axes, panels, strict=True):
                 im = _imshow(ax, img, a, b, cmap=cmap, title=title)
                 cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, format="%.2g")
                 cbar.ax.tick_params(labelsize=5.5)
             drew = False
-            for s, p in existing.items():
+            for s_, p in existing.items():
                 zz = _load_npz(p)
-                hist = np.asarray(zz.get("history", np.array([]))).ravel()
-                if hist.size:
-                    curve.plot(np.arange(1, hist.size + 1), hist, label=s)
-                    drew = True
-                if "heldout_rel_err" in zz:
-                    curve.axhline(
-                        float(zz["heldout_rel_err"]),
+                hist = np.asarray(zz.get("history", np.array([])), dtype=float).ravel()
+                if not hist.size:
+                    continue
+                steps = np.asarray(zz.get("history_step", np.arange(hist.size)), dtype=float)
+                steps = steps.ravel() if steps.size == hist.size else np.arange(hist.size)
+                (line,) = curve.plot(steps, hist, label=f"{s_} held-out")
+                train = np.asarray(zz.get("history_train", np.array([])), dtype=float).ravel()
+                if train.size == hist.size and np.isfinite(train).any():
+                    curve.plot(
+                        steps,
+                        train,
                         ls=":",
-                        lw=0.8,
-                        color=curve.lines[-1].get_color() if curve.lines else "k",
+                        color=line.get_color(),
+                        alpha=0.7,
+                        label=f"{s_} training probes",
                     )
+                drew = True
             if drew:
-                curve.set_yscale("log")
-                curve.set_xscale("log")
-                curve.set_xlabel("Adam iteration")
-                curve.set_ylabel("fit loss (dotted: held-out rel. error)")
+                _log_y(curve)
+                curve.set_xlabel("Adam step")
+                curve.set_ylabel("‖AᵀAx − Hx‖ / ‖AᵀAx‖ (Gaussian probes)")
                 curve.set_title("fit of H to AᵀA/‖A‖²")
                 curve.legend(frameon=False)
             else:
@@ -1476,78 +1485,64 @@ def normal_illustration(
 ) -> Path:
     """Compute the panels of Figs. 9/10 once and store them as a small ``.npz``.
 
-    Loads the fitted H (``unroll3d.normal.load_normal``) and one preprocessed volume
-    (``unroll3d.data.load_sample``), applies the exact normal operator and H to the volume, and
-    stores central axial slices of ``x``, ``AtAx`` (= AᵀA x), ``Hx`` (= scaling · H x), the
-    centred log-magnitude filter ``lam``, the mask ``mask``, the fit ``history`` and
-    ``heldout_rel_err`` when the fit recorded it.
+    Loads the fitted H (:func:`unroll3d.normal.load_normal`) and the preprocessed volume it was
+    fitted on (:func:`unroll3d.data.load_sample`), applies the exact normal operator and
+    ``scaling · H`` to the ground truth, and stores central axial slices of ``x``, ``AtAx``,
+    ``Hx``, the centred ``log10|λ|`` slice ``lam``, the mask ``mask``, the fit curve
+    (``history_step``, ``history`` = held-out relative error, ``history_train``) and
+    ``heldout_rel_err`` (the last held-out value), plus ``rel_err_x`` = ‖AᵀAx − Hx‖/‖AᵀAx‖ on the
+    volume itself.
     """
     import torch
 
     from unroll3d.data import load_sample
-    from unroll3d.normal import DiagCirculantWrapper, load_normal
+    from unroll3d.normal import DiagCirculant, load_normal
 
-    sample = load_sample(str(data_path), setting, device="cpu")
-    loaded = load_normal(str(normal_path))
-    if isinstance(loaded, dict):
-        info = loaded
-    elif isinstance(loaded, (tuple, list)):
-        info = dict(zip(("fourier_filter", "spatial_mask", "history"), loaded, strict=False))
-        if len(loaded) > 3 and isinstance(loaded[3], dict):
-            info.update(loaded[3])
-    else:  # an object with attributes
-        info = {k: getattr(loaded, k) for k in dir(loaded) if not k.startswith("_")}
-    for key in ("fourier_filter", "spatial_mask"):
-        if info.get(key) is None:
-            raise ReportError(f"{normal_path}: no {key!r} in the saved normal operator")
-    physics = sample.physics
-    img_size = tuple(sample.x.shape[1:])
-    scaling = None
-    for key in ("scaling", "sqnorm", "op_sqnorm", "operator_sqnorm"):
-        if info.get(key) is not None:
-            scaling = float(info[key])
-            break
-    if scaling is None:
-        scaling = 1.0
-        log.warning("%s: no 'scaling' stored; comparing AᵀA x with H x unscaled", normal_path)
-    wrapped = DiagCirculantWrapper(
-        physics,
-        img_size,
-        scaling=scaling,
-        fourier_filter=info["fourier_filter"],
-        spatial_mask=info["spatial_mask"],
+    sample = load_sample(data_path, setting, device="cpu")
+    try:
+        fit = load_normal(normal_path)
+    except (FileNotFoundError, ValueError) as err:
+        raise ReportError(str(err)) from err
+    H = DiagCirculant(
+        fit["fourier_filter"],
+        fit["spatial_mask"],
+        fit["img_size"],
+        fit.get("two_sided", False),
+        grid=fit.get("grid"),
     )
+    x = sample.x.float()
+    if tuple(x.shape[1:]) != tuple(fit["img_size"]):
+        raise ReportError(
+            f"{normal_path} was fitted for img_size {tuple(fit['img_size'])}, but {data_path} "
+            f"holds a volume of shape {tuple(x.shape[1:])}"
+        )
     with torch.no_grad():
-        x = sample.x.float()
-        ata = physics.A_adjoint_A(x)
-        hx = wrapped.A_adjoint_A(x)
-    lam = info["fourier_filter"]
-    lam = lam.detach().cpu() if hasattr(lam, "detach") else torch.as_tensor(np.asarray(lam))
-    lam_mag = lam.abs() if lam.is_complex() else lam.abs().float()
-    while lam_mag.ndim > 3:
-        lam_mag = lam_mag[0]
-    # centre the zero frequency of the full axes (rfft's last axis starts at 0 already)
-    full_axes = (0, 1) if lam_mag.shape[-1] != img_size[-1] else (0, 1, 2)
-    lam_c = torch.fft.fftshift(lam_mag, dim=full_axes)
-    lam_img = np.log10(_central(lam_c.numpy()[None], axis=0) + 1e-12)
-    hist = info.get("history")
-    if isinstance(hist, dict):
-        hist = hist.get("loss", hist.get("losses", next(iter(hist.values()), [])))
-    hist = np.asarray(hist if hist is not None else [], dtype=np.float64).ravel()
+        ata = sample.physics.A_adjoint_A(x)
+        hx = float(fit["scaling"]) * H(x)
+    rel = float(torch.linalg.vector_norm(ata - hx) / torch.linalg.vector_norm(ata).clamp_min(1e-30))
+    lam = fit["fourier_filter"].detach().cpu()
+    grid = tuple(fit.get("grid") or lam.shape)
+    if lam.shape[-1] != grid[-1]:  # rfft layout -> full spectrum for display
+        lam = torch.fft.fftn(torch.fft.irfftn(lam, s=grid))
+    lam_img = np.fft.fftshift(np.log10(np.abs(lam.numpy()) + 1e-8))
+    while lam_img.ndim > 3:
+        lam_img = lam_img[0]
+    mask = fit["spatial_mask"].detach().cpu().abs().double().numpy()
+    hist = fit.get("history") or {}
     arrays = {
         "x": _central(x),
         "AtAx": _central(ata),
         "Hx": _central(hx),
-        "lam": lam_img,
-        "mask": _central(info["spatial_mask"]),
-        "history": hist,
+        "lam": lam_img[lam_img.shape[0] // 2],
+        "mask": _central(mask),
+        "history_step": np.asarray(hist.get("step", []), dtype=np.float64),
+        "history": np.asarray(hist.get("heldout_rel_error", []), dtype=np.float64),
+        "history_train": np.asarray(hist.get("train_rel_error", []), dtype=np.float64),
+        "rel_err_x": np.asarray(rel),
         "setting": np.asarray(setting),
     }
-    for key in ("heldout_rel_err", "rel_err", "relative_error"):
-        value = info.get(key)
-        if value is not None and np.ndim(value) == 0:
-            arrays["heldout_rel_err"] = np.asarray(float(value))
-            break
+    if arrays["history"].size:
+        arrays["heldout_rel_err"] = np.asarray(arrays["history"][-1])
     out = Path(out)
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as fh:
