@@ -572,15 +572,15 @@ class PartitionedReconstructor(Reconstructor):
         """Apply an image-to-image map ``fn`` patch by patch and blend (e.g. a denoiser step).
 
         Building block for Algorithm 1's first pass, where the prior step of an unrolled network
-        runs patch-wise while its data steps run on the whole volume.
+        runs patch-wise while its data steps run on the whole volume. Runs in the caller's grad
+        mode (wrap in ``torch.no_grad()`` for inference).
         """
-        with torch.no_grad():
 
-            def run(starts):
-                patches = torch.cat([crop_patch(x, st, self.patch_size) for st in starts], dim=0)
-                return fn(patches)
+        def run(starts):
+            patches = torch.cat([crop_patch(x, st, self.patch_size) for st in starts], dim=0)
+            return fn(patches)
 
-            return self._blend(run, x, progress, "patchwise")
+        return self._blend(run, x, progress, "patchwise")
 
     # -- inference ---------------------------------------------------------------------------
     def reconstruct_pass(

@@ -1,0 +1,286 @@
+"""Peak memory and time of one training step: partitioned vs full-volume unrolling (issue 5).
+
+One training step = forward of an unrolled PGD (K iterations, one shared small 3D DRUNet),
+squared-error loss, backward and an Adam update, either
+
+* ``full``: on the whole volume with the global operator (standard unrolling, loss on x*), or
+* ``partitioned``: on one random patch through :class:`unroll3d.partition.PartitionedReconstructor`
+  (``training_pair``: ỹ from the ground-truth context, loss on S x*).
+
+Each (size, mode) is measured in a fresh subprocess so that the peak is the step's own: on the CPU
+peak RSS (``resource.getrusage``) and the RSS just before the first step; on a GPU
+``torch.cuda.max_memory_allocated`` after a reset, and the allocation before the step. The
+``step_mb`` column is the peak minus that baseline (what the step itself adds on top of the
+operator, the image tensors and the model); ``image_mb`` is the size of x*, y and x₀.
+``ratio_*`` = full / partitioned at the same size.
+
+Operators: ``--op conebeam`` (:class:`unroll3d.physics.ConeBeam`; RTK on the CPU, whose first
+call loads ITK, ~20 s per subprocess) or ``--op blur`` (a cheap circular 3D blur, for toy runs).
+
+    python benchmarks/bench_partition.py --sizes 32 48 64 --patch 16 --op blur \\
+        --out results/benchmarks/bench_partition.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FIELDS = [
+    "size",
+    "mode",
+    "op",
+    "patch",
+    "K",
+    "nc",
+    "nb",
+    "device",
+    "peak_mb",
+    "base_mb",
+    "step_mb",
+    "image_mb",
+    "time_s",
+    "ratio_peak",
+    "ratio_step",
+]
+
+
+def device_name(device: str) -> str:
+    """GPU model, or ``CPU: <model name>``."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {name}"
+
+
+def _rss_mb() -> float:
+    """Current resident set size in MB (Linux)."""
+    import os
+
+    with open("/proc/self/statm") as fh:
+        pages = int(fh.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _build_operator(op: str, n: int, views: int, device):
+    import torch
+
+    if op == "conebeam":
+        from unroll3d.physics import ConeBeam
+
+        return ConeBeam.circular(
+            n_views=views,
+            img_size=(1, n, n, n),
+            source_origin=4.0 * n,
+            origin_detector=2.0 * n,
+            det_shape=(n, int(1.5 * n)),
+            det_spacing=2.0,
+        ).to(device)
+    if op == "blur":
+        import deepinv as dinv
+
+        r = torch.arange(-2, 3, dtype=torch.float32)
+        g = torch.exp(-(r**2) / 2.0)
+        f = g[:, None, None] * g[None, :, None] * g[None, None, :]
+        return dinv.physics.Blur(filter=(f / f.sum())[None, None], padding="circular").to(device)
+    raise ValueError(f"unknown operator {op!r}; use 'conebeam' or 'blur'")
+
+
+def _build_model(K: int, nc: list[int], nb: int, lipschitz: float):
+    """The project's UnrolledPGD (models issue); a minimal equivalent if it is unavailable."""
+    try:
+        from unroll3d.models import UnrolledPGD
+
+        return UnrolledPGD(K=K, channels=1, nc=nc, nb=nb, lipschitz=lipschitz)
+    except ImportError:  # pragma: no cover - fallback while the models module is missing
+        import torch
+        from deepinv.models import DRUNet
+
+        class _PGD(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = DRUNet(1, 1, nc=tuple(nc), nb=nb, pretrained=None, dim=3)
+                self.eta = torch.nn.Parameter(torch.tensor(1.0 / lipschitz))
+
+            def forward(self, y, physics, x_init=None, **kw):
+                x = physics.A_dagger(y) if x_init is None else x_init
+                aty = physics.A_adjoint(y)
+                for _ in range(K):
+                    x = x - self.eta * (physics.A_adjoint_A(x) - aty)
+                    x = self.net(x, 0.05)
+                return x
+
+        return _PGD()
+
+
+def measure(args: dict) -> dict:
+    """Build operator, data and model, then time ``repeats`` training steps; return one row."""
+    import torch
+
+    from unroll3d.partition import PartitionedReconstructor
+
+    if args.get("threads"):
+        torch.set_num_threads(int(args["threads"]))
+    torch.manual_seed(0)
+    dev = torch.device(args["device"])
+    n, p, mode = int(args["size"]), int(args["patch"]), args["mode"]
+    physics = _build_operator(args["op"], n, int(args["views"]), dev)
+    x = torch.rand(1, 1, n, n, n, device=dev)
+    with torch.no_grad():
+        y = physics.A(x)
+        x0 = physics.A_dagger(y) if args["op"] == "conebeam" else physics.A_adjoint(y)
+        lipschitz = 1.0
+        if args["op"] == "conebeam":  # ‖A‖² by a few power iterations, so η ≈ 1/‖A‖²
+            lipschitz = float(
+                physics.compute_sqnorm(torch.rand_like(x), max_iter=10, verbose=False)
+            )
+    model = _build_model(int(args["K"]), list(args["nc"]), int(args["nb"]), lipschitz).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    patch = min(p, n)
+    rec = PartitionedReconstructor(model, (1, n, n, n), (patch,) * 3)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        if mode == "full":
+            est, target = model(y, physics, x_init=x0), x
+        else:
+            est, target = rec.training_pair(y, physics, x, generator=gen, x0=x0)
+        loss = torch.nn.functional.mse_loss(est, target)
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    image_mb = sum(t.numel() * t.element_size() for t in (x, y, x0)) / 2**20
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev) / 2**20
+    else:
+        base = _rss_mb()
+    times = []
+    for _ in range(int(args["repeats"])):
+        t0 = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize(dev)
+        times.append(time.perf_counter() - t0)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(dev) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    timed = times[1:] if len(times) > 1 else times  # first step is warm-up when repeats > 1
+    return {
+        "size": n,
+        "mode": mode,
+        "op": args["op"],
+        "patch": patch,
+        "K": int(args["K"]),
+        "nc": "-".join(str(c) for c in args["nc"]),
+        "nb": int(args["nb"]),
+        "device": device_name(str(dev)),
+        "peak_mb": round(peak, 2),
+        "base_mb": round(base, 2),
+        "step_mb": round(peak - base, 2),
+        "image_mb": round(image_mb, 3),
+        "time_s": round(sum(timed) / len(timed), 4),
+    }
+
+
+def _run_child(job: dict) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"measurement {job['mode']} at {job['size']}³ failed:\n{proc.stderr[-4000:]}"
+        )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _ratios(rows: list[dict]) -> None:
+    by = {(r["size"], r["mode"]): r for r in rows}
+    for r in rows:
+        full, part = by.get((r["size"], "full")), by.get((r["size"], "partitioned"))
+        if full and part:
+            r["ratio_peak"] = round(full["peak_mb"] / part["peak_mb"], 3)
+            r["ratio_step"] = round(full["step_mb"] / max(part["step_mb"], 1e-6), 3)
+        else:
+            r["ratio_peak"] = r["ratio_step"] = ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 48, 64], help="cubic volume sizes")
+    ap.add_argument("--patch", type=int, default=16, help="cubic training patch size")
+    ap.add_argument(
+        "--modes", nargs="+", default=["partitioned", "full"], choices=["partitioned", "full"]
+    )
+    ap.add_argument("--op", choices=["conebeam", "blur"], default="conebeam")
+    ap.add_argument("--views", type=int, default=30, help="cone-beam views")
+    ap.add_argument("--K", type=int, default=3, help="unrolled iterations")
+    ap.add_argument("--nc", type=int, nargs=4, default=[8, 16, 32, 64], help="DRUNet widths")
+    ap.add_argument("--nb", type=int, default=1, help="DRUNet blocks per scale")
+    ap.add_argument("--repeats", type=int, default=2, help="steps per measurement (1st = warm-up)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    ap.add_argument("--out", type=Path, default=Path("results/benchmarks/bench_partition.csv"))
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.child:
+        print(json.dumps(measure(json.loads(a.child))))
+        return 0
+    if a.patch < 1 or any(s < 1 for s in a.sizes):
+        ap.error("--sizes and --patch must be positive")
+    rows = []
+    for n in a.sizes:
+        for mode in a.modes:
+            job = dict(
+                size=n,
+                mode=mode,
+                patch=a.patch,
+                op=a.op,
+                views=a.views,
+                K=a.K,
+                nc=a.nc,
+                nb=a.nb,
+                repeats=a.repeats,
+                device=a.device,
+                threads=a.threads,
+            )
+            row = _run_child(job)
+            print(
+                f"{mode:>11} {n:4d}³  peak {row['peak_mb']:9.1f} MB  step "
+                f"{row['step_mb']:9.1f} MB  {row['time_s']:.3f} s",
+                flush=True,
+            )
+            rows.append(row)
+    _ratios(rows)
+    from unroll3d.utils import atomic_path
+
+    with atomic_path(a.out) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
