@@ -260,6 +260,17 @@ def test_missing_eval_file_is_an_error(tmp_path):
     assert ("cbct", "v30", "tv") not in cells
 
 
+def test_test_split_in_config_selects_volumes(tmp_path):
+    """With config splits, exactly the test volumes are requested (walnut<N> for CBCT)."""
+    write_evals(tmp_path, slices=False)
+    cfg = {**CONFIG, "mri": {**CONFIG["mri"], "splits": {"test": ["vol_a"]}}}
+    cells = report.collect_evals(tmp_path, {**cfg, "tasks": ["mri"]})
+    assert [r.volume for r in cells[("mri", "R5", "fdk")]] == ["vol_a"]  # vol_b on disk, ignored
+    cfg["cbct"] = {**CONFIG["cbct"], "splits": {"test": [7]}}
+    with pytest.raises(report.ReportError, match=r"eval/cbct/v30/fdk/walnut7\.json"):
+        report.collect_evals(tmp_path, cfg)
+
+
 # ------------------------------------------------------------------------------ tables
 
 
@@ -380,6 +391,20 @@ def test_cli_end_to_end(tmp_path):
     cfg_path.write_text(yaml.safe_dump(CONFIG))
     rc = report.main(["--results", str(tmp_path / "results"), "--config", str(cfg_path)])
     assert rc == 0
+    rc = report.main(
+        [
+            "--results",
+            str(tmp_path / "results"),
+            "--config-json",
+            json.dumps(CONFIG),
+            "--config-label",
+            "config/smoke.yaml",
+            "--only",
+            "tables",
+        ]
+    )
+    assert rc == 0
+    assert "config/smoke.yaml" in (tmp_path / "results" / "tables" / "table2_mri.md").read_text()
     assert (tmp_path / "results" / "tables" / "table1_cbct.md").exists()
     assert (tmp_path / "results" / "figures" / "fig_slices_mri.png").exists()
     # a broken cell makes the command fail with a message, not a traceback

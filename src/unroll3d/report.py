@@ -359,6 +359,16 @@ def task_settings(config: dict, task: str) -> list[str]:
     return [f"R{float(r):g}" for r in config.get("mri", {}).get("accelerations", [])]
 
 
+def test_volumes(config: dict, task: str) -> list[str] | None:
+    """Test volume ids of a task from ``config[task]["splits"]["test"]`` (as ``data.smk`` names
+    them: ``walnut<N>`` for CBCT), or ``None`` when the config has no split (then the volumes
+    found on disk are used)."""
+    test = ((config.get(task) or {}).get("splits") or {}).get("test")
+    if not test:
+        return None
+    return [f"walnut{v}" if task == "cbct" else str(v) for v in test]
+
+
 def setting_value(setting: str) -> float:
     """The number in a setting name (``v30`` → 30, ``R5`` → 5)."""
     return float(setting[1:])
@@ -377,16 +387,25 @@ def collect_evals(
     cells: dict[tuple[str, str, str], list[EvalRecord]] = {}
     problems: list[str] = []
     for task in config.get("tasks", []):
+        wanted = test_volumes(config, task)
         for setting in task_settings(config, task):
             volumes: dict[str, set[str]] = {}
             for variant in config.get("variants", []):
                 folder = results / "eval" / task / setting / variant
-                files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+                if wanted is not None:
+                    files = [folder / f"{v}.json" for v in wanted]
+                    for f in files:
+                        if not f.exists():
+                            problems.append(f"missing {f} (test volume of {task} in the config)")
+                    files = [f for f in files if f.exists()]
+                else:
+                    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+                    if not files:
+                        problems.append(
+                            f"no evaluation files in {folder}/ (cell {task}/{setting}/{variant})"
+                        )
                 volumes[variant] = {f.stem for f in files}
                 if not files:
-                    problems.append(
-                        f"no evaluation files in {folder}/ (cell {task}/{setting}/{variant})"
-                    )
                     continue
                 recs = [read_eval(f) for f in files]
                 for r in recs:
@@ -396,10 +415,10 @@ def collect_evals(
                             f"{r.variant} but lies under {folder}"
                         )
                 cells[(task, setting, variant)] = recs
-            union = set().union(*volumes.values()) if volumes else set()
-            for variant, vols in volumes.items():
-                if vols:
-                    for v in sorted(union - vols):
+            if wanted is None:
+                union = set().union(*volumes.values()) if volumes else set()
+                for variant, vols in volumes.items():
+                    for v in sorted(union - vols) if vols else []:
                         problems.append(
                             f"missing {results / 'eval' / task / setting / variant / (v + '.json')}"
                             " (other variants have this test volume)"
@@ -1437,13 +1456,23 @@ def write_figures(
     config: dict,
     results: str | Path,
     out_dir: str | Path,
+    bench_steps: str | Path | None = None,
+    bench_partition: str | Path | None = None,
+    normal_dir: str | Path | None = None,
 ) -> list[Path]:
-    """Render every figure of :data:`FIGURES` (PNG + PDF) under ``out_dir``."""
+    """Render every figure of :data:`FIGURES` (PNG + PDF) under ``out_dir``.
+
+    :param bench_steps: Fig. 1 CSV (default ``results/benchmarks/bench_steps.csv``).
+    :param bench_partition: partitioned-memory CSV (default ``results/benchmarks/bench_partition.csv``).
+    :param normal_dir: folder of ``normal_{task}_{setting}.npz`` (default ``results/figures/data``).
+    """
     results, out_dir = Path(results), Path(out_dir)
-    bench = results / "benchmarks"
+    bench_steps = Path(bench_steps or results / "benchmarks" / "bench_steps.csv")
+    bench_partition = Path(bench_partition or results / "benchmarks" / "bench_partition.csv")
+    normal_dir = Path(normal_dir or results / "figures" / "data")
     bench_on = (config.get("benchmarks") or {}).get("enabled", True)
     off = None if bench_on else f"benchmarks disabled in config {config.get('name')!r}"
-    paths = fig_data_vs_network(bench / "bench_steps.csv", out_dir, reason=off)
+    paths = fig_data_vs_network(bench_steps, out_dir, reason=off)
     for task in TASKS:
         reason = (
             None
@@ -1451,11 +1480,11 @@ def write_figures(
             else f"task {task} disabled in config {config.get('name')!r}"
         )
         sets = task_settings(config, task) if not reason else []
-        npz = {s: results / "figures" / "data" / f"normal_{task}_{s}.npz" for s in sets}
+        npz = {s: normal_dir / f"normal_{task}_{s}.npz" for s in sets}
         paths += fig_normal(task, npz, out_dir, reason=reason)
         paths += fig_slices(task, cells, config, out_dir, reason=reason)
     paths += fig_psnr_vs_setting(cells, config, out_dir)
-    paths += fig_partition_memory(bench / "bench_partition.csv", out_dir, reason=off)
+    paths += fig_partition_memory(bench_partition, out_dir, reason=off)
     return paths
 
 
@@ -1481,7 +1510,11 @@ def _central(a, axis: int = 0) -> np.ndarray:
 
 
 def normal_illustration(
-    normal_path: str | Path, data_path: str | Path, setting: str, out: str | Path
+    normal_path: str | Path,
+    data_path: str | Path,
+    setting: str,
+    out: str | Path,
+    device: Any = "cpu",
 ) -> Path:
     """Compute the panels of Figs. 9/10 once and store them as a small ``.npz``.
 
@@ -1498,7 +1531,7 @@ def normal_illustration(
     from unroll3d.data import load_sample
     from unroll3d.normal import DiagCirculant, load_normal
 
-    sample = load_sample(data_path, setting, device="cpu")
+    sample = load_sample(data_path, setting, device=device)
     try:
         fit = load_normal(normal_path)
     except (FileNotFoundError, ValueError) as err:
@@ -1509,7 +1542,7 @@ def normal_illustration(
         fit["img_size"],
         fit.get("two_sided", False),
         grid=fit.get("grid"),
-    )
+    ).to(device)
     x = sample.x.float()
     if tuple(x.shape[1:]) != tuple(fit["img_size"]):
         raise ReportError(
@@ -1563,15 +1596,19 @@ def load_config(path: str | Path) -> dict:
         config = yaml.safe_load(path.read_text())
     except FileNotFoundError as err:
         raise ReportError(f"config file {path} not found") from err
+    _check_config(config, path)
+    return config
+
+
+def _check_config(config: Any, where: Any) -> None:
     if not isinstance(config, dict):
-        raise ReportError(f"{path}: expected a mapping at the top level")
+        raise ReportError(f"{where}: expected a mapping at the top level")
     for key in ("tasks", "variants"):
         if key not in config:
-            raise ReportError(f"{path}: missing key {key!r}")
+            raise ReportError(f"{where}: missing key {key!r}")
     bad = set(config["tasks"]) - set(TASKS)
     if bad:
-        raise ReportError(f"{path}: unknown task(s) {sorted(bad)}; allowed {list(TASKS)}")
-    return config
+        raise ReportError(f"{where}: unknown task(s) {sorted(bad)}; allowed {list(TASKS)}")
 
 
 def _main_illustration(argv: list[str]) -> int:
@@ -1588,12 +1625,16 @@ def _main_illustration(argv: list[str]) -> int:
     p.add_argument("--setting", required=True, help="v30, R5, ...")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="auto", help="auto (the visible GPU, else CPU), cpu, cuda:0")
     args = p.parse_args(argv)
-    if args.threads:
-        import torch
+    import torch
 
+    if args.threads:
         torch.set_num_threads(args.threads)
-    normal_illustration(args.normal, args.data, args.setting, args.out)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    normal_illustration(args.normal, args.data, args.setting, args.out, device=torch.device(device))
     print(f"wrote {args.out}")
     return 0
 
@@ -1611,9 +1652,19 @@ def main(argv: list[str] | None = None) -> int:
             epilog="Sub-command: `unroll3d report normal-illustration --help`.",
         )
         p.add_argument("--results", default="results", help="results folder (default: results)")
-        p.add_argument("--config", required=True, help="workflow config YAML (config/config.yaml)")
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument("--config", help="workflow config YAML (config/config.yaml)")
+        src.add_argument("--config-json", help="the resolved config as JSON (from Snakemake)")
+        p.add_argument(
+            "--config-label",
+            default=None,
+            help="how the footnotes name the config (default: its path)",
+        )
         p.add_argument("--tables", default=None, help="tables folder (default: RESULTS/tables)")
         p.add_argument("--figures", default=None, help="figures folder (default: RESULTS/figures)")
+        p.add_argument("--bench-steps", default=None, help="Fig. 1 benchmark CSV")
+        p.add_argument("--bench-partition", default=None, help="partitioned-memory benchmark CSV")
+        p.add_argument("--normal-dir", default=None, help="folder of normal_{task}_{setting}.npz")
         p.add_argument("--only", choices=("tables", "figures"), default=None)
         p.add_argument(
             "--allow-missing",
@@ -1622,13 +1673,29 @@ def main(argv: list[str] | None = None) -> int:
         )
         args = p.parse_args(argv)
         results = Path(args.results)
-        config = load_config(args.config)
+        if args.config_json:
+            try:
+                config = json.loads(args.config_json)
+            except json.JSONDecodeError as err:
+                raise ReportError(f"--config-json is not valid JSON ({err})") from err
+            _check_config(config, "--config-json")
+        else:
+            config = load_config(args.config)
+        label = args.config_label or args.config
         cells = collect_evals(results, config, allow_missing=args.allow_missing)
         written: list[Path] = []
         if args.only in (None, "tables"):
-            written += write_tables(cells, config, args.tables or results / "tables", args.config)
+            written += write_tables(cells, config, args.tables or results / "tables", label)
         if args.only in (None, "figures"):
-            written += write_figures(cells, config, results, args.figures or results / "figures")
+            written += write_figures(
+                cells,
+                config,
+                results,
+                args.figures or results / "figures",
+                bench_steps=args.bench_steps,
+                bench_partition=args.bench_partition,
+                normal_dir=args.normal_dir,
+            )
     except ReportError as err:
         print(f"unroll3d report: error: {err}", file=sys.stderr)
         return 1
