@@ -261,26 +261,44 @@ def _key(path: str | Path, workdir: str | Path) -> str:
     return os.path.normpath(str(path))
 
 
-def _load_config(path: str | Path | None) -> dict[str, Any] | None:
-    if path is None:
+def _load_config(
+    paths: str | Path | Iterable[str | Path] | None, resolved: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Config files (path, sha256, values) and, when given, the resolved config actually used."""
+    if paths is None and resolved is None:
         return None
     import yaml
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config file {path} not found")
-    text = path.read_text()
-    return {
-        "path": str(path),
-        "sha256": hashlib.sha256(text.encode()).hexdigest(),
-        "values": yaml.safe_load(text),
-    }
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    files = []
+    for path in paths or []:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"config file {path} not found")
+        text = path.read_text()
+        files.append(
+            {
+                "path": str(path),
+                "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                "values": yaml.safe_load(text),
+            }
+        )
+    out: dict[str, Any] = {"files": files}
+    if resolved is not None:
+        out["resolved"] = resolved
+    elif len(files) == 1:
+        out["resolved"] = files[0]["values"]
+    if files:  # the last file wins in Snakemake; keep its path/values at the top for convenience
+        out.update(path=files[-1]["path"], sha256=files[-1]["sha256"], values=files[-1]["values"])
+    return out
 
 
 def build_manifest(
     results: str | Path = "results",
     out: str | Path | None = None,
-    config: str | Path | None = None,
+    config: str | Path | Iterable[str | Path] | None = None,
+    config_resolved: dict[str, Any] | None = None,
     inputs: Iterable[str | Path] = ("resources",),
     rules: dict[str, str] | None = None,
     workdir: str | Path = ".",
@@ -292,7 +310,8 @@ def build_manifest(
 
     :param results: folder whose every file is listed (paths in the manifest keep this prefix).
     :param out: the manifest's own path, excluded from the listing (default ``results/manifest.json``).
-    :param config: the workflow config YAML used (its values and sha256 are recorded).
+    :param config: the workflow config YAML file(s) used (values and sha256 are recorded).
+    :param config_resolved: the merged config Snakemake ran with (recorded as ``resolved``).
     :param inputs: input-data folders or files to checksum.
     :param rules: optional ``{path: rule}`` mapping; wins over Snakemake's metadata.
     :param workdir: where ``.snakemake/`` and the git checkout live.
@@ -335,7 +354,7 @@ def build_manifest(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "git": git_info(workdir),
-        "config": _load_config(config),
+        "config": _load_config(config, config_resolved),
         "software": software_versions(),
         "hardware": hardware(),
         "results_root": str(results),
@@ -365,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--results", default="results", help="results folder (default: results)")
     p.add_argument("--out", default=None, help="manifest path (default: RESULTS/manifest.json)")
-    p.add_argument("--config", default=None, help="workflow config YAML used")
+    p.add_argument("--config", nargs="*", default=None, help="workflow config YAML file(s) used")
+    p.add_argument("--config-json", default=None, help="the resolved config as JSON (Snakemake)")
     p.add_argument(
         "--inputs",
         nargs="*",
@@ -389,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             out,
             results=args.results,
             config=args.config,
+            config_resolved=json.loads(args.config_json) if args.config_json else None,
             inputs=args.inputs,
             rules=rules,
             workdir=args.workdir,

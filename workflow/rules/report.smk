@@ -1,0 +1,177 @@
+# Paper outputs (unroll3d report) and the reviewer artifact (unroll3d manifest).
+#   normal_illustration  one small .npz per task × setting with the panels of Figs. 9/10 (the only
+#                        step here that applies an operator; a compute rule, separate from plots)
+#   tables_figures       Table 1 (CBCT), Table 2 (MRI), the ablation (CSV, Markdown, LaTeX) and
+#                        the figures (PNG, PDF), from small files only: re-renders in seconds
+#                        (`make paper`, or `unroll3d report --results results --config <yaml>`)
+#   manifest             results/manifest.json: sha256 + producing rule of every file under
+#                        results/, input checksums, software versions, hardware, commit, config
+# Outputs are report() items with captions in workflow/report/, categorised by paper section.
+REPORT_TABLES = f"{RESULTS}/tables"
+REPORT_FIGURES = f"{RESULTS}/figures"
+ILLUSTRATIONS = f"{REPORT_FIGURES}/data"
+REPORT_CONFIG = config.get("report", {})
+CONFIG_LABEL = " ".join(str(f) for f in workflow.configfiles) or "config/config.yaml"
+
+# table -> (caption, category); figure -> (caption, category)
+TABLE_ITEMS = {
+    "table1_cbct": ("table1_cbct.rst", "Table 1 · Walnut-CBCT (§6.1)"),
+    "table2_mri": ("table2_mri.rst", "Table 2 · MC-MRI (§6.2)"),
+    "table_ablation": ("table_ablation.rst", "Ablation (§6.3)"),
+}
+FIGURE_ITEMS = {
+    "fig1_data_vs_network": ("fig1_data_vs_network.rst", "Fig. 1 · data step vs network step"),
+    "fig_normal_cbct": ("fig_normal.rst", "Figs. 9-10 · normal operator H (§4.5)"),
+    "fig_normal_mri": ("fig_normal.rst", "Figs. 9-10 · normal operator H (§4.5)"),
+    "fig_slices_cbct": ("fig_slices.rst", "Figs. 3-4 · qualitative slices"),
+    "fig_slices_mri": ("fig_slices.rst", "Figs. 3-4 · qualitative slices"),
+    "fig_psnr_vs_setting": ("fig_psnr_vs_setting.rst", "Tables 1-2 · PSNR vs views / acceleration"),
+    "fig_partition_memory": ("fig_partition_memory.rst", "Partitioned memory (§4.3)"),
+}
+
+
+def report_eval_inputs():
+    """Every requested evaluation JSON and its slices (.npz) (eval_targets() of evaluate.smk)."""
+    jsons = eval_targets()
+    return jsons + [j[: -len(".json")] + ".npz" for j in jsons]
+
+
+def report_bench_inputs(wildcards):
+    """Benchmark CSVs the figures read, for the benchmark rules that exist in this workflow."""
+    if not config["benchmarks"]["enabled"]:
+        return {}
+    out = {}
+    defined = {r.name for r in workflow.rules}
+    for name in ("bench_steps", "bench_partition"):
+        if name in defined:
+            csvs = [f for f in getattr(rules, name).output if str(f).endswith(".csv")]
+            if csvs:
+                out[name] = csvs[0]
+    return out
+
+
+def report_bench_args(wildcards, input):
+    keys = input.keys()
+    args = []
+    if "bench_steps" in keys:
+        args.append(f"--bench-steps {input.bench_steps}")
+    if "bench_partition" in keys:
+        args.append(f"--bench-partition {input.bench_partition}")
+    return " ".join(args)
+
+
+def illustration_targets():
+    return [
+        f"{ILLUSTRATIONS}/normal_{task}_{setting}.npz"
+        for task in config["tasks"]
+        for setting in settings(task)
+    ]
+
+
+def report_outputs():
+    """The tables and figures as report() items (the PDF and LaTeX copies as plain outputs)."""
+    out = {}
+    for name, (caption, category) in TABLE_ITEMS.items():
+        for ext in ("md", "csv"):
+            out[f"{name}_{ext}"] = report(
+                f"{REPORT_TABLES}/{name}.{ext}",
+                caption=f"../report/{caption}",
+                category=category,
+                subcategory="Markdown" if ext == "md" else "CSV (tidy, one row per cell)",
+                labels={"table": name, "format": ext},
+            )
+        out[f"{name}_tex"] = f"{REPORT_TABLES}/{name}.tex"
+    for name, (caption, category) in FIGURE_ITEMS.items():
+        out[f"{name}_png"] = report(
+            f"{REPORT_FIGURES}/{name}.png",
+            caption=f"../report/{caption}",
+            category=category,
+            labels={"figure": name},
+        )
+        out[f"{name}_pdf"] = f"{REPORT_FIGURES}/{name}.pdf"
+    return out
+
+
+rule normal_illustration:
+    input:
+        fit=f"{RESULTS}/normal/{{task}}/{{setting}}.pt",
+        sample=lambda wildcards: sample_path(wildcards.task, normal_reference_volume(wildcards.task)),
+    output:
+        f"{ILLUSTRATIONS}/normal_{{task}}_{{setting}}.npz",
+    log:
+        f"{LOGS}/normal_illustration/{{task}}/{{setting}}.log",
+    benchmark:
+        f"{BENCH}/normal_illustration/{{task}}/{{setting}}.tsv"
+    threads: 2
+    conda:
+        CONDA_ENV
+    resources:
+        gpu=1,
+    shell:
+        "unroll3d device run -- unroll3d report normal-illustration --normal {input.fit}"
+        " --data {input.sample} --setting {wildcards.setting} --out {output}"
+        " --threads {threads} --device auto > {log} 2>&1"
+
+
+rule tables_figures:
+    input:
+        unpack(report_bench_inputs),
+        evals=report_eval_inputs(),
+        illustrations=illustration_targets(),
+    output:
+        **report_outputs(),
+    params:
+        config=CONFIG_JSON,
+        label=CONFIG_LABEL,
+        bench=report_bench_args,
+    log:
+        f"{LOGS}/report/tables_figures.log",
+    benchmark:
+        f"{BENCH}/report/tables_figures.tsv"
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "unroll3d report --results {RESULTS} --config-json '{params.config}'"
+        " --config-label '{params.label}' --tables {REPORT_TABLES} --figures {REPORT_FIGURES}"
+        " --normal-dir {ILLUSTRATIONS} {params.bench} > {log} 2>&1"
+
+
+FINAL_TARGETS.extend(rules.tables_figures.output)
+
+# Everything else the run produces is an input, so the manifest is written last and lists it.
+MANIFEST_INPUTS = list(FINAL_TARGETS)
+
+
+rule manifest:
+    input:
+        MANIFEST_INPUTS,
+    output:
+        report(
+            f"{RESULTS}/manifest.json",
+            caption="../report/manifest.rst",
+            category="Reviewer artifact",
+        ),
+    params:
+        configfiles=CONFIG_LABEL,
+        config=CONFIG_JSON,
+        inputs=join_values(REPORT_CONFIG.get("input_checksums", [RESOURCES])),
+    log:
+        f"{LOGS}/report/manifest.log",
+    benchmark:
+        f"{BENCH}/report/manifest.tsv"
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "unroll3d manifest --results {RESULTS} --out {output} --config {params.configfiles}"
+        " --config-json '{params.config}'"
+        " --inputs {params.inputs} --exclude report.html benchmarks/rules/report/manifest.tsv"
+        " > {log} 2>&1"
+
+
+FINAL_TARGETS.extend(rules.manifest.output)
+
+localrules:
+    tables_figures,
+    manifest,
