@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from unroll3d.physics import ConeBeam, circular_vectors, operator_norm
+from unroll3d.physics import ConeBeam, circular_vectors, fdk, operator_norm
 
 N = 16
 
@@ -164,9 +164,9 @@ def test_views_in_chunks_equal_all_at_once(perturbed):
 
 def test_state_dict_copy_and_norm(circ, tmp_path):
     phys = copy.deepcopy(circ)
-    norm = phys.normalize_(max_iter=100, rtol=1e-6)
+    norm = phys.normalize_(max_iter=300, rtol=1e-7)
     assert norm > 0
-    assert operator_norm(phys, max_iter=100, rtol=1e-6) == pytest.approx(1.0, rel=1e-3)
+    assert operator_norm(phys, max_iter=300, rtol=1e-7) == pytest.approx(1.0, rel=1e-3)
     torch.save(phys.state_dict(), tmp_path / "cb.pt")
     fresh = ConeBeam.circular(12, (N, N, N), 40.0, 25.0, det_shape=(21, 24), backend="rtk")
     fresh.load_state_dict(torch.load(tmp_path / "cb.pt"))
@@ -177,7 +177,8 @@ def test_state_dict_copy_and_norm(circ, tmp_path):
         fresh.A_dagger(fresh.A(x)), circ.A_dagger(circ.A(x)), rtol=1e-4, atol=1e-5
     )
     # deepinv's power method agrees (it returns the squared norm)
-    sq = circ.compute_sqnorm(torch.zeros(1, 1, N, N, N), max_iter=60, tol=1e-4, verbose=False)
+    torch.manual_seed(0)
+    sq = circ.compute_sqnorm(torch.zeros(1, 1, N, N, N), max_iter=100, tol=1e-4, verbose=False)
     assert math.sqrt(float(sq)) == pytest.approx(norm, rel=1e-2)
 
 
@@ -193,3 +194,46 @@ def test_bad_input_errors():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="needs CUDA"):
             ConeBeam(circular_vectors(3, 40.0, 20.0), (N, N, N), backend="astra")
+
+
+# ---- FDK ------------------------------------------------------------------------------------
+M = 32
+
+
+def _smooth_ball(centre, radius, edge):
+    z, y, x = torch.meshgrid(*[torch.arange(M) - (M - 1) / 2] * 3, indexing="ij")
+    rad = ((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2).sqrt()
+    return torch.sigmoid((radius - rad) / edge)
+
+
+@pytest.mark.parametrize("voxel_size", [1.0, 0.5])
+def test_fdk_uniform_ball_value(voxel_size):
+    """A uniform ball of value mu reconstructs to mu (attenuation per unit length)."""
+    h, mu = voxel_size, 2.5
+    z, y, x = torch.meshgrid(*[torch.arange(M) - (M - 1) / 2] * 3, indexing="ij")
+    rad = (z**2 + y**2 + x**2).sqrt()
+    ball = (mu * (rad <= 0.35 * M).float())[None, None]
+    physics = ConeBeam.circular(
+        90, (M, M, M), 200.0 * h, 100.0 * h, det_spacing=h, voxel_size=h, backend="rtk"
+    )
+    rec = fdk(physics.A(ball), physics)
+    inner = rec[0, 0][rad <= 0.25 * M]
+    assert inner.mean().item() == pytest.approx(mu, rel=5e-3)
+    assert inner.std().item() < 0.05 * mu
+
+
+def test_fdk_psnr_360_vs_30_views():
+    phantom = _smooth_ball((0, 0, 0), 0.4 * M, 1.0)
+    for c in [(0, 8, 0), (0, -6, 6), (3, 0, -8), (-4, 5, 5)]:
+        phantom = phantom + _smooth_ball(c, 2.0, 0.2)
+    phantom = phantom[None, None]
+    c = slice(M // 8, M - M // 8)  # central region: the inner 3/4 of each axis
+    psnr = {}
+    for n_views in (360, 30):
+        physics = ConeBeam.circular(n_views, (M, M, M), 200.0, 100.0, backend="rtk")
+        rec = physics.A_dagger(physics.A(phantom))
+        mse = ((rec - phantom)[..., c, c, c] ** 2).mean()
+        psnr[n_views] = float(10 * torch.log10(phantom.max() ** 2 / mse))
+    print(f"FDK PSNR (central region): 360 views {psnr[360]:.2f} dB, 30 views {psnr[30]:.2f} dB")
+    assert psnr[360] >= 30.0
+    assert psnr[30] < psnr[360] - 1.0

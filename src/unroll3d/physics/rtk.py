@@ -13,16 +13,25 @@ detector pixel ``(r, c)`` is ``d + (c - (cols - 1) / 2) u + (r - (rows - 1) / 2)
 centre of voxel ``(k, j, i)`` of a ``(D, H, W) = (z, y, x)`` array is
 ``((i - (W - 1) / 2) h, (j - (H - 1) / 2) h, (k - (D - 1) / 2) h)`` for voxel size ``h``.
 
-Conversion to RTK. RTK's world frame is the ITK physical frame of the volume image. A NumPy
-array ``(z, y, x)`` becomes an ITK image whose index ``[i, j, k]`` runs along physical ``x, y, z``,
-so with spacing ``h`` and origin ``-(N - 1) / 2 h`` ITK's world coordinates *are* ASTRA's
-coordinates; no permutation is needed. RTK's habit of rotating about ``y`` only concerns its
-circular parametrisation (``AddProjection(angle, ...)``); we use the general form
-``AddProjection(source, detector_origin, row_direction, column_direction)`` instead, which
-RTK converts internally to its Euler angles, distances and offsets. The projection stack is an
-ITK image ``(cols, rows, views)``, i.e. a NumPy array ``(views, rows, cols)``, with spacing
-``(|u|, |v|, 1)`` and origin ``(-(cols - 1) / 2 |u|, -(rows - 1) / 2 |v|, 0)``, so that physical
-detector coordinate ``(0, 0)`` is the detector centre ``d``. The row and column vectors must be
+Conversion to RTK. RTK's world frame is the ITK physical frame of the volume image, and RTK
+describes every view by Euler angles about *its y axis* (gantry angle) plus out-of-plane and
+in-plane angles; its FDK weights views by gaps between gantry angles. ASTRA orbits turn about
+*z*. Joseph projection would be right in any rigidly moved frame, but FDK is only right if the
+orbit axis is RTK's y, so we rotate the whole scene by ``R`` (a rotation of -90° about x):
+
+    RTK (x', y', z') = R (x, y, z) = (x, z, -y),
+
+i.e. ASTRA's z (our D axis) becomes RTK's y and ASTRA's y (our H axis) becomes RTK's -z. The
+vectors ``s, d, u, v`` are all multiplied by ``R``. The volume array ``vol[k, j, i]`` (z, y, x)
+becomes the RTK array ``vol.transpose(1, 0, 2)[::-1]``, indexed ``(z', y', x') = (-y, z, x)``,
+with spacing ``h`` and a centred origin, so voxel positions are exactly ``R`` times the ASTRA
+positions. (A rigid motion of the whole scene changes no line integral.)
+
+The projection stack is an ITK image ``(cols, rows, views)``, i.e. a NumPy array
+``(views, rows, cols)``, with spacing ``(|u|, |v|, 1)`` and origin
+``(-(cols - 1) / 2 |u|, -(rows - 1) / 2 |v|, 0)``, so that physical detector coordinate
+``(0, 0)`` is the detector centre ``d``; it is fed to
+``AddProjection(R s, R d, R u / |u|, R v / |v|)``. The row and column vectors must be
 orthogonal and have the same lengths for every view (one spacing per stack): this holds for
 circular scans and for the Walnut data; anything else raises a ``ValueError``.
 """
@@ -31,7 +40,29 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["RTKConeBeamBackend", "check_vectors"]
+__all__ = ["ASTRA_TO_RTK", "RTKConeBeamBackend", "check_vectors", "to_rtk_vectors"]
+
+#: Rotation taking ASTRA world coordinates (orbit about z) to RTK's (orbit about y).
+ASTRA_TO_RTK = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+
+
+def to_rtk_vectors(vectors: np.ndarray) -> np.ndarray:
+    """Rotate ASTRA ``cone_vec`` rows (s, d, u, v) into RTK's frame with :data:`ASTRA_TO_RTK`."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    out = np.empty_like(vectors)
+    for c in range(0, 12, 3):
+        out[:, c : c + 3] = vectors[:, c : c + 3] @ ASTRA_TO_RTK.T
+    return out
+
+
+def _vol_to_rtk(vol: np.ndarray) -> np.ndarray:
+    """(z, y, x) array -> RTK array (z', y', x') = (-y, z, x)."""
+    return np.ascontiguousarray(vol.transpose(1, 0, 2)[::-1])
+
+
+def _vol_from_rtk(arr: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_vol_to_rtk`."""
+    return np.ascontiguousarray(arr[::-1].transpose(1, 0, 2))
 
 
 def _rtk():
@@ -121,9 +152,10 @@ class RTKConeBeamBackend:
         self.num_threads = num_threads
         chunk = self.n_views if views_per_chunk is None else max(1, int(views_per_chunk))
         self.chunks = [(i, min(i + chunk, self.n_views)) for i in range(0, self.n_views, chunk)]
-        self._geometries = [self._geometry(self.vectors[a:b]) for a, b in self.chunks]
+        rtk_vectors = to_rtk_vectors(self.vectors)
+        self._geometries = [self._geometry(rtk_vectors[a:b]) for a, b in self.chunks]
         self._full_geometry = (
-            self._geometries[0] if len(self.chunks) == 1 else self._geometry(self.vectors)
+            self._geometries[0] if len(self.chunks) == 1 else self._geometry(rtk_vectors)
         )
 
     # ---- ITK helpers -------------------------------------------------------------------
@@ -151,9 +183,10 @@ class RTKConeBeamBackend:
         return image
 
     def _volume_image(self, array):
-        """ITK image of a volume *padded by one zero voxel per side* (see :meth:`forward`)."""
+        """ITK image of an RTK-ordered volume array, *padded by one zero voxel per side*
+        (see :meth:`forward`), centred at the origin."""
         h = self.voxel_size
-        origin = [-(n + 1) / 2 * h for n in self.vol_shape[::-1]]
+        origin = [-(n - 1) / 2 * h for n in array.shape[::-1]]
         return self._image(array, (h, h, h), origin)
 
     def _proj_image(self, array):
@@ -186,7 +219,7 @@ class RTKConeBeamBackend:
         if tuple(volume.shape) != self.vol_shape:
             raise ValueError(f"volume shape {tuple(volume.shape)} != {self.vol_shape}")
         image_type = itk.Image[itk.F, 3]
-        vol = self._volume_image(np.pad(np.asarray(volume, np.float32), 1))
+        vol = self._volume_image(_vol_to_rtk(np.pad(np.asarray(volume, np.float32), 1)))
         out = np.empty((self.n_views, *self.det_shape), dtype=np.float32)
         for (a, b), geometry in zip(self.chunks, self._geometries, strict=True):
             proj = self._proj_image(np.zeros((b - a, *self.det_shape), np.float32))
@@ -206,7 +239,7 @@ class RTKConeBeamBackend:
         if tuple(proj.shape) != expected:
             raise ValueError(f"projection shape {tuple(proj.shape)} != {expected}")
         image_type = itk.Image[itk.F, 3]
-        padded = tuple(n + 2 for n in self.vol_shape)
+        padded = _vol_to_rtk(np.empty(tuple(n + 2 for n in self.vol_shape), np.float32)).shape
         out = np.zeros(padded, dtype=np.float32)
         for (a, b), geometry in zip(self.chunks, self._geometries, strict=True):
             vol = self._volume_image(np.zeros(padded, np.float32))
@@ -215,7 +248,7 @@ class RTKConeBeamBackend:
             flt.SetInput(1, self._proj_image(proj[a:b]))
             flt.SetGeometry(geometry)
             out += self._run(flt)
-        return np.ascontiguousarray(out[1:-1, 1:-1, 1:-1])
+        return _vol_from_rtk(out)[1:-1, 1:-1, 1:-1].copy()
 
     def fdk(self, proj: np.ndarray, hann_cut: float = 0.0) -> np.ndarray:
         """RTK's FDK reconstruction (ramp filter, optional Hann window, angular-gap weights).
@@ -229,7 +262,7 @@ class RTKConeBeamBackend:
         if tuple(proj.shape) != expected:
             raise ValueError(f"projection shape {tuple(proj.shape)} != {expected}")
         image_type = itk.Image[itk.F, 3]
-        padded = tuple(n + 2 for n in self.vol_shape)
+        padded = _vol_to_rtk(np.empty(tuple(n + 2 for n in self.vol_shape), np.float32)).shape
         vol = self._volume_image(np.zeros(padded, np.float32))
         flt = rtk.FDKConeBeamReconstructionFilter[image_type].New()
         flt.SetInput(0, vol)
@@ -237,4 +270,4 @@ class RTKConeBeamBackend:
         flt.SetGeometry(self._full_geometry)
         flt.GetRampFilter().SetTruncationCorrection(0.0)
         flt.GetRampFilter().SetHannCutFrequency(float(hann_cut))
-        return np.ascontiguousarray(self._run(flt)[1:-1, 1:-1, 1:-1])
+        return _vol_from_rtk(self._run(flt))[1:-1, 1:-1, 1:-1].copy()
