@@ -39,6 +39,7 @@ MRI_ZIP = "train_val_12_channel.zip"
 localrules:
     download_walnut,
     download_mri,
+    download_mri_mask,
 
 
 rule toy_cbct:
@@ -149,9 +150,32 @@ rule preprocess_walnut:
         " --log-clip {params.clip} > {log} 2>&1"
 
 
+def _challenge_masks():
+    if config["mri"].get("mask_source", "seeded") != "challenge":
+        return []
+    return [f"{RESOURCES}/mri/raw/R{r:g}_218x170.npy" for r in config["mri"]["accelerations"]]
+
+
+rule download_mri_mask:
+    output:
+        f"{RESOURCES}/mri/raw/R{{r}}_218x{{nz}}.npy",
+    wildcard_constraints:
+        r=r"\d+",
+        nz=r"\d+",
+    log:
+        f"{LOGS}/download/R{{r}}_218x{{nz}}.log",
+    benchmark:
+        f"{BENCH}/download/R{{r}}_218x{{nz}}.tsv"
+    threads: 1
+    shell:
+        "unroll3d data download --task mri --file R{wildcards.r}_218x{wildcards.nz}.npy"
+        " --dest {RESOURCES}/mri/raw > {log} 2>&1"
+
+
 rule preprocess_mri:
     input:
-        f"{RESOURCES}/mri/raw/{MRI_ZIP}",
+        zip=f"{RESOURCES}/mri/raw/{MRI_ZIP}",
+        masks=_challenge_masks(),
     output:
         f"{RESULTS}/data/mri/{{volume}}.pt",
     params:
@@ -168,8 +192,9 @@ rule preprocess_mri:
     resources:
         mem_mb=12000,
     shell:
-        "unroll3d data preprocess mri --zip {input} --volume {wildcards.volume} --out {output}"
-        " --partial-fourier {params.pf} --calib {params.calib} --convention {params.conv} > {log} 2>&1"
+        "unroll3d data preprocess mri --zip {input.zip} --volume {wildcards.volume} --out {output}"
+        " --partial-fourier {params.pf} --calib {params.calib} --convention {params.conv}"
+        " --challenge-masks {input.masks} > {log} 2>&1"
 
 
 rule fdk_check:

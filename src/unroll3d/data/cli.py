@@ -38,7 +38,7 @@ def prior_work_split(
 
 
 def _download(a) -> int:
-    from unroll3d.data.mri import MANUAL_HINT
+    from unroll3d.data.mri import MANUAL_HINT, RAW_ZIP
 
     registry = read_registry(a.registry or package_registry(a.task))
     if a.file not in registry:
@@ -48,7 +48,7 @@ def _download(a) -> int:
     entry = registry[a.file]
     hint = (
         MANUAL_HINT
-        if a.task == "mri"
+        if a.task == "mri" and a.file == RAW_ZIP
         else (
             f"Download {a.file} by hand from https://doi.org/{entry.url[4:].rsplit('/', 1)[0]} and place it "
             f"in {a.dest}/; its checksum is verified on the next run."
@@ -93,7 +93,9 @@ def _preprocess(a) -> int:
             raise DataError(
                 "preprocess mri needs --volume (the HDF5 file stem, e.g. e14089s3_P53248)"
             )
-        meta = preprocess_mri(a.zip, a.volume, a.out, a.partial_fourier, a.calib, a.convention)
+        meta = preprocess_mri(
+            a.zip, a.volume, a.out, a.partial_fourier, a.calib, a.convention, a.challenge_masks
+        )
     print(json.dumps({k: v for k, v in meta.items() if k != "input_sha256"}, default=str))
     return 0
 
@@ -188,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--partial-fourier", type=float, default=0.85)
     pp.add_argument("--calib", type=int, default=24)
     pp.add_argument("--convention", choices=["auto", "centred", "uncentred"], default="auto")
+    pp.add_argument(
+        "--challenge-masks",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="R<r>_<ny>x<nz>.npy mask banks (MRI)",
+    )
     pp.set_defaults(func=_preprocess)
 
     c = sub.add_parser("fdk-check", help="our FDK vs the shipped fdk_pos* reconstruction")

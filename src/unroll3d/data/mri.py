@@ -163,6 +163,24 @@ def _find_member(zf: zipfile.ZipFile, volume: str, zip_path: Path) -> str:
     return hits[0]
 
 
+def read_challenge_masks(path: str | Path) -> tuple[float, np.ndarray]:
+    """Read a challenge mask file ``R<r>_<ny>x<nz>.npy`` -> ``(r, masks (n, ny, nz) uint8)``."""
+    path = Path(path)
+    m = re.fullmatch(r"R(\d+)_(\d+)x(\d+)\.npy", path.name)
+    if not m:
+        raise DataError(f"{path}: not a challenge mask file name (expected R<r>_<ny>x<nz>.npy)")
+    try:
+        masks = np.load(path)
+    except Exception as err:
+        raise DataError(f"{path}: cannot read the mask array: {err}") from err
+    shape = (int(m.group(2)), int(m.group(3)))
+    if masks.ndim != 3 or masks.shape[1:] != shape:
+        raise DataError(
+            f"{path}: masks have shape {masks.shape}; expected (n, {shape[0]}, {shape[1]})"
+        )
+    return float(m.group(1)), (masks != 0).astype(np.uint8)
+
+
 def preprocess_mri(
     zip_path: str | Path,
     volume: str,
@@ -170,8 +188,14 @@ def preprocess_mri(
     partial_fourier: float = 0.85,
     calib: int = 24,
     convention: str = "auto",
+    challenge_masks: list[str | Path] | None = None,
 ) -> dict:
-    """Preprocess one volume of ``train_val_12_channel.zip`` into ``out`` (atomically)."""
+    """Preprocess one volume of ``train_val_12_channel.zip`` into ``out`` (atomically).
+
+    ``challenge_masks``: optional ``R<r>_<ny>x<nz>.npy`` files of the CC challenge; those of this
+    volume's (ky, kz) size are stored in the sample and then used instead of the seeded generator
+    (mask ``seed % n_masks``).
+    """
     import torch
 
     from unroll3d.utils import atomic_torch_save
@@ -199,8 +223,20 @@ def preprocess_mri(
         k = read_kspace(h5, f"{zip_path}:{member}")
         member_sha = file_hash(h5, "sha256")
     n, nx, ny, nz = k.shape
+    member_hashes_extra: dict[str, str] = {}
     kz_cut = math.ceil(partial_fourier * nz)
     acquired = np.abs(k).sum(axis=(0, 1, 2)) > 0
+    if acquired[kz_cut:].any() or not acquired[:kz_cut].all():
+        log.warning(
+            "%s: the non-zero kz columns of the file (%s) are not the first ceil(%g * %d) = %d; "
+            "zeroing kz >= %d anyway (check the partial-Fourier side on real data)",
+            member,
+            np.flatnonzero(acquired).tolist(),
+            partial_fourier,
+            nz,
+            kz_cut,
+            kz_cut,
+        )
     k[..., kz_cut:] = 0
     pf_mask = np.zeros((ny, nz), dtype=np.float32)
     pf_mask[:, :kz_cut] = 1
@@ -218,6 +254,12 @@ def preprocess_mri(
     x = torch.sum(maps.conj() * coil_images, dim=0) / torch.clamp(
         torch.sum(maps.abs() ** 2, dim=0), min=1e-12
     )
+    masks = {}
+    for mp in challenge_masks or []:
+        r, arr = read_challenge_masks(mp)
+        if arr.shape[1:] == (ny, nz):
+            masks[f"{r:g}"] = torch.from_numpy(arr)
+            member_hashes_extra[Path(mp).name] = file_hash(mp, "sha256")
     meta = {
         "format": FORMAT,
         "task": "mri",
@@ -235,7 +277,8 @@ def preprocess_mri(
         "calib": calib,
         "coil_maps": "calibration region, RSS-normalised",
         "normalisation": "at load: divide by the 99.5th percentile of |A^H y|",
-        "input_sha256": {member: member_sha},
+        "input_sha256": {member: member_sha, **member_hashes_extra},
+        "mask_source": f"challenge (R {sorted(masks)})" if masks else "seeded",
     }
     atomic_torch_save(
         {
@@ -243,6 +286,7 @@ def preprocess_mri(
             "coil_maps": maps.contiguous(),
             "x": x.to(torch.complex64).contiguous(),
             "pf_mask": torch.from_numpy(pf_mask),
+            "challenge_masks": masks,
             "meta": meta,
         },
         out,
@@ -312,7 +356,15 @@ def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed:
     kspace = data["kspace"]
     n, nx, ny, nz = kspace.shape
     calib = int(meta.get("calib", 24))
-    mask2d = sampling_mask((ny, nz), acceleration, calib, seed) * data["pf_mask"]
+    challenge = data.get("challenge_masks") or {}
+    key = f"{acceleration:g}"
+    if key in challenge:
+        bank = challenge[key]
+        mask2d = bank[seed % bank.shape[0]].float() * data["pf_mask"]
+        source = f"challenge R{key} #{seed % bank.shape[0]}"
+    else:
+        mask2d = sampling_mask((ny, nz), acceleration, calib, seed) * data["pf_mask"]
+        source = "seeded"
     mask3d = mask2d[None].expand(nx, ny, nz).contiguous().to(device)
     maps = data["coil_maps"].to(device)[None]
     physics = make_physics(mask3d, maps, (nx, ny, nz)).to(device)
@@ -331,6 +383,7 @@ def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed:
         "setting": setting,
         "acceleration": acceleration,
         "mask_seed": seed,
+        "mask": source,
         "effective_acceleration": float(ny * nz / max(float(mask2d.sum()), 1.0)),
         "scale": scale,
     }
