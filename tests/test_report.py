@@ -132,17 +132,20 @@ def write_bench(results: Path) -> None:
         )
     rows[-1].update(status="oom", time_s=None, peak_mem_gb=None)
     pd.DataFrame(rows).to_csv(b / "bench_steps.csv", index=False)
-    rows = [
+    rows = [  # the columns benchmarks/bench_partition.py writes (MiB)
         {
-            "n": n,
-            "method": m,
-            "peak_mem_gb": (0.2 if m == "partition" else 1e-4 * n**3),
-            "status": "ok",
+            "size": n,
+            "mode": m,
+            "op": "blur",
+            "patch": 8,
             "device": "CPU: test",
-            "patch": "8x16x16",
+            "peak_mb": 300 + (50 if m == "partitioned" else 0.1 * n**3),
+            "base_mb": 300,
+            "step_mb": 50 if m == "partitioned" else 0.1 * n**3,
+            "time_s": 0.1,
         }
         for n in (16, 24, 32)
-        for m in ("partition", "unrolled")
+        for m in ("partitioned", "full")
     ]
     pd.DataFrame(rows).to_csv(b / "bench_partition.csv", index=False)
 
@@ -327,6 +330,29 @@ def test_tables_values_paper_columns_and_oom(tmp_path):
     assert r"\toprule" in tex and r"\ding{55}" in tex and r"$\times$4" in tex
     body = tex.split(r"\toprule")[1]
     assert tex.count(r"\begin{tabular}") == 1 and "_" not in body.replace(r"\_", "")
+
+
+def test_datastep_table_from_benchmark(tmp_path):
+    rows = [
+        {"device": "cpu: t", "volume": 32, "patch": 16, "views": 30, "method": m, "it_per_s": v}
+        for m, v in (("exact", 2.0), ("H", 8.0))
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "bench_normal.csv", index=False)
+    report.write_tables(
+        {},
+        {**CONFIG, "tasks": []},
+        tmp_path / "t",
+        commit="x",
+        bench_normal=tmp_path / "bench_normal.csv",
+    )
+    md = (tmp_path / "t" / "table_datastep.md").read_text()
+    assert "2.00 / 4.19 (−2.19)" in md and "8.00 / 12.50 (−4.50)" in md
+    assert f"4.00 / {12.5 / 4.19:.2f}" in md  # speed-up H vs exact
+    df = pd.read_csv(tmp_path / "t" / "table_datastep.csv")
+    assert df.loc[df.metric == "speedup", "ours"].item() == pytest.approx(4.0)
+    # absent benchmark: a labelled no-data table, not a crash
+    report.write_tables({}, {**CONFIG, "tasks": []}, tmp_path / "u", commit="x", bench_normal=None)
+    assert "no data" in (tmp_path / "u" / "table_datastep.md").read_text()
 
 
 def test_table_for_disabled_task_says_no_data(tmp_path):

@@ -5,12 +5,13 @@ Reads only small files, so it re-renders in seconds from existing results:
 - evaluation JSONs ``{results}/eval/{task}/{setting}/{variant}/{volume}.json`` (one per test
   volume; see :func:`read_eval` for the keys used and their accepted spellings);
 - optional slice files (``.npz``) named by an evaluation JSON (qualitative figures);
-- benchmark CSVs ``{results}/benchmarks/bench_steps.csv`` (Fig. 1) and
-  ``{results}/benchmarks/bench_partition.csv`` (partitioned memory);
+- benchmark CSVs ``{results}/benchmarks/bench_steps.csv`` (Fig. 1),
+  ``{results}/benchmarks/bench_partition.csv`` (partitioned memory) and
+  ``{results}/benchmarks/bench_normal.csv`` (data-step speed, §6.4);
 - normal-operator illustrations ``{results}/figures/data/normal_{task}_{setting}.npz``, computed
   once by ``unroll3d report normal-illustration`` (the only sub-command that touches an operator).
 
-Writes ``{results}/tables/{table1_cbct,table2_mri,table_ablation}.{csv,md,tex}`` and
+Writes ``{results}/tables/<name>.{csv,md,tex}`` (names in :data:`TABLES`) and
 ``{results}/figures/<name>.{png,pdf}`` (names in :data:`FIGURES`).
 
 Table cells read ``ours / paper (Δ)`` with Δ = ours − paper; the paper's numbers come from
@@ -64,7 +65,7 @@ __all__ = [
 ]
 
 TASKS = ("cbct", "mri")
-TABLES = ("table1_cbct", "table2_mri", "table_ablation")
+TABLES = ("table1_cbct", "table2_mri", "table_ablation", "table_datastep")
 FIGURES = (
     "fig1_data_vs_network",
     "fig_normal_cbct",
@@ -488,7 +489,7 @@ def aggregate_settings(aggs: list[Agg], metric: str) -> Agg:
     return Agg("ok", value, sum(a.n for a in aggs), accumulate=max(a.accumulate for a in aggs))
 
 
-_DIGITS = {"psnr": 2, "ssim": 3, "train_peak_mem_gb": 2, "train_step_s": 2}
+_DIGITS = {"psnr": 2, "ssim": 3, "train_peak_mem_gb": 2, "train_step_s": 2, "speed": 2}
 _PAPER_METRIC = {"train_peak_mem_gb": "train_mem_gb"}
 
 
@@ -829,36 +830,118 @@ def render_latex(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
+def build_datastep_table(
+    bench_csv: str | Path | None,
+    config: dict,
+    config_path: str | None = None,
+    commit: str | None = None,
+) -> Table | None:
+    """§6.4: patch data-step speed, exact S AᵀA Sᵀ vs the kernel-cropped H (``bench_normal.csv``).
+
+    Columns read: ``volume``, ``patch``, ``views``, ``method`` (``exact``/``H``), ``it_per_s``,
+    ``device``. ``None`` when the file is absent.
+    """
+    if bench_csv is None:
+        return None
+    bench_csv = Path(bench_csv)
+    df = _read_csv(bench_csv)
+    if df is None or df.empty:
+        return None
+    for c in ("volume", "patch", "method", "it_per_s"):
+        _col(df, (c,), bench_csv)
+    keys = [c for c in ("volume", "patch", "views", "device") if c in df.columns]
+    p_exact = paper_value("cbct", "partition", "data_step_it_s")
+    p_h = paper_value("cbct", "partition-H", "data_step_it_s")
+    p_speed = p_h.value / p_exact.value
+    header = [
+        "Volume",
+        "Patch",
+        "Views",
+        "Exact S AᵀA Sᵀ (it/s)",
+        "H, cropped kernel (it/s)",
+        "Speed-up",
+    ]
+    rows, long = [], []
+    for key, sub in df.groupby(keys, sort=True):
+        key = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+        rate = {str(m): float(g["it_per_s"].mean()) for m, g in sub.groupby("method")}
+        ex, h = rate.get("exact"), rate.get("H")
+        cells = []
+        for name, ours, paper in (
+            ("exact_it_s", ex, p_exact.value),
+            ("H_it_s", h, p_h.value),
+            ("speedup", (h / ex) if ex and h else None, p_speed),
+        ):
+            diff = None if ours is None else ours - paper
+            text = ("n/a" if ours is None else f"{ours:.2f}") + f" / {paper:.2f}"
+            text += "" if diff is None else f" ({_signed(diff, 'speed')})"
+            cell = Cell(
+                text, ours, "ok" if ours is not None else "missing", paper, "ok", diff, "text", 1
+            )
+            cells.append(cell)
+            long.append(
+                {
+                    "table": "table_datastep",
+                    **key,
+                    "metric": name,
+                    "ours": ours,
+                    "paper": paper,
+                    "delta": diff,
+                    "paper_source": "paper.md §6.4 [summary]",
+                    "text": text,
+                }
+            )
+        n = key.get("volume")
+        pch = key.get("patch")
+        rows.append([f"{n}³", f"{pch}³", str(key.get("views", "?")), *cells])
+    devices = sorted({str(d) for d in df["device"].dropna()}) if "device" in df.columns else []
+    notes = [
+        "Cells: ours / paper (Δ). The paper reports 4.19 it/s (exact) and 12.5 it/s (H) on "
+        "Walnut-CBCT without stating patch size or view count (paper.md §6.4, [summary]); our "
+        "rows are synthetic circular cone-beam geometries of the sizes shown.",
+        "One data step x ← x − η(N x − b) on a cubic patch; N = exact S AᵀA Sᵀ (zero-pad, project, "
+        "back-project, crop) or S H Sᵀ with the kernel cropped to 2p (§4.6). Time after warm-up.",
+        f"Hardware: {', '.join(devices) or 'not recorded'} (paper: one NVIDIA H100 80 GB). "
+        f"Source: {bench_csv}.",
+        f"Config: {config.get('name', '?')}"
+        + (f" ({config_path})" if config_path else "")
+        + f"; commit {commit or _git_commit()}; generated by `unroll3d report`.",
+    ]
+    return Table(
+        "table_datastep", "Data-step speed on a patch: exact vs H (§6.4)", header, rows, notes, long
+    )
+
+
 def write_tables(
     cells: dict[tuple[str, str, str], list[EvalRecord]],
     config: dict,
     out_dir: str | Path,
     config_path: str | None = None,
     commit: str | None = None,
+    bench_normal: str | Path | None = None,
 ) -> list[Path]:
     """Write every table as CSV (tidy, one row per cell), Markdown and LaTeX; return the paths.
 
-    A table whose task is not in the config is written with a one-line "no data" note, so the
-    set of output files does not depend on the config.
+    A table whose task is not in the config (or, for ``table_datastep``, whose benchmark file
+    ``bench_normal`` is absent) is written with a one-line "no data" note, so the set of output
+    files does not depend on the config.
     """
     import pandas as pd
 
     out_dir = Path(out_dir)
+    commit = commit or _git_commit()
     written = []
     for kind in TABLES:
-        table = build_table(kind, cells, config, config_path, commit)
+        if kind == "table_datastep":
+            table = build_datastep_table(bench_normal, config, config_path, commit)
+            why = f"benchmark file {bench_normal} not available"
+        else:
+            table = build_table(kind, cells, config, config_path, commit)
+            why = f"{kind} needs a task that configuration {config.get('name')!r} disables"
         if table is None:
-            note = (
-                f"no data: {kind} needs a task that configuration {config.get('name')!r} disables"
-            )
+            note = f"no data: {why}"
             md, tex = f"_{note}_\n", f"% {note}\n"
-            df = pd.DataFrame(
-                columns=list(
-                    _long(
-                        "t", "cbct", "fdk", "s", "m", Cell("", None, "", None, None, None, None, 0)
-                    )
-                )
-            )
+            df = pd.DataFrame(columns=["table", "metric", "ours", "paper", "delta", "text"])
         else:
             md, tex = render_markdown(table), render_latex(table)
             df = pd.DataFrame(table.long)
@@ -958,10 +1041,17 @@ def _size_col(df, path):
     return _col(df, ("n", "size", "N", "volume_size", "img_size"), path)
 
 
-def _mem_gb(df, path):
-    c = _col(df, ("peak_mem_gb", "mem_gb", "peak_memory_gb", "peak_mem_mb"), path)
-    scale = 1e-3 if c.endswith("_mb") else 1.0
-    return df[c].astype(float) * scale
+def _mem_gb(df, path, names=("peak_mem_gb", "mem_gb", "peak_memory_gb", "peak_mb", "peak_mem_mb")):
+    """Memory column in GB (``*_mb`` columns are MiB, as the benchmarks write them)."""
+    c = _col(df, names, path)
+    scale = 2**20 / 1e9 if c.endswith("_mb") else 1.0
+    return pd_numeric(df[c]) * scale
+
+
+def pd_numeric(series):
+    import pandas as pd
+
+    return pd.to_numeric(series, errors="coerce").astype(float)
 
 
 def _devices(df) -> str:
@@ -1406,7 +1496,7 @@ def fig_partition_memory(bench_csv: Path, out_dir: Path, reason: str | None = No
     """Peak training memory of a partitioned step (fixed patch) vs full-volume unrolling, against N."""
     plt = _plt()
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(3.6, 2.7))
+        fig, ax = plt.subplots(figsize=(3.6, 3.4))
         df = None if reason else _read_csv(bench_csv)
         if df is None or df.empty:
             no_data(ax, reason or f"{bench_csv} not found")
@@ -1414,6 +1504,10 @@ def fig_partition_memory(bench_csv: Path, out_dir: Path, reason: str | None = No
             ncol = _size_col(df, bench_csv)
             mcol = _col(df, ("method", "variant", "mode", "kind"), bench_csv)
             df = df.assign(_mem=_mem_gb(df, bench_csv))
+            step_col = _col(df, ("step_mb", "step_mem_gb"), bench_csv, required=False)
+            if step_col:
+                df = df.assign(_step=_mem_gb(df, bench_csv, (step_col,)))
+            names = {"full": "full-volume unrolling", "partitioned": "partitioned (fixed patch)"}
             for method, sub in df.groupby(mcol):
                 sub = sub.sort_values(ncol)
                 m = str(method)
@@ -1423,7 +1517,24 @@ def fig_partition_memory(bench_csv: Path, out_dir: Path, reason: str | None = No
                 ok = sub["_mem"].notna()
                 if "status" in sub.columns:
                     ok &= sub["status"].astype(str) == "ok"
-                ax.plot(sub[ncol][ok], sub["_mem"][ok], marker=marker, color=color, label=m)
+                label = names.get(m, m)
+                ax.plot(
+                    sub[ncol][ok],
+                    sub["_mem"][ok],
+                    marker=marker,
+                    color=color,
+                    label=f"{label}: peak",
+                )
+                if step_col:
+                    ax.plot(
+                        sub[ncol][ok],
+                        sub["_step"][ok],
+                        marker=marker,
+                        mfc="none",
+                        ls="--",
+                        color=color,
+                        label=f"{label}: added by the step",
+                    )
                 for n in sub[ncol][~ok]:
                     ax.axvline(n, color=color, alpha=0.3, lw=0.8)
                     ax.text(
@@ -1444,8 +1555,9 @@ def fig_partition_memory(bench_csv: Path, out_dir: Path, reason: str | None = No
             patch = ""
             pcol = _col(df, ("patch", "patch_size"), bench_csv, required=False)
             if pcol:
-                patch = f", patch {', '.join(sorted(set(df[pcol].astype(str))))}"
-            ax.legend(frameon=False)
+                vals = sorted(set(df[pcol].astype(str)))
+                patch = ", patch " + ", ".join(v + "³" if v.isdigit() else v for v in vals)
+            ax.legend(frameon=False, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.22))
             ax.set_title(f"Partitioned vs full-volume training{patch}\n{_devices(df)}", fontsize=7)
         fig.tight_layout()
         return save_figure(fig, out_dir, "fig_partition_memory")
@@ -1664,6 +1776,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--figures", default=None, help="figures folder (default: RESULTS/figures)")
         p.add_argument("--bench-steps", default=None, help="Fig. 1 benchmark CSV")
         p.add_argument("--bench-partition", default=None, help="partitioned-memory benchmark CSV")
+        p.add_argument("--bench-normal", default=None, help="data-step speed benchmark CSV (§6.4)")
         p.add_argument("--normal-dir", default=None, help="folder of normal_{task}_{setting}.npz")
         p.add_argument("--only", choices=("tables", "figures"), default=None)
         p.add_argument(
@@ -1685,7 +1798,10 @@ def main(argv: list[str] | None = None) -> int:
         cells = collect_evals(results, config, allow_missing=args.allow_missing)
         written: list[Path] = []
         if args.only in (None, "tables"):
-            written += write_tables(cells, config, args.tables or results / "tables", label)
+            bench_normal = args.bench_normal or results / "benchmarks" / "bench_normal.csv"
+            written += write_tables(
+                cells, config, args.tables or results / "tables", label, bench_normal=bench_normal
+            )
         if args.only in (None, "figures"):
             written += write_figures(
                 cells,

@@ -18,6 +18,7 @@ TABLE_ITEMS = {
     "table1_cbct": ("table1_cbct.rst", "Table 1 · Walnut-CBCT (§6.1)"),
     "table2_mri": ("table2_mri.rst", "Table 2 · MC-MRI (§6.2)"),
     "table_ablation": ("table_ablation.rst", "Ablation (§6.3)"),
+    "table_datastep": ("table_datastep.rst", "Data-step speed (§6.4)"),
 }
 FIGURE_ITEMS = {
     "fig1_data_vs_network": ("fig1_data_vs_network.rst", "Fig. 1 · data step vs network step"),
@@ -42,7 +43,7 @@ def report_bench_inputs(wildcards):
         return {}
     out = {}
     defined = {r.name for r in workflow.rules}
-    for name in ("bench_steps", "bench_partition"):
+    for name in ("bench_steps", "bench_partition", "bench_normal"):
         if name in defined:
             csvs = [f for f in getattr(rules, name).output if str(f).endswith(".csv")]
             if csvs:
@@ -57,6 +58,8 @@ def report_bench_args(wildcards, input):
         args.append(f"--bench-steps {input.bench_steps}")
     if "bench_partition" in keys:
         args.append(f"--bench-partition {input.bench_partition}")
+    if "bench_normal" in keys:
+        args.append(f"--bench-normal {input.bench_normal}")
     return " ".join(args)
 
 
