@@ -20,7 +20,7 @@ def toy_config(**train):
     cfg = {
         "name": "test",
         "seed": 0,
-        "model": dict(TINY),
+        "model": dict(TINY, residual=False),
         "cbct": {"K": 2, "patch_size": [8, 8, 8], "stride": None},
         "mri": {"K": 2, "patch_size": [8, 8, 8], "stride": None},
         "train": {

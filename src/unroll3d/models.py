@@ -60,6 +60,8 @@ class DRUNet3D(nn.Module):
     :param Sequence[int] nc: widths of the 4 scales.
     :param int nb: residual blocks per scale.
     :param int multiple: padding multiple.
+    :param bool residual: return ``x + net(x)`` (a global skip, ours) instead of ``net(x)``;
+        the network then starts close to the identity, which matters for short trainings.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class DRUNet3D(nn.Module):
         nc: Sequence[int] = (64, 128, 256, 512),
         nb: int = 4,
         multiple: int = 8,
+        residual: bool = False,
     ):
         super().__init__()
         from deepinv.models import DRUNet
@@ -84,6 +87,7 @@ class DRUNet3D(nn.Module):
         )
         self.channels = channels
         self.multiple = multiple
+        self.residual = bool(residual)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         """Denoise ``x`` (B, C, D, H, W) at noise level ``sigma`` (scalar)."""
@@ -99,6 +103,8 @@ class DRUNet3D(nn.Module):
         sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(1, 1, 1, 1, 1)
         noise_map = sig.expand(x.shape[0], 1, *x.shape[2:])
         out = self.net.forward_unet(torch.cat((x, noise_map), dim=1))
+        if self.residual:
+            out = out + x
         return out[..., : spatial[0], : spatial[1], : spatial[2]]
 
 
@@ -195,6 +201,7 @@ class UnrolledPGD(_Tiling, Reconstructor):
     :param int nb: DRUNet residual blocks per scale.
     :param float lipschitz: :math:`\|A\|^2` used to normalise the step size.
     :param float sigma_init: initial noise level of every iteration.
+    :param bool residual: global skip connection around DRUNet (see :class:`DRUNet3D`).
 
     :Example:
 
@@ -213,12 +220,13 @@ class UnrolledPGD(_Tiling, Reconstructor):
         nb: int = 4,
         lipschitz: float = 1.0,
         sigma_init: float = 0.05,
+        residual: bool = False,
     ):
         super().__init__()
         if K < 1:
             raise ValueError(f"K must be >= 1, got {K}")
         self.K = int(K)
-        self.denoiser = DRUNet3D(channels, nc, nb)
+        self.denoiser = DRUNet3D(channels, nc, nb, residual=residual)
         self.register_buffer("lipschitz", torch.tensor(float(lipschitz)))
         self.step_raw = nn.Parameter(torch.full((self.K,), _inv_softplus(1.0)))
         self.sigma_raw = nn.Parameter(torch.full((self.K,), _inv_softplus(sigma_init)))
@@ -264,9 +272,10 @@ class PostProcess(_Tiling, Reconstructor):
         nb: int = 4,
         sigma_init: float = 0.05,
         lipschitz: float = 1.0,
+        residual: bool = False,
     ):
         super().__init__()
-        self.denoiser = DRUNet3D(channels, nc, nb)
+        self.denoiser = DRUNet3D(channels, nc, nb, residual=residual)
         self.sigma_raw = nn.Parameter(torch.tensor(_inv_softplus(sigma_init)))
         self.register_buffer("lipschitz", torch.tensor(float(lipschitz)))
         self.bf16 = False
@@ -387,6 +396,7 @@ def build_variant(
     nc = mcfg.get("channels", [64, 128, 256, 512])
     nb = mcfg.get("blocks", 4)
     sigma_init = mcfg.get("sigma_init", 0.05)
+    residual = bool(mcfg.get("residual", True))
     if spec.kind == "analytical":
         model = Analytical()
     elif spec.kind == "tv":
@@ -400,10 +410,14 @@ def build_variant(
             inner=tcfg.get("tv_inner", 20),
         )
     elif spec.kind == "postproc":
-        model = PostProcess(channels, nc, nb, sigma_init=sigma_init, lipschitz=lipschitz)
+        model = PostProcess(
+            channels, nc, nb, sigma_init=sigma_init, lipschitz=lipschitz, residual=residual
+        )
     else:
         K = config.get(task, {}).get("K", 3 if task == "cbct" else 5)
-        model = UnrolledPGD(K, channels, nc, nb, lipschitz=lipschitz, sigma_init=sigma_init)
+        model = UnrolledPGD(
+            K, channels, nc, nb, lipschitz=lipschitz, sigma_init=sigma_init, residual=residual
+        )
     if device is not None:
         model = model.to(device)
     return model
