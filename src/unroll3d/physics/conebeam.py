@@ -286,7 +286,7 @@ class ConeBeam(LinearPhysics):
         scale = float(self.scale)
         if self.backend == "astra":
             out = torch.stack([fn(t[b, 0].float()) for b in range(t.shape[0])])[:, None]
-            return (out * scale).to(t.dtype)
+            return (out * scale).to(device=t.device, dtype=t.dtype)
         arr = t.detach().to("cpu", torch.float32).numpy()
         out = np.stack([fn(arr[b, 0]) for b in range(arr.shape[0])])[:, None]
         if scale != 1.0:

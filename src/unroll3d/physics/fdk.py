@@ -33,7 +33,7 @@ def fdk(y: torch.Tensor, physics, hann_cut: float = 0.0, **kwargs) -> torch.Tens
     with torch.no_grad():
         if physics.backend == "astra":
             out = torch.stack([impl.fdk(y[b, 0].float()) for b in range(y.shape[0])])[:, None]
-            return (out / scale).to(y.dtype)
+            return (out / scale).to(device=y.device, dtype=y.dtype)
         arr = y.detach().to("cpu", torch.float32).numpy()
         out = np.stack([impl.fdk(arr[b, 0], hann_cut=hann_cut) for b in range(arr.shape[0])])
         out = out[:, None] / scale
