@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from unroll3d.paper_numbers import PAPER_ONLY_ROWS, paper_value
+from unroll3d.paper_numbers import PAPER_MISSING_NOTE, PAPER_ONLY_ROWS, paper_value
 from unroll3d.utils import atomic_path, atomic_write_text
 
 log = logging.getLogger("unroll3d.report")
@@ -600,7 +600,9 @@ def _footnotes(
 ) -> list[str]:
     notes = [
         "Cells: ours / paper (Δ = ours − paper). Paper values are the [summary] numbers of "
-        "paper.md §6 (not checked against the PDF); — = not reported by the paper or not run.",
+        "paper.md §6 (not checked against the PDF); — = not reported by the paper or not run. "
+        "Training costs are setting-independent; for a row the main table lacks they come from "
+        "the paper's ablation table.",
     ]
     for task in tasks:
         recs = [r for (t, _, _), rs in task_cells.items() if t == task for r in rs]
@@ -618,8 +620,10 @@ def _footnotes(
         conv = sorted({r.metric_convention for r in recs if r.metric_convention})
         notes.append(f"{title} metrics: {'; '.join(conv) or DEFAULT_METRIC_CONVENTION[task]}.")
         if PAPER_ONLY_ROWS.get(task):
+            extra = f"; {PAPER_MISSING_NOTE[task]}" if task in PAPER_MISSING_NOTE else ""
             notes.append(
-                f"{title}: paper rows not reimplemented here: {', '.join(PAPER_ONLY_ROWS[task])}."
+                f"{title}: paper rows not reimplemented here: {', '.join(PAPER_ONLY_ROWS[task])}"
+                f"{extra}."
             )
     devices = sorted({r.device for rs in task_cells.values() for r in rs if r.device})
     notes.append(
@@ -1754,7 +1758,8 @@ def _main_illustration(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``unroll3d report``: render tables and figures from existing results (seconds)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
     try:
         if argv and argv[0] == "normal-illustration":
             return _main_illustration(argv[1:])
