@@ -60,7 +60,7 @@ def test_auto_convention_detection(tmp_path, convention):
     toy.write_calgary_h5(tmp_path / "v.7.h5", img, maps, noise=0, convention=convention)
     with zipfile.ZipFile(tmp_path / "z.zip", "w") as zf:
         zf.write(tmp_path / "v.7.h5", "train_val_12_channel/Train/v.7.h5")  # parent folder variant
-    meta = mri.preprocess_mri(tmp_path / "z.zip", "v", tmp_path / "v.pt", calib=4)
+    meta = mri.preprocess_mri(tmp_path / "z.zip", "v", tmp_path / "v.pt", calib=2)
     assert meta["kspace_convention"] == convention
     assert meta["member"] == "train_val_12_channel/Train/v.7.h5"
 
@@ -75,7 +75,7 @@ def test_round_trip_http_download_preprocess_load(toy_zip, tmp_path):
             [f"Train/{v}.7.h5" for v in TRAIN] + [f"Val/{v}.7.h5" for v in TEST]
         )
     vol = TEST[0]
-    meta = mri.preprocess_mri(got, vol, tmp_path / f"{vol}.pt", partial_fourier=0.85, calib=6)
+    meta = mri.preprocess_mri(got, vol, tmp_path / f"{vol}.pt", partial_fourier=0.85, calib=3)
     assert meta["kspace_convention"] == "uncentred" and meta["kz_cut"] == 16
     assert meta["kz_acquired_in_file"] == 16 and meta["n_coils"] == 4
 
@@ -178,7 +178,7 @@ def test_challenge_masks_used_when_given(toy_zip, tmp_path):
     vol = TRAIN[0]
     masks = [tmp_path / "R5_20x18.npy", tmp_path / "R10_30x18.npy"]
     meta = mri.preprocess_mri(
-        src / "train_val_12_channel.zip", vol, tmp_path / "v.pt", calib=6, challenge_masks=masks
+        src / "train_val_12_channel.zip", vol, tmp_path / "v.pt", calib=3, challenge_masks=masks
     )
     assert meta["mask_source"].startswith("challenge") and "R5_20x18.npy" in meta["input_sha256"]
     s = load_sample(tmp_path / "v.pt", "R5", mask_seed=4)

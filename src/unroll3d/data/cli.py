@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--scale", type=float, default=14.0, help="x = scale * mu[1/mm]")
     pp.add_argument("--log-clip", type=float, default=1e-6)
     pp.add_argument("--partial-fourier", type=float, default=0.85)
-    pp.add_argument("--calib", type=int, default=24)
+    pp.add_argument("--calib", type=int, default=18, help="calibration disc radius in ky-kz (MRI)")
     pp.add_argument("--convention", choices=["auto", "centred", "uncentred"], default="auto")
     pp.add_argument(
         "--challenge-masks",

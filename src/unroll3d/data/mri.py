@@ -16,12 +16,16 @@ Preprocessing:
 4. coil images -> k-space in deepinv's centred convention over all three axes
    (``fftshift(fftn(ifftshift(.), norm="ortho"))``), so that ``deepinv.physics.MultiCoilMRI(
    three_d=True)`` with a full mask and the true maps reproduces the data;
-5. coil maps from the centred calibration region (``calib`` x ``calib`` in ky-kz, all x),
-   normalised by their root-sum-of-squares;
+5. coil maps from the centred calibration disc of radius ``calib`` in ky-kz (all x), normalised
+   by their root-sum-of-squares (:func:`unroll3d.physics.estimate_coil_maps`);
 6. ground truth = the coil-combined complex image ``sum_c conj(S_c) I_c / sum_c |S_c|^2``.
 
 Intensity normalisation happens at load time (it depends on the mask): ``x`` and ``y`` are divided
 by the 99.5th percentile of ``|A^H y|`` (paper.md §10; no ground-truth leakage).
+
+Licence: the Calgary-Campinas raw data are CC BY-ND 4.0 (Attribution-NoDerivatives). Our reading,
+not legal advice: do not publish the preprocessed ``.pt`` files; every user downloads the zip and
+preprocesses it locally (the pipeline does exactly that).
 """
 
 from __future__ import annotations
@@ -123,36 +127,6 @@ def read_kspace(path: str | Path, source: str | None = None) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(kc, -1, 0))
 
 
-def estimate_coil_maps(kspace, calib: int):
-    """Coil maps from the centred ``calib`` x ``calib`` ky-kz region of centred 3D k-space.
-
-    Uses :func:`unroll3d.physics.estimate_coil_maps` when the physics module provides it; the
-    fallback takes low-resolution coil images (Hann-windowed calibration block, all kx) and
-    divides them by their root-sum-of-squares.
-
-    :param kspace: complex ``(N, x, ky, kz)`` tensor in deepinv's centred convention.
-    :return: complex ``(N, x, y, z)`` tensor.
-    """
-    import torch
-
-    try:
-        from unroll3d.physics import estimate_coil_maps as physics_maps
-    except ImportError:
-        physics_maps = None
-    if physics_maps is not None:
-        return physics_maps(kspace, calib)
-    n, nx, ny, nz = kspace.shape
-    win = torch.zeros(ny, nz)
-    cy, cz = min(calib, ny), min(calib, nz)
-    hy = torch.hann_window(cy + 2, periodic=False)[1:-1]
-    hz = torch.hann_window(cz + 2, periodic=False)[1:-1]
-    y0, z0 = ny // 2 - cy // 2, nz // 2 - cz // 2
-    win[y0 : y0 + cy, z0 : z0 + cz] = hy[:, None] * hz[None, :]
-    low = ifft3c(kspace * win.to(kspace.device))
-    rss = torch.sqrt(torch.sum(torch.abs(low) ** 2, dim=0, keepdim=True))
-    return (low / torch.clamp(rss, min=1e-6 * float(rss.max()))).to(torch.complex64)
-
-
 def _find_member(zf: zipfile.ZipFile, volume: str, zip_path: Path) -> str:
     pat = re.compile(rf"(?:.*/)?{re.escape(volume)}(?:\.7)?\.h5")
     hits = [n for n in zf.namelist() if pat.fullmatch(n)]
@@ -186,7 +160,7 @@ def preprocess_mri(
     volume: str,
     out: str | Path,
     partial_fourier: float = 0.85,
-    calib: int = 24,
+    calib: int = 18,
     convention: str = "auto",
     challenge_masks: list[str | Path] | None = None,
 ) -> dict:
@@ -249,7 +223,9 @@ def preprocess_mri(
     kspace = fft3c(torch.from_numpy(images))
     kspace = kspace * torch.from_numpy(pf_mask)  # exact zeros outside the acquired block
     del images
-    maps = estimate_coil_maps(kspace, calib).to(torch.complex64)
+    from unroll3d.physics import estimate_coil_maps
+
+    maps = estimate_coil_maps(kspace, calib)[0].to(torch.complex64)  # (N, x, y, z)
     coil_images = ifft3c(kspace)
     x = torch.sum(maps.conj() * coil_images, dim=0) / torch.clamp(
         torch.sum(maps.abs() ** 2, dim=0), min=1e-12
@@ -275,7 +251,7 @@ def preprocess_mri(
         "kspace_convention": convention,
         "convention_scores": scores,
         "calib": calib,
-        "coil_maps": "calibration region, RSS-normalised",
+        "coil_maps": "unroll3d.physics.estimate_coil_maps: Hann-windowed calibration disc, RSS-normalised",
         "normalisation": "at load: divide by the 99.5th percentile of |A^H y|",
         "input_sha256": {member: member_sha, **member_hashes_extra},
         "mask_source": f"challenge (R {sorted(masks)})" if masks else "seeded",
@@ -295,56 +271,17 @@ def preprocess_mri(
 
 
 def sampling_mask(shape: tuple[int, int], acceleration: float, calib: int, seed: int):
-    """ky-kz mask of ``acceleration`` with a fully sampled centred ``calib`` block (float32).
-
-    Uses :func:`unroll3d.physics.poisson_disc_mask` when the physics module provides it; the
-    fallback draws a variable-density random pattern with exactly ``round(ny*nz/R)`` samples.
-    """
+    """Seeded ky-kz Poisson-disc mask (:func:`unroll3d.physics.poisson_disc_mask`), float32."""
     import torch
 
+    from unroll3d.physics import poisson_disc_mask
+
     try:
-        from unroll3d.physics import poisson_disc_mask
-    except ImportError:
-        poisson_disc_mask = None
-    if poisson_disc_mask is not None:
-        m = poisson_disc_mask(tuple(shape), acceleration, calib, seed)
-        return torch.as_tensor(m, dtype=torch.float32)
-    ny, nz = shape
-    rng = np.random.default_rng(seed)
-    yy, zz = np.meshgrid(np.linspace(-1, 1, ny), np.linspace(-1, 1, nz), indexing="ij")
-    r = np.sqrt(yy**2 + zz**2) / math.sqrt(2)
-    m = np.zeros((ny, nz), dtype=bool)
-    cy, cz = min(calib, ny), min(calib, nz)
-    m[ny // 2 - cy // 2 : ny // 2 - cy // 2 + cy, nz // 2 - cz // 2 : nz // 2 - cz // 2 + cz] = True
-    target = int(round(ny * nz / acceleration))
-    extra = min(max(target - int(m.sum()), 0), int((~m).sum()))
-    if extra:
-        p = ((1 - r) ** 2 + 1e-3) * (~m)
-        idx = rng.choice(ny * nz, size=extra, replace=False, p=(p / p.sum()).ravel())
-        m.ravel()[idx] = True
-    else:
-        log.warning(
-            "calibration block %dx%d alone exceeds 1/R=%g of the %dx%d grid",
-            cy,
-            cz,
-            acceleration,
-            ny,
-            nz,
+        return torch.as_tensor(
+            poisson_disc_mask(tuple(shape), acceleration, calib, seed), dtype=torch.float32
         )
-    return torch.from_numpy(m.astype(np.float32))
-
-
-def make_physics(mask3d, coil_maps, img_size):
-    """``unroll3d.physics.MultiCoilMRI3D`` if available, else deepinv's 3D ``MultiCoilMRI``."""
-    try:
-        from unroll3d.physics import MultiCoilMRI3D
-    except ImportError:
-        MultiCoilMRI3D = None
-    if MultiCoilMRI3D is not None:
-        return MultiCoilMRI3D(mask3d, coil_maps, img_size)
-    from deepinv.physics import MultiCoilMRI
-
-    return MultiCoilMRI(mask=mask3d, coil_maps=coil_maps, img_size=tuple(img_size), three_d=True)
+    except ValueError as err:
+        raise DataError(f"cannot draw an R={acceleration:g} mask on a {shape} grid: {err}") from err
 
 
 def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed: int, device):
@@ -355,7 +292,9 @@ def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed:
 
     kspace = data["kspace"]
     n, nx, ny, nz = kspace.shape
-    calib = int(meta.get("calib", 24))
+    from unroll3d.physics import MultiCoilMRI3D, kspace_scale
+
+    calib = int(meta.get("calib", 18))
     challenge = data.get("challenge_masks") or {}
     key = f"{acceleration:g}"
     if key in challenge:
@@ -365,19 +304,17 @@ def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed:
     else:
         mask2d = sampling_mask((ny, nz), acceleration, calib, seed) * data["pf_mask"]
         source = "seeded"
-    mask3d = mask2d[None].expand(nx, ny, nz).contiguous().to(device)
+    mask2d = mask2d.to(device)
     maps = data["coil_maps"].to(device)[None]
-    physics = make_physics(mask3d, maps, (nx, ny, nz)).to(device)
-    yk = (kspace.to(device) * mask3d)[None]  # (1, N, x, y, z)
+    physics = MultiCoilMRI3D(mask2d, maps, (nx, ny, nz), device=device)
+    yk = (kspace.to(device) * mask2d)[None]  # (1, N, x, y, z), mask broadcast along x
     y = torch.stack([yk.real, yk.imag], dim=1).float()  # (1, 2, N, x, y, z)
     xc = data["x"].to(device)
     x = torch.stack([xc.real, xc.imag])[None].float()  # (1, 2, x, y, z)
-    adj = physics.A_adjoint(y)
-    mag = torch.sqrt(adj[:, 0] ** 2 + adj[:, 1] ** 2).flatten().cpu().numpy()
-    p995 = float(np.percentile(mag, 99.5))
-    if not p995 > 0:
-        raise DataError(f"volume {meta.get('volume')}: |A^H y| is zero; cannot normalise")
-    scale = 1.0 / p995
+    try:
+        scale = 1.0 / kspace_scale(y, physics, quantile=0.995)
+    except ValueError as err:
+        raise DataError(f"volume {meta.get('volume')}: {err}") from err
     meta = {
         **meta,
         "setting": setting,

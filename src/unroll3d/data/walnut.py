@@ -16,6 +16,9 @@ Units: the stored vectors are divided by the voxel size (voxel units, volume cen
 origin), ground truth ``x = c * mu`` with ``mu`` in 1/mm and ``c = intensity_scale``, and
 ``y = (c / voxel_mm) * (-log ratio)``, so that ``y ~= A x`` for the cone-beam operator built
 from the voxel-unit vectors. Members are read straight from the zip; nothing is extracted to disk.
+
+Licence: the Walnut collection (Der Sarkissian et al., Sci Data 6, 215, 2019) is CC BY 4.0; cite
+the paper and the Zenodo records when publishing results.
 """
 
 from __future__ import annotations
