@@ -1,0 +1,254 @@
+"""Forward / adjoint time and peak memory of the physics operators vs volume size and views.
+
+Cone-beam CT on every available backend (rtk on the CPU; astra when CUDA and astra-toolbox are
+present), and 3D multi-coil MRI (deepinv FFTs) for reference. One CSV row per
+(modality, backend, N, n_views, op) with the median time over ``--repeats`` runs after one
+warm-up, the peak memory of the op, and the CPU/GPU name.
+
+Peak memory: on the CPU the growth of the process's peak RSS during the op (the peak is reset
+through ``/proc/self/clear_refs`` before each op on Linux); on CUDA
+``torch.cuda.max_memory_allocated`` growth (astra's own device buffers are not seen by torch's
+allocator and are reported separately as the drop in free device memory, ``cuda_free_drop_mb``).
+
+    python benchmarks/bench_physics.py --sizes 16 32 --views 30 90 --out results/benchmarks/bench_physics.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+FIELDS = [
+    "modality",
+    "backend",
+    "device",
+    "device_name",
+    "n",
+    "n_views",
+    "n_coils",
+    "op",
+    "time_s",
+    "time_min_s",
+    "peak_mem_mb",
+    "cuda_free_drop_mb",
+    "threads",
+    "repeats",
+]
+
+
+def cpu_name() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return "CPU: " + line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"CPU: {name}"
+
+
+def _rss_hwm_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return float(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure(fn, arg, repeats: int, cuda: bool) -> dict:
+    """Median/min time of ``fn(arg)`` and its peak memory growth."""
+    import torch
+
+    fn(arg)  # warm-up (RTK lazy loading, astra/cuFFT plans)
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn(arg)
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        del out
+    row = {"time_s": statistics.median(times), "time_min_s": min(times)}
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        free0 = torch.cuda.mem_get_info()[0]
+        out = fn(arg)
+        torch.cuda.synchronize()
+        free1 = torch.cuda.mem_get_info()[0]
+        row["peak_mem_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        row["cuda_free_drop_mb"] = max(0, free0 - free1) / 2**20
+        del out
+    else:
+        ok = _reset_peak_rss()
+        base = _rss_mb()
+        out = fn(arg)
+        peak = _rss_hwm_mb()
+        row["peak_mem_mb"] = (peak - base) if (ok and peak is not None and base) else ""
+        row["cuda_free_drop_mb"] = ""
+        del out
+    return row
+
+
+def bench_conebeam(sizes, views, backends, repeats, threads):
+    import torch
+
+    from unroll3d.physics import ConeBeam
+
+    rows = []
+    for backend in backends:
+        cuda = backend == "astra"
+        dev = torch.device("cuda" if cuda else "cpu")
+        name = torch.cuda.get_device_name(dev) if cuda else cpu_name()
+        for n in sizes:
+            for nv in views:
+                physics = ConeBeam.circular(
+                    n_views=nv,
+                    img_size=(n, n, n),
+                    source_origin=4.0 * n,
+                    origin_detector=2.0 * n,
+                    det_shape=(n, int(1.5 * n)),
+                    det_spacing=2.0,
+                    backend=backend,
+                    num_threads=threads if backend == "rtk" else None,
+                )
+                g = torch.Generator().manual_seed(0)
+                x = torch.rand((1, 1, n, n, n), generator=g).to(dev)
+                y = torch.rand((1, *physics.meas_shape), generator=g).to(dev)
+                for op, fn, arg in [
+                    ("A", physics.A, x),
+                    ("A_adjoint", physics.A_adjoint, y),
+                    ("fdk", physics.A_dagger, y),
+                ]:
+                    with torch.no_grad():
+                        m = measure(fn, arg, repeats, cuda)
+                    rows.append(
+                        dict(
+                            modality="cbct",
+                            backend=backend,
+                            device=dev.type,
+                            device_name=name,
+                            n=n,
+                            n_views=nv,
+                            n_coils="",
+                            op=op,
+                            threads=threads or "",
+                            repeats=repeats,
+                            **m,
+                        )
+                    )
+                    print(f"cbct {backend} N={n} views={nv} {op}: {m['time_s']:.4f} s", flush=True)
+    return rows
+
+
+def bench_mri(sizes, coils, repeats, device):
+    import torch
+
+    from unroll3d.physics import MultiCoilMRI3D, poisson_disc_mask
+
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    name = torch.cuda.get_device_name(dev) if cuda else cpu_name()
+    rows = []
+    for n in sizes:
+        mask = poisson_disc_mask((n, n), 5, calib=max(1, n // 16), seed=0)
+        maps = torch.ones(coils, n, n, n, dtype=torch.complex64) / coils**0.5
+        physics = MultiCoilMRI3D(mask, maps, (n, n, n)).to(dev)
+        x = torch.rand(1, 2, n, n, n, device=dev)
+        y = physics.A(x)
+        for op, fn, arg in [("A", physics.A, x), ("A_adjoint", physics.A_adjoint, y)]:
+            with torch.no_grad():
+                m = measure(fn, arg, repeats, cuda)
+            rows.append(
+                dict(
+                    modality="mri",
+                    backend="deepinv",
+                    device=dev.type,
+                    device_name=name,
+                    n=n,
+                    n_views="",
+                    n_coils=coils,
+                    op=op,
+                    threads="",
+                    repeats=repeats,
+                    **m,
+                )
+            )
+            print(f"mri N={n} coils={coils} {op}: {m['time_s']:.4f} s", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32], help="cubic sizes N")
+    parser.add_argument("--views", type=int, nargs="+", default=[30, 90], help="numbers of views")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "rtk", "astra"],
+        help="cone-beam backends; 'auto' = rtk, plus astra when CUDA and astra are available",
+    )
+    parser.add_argument("--coils", type=int, default=4, help="MRI coils (0 skips MRI)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="ITK threads for rtk")
+    parser.add_argument("--out", required=True, help="output CSV path")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from unroll3d.physics import cuda_astra_available
+    from unroll3d.utils import atomic_path
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backends = []
+    for b in args.backends:
+        if b == "auto":
+            backends += ["rtk"] + (["astra"] if cuda_astra_available() else [])
+        else:
+            backends.append(b)
+    backends = list(dict.fromkeys(backends))
+    rows = bench_conebeam(args.sizes, args.views, backends, args.repeats, args.threads)
+    if args.coils > 0:
+        rows += bench_mri(args.sizes, args.coils, args.repeats, "cpu")
+        if torch.cuda.is_available():
+            rows += bench_mri(args.sizes, args.coils, args.repeats, "cuda")
+    with atomic_path(args.out) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {len(rows)} rows to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
