@@ -1194,8 +1194,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="resumable state (default: --out with .ckpt)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument(
-        "--device", default="auto", help="auto (job_device: a free GPU or CPU), cpu, cuda:0"
+        "--device",
+        default="auto",
+        help="auto (the visible GPU, else CPU; use under `unroll3d device run`), lock (pick and "
+        "lock a free GPU with unroll3d.devices.job_device), cpu, cuda:1, ...",
     )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -1230,9 +1234,11 @@ def _run(args: argparse.Namespace, device: torch.device) -> int:
         "input": str(args.input),
         "setting": args.setting,
         "device": str(device),
-        "volume_meta": getattr(sample, "meta", None)
-        if not isinstance(getattr(sample, "meta", None), torch.Tensor)
-        else None,
+        "volume_meta": {
+            k: v
+            for k, v in dict(getattr(sample, "meta", None) or {}).items()
+            if isinstance(v, (str, int, float, bool, list))
+        },
     }
     save_normal(
         out,
@@ -1263,11 +1269,13 @@ def _run(args: argparse.Namespace, device: torch.device) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``unroll3d fit-normal``: see :func:`build_parser`."""
     args = build_parser().parse_args(argv)
-    if args.device == "auto":
-        try:
-            from unroll3d.devices import job_device
-        except ImportError:  # pragma: no cover - the lead's module is missing
-            return _run(args, torch.device("cpu"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "lock":  # pick and lock a free GPU here (not under `unroll3d device run`)
+        from unroll3d.devices import job_device
+
         with job_device() as device:
             return _run(args, torch.device(device))
+    if args.device == "auto":
+        return _run(args, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     return _run(args, torch.device(args.device))
