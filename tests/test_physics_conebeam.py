@@ -135,6 +135,25 @@ def test_central_ray_of_uniform_cube(voxel_size):
         assert value == pytest.approx(length, rel=1e-3), (theta, value, length)
 
 
+def test_physical_units_and_default_detector(perturbed):
+    """Vectors in mm with voxel_size in mm give line integrals in mm: scaling the whole scene
+    by h scales the projections by h. The default detector sees the whole volume."""
+    h = 0.1
+    scaled = ConeBeam(
+        perturbed.vectors * h,
+        perturbed.img_size,
+        voxel_size=h,
+        det_shape=perturbed.det_shape,
+        backend="rtk",
+    )
+    x = torch.rand((1, *perturbed.img_size), generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(scaled.A(x), h * perturbed.A(x), rtol=1e-4, atol=1e-5)
+    auto = ConeBeam(perturbed.vectors, perturbed.img_size, backend="rtk")
+    y = auto.A(torch.ones((1, *perturbed.img_size)))[0, 0]
+    border = torch.cat([y[:, 0], y[:, -1], y[:, :, 0], y[:, :, -1]], dim=1)
+    assert border.abs().max() == 0 and y.amax() > 0
+
+
 def test_autograd_gradient_is_back_projection(perturbed):
     g = torch.Generator().manual_seed(2)
     x = torch.randn((1, *perturbed.img_size), generator=g, requires_grad=True)

@@ -85,7 +85,8 @@ def cuda_astra_available() -> bool:
 def _default_det_shape(vectors: np.ndarray, vol_shape, voxel_size: float) -> tuple[int, int]:
     """Smallest centred detector on which every volume corner lands, in every view."""
     d_, h_, w_ = vol_shape
-    half = np.array([w_, h_, d_], dtype=np.float64) * voxel_size / 2
+    # (N + 1) / 2: linear interpolation reaches half a voxel beyond the volume's faces
+    half = (np.array([w_, h_, d_], dtype=np.float64) + 1) * voxel_size / 2
     corners = np.array(
         [
             [sx * half[0], sy * half[1], sz * half[2]]
