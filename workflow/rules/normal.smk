@@ -50,7 +50,6 @@ rule fit_normal:
         CONDA_ENV
     resources:
         gpu=1,
-    cache: "omit-software"
     shell:
         "unroll3d device run -- unroll3d fit-normal --input {input}"
         " --setting {wildcards.setting} --out {output.fit} --history {output.history}"
