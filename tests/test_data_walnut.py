@@ -278,3 +278,22 @@ def test_cli_toy_download_preprocess(tmp_path, capsys):
         == 1
     )
     assert "Nope.zip" in capsys.readouterr().err
+
+
+def test_interrupted_download_resumes(toy_dir, tmp_path, caplog):
+    src, reg = toy_dir
+    entry = dl.read_registry(reg)["Walnut2.zip"]
+    data = (src / "Walnut2.zip").read_bytes()
+    dest = tmp_path / "raw"
+    dest.mkdir()
+    (dest / ".Walnut2.zip.part").write_bytes(data[: len(data) // 3])  # an interrupted transfer
+    with dl.serve_directory(src) as base, caplog.at_level(logging.INFO, logger="unroll3d.data"):
+        got = dl.download(entry, dest, base_url=base, retries=0)
+    assert f"resuming at byte {len(data) // 3}" in caplog.text
+    assert got.read_bytes() == data and not (dest / ".Walnut2.zip.part").exists()
+    # a corrupt part file: the first attempt fails the checksum, the retry starts from scratch
+    (dest / "Walnut2.zip").unlink()
+    (dest / ".Walnut2.zip.part").write_bytes(b"garbage" * 10)
+    with dl.serve_directory(src) as base:
+        got = dl.download(entry, dest, base_url=base, retries=1)
+    assert got.read_bytes() == data

@@ -129,6 +129,63 @@ def resolve_url(entry: RegistryEntry, base_url: str | None) -> str:
     return base_url.rstrip("/") + "/" + (entry.url or entry.file)
 
 
+class ResumableDownloader:
+    """A pooch downloader that resumes an interrupted transfer with an HTTP Range request.
+
+    Bytes are appended to ``part_path`` (kept across retries and runs); once the server has
+    sent everything the part file is moved to pooch's temporary output, whose checksum pooch
+    then verifies. ``doi:`` URLs are resolved to the repository's HTTPS URL first (network).
+    """
+
+    def __init__(
+        self,
+        part_path: str | Path,
+        timeout: float = 60.0,
+        verify: bool = True,
+        chunk: int = 1 << 20,
+    ):
+        self.part_path = Path(part_path)
+        self.timeout = timeout
+        self.verify = verify
+        self.chunk = chunk
+
+    def __call__(self, url: str, output_file, pooch_obj=None, check_only: bool = False):
+        import shutil
+
+        import requests
+
+        if url.startswith("doi:"):
+            from pooch.downloaders import doi_to_repository
+
+            doi, name = url[len("doi:") :].rsplit("/", 1)
+            url = doi_to_repository(doi, timeout=self.timeout).download_url(name)
+        if check_only:
+            r = requests.head(url, allow_redirects=True, timeout=self.timeout, verify=self.verify)
+            return r.status_code == 200
+        part = self.part_path
+        pos = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={pos}-"} if pos else {}
+        with requests.get(
+            url, headers=headers, stream=True, timeout=self.timeout, verify=self.verify
+        ) as r:
+            if pos and r.status_code == 416:  # the part file already holds everything
+                log.info("%s: complete part file found (%d bytes)", part.name, pos)
+            else:
+                r.raise_for_status()
+                mode = "ab" if pos and r.status_code == 206 else "wb"
+                if pos:
+                    log.info(
+                        "%s: %s at byte %d",
+                        part.name,
+                        "resuming" if mode == "ab" else "restarting",
+                        pos,
+                    )
+                with open(part, mode) as f:
+                    for block in r.iter_content(self.chunk):
+                        f.write(block)
+        shutil.move(str(part), str(output_file))
+
+
 def download(
     entry: RegistryEntry,
     dest_dir: str | Path,
@@ -143,9 +200,11 @@ def download(
     * An existing file with the right hash is kept (no network access).
     * An existing file with a wrong hash is deleted (the message names it and both hashes), then
       downloaded again.
-    * A download is written to a temporary name and moved into place only if its hash matches
-      (pooch), retried ``retries`` times; a final mismatch raises :class:`DataError` naming the
-      file and both hashes.
+    * A download goes to ``.<file>.part`` (an interrupted transfer resumes from there with an
+      HTTP Range request, on the next retry or the next run), then to a temporary name, and is
+      moved into place only if its hash matches (pooch); ``retries`` extra attempts; a final
+      mismatch raises :class:`DataError` naming the file and both hashes (the bad bytes are
+      deleted).
     * An unknown hash is logged as *unpinned* together with the md5 and sha256 of what arrived.
     * If the host cannot be reached, :class:`DataError` carries ``manual_hint`` (how to place
       the file by hand; its checksum is still verified on the next run).
@@ -174,10 +233,9 @@ def download(
         dest.unlink()
     url = resolve_url(entry, base_url)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    kwargs = {"progressbar": False, "timeout": timeout}
-    if not verify_tls:
-        kwargs["verify"] = False
-    downloader = None if url.startswith("doi:") else pooch.HTTPDownloader(**kwargs)
+    downloader = ResumableDownloader(
+        dest_dir / f".{entry.file}.part", timeout=timeout, verify=verify_tls
+    )
     pup = pooch.create(
         path=dest_dir,
         base_url="",
@@ -209,8 +267,34 @@ def download(
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with ``Range: bytes=N-`` support (so that resumed downloads are exercised)."""
+
     def log_message(self, format, *args):  # noqa: A002 - signature of the base class
         log.debug("http: " + format, *args)
+
+    def send_head(self):
+        import os
+        import re
+
+        m = re.fullmatch(r"bytes=(\d+)-", (self.headers.get("Range") or "").strip())
+        path = self.translate_path(self.path)
+        if not m or not os.path.isfile(path):
+            return super().send_head()
+        size, start = os.path.getsize(path), int(m.group(1))
+        if start >= size:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        f = open(path, "rb")  # noqa: SIM115 - closed by the base class after copying
+        f.seek(start)
+        self.send_response(206)
+        self.send_header("Content-type", self.guess_type(path))
+        self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        self.send_header("Content-Length", str(size - start))
+        self.end_headers()
+        return f
 
 
 @contextlib.contextmanager
