@@ -115,6 +115,7 @@ rule download_mri:
     params:
         src=_registry_args("mri"),
         retries=config["mri"]["download_retries"],
+        tls="--insecure" if config["mri"].get("insecure_tls", False) else "",
     log:
         f"{LOGS}/download/{MRI_ZIP}.log",
     benchmark:
@@ -122,7 +123,7 @@ rule download_mri:
     threads: 1
     shell:
         "unroll3d data download --task mri --file {MRI_ZIP} --dest {RESOURCES}/mri/raw"
-        " {params.src} --retries {params.retries} > {log} 2>&1"
+        " {params.src} --retries {params.retries} {params.tls} > {log} 2>&1"
 
 
 rule preprocess_walnut:
