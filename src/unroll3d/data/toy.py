@@ -148,7 +148,9 @@ def toy_geometry(
     sod = 66.0 / 25.05 * half
     sdd = 199.0 / 66.0 * sod
     mag = sdd / sod
-    pix = mag * 0.85 * size * voxel_mm / cols  # the detector sees 85 % of the field across
+    pix = (
+        mag * 1.1 * size * voxel_mm / cols
+    )  # the detector sees the whole field across (no truncation)
     t = math.radians(tilt_deg)
     tilt = np.array([[math.cos(t), 0, math.sin(t)], [0, 1, 0], [-math.sin(t), 0, math.cos(t)]])
     vec = np.zeros((n_full + 1, 12))
