@@ -1228,7 +1228,7 @@ def fig_normal(
             ]
             for ax, (img, a, b, cmap, title) in zip(axes, panels, strict=True):
                 im = _imshow(ax, img, a, b, cmap=cmap, title=title)
-                cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, format="%.2g")
+                cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, format="%.3g")
                 cbar.ax.tick_params(labelsize=5.5)
             drew = False
             for s_, p in existing.items():
@@ -1255,7 +1255,7 @@ def fig_normal(
                 curve.set_xlabel("Adam step")
                 curve.set_ylabel("‖AᵀAx − Hx‖ / ‖AᵀAx‖ (Gaussian probes)")
                 curve.set_title("fit of H to AᵀA/‖A‖²")
-                curve.legend(frameon=False)
+                curve.legend(frameon=False, loc="upper right", fontsize=6)
             else:
                 no_data(curve, "no fit history in the illustration files")
             fig.suptitle(

@@ -124,6 +124,10 @@ rule tables_figures:
     output:
         **report_outputs(),
     params:
+        results=RESULTS,
+        tables=REPORT_TABLES,
+        figures=REPORT_FIGURES,
+        illustrations=ILLUSTRATIONS,
         config=CONFIG_JSON,
         label=CONFIG_LABEL,
         bench=report_bench_args,
@@ -135,9 +139,9 @@ rule tables_figures:
     conda:
         CONDA_ENV
     shell:
-        "unroll3d report --results {RESULTS} --config-json '{params.config}'"
-        " --config-label '{params.label}' --tables {REPORT_TABLES} --figures {REPORT_FIGURES}"
-        " --normal-dir {ILLUSTRATIONS} {params.bench} > {log} 2>&1"
+        "unroll3d report --results {params.results} --config-json '{params.config}'"
+        " --config-label '{params.label}' --tables {params.tables} --figures {params.figures}"
+        " --normal-dir {params.illustrations} {params.bench} > {log} 2>&1"
 
 
 FINAL_TARGETS.extend(rules.tables_figures.output)
@@ -156,6 +160,7 @@ rule manifest:
             category="Reviewer artifact",
         ),
     params:
+        results=RESULTS,
         configfiles=CONFIG_LABEL,
         config=CONFIG_JSON,
         inputs=join_values(REPORT_CONFIG.get("input_checksums", [RESOURCES])),
@@ -167,7 +172,7 @@ rule manifest:
     conda:
         CONDA_ENV
     shell:
-        "unroll3d manifest --results {RESULTS} --out {output} --config {params.configfiles}"
+        "unroll3d manifest --results {params.results} --out {output} --config {params.configfiles}"
         " --config-json '{params.config}'"
         " --inputs {params.inputs} --exclude report.html benchmarks/rules/report/manifest.tsv"
         " > {log} 2>&1"
