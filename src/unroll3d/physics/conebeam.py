@@ -174,6 +174,8 @@ class ConeBeam(LinearPhysics):
         if len(img_size) != 4 or img_size[0] != 1:
             raise ValueError(f"img_size must be (1, D, H, W) or (D, H, W); got {img_size}")
         super().__init__(img_size=img_size, **kwargs)
+        if isinstance(vectors, torch.Tensor):
+            vectors = vectors.detach().to("cpu", torch.float64).numpy()
         vec = torch.as_tensor(np.asarray(vectors, dtype=np.float64))
         if vec.ndim != 2 or vec.shape[1] != 12:
             raise ValueError(f"vectors must have shape (n_views, 12); got {tuple(vec.shape)}")
