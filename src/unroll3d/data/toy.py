@@ -165,18 +165,24 @@ def toy_geometry(
 
 
 def simulate_projections(
-    vectors: np.ndarray, det_shape: tuple[int, int], ellipsoids: list[tuple]
+    vectors: np.ndarray, det_shape: tuple[int, int], ellipsoids: list[tuple], sub: int = 2
 ) -> np.ndarray:
-    """Line integrals (n_views, rows, cols) through pixel centres (ASTRA convention)."""
+    """Line integrals (n_views, rows, cols), averaged over ``sub`` x ``sub`` rays per pixel.
+
+    Pixel (r, c) is centred at ``d + (c - (cols - 1) / 2) u + (r - (rows - 1) / 2) v`` (ASTRA).
+    """
     rows, cols = det_shape
-    rr = np.arange(rows) - (rows - 1) / 2
-    cc = np.arange(cols) - (cols - 1) / 2
-    out = np.empty((len(vectors), rows, cols))
+    offs = (np.arange(sub) + 0.5) / sub - 0.5
+    out = np.zeros((len(vectors), rows, cols))
     for i, g in enumerate(vectors):
         s, d, u, v = g[0:3], g[3:6], g[6:9], g[9:12]
-        pts = d + cc[None, :, None] * u + rr[:, None, None] * v
-        out[i] = line_integrals(s, pts, ellipsoids)
-    return out
+        for orow in offs:
+            for ocol in offs:
+                rr = np.arange(rows) - (rows - 1) / 2 + orow
+                cc = np.arange(cols) - (cols - 1) / 2 + ocol
+                pts = d + cc[None, :, None] * u + rr[:, None, None] * v
+                out[i] += line_integrals(s, pts, ellipsoids)
+    return out / sub**2
 
 
 def _tiff_bytes(a: np.ndarray) -> bytes:
