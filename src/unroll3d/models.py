@@ -39,6 +39,7 @@ __all__ = [
     "VARIANTS",
     "variant_spec",
     "build_variant",
+    "resolve_model_config",
     "apply_tiled",
     "count_parameters",
 ]
@@ -372,6 +373,17 @@ def variant_spec(name: str) -> VariantSpec:
 TASK_CHANNELS = {"cbct": 1, "mri": 2}
 
 
+def resolve_model_config(config: dict) -> dict:
+    """The ``model`` config section with every default filled in (what :func:`build_variant` uses)."""
+    mcfg = config.get("model", {}) or {}
+    return {
+        "channels": [int(c) for c in mcfg.get("channels", [64, 128, 256, 512])],
+        "blocks": int(mcfg.get("blocks", 4)),
+        "sigma_init": float(mcfg.get("sigma_init", 0.05)),
+        "residual": bool(mcfg.get("residual", True)),
+    }
+
+
 def build_variant(
     name: str,
     task: str,
@@ -392,11 +404,9 @@ def build_variant(
     if task not in TASK_CHANNELS:
         raise ValueError(f"unknown task {task!r}; known: {sorted(TASK_CHANNELS)}")
     channels = TASK_CHANNELS[task]
-    mcfg = config.get("model", {})
-    nc = mcfg.get("channels", [64, 128, 256, 512])
-    nb = mcfg.get("blocks", 4)
-    sigma_init = mcfg.get("sigma_init", 0.05)
-    residual = bool(mcfg.get("residual", True))
+    mcfg = resolve_model_config(config)
+    nc, nb = mcfg["channels"], mcfg["blocks"]
+    sigma_init, residual = mcfg["sigma_init"], mcfg["residual"]
     if spec.kind == "analytical":
         model = Analytical()
     elif spec.kind == "tv":

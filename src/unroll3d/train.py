@@ -40,7 +40,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from unroll3d.models import VariantSpec, build_variant, count_parameters, variant_spec
+from unroll3d.models import (
+    VariantSpec,
+    build_variant,
+    count_parameters,
+    resolve_model_config,
+    variant_spec,
+)
 from unroll3d.utils import atomic_torch_save, atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -69,8 +75,10 @@ class NonFiniteLoss(RuntimeError):
 
 def config_hash(config: dict) -> str:
     """Short hash of the config sections that define a training run (seed, model, train, tasks)."""
-    keys = ("seed", "model", "train", "cbct", "mri")
-    text = json.dumps({k: config.get(k) for k in keys}, sort_keys=True, default=str)
+    keys = ("seed", "train", "cbct", "mri")
+    sections = {k: config.get(k) for k in keys}
+    sections["model"] = resolve_model_config(config)
+    text = json.dumps(sections, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
