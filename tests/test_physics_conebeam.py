@@ -317,3 +317,20 @@ def test_rtk_and_astra_agree():
         assert rec[
             0, 0, M // 2 - 4 : M // 2 + 4, M // 2 - 4 : M // 2 + 4, M // 2 - 4 : M // 2 + 4
         ].mean().item() == pytest.approx(2.0, rel=1e-2)
+
+
+def test_backend_selection_without_astra(monkeypatch):
+    """auto picks rtk without CUDA+astra; astra with CUDA but without the package says so."""
+    vecs = circular_vectors(3, 40.0, 20.0)
+    assert ConeBeam(vecs, (N, N, N), det_shape=(4, 4), backend="auto").backend in ("rtk", "astra")
+    try:
+        import astra  # noqa: F401
+
+        pytest.skip("astra-toolbox is installed")
+    except ImportError:
+        pass
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert ConeBeam(vecs, (N, N, N), det_shape=(4, 4), backend="auto").backend == "rtk"
+    physics = ConeBeam(vecs, (N, N, N), det_shape=(4, 4), backend="astra")
+    with pytest.raises(ImportError, match="astra-toolbox"):
+        physics.A(torch.zeros(1, 1, N, N, N))
