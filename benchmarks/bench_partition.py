@@ -8,7 +8,9 @@ squared-error loss, backward and an Adam update, either
   (``training_pair``: ỹ from the ground-truth context, loss on S x*).
 
 Each (size, mode) is measured in a fresh subprocess so that the peak is the step's own: on the CPU
-peak RSS (``resource.getrusage``) and the RSS just before the first step; on a GPU
+peak RSS (``resource.getrusage``, with the kernel's peak counter reset just before the first
+step, ``peak_scope = step``; ``process`` where the reset is unsupported) and the RSS at that
+point; on a GPU
 ``torch.cuda.max_memory_allocated`` after a reset, and the allocation before the step. The
 ``step_mb`` column is the peak minus that baseline (what the step itself adds on top of the
 operator, the image tensors and the model); ``image_mb`` is the size of x*, y and x₀.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -47,6 +50,7 @@ FIELDS = [
     "step_mb",
     "image_mb",
     "time_s",
+    "peak_scope",
     "ratio_peak",
     "ratio_step",
 ]
@@ -71,11 +75,23 @@ def device_name(device: str) -> str:
 
 def _rss_mb() -> float:
     """Current resident set size in MB (Linux)."""
-    import os
-
     with open("/proc/self/statm") as fh:
         pages = int(fh.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM, which getrusage reports) for this process.
+
+    Linux ≥ 4.0 (``echo 5 > /proc/self/clear_refs``); then ``ru_maxrss`` is the peak since now,
+    not the import-time peak. Returns False where unsupported.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _build_operator(op: str, n: int, views: int, device):
@@ -169,11 +185,17 @@ def measure(args: dict) -> dict:
 
     image_mb = sum(t.numel() * t.element_size() for t in (x, y, x0)) / 2**20
     cuda = dev.type == "cuda"
+    step()  # warm-up: lazy initialisation and first-touch of library code pages are not the step's
     if cuda:
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev) / 2**20
+        scope = "step"
     else:
+        import gc
+
+        gc.collect()
+        scope = "step" if _reset_peak_rss() else "process"
         base = _rss_mb()
     times = []
     for _ in range(int(args["repeats"])):
@@ -186,7 +208,7 @@ def measure(args: dict) -> dict:
         peak = torch.cuda.max_memory_allocated(dev) / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-    timed = times[1:] if len(times) > 1 else times  # first step is warm-up when repeats > 1
+    timed = times
     return {
         "size": n,
         "mode": mode,
@@ -201,12 +223,16 @@ def measure(args: dict) -> dict:
         "step_mb": round(peak - base, 2),
         "image_mb": round(image_mb, 3),
         "time_s": round(sum(timed) / len(timed), 4),
+        "peak_scope": scope,
     }
 
 
 def _run_child(job: dict) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # Fixed glibc thresholds: blocks >= 128 kB are mmapped and returned to the OS when freed, so
+    # RSS follows live memory (the default adaptive threshold keeps freed blocks up to 32 MB).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="262144")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(
             f"measurement {job['mode']} at {job['size']}³ failed:\n{proc.stderr[-4000:]}"
@@ -237,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--K", type=int, default=3, help="unrolled iterations")
     ap.add_argument("--nc", type=int, nargs=4, default=[8, 16, 32, 64], help="DRUNet widths")
     ap.add_argument("--nb", type=int, default=1, help="DRUNet blocks per scale")
-    ap.add_argument("--repeats", type=int, default=2, help="steps per measurement (1st = warm-up)")
+    ap.add_argument("--repeats", type=int, default=1, help="measured steps after one warm-up step")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     ap.add_argument("--out", type=Path, default=Path("results/benchmarks/bench_partition.csv"))
