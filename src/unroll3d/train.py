@@ -24,6 +24,7 @@ validation PSNR), ``<stats>`` (JSON: peak memory, mean step time after warm-up, 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import hashlib
 import io
@@ -273,12 +274,36 @@ class _Prepared:
     sample: Any
     physics: Any
     x0: torch.Tensor
+    offloaded: bool = False
+    device: Any = None
+
+
+def _moved(prep: _Prepared, device: torch.device | str) -> _Prepared:
+    """A copy of ``prep`` whose volumes (x, y, x0) live on ``device`` (physics unchanged)."""
+    sample = copy.copy(prep.sample)
+    sample.x = prep.sample.x.to(device, non_blocking=True)
+    sample.y = prep.sample.y.to(device, non_blocking=True)
+    x0 = prep.x0.to(device, non_blocking=True)
+    return _Prepared(sample, prep.physics, x0, prep.offloaded, prep.device)
 
 
 class SampleCache:
-    """Loads samples lazily (``loader(path)``), computes their x0 = A†y once and caches them."""
+    """Loads samples lazily (``loader(path)``), computes their x0 = A†y once and caches them.
 
-    def __init__(self, paths: Sequence[str], loader: Callable, spec, H, lipschitz_fn=None):
+    The first ``on_device`` samples keep their volumes on the device; the volumes of the others
+    (x, y, x0) are parked in host memory and copied over at each use, so 30 Walnut volumes of
+    501³ do not fill the GPU (``train.device_cache``).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        loader: Callable,
+        spec,
+        H,
+        lipschitz_fn=None,
+        on_device: int | None = None,
+    ):
         self.paths = list(paths)
         self.loader = loader
         self.spec = spec
@@ -286,6 +311,7 @@ class SampleCache:
         self.lipschitz: float | None = None
         self._cache: dict[int, _Prepared] = {}
         self.lipschitz_fn = lipschitz_fn or lipschitz_of
+        self.on_device = on_device
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -298,8 +324,14 @@ class SampleCache:
             if self.lipschitz is None:
                 self.lipschitz = self.lipschitz_fn(sample, x0)
             phys = physics_for(sample, self.spec, self.H, self.lipschitz)
-            self._cache[i] = _Prepared(sample, phys, x0)
-        return self._cache[i]
+            prep = _Prepared(sample, phys, x0)
+            full = self.on_device is not None and len(self._cache) >= self.on_device
+            if full and x0.device.type != "cpu":
+                prep = _moved(prep, "cpu")
+                prep.offloaded, prep.device = True, x0.device
+            self._cache[i] = prep
+        prep = self._cache[i]
+        return _moved(prep, prep.device) if prep.offloaded else prep
 
 
 def default_loader(setting: str, device: torch.device) -> Callable:
@@ -358,6 +390,7 @@ def _tcfg(config: dict) -> dict:
     t.setdefault("bf16", False)
     t.setdefault("warmup_steps", 2)
     t.setdefault("val_max", 2)
+    t.setdefault("device_cache", 8)
     return t
 
 
@@ -508,7 +541,7 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
     device = job.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    cache = SampleCache(job.train_paths, job.loader, spec, H)
+    cache = SampleCache(job.train_paths, job.loader, spec, H, on_device=t["device_cache"])
     if len(cache) == 0:
         raise ValueError("no training volumes given (--train)")
     val_paths = (job.val_paths or [])[: t["val_max"]]
