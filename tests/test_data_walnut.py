@@ -125,12 +125,33 @@ def test_round_trip_http_download_preprocess_load(toy_dir, tmp_path):
         load_sample(tmp_path / "walnut2.pt", "R5")
 
 
-def test_fdk_check_against_shipped(toy_dir, tmp_path):
+def test_fdk_check_against_shipped(toy_dir):
     src, _ = toy_dir
-    walnut.preprocess_walnut(src / "Walnut2.zip", tmp_path / "walnut2.pt", voxel_size_mm=VOX)
-    res = data_cli.fdk_check(tmp_path / "walnut2.pt", src / "Walnut2.zip", orbit=2)
+    res = data_cli.fdk_check(src / "Walnut2.zip", orbit=2, voxel_size_mm=VOX)
     # the toy's fdk_pos2 is our FDK of the noise-free data: only noise/quantisation differ
     assert res["rel_diff_fdk_vs_shipped"] < 0.1, res
+    assert res["n_views"] == NFULL
+
+
+def test_store_only_the_settings_views(toy_dir, tmp_path):
+    src, _ = toy_dir
+    meta = walnut.preprocess_walnut(
+        src / "Walnut2.zip", tmp_path / "w.pt", voxel_size_mm=VOX, settings=[12, 16]
+    )
+    d = torch.load(tmp_path / "w.pt", weights_only=True)
+    expect = sorted(set(range(0, NFULL, 4)) | set(range(0, NFULL, 3)))
+    assert d["view_ids"].tolist() == expect and d["y"].shape[0] == len(expect)
+    assert meta["n_full"] == NFULL
+    walnut.preprocess_walnut(src / "Walnut2.zip", tmp_path / "all.pt", voxel_size_mm=VOX)
+    for setting in ("v12", "v16"):
+        part, full = (
+            load_sample(tmp_path / "w.pt", setting),
+            load_sample(tmp_path / "all.pt", setting),
+        )
+        torch.testing.assert_close(part.y, full.y)
+        torch.testing.assert_close(part.physics.vectors, full.physics.vectors)
+    with pytest.raises(DataError, match="v24"):
+        load_sample(tmp_path / "w.pt", "v24")
 
 
 def test_checksum_mismatch_deletes_and_redownloads(toy_dir, tmp_path, caplog):

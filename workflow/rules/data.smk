@@ -36,6 +36,13 @@ def _walnut_numbers():
 MRI_ZIP = "train_val_12_channel.zip"
 
 
+def _stored_views():
+    """--views argument: store only the union of the settings' views unless store_all_views."""
+    if config["cbct"].get("store_all_views", False):
+        return ""
+    return "--views " + " ".join(str(v) for v in config["cbct"]["views"])
+
+
 localrules:
     download_walnut,
     download_mri,
@@ -136,6 +143,7 @@ rule preprocess_walnut:
         voxel=config["cbct"]["voxel_size_mm"],
         scale=config["cbct"]["intensity_scale"],
         clip=config["cbct"]["log_clip"],
+        views=_stored_views(),
     wildcard_constraints:
         n=r"\d+",
     log:
@@ -200,20 +208,26 @@ rule preprocess_mri:
 
 rule fdk_check:
     input:
-        sample=f"{RESULTS}/data/cbct/walnut{{n}}.pt",
-        zip=f"{RESOURCES}/cbct/raw/Walnut{{n}}.zip",
+        f"{RESOURCES}/cbct/raw/Walnut{{n}}.zip",
     output:
         f"{RESULTS}/data/cbct/fdk_check/walnut{{n}}.json",
     params:
         orbit=config["cbct"]["orbit"],
+        voxel=config["cbct"]["voxel_size_mm"],
+        clip=config["cbct"]["log_clip"],
+    wildcard_constraints:
+        n=r"\d+",
     log:
         f"{LOGS}/fdk_check/walnut{{n}}.log",
     benchmark:
         f"{BENCH}/fdk_check/walnut{{n}}.tsv"
     threads: 2
+    resources:
+        gpu=1,
+        mem_mb=24000,
     shell:
-        "unroll3d data fdk-check --sample {input.sample} --zip {input.zip} --orbit {params.orbit}"
-        " --out {output} > {log} 2>&1"
+        "unroll3d data fdk-check --zip {input} --orbit {params.orbit} --voxel-mm {params.voxel}"
+        " --log-clip {params.clip} --out {output} > {log} 2>&1"
 
 
 for _task in config["tasks"]:

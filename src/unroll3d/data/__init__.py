@@ -82,6 +82,7 @@ def load_sample(
     :param int mask_seed: MRI only: override the fixed per-volume mask seed.
     :param bool mmap: memory-map the file (only the selected views are read for CBCT).
     """
+    import numpy as np
     import torch
 
     path = Path(path)
@@ -103,14 +104,22 @@ def load_sample(
         from unroll3d.data.walnut import view_indices
         from unroll3d.physics import ConeBeam
 
-        n_full = data["y"].shape[0]
+        n_full = int(meta.get("n_full", data["y"].shape[0]))
         idx = view_indices(n_full, int(value))
-        idx_t = torch.from_numpy(idx)
+        stored = data["view_ids"].numpy() if "view_ids" in data else np.arange(n_full)
+        pos = np.searchsorted(stored, idx)
+        if np.any(pos >= len(stored)) or np.any(stored[np.minimum(pos, len(stored) - 1)] != idx):
+            raise DataError(
+                f"{path} stores {len(stored)} of {n_full} views, not all of the {len(idx)} that "
+                f"setting {setting!r} needs; preprocess it again with this view count in the "
+                f"settings (cbct.views) or with all views"
+            )
+        idx_t = torch.from_numpy(pos)
         y = data["y"].index_select(0, idx_t).to(device)[None, None]
         vectors = data["vectors"].index_select(0, idx_t)
         x = data["x"].to(device)[None, None]
         physics = ConeBeam(vectors, tuple(x.shape[-3:]), det_shape=tuple(y.shape[-2:])).to(device)
-        meta.update(setting=setting, view_indices=idx.tolist(), n_views=len(idx))
+        meta.update(setting=setting, view_indices=idx.tolist(), n_views=len(idx), n_full=n_full)
         return Sample(x=x, y=y, physics=physics, meta=meta)
     from unroll3d.data.mri import make_sample
 

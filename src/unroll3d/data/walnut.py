@@ -214,10 +214,14 @@ def read_volume(wz: WalnutZip, members: list[str], what: str) -> np.ndarray:
     return vol
 
 
-def read_projections(wz: WalnutZip, log_clip: float = 1e-6) -> tuple[np.ndarray, np.ndarray, dict]:
+def read_projections(
+    wz: WalnutZip, log_clip: float = 1e-6, views: list[int] | None = None
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Flat/dark-corrected ``-log`` projections of the orbit and the paired geometry (mm).
 
-    :return: ``(proj (n_full, rows, cols) float32, vectors (n_full, 12) mm, info)``.
+    :param list views: geometry rows (view ids in ``0 .. n_full - 1``) to read; ``None``: all.
+    :return: ``(proj (n_views, rows, cols) float32, vectors (n_views, 12) mm, info)``; ``info``
+        holds ``n_full`` and ``view_ids``.
     """
     geom = wz.geometry()
     n_rows = geom.shape[0]
@@ -241,9 +245,12 @@ def read_projections(wz: WalnutZip, log_clip: float = 1e-6) -> tuple[np.ndarray,
         log.warning("%s: %d detector pixels have flat <= dark", wz.path, int(np.sum(denom <= 0)))
     denom = np.where(denom > 0, denom, np.float32(1.0))
     rows, cols = dark.shape
-    proj = np.empty((n_full, rows, cols), dtype=np.float32)
+    ids = list(range(n_full)) if views is None else sorted(set(int(v) for v in views))
+    if ids and not 0 <= ids[0] <= ids[-1] < n_full:
+        raise DataError(f"{wz.path}: view ids must lie in 0..{n_full - 1}; got {ids[0]}..{ids[-1]}")
+    proj = np.empty((len(ids), rows, cols), dtype=np.float32)
     n_clipped = 0
-    for i in range(n_full):
+    for j, i in enumerate(ids):
         k = n_full - i  # official pairing: row i <-> scan_{n_full - i}
         if k not in wz.scans:
             raise DataError(
@@ -252,9 +259,10 @@ def read_projections(wz: WalnutZip, log_clip: float = 1e-6) -> tuple[np.ndarray,
         p = reorient(wz.tiff(wz.scans[k], stored_shape)).astype(np.float32)
         ratio = (p - dark) / denom
         n_clipped += int(np.sum(ratio < log_clip))
-        proj[i] = -np.log(np.maximum(ratio, np.float32(log_clip)))
+        proj[j] = -np.log(np.maximum(ratio, np.float32(log_clip)))
     info = {
         "n_full": n_full,
+        "view_ids": ids,
         "det_shape": [rows, cols],
         "stored_shape": list(stored_shape),
         "pairing": "row i <-> scan_{n_full - i:06}.tif",
@@ -263,7 +271,7 @@ def read_projections(wz: WalnutZip, log_clip: float = 1e-6) -> tuple[np.ndarray,
         "n_clipped": n_clipped,
         "flat_drift": float(np.mean(flats[1] - dark) / max(np.mean(flats[0] - dark), 1e-12)),
     }
-    return proj, geom[:n_full], info
+    return proj, geom[ids], info
 
 
 def preprocess_walnut(
@@ -274,11 +282,17 @@ def preprocess_walnut(
     voxel_size_mm: float = 0.1,
     intensity_scale: float = 14.0,
     log_clip: float = 1e-6,
+    settings: list[int] | None = None,
 ) -> dict:
     """Preprocess one walnut zip into one ``.pt`` file (written atomically); return its metadata.
 
-    File content: ``x`` (D, H, W) float32 = ``c * mu``; ``y`` (n_full, rows, cols) float32;
-    ``vectors`` (n_full, 12) float64 in voxel units; ``meta`` dict.
+    File content: ``x`` (D, H, W) float32 = ``c * mu``; ``y`` (n_views, rows, cols) float32;
+    ``vectors`` (n_views, 12) float64 in voxel units; ``view_ids`` (n_views,) int64, the geometry
+    rows stored; ``meta`` dict (``n_full`` = views of the whole orbit).
+
+    :param list settings: view counts P whose equispaced subsets must be loadable (e.g.
+        ``[30, 50, 100]``): only the union of their views is read and stored (120 of 1200 for
+        the paper's settings, 0.4 GB instead of 3.6 GB per walnut). ``None``: the whole orbit.
     """
     import torch
 
@@ -289,7 +303,11 @@ def preprocess_walnut(
         if volume is None:
             m = re.fullmatch(r"Walnut(\d+)/?", wz.root)
             volume = f"walnut{m.group(1)}" if m else zip_path.stem.lower()
-        proj, vec_mm, info = read_projections(wz, log_clip)
+        views = None
+        if settings:
+            n_full = wz.geometry().shape[0] - 1
+            views = sorted({int(i) for p in settings for i in view_indices(n_full, int(p))})
+        proj, vec_mm, info = read_projections(wz, log_clip, views)
         gt = read_volume(wz, wz.gt, "full_AGD_50_*")
         gt_members = [Path(m).name for m in (wz.gt[0], wz.gt[-1])]
     c = float(intensity_scale)
@@ -310,7 +328,9 @@ def preprocess_walnut(
         "input_sha256": {zip_path.name: file_hash(zip_path, "sha256")},
         **info,
     }
-    atomic_torch_save({"x": x, "y": y, "vectors": vectors, "meta": meta}, out)
+    view_ids = torch.tensor(info["view_ids"], dtype=torch.int64)
+    meta["view_ids"] = "all" if settings is None else f"union of settings {sorted(settings)}"
+    atomic_torch_save({"x": x, "y": y, "vectors": vectors, "view_ids": view_ids, "meta": meta}, out)
     return meta
 
 
