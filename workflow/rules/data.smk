@@ -16,6 +16,20 @@ def volumes(task, split):
     return out
 
 
+def _check_splits():
+    """Stop at DAG time if a volume sits in two splits (test leakage)."""
+    for task in config["tasks"]:
+        seen = {}
+        for name in DATA_SPLITS:
+            for v in config[task]["splits"].get(name, []):
+                if v in seen:
+                    raise ValueError(f"config {task}.splits: volume {v!r} is in both {seen[v]} and {name}")
+                seen[v] = name
+
+
+_check_splits()
+
+
 def sample_path(task, volume):
     """Preprocessed file of one volume (input of fit-normal, train, evaluate)."""
     return f"{RESULTS}/data/{task}/{volume}.pt"
