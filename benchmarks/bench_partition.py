@@ -7,13 +7,14 @@ squared-error loss, backward and an Adam update, either
 * ``partitioned``: on one random patch through :class:`unroll3d.partition.PartitionedReconstructor`
   (``training_pair``: ỹ from the ground-truth context, loss on S x*).
 
-Each (size, mode) is measured in a fresh subprocess so that the peak is the step's own: on the CPU
-peak RSS (``resource.getrusage``, with the kernel's peak counter reset just before the first
-step, ``peak_scope = step``; ``process`` where the reset is unsupported) and the RSS at that
-point; on a GPU
-``torch.cuda.max_memory_allocated`` after a reset, and the allocation before the step. The
-``step_mb`` column is the peak minus that baseline (what the step itself adds on top of the
-operator, the image tensors and the model); ``image_mb`` is the size of x*, y and x₀.
+Each (size, mode) is measured in a fresh subprocess, after one warm-up step, so that the peak is
+the step's own: on the CPU the peak RSS (``resource.getrusage``) with the kernel's peak counter
+reset just before the step (``peak_scope = step``; ``process`` where the reset is unsupported)
+and glibc's mmap/trim thresholds fixed so that freed blocks leave the RSS; on a GPU
+``torch.cuda.max_memory_allocated`` after a reset. ``step_mb`` is the peak minus the memory held
+just before the step (operator, image tensors, model, optimiser state). ``image_mb`` is the size
+of x*, y and x₀; ``op_mb`` the peak added by one no-grad ``AᵀA x`` on the whole volume (the
+operator's own transient memory, which both modes pay).
 ``ratio_*`` = full / partitioned at the same size.
 
 Operators: ``--op conebeam`` (:class:`unroll3d.physics.ConeBeam`; RTK on the CPU, whose first
@@ -49,6 +50,7 @@ FIELDS = [
     "base_mb",
     "step_mb",
     "image_mb",
+    "op_mb",
     "time_s",
     "peak_scope",
     "ratio_peak",
@@ -94,6 +96,26 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _peak_of(fn, dev) -> float:
+    """Peak memory (MB) that ``fn()`` adds on top of what is allocated now."""
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        fn()
+        torch.cuda.synchronize(dev)
+        return (torch.cuda.max_memory_allocated(dev) - base) / 2**20
+    import gc
+
+    gc.collect()
+    _reset_peak_rss()
+    base = _rss_mb()
+    fn()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+
+
 def _build_operator(op: str, n: int, views: int, device):
     import torch
 
@@ -114,7 +136,9 @@ def _build_operator(op: str, n: int, views: int, device):
         r = torch.arange(-2, 3, dtype=torch.float32)
         g = torch.exp(-(r**2) / 2.0)
         f = g[:, None, None] * g[None, :, None] * g[None, None, :]
-        return dinv.physics.Blur(filter=(f / f.sum())[None, None], padding="circular").to(device)
+        return dinv.physics.Blur(
+            filter=(f / f.sum())[None, None], padding="circular", use_fft=True
+        ).to(device)
     raise ValueError(f"unknown operator {op!r}; use 'conebeam' or 'blur'")
 
 
@@ -185,6 +209,13 @@ def measure(args: dict) -> dict:
 
     image_mb = sum(t.numel() * t.element_size() for t in (x, y, x0)) / 2**20
     cuda = dev.type == "cuda"
+
+    def normal_op():
+        with torch.no_grad():
+            physics.A_adjoint(physics.A(x))
+
+    normal_op()  # warm-up
+    op_mb = _peak_of(normal_op, dev)
     step()  # warm-up: lazy initialisation and first-touch of library code pages are not the step's
     if cuda:
         torch.cuda.synchronize(dev)
@@ -222,6 +253,7 @@ def measure(args: dict) -> dict:
         "base_mb": round(base, 2),
         "step_mb": round(peak - base, 2),
         "image_mb": round(image_mb, 3),
+        "op_mb": round(op_mb, 2),
         "time_s": round(sum(timed) / len(timed), 4),
         "peak_scope": scope,
     }
