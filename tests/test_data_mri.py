@@ -53,15 +53,21 @@ def test_fft_convention_known_image_survives(convention):
     assert np.allclose(np.abs(mri.hybrid_to_image(raw, convention)[0]), np.abs(img), atol=1e-5)
 
 
-@pytest.mark.parametrize("convention", ["uncentred", "centred"])
-def test_auto_convention_detection(tmp_path, convention):
+@pytest.mark.parametrize("convention, x_split", [("uncentred", False), ("centred", True)])
+def test_auto_convention_detection(tmp_path, convention, x_split):
     img = toy.brain_phantom((8, 12, 10), seed=1)
     maps = toy.simulated_coil_maps((8, 12, 10), 2)
+    if x_split:  # the object at the ends of the readout axis
+        img, maps = np.roll(img, 4, axis=0), np.roll(maps, 4, axis=1)
     toy.write_calgary_h5(tmp_path / "v.7.h5", img, maps, noise=0, convention=convention)
     with zipfile.ZipFile(tmp_path / "z.zip", "w") as zf:
         zf.write(tmp_path / "v.7.h5", "train_val_12_channel/Train/v.7.h5")  # parent folder variant
     meta = mri.preprocess_mri(tmp_path / "z.zip", "v", tmp_path / "v.pt", calib=2)
     assert meta["kspace_convention"] == convention
+    assert meta["readout_roll"] == (4 if x_split else 0)
+    gt = torch.load(tmp_path / "v.pt", weights_only=True)["x"].abs().numpy()
+    phantom = np.abs(np.roll(img, 4, axis=0) if x_split else img)
+    assert np.corrcoef(gt.ravel(), phantom.ravel())[0, 1] > 0.9
     assert meta["member"] == "train_val_12_channel/Train/v.7.h5"
 
 
