@@ -1360,13 +1360,13 @@ def fig_slices(
         raise ReportError(
             f"report.qualitative_setting {setting!r} is not a setting of {task} ({sets})"
         )
+    vols = sorted({r.volume for v in variants for r in (cells or {}).get((task, setting, v), [])})
     with plt.rc_context(STYLE):
-        if reason or not cells:
+        if reason or not vols:
             fig, ax = plt.subplots(figsize=(6.4, 2.4))
-            no_data(ax, reason or f"no evaluation results for {task}")
+            no_data(ax, reason or f"no evaluation results for {task} at {setting}")
             fig.suptitle(f"{TASK_TITLE[task]}: qualitative slices", fontsize=8)
             return save_figure(fig, out_dir, name)
-        vols = sorted({r.volume for v in variants for r in cells.get((task, setting, v), [])})
         volume = rep["qualitative_volume"] or (vols[0] if vols else None)
         if volume not in vols:
             raise ReportError(
@@ -1411,7 +1411,7 @@ def fig_slices(
                             ax.set_title(title)
                         continue
                     if v not in slices:
-                        no_data(ax, "no slices saved")
+                        no_data(ax, "not evaluated" if r is None else "no slices saved")
                         if title:
                             ax.set_title(title)
                         continue
