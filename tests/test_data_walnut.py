@@ -252,6 +252,7 @@ def _tiff(a):
         ("tiff_shape", r"scan_000005\.tif.*shape"),
         ("geom_columns", "12"),
         ("no_gt", "full_AGD_50"),
+        ("gt_gap", r"full_AGD_50_\*.*missing slice\(s\) \[3\]"),
     ],
 )
 def test_bad_input_clear_error_nothing_written(marker_zip, tmp_path, case, match):
@@ -271,6 +272,8 @@ def test_bad_input_clear_error_nothing_written(marker_zip, tmp_path, case, match
             bad,
             replace=("scan_geom_corrected.geom", b"1 2 3 4 5 6 7 8 9 10 11\n" * (NFULL + 1)),
         )
+    elif case == "gt_gap":
+        _rewrite(good, bad, drop=["full_AGD_50_000003.tiff"])
     elif case == "no_gt":
         _rewrite(good, bad, drop=[f"full_AGD_50_{k:06}.tiff" for k in range(SIZE)])
     out = tmp_path / "out" / "walnut7.pt"

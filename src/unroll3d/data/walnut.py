@@ -202,6 +202,13 @@ def read_volume(wz: WalnutZip, members: list[str], what: str) -> np.ndarray:
     """Stack TIFF slices (z) into a float32 (D, H, W) array, checking every slice shape."""
     if not members:
         raise DataError(f"{wz.path}: no {what} slices found under {wz.root}Reconstructions/")
+    idx = [int(re.search(r"(\d+)\.tiff?$", m).group(1)) for m in members]
+    missing = sorted(set(range(len(idx))) - set(idx))
+    if idx != list(range(len(idx))):
+        raise DataError(
+            f"{wz.path}: {what} slices are not numbered 0..{len(idx) - 1}; missing slice(s) "
+            f"{missing[:5] or sorted(set(idx) - set(range(len(idx))))[:5]}"
+        )
     first = wz.tiff(members[0])
     if first.ndim != 2:
         raise DataError(
