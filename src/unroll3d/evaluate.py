@@ -269,6 +269,8 @@ def evaluate_volume(
     result["n_params"] = count_parameters(model)
     H = load_H(normal_path, device) if spec.use_H else None
     try:
+        with torch.no_grad():  # warm-up: lazy backend imports (ITK takes ~15 s) and CUDA context
+            sample.physics.A_adjoint(sample.y)
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
