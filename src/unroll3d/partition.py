@@ -277,6 +277,15 @@ class PartitionedPhysics(LinearPhysics):
     :param normal_op: optional callable (or list of callables) replacing ``S AᵀA Sᵀ``.
     :param normal_scaling: factor applied to ``normal_op`` (e.g. ``‖A‖²`` when H was fitted to
         the normalised operator).
+
+    :Example:
+
+    >>> import torch, deepinv as dinv
+    >>> physics = dinv.physics.Blur(filter=torch.ones(1, 1, 3, 3, 3) / 27, padding="circular")
+    >>> x = torch.randn(1, 1, 8, 8, 8)
+    >>> pp = PartitionedPhysics(physics, (1, 8, 8, 8), (2, 2, 2), (4, 4, 4), physics.A(x), x)
+    >>> torch.allclose(pp.A(x[..., 2:6, 2:6, 2:6]), pp.y_tilde, atol=1e-5)  # ỹ = Ã S x
+    True
     """
 
     def __init__(
@@ -448,7 +457,16 @@ class PartitionedReconstructor(Reconstructor):
     :param n_refine: refinement passes run when ``refine=True``.
     :param train_ranges: per spatial axis, inclusive bounds ``(lo, hi)`` on the training patch
         corner, or ``None`` (whole axis) — see :func:`sample_patch_start`.
-    :param progress: show a tqdm bar (``None``: only when a pass has more than 32 patch batches).
+    :param progress: show a tqdm bar (``None``: only when a pass has more than 64 patch batches).
+
+    :Example:
+
+    >>> import torch, deepinv as dinv
+    >>> base = lambda y, physics, **kw: physics.A_adjoint(y)  # returns Ãᵀỹ
+    >>> rec = PartitionedReconstructor(base, (1, 9, 9, 9), 4, progress=False)
+    >>> y = torch.randn(1, 1, 9, 9, 9)
+    >>> torch.allclose(rec(y, dinv.physics.Denoising()), y, atol=1e-6)  # identity physics
+    True
     """
 
     def __init__(
