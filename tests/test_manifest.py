@@ -32,14 +32,14 @@ def _fill(root: Path) -> dict[str, bytes]:
     return files
 
 
-def _record(root: Path, target: str, rule: str, max_len: int = 255) -> None:
+def _record(root: Path, target: str, rule: str, max_len: int = 255, log=()) -> None:
     """A Snakemake metadata record, named as Snakemake's ``_record_path`` names it."""
     b64 = base64.urlsafe_b64encode(target.encode()).decode()
     chunks = [b64[i : i + max_len - 1] for i in range(0, len(b64), max_len - 1)]
     parts = ["@" + c for c in chunks[:-1]] + [chunks[-1]]
     path = root / ".snakemake" / "metadata" / Path(*parts)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"rule": rule, "endtime": 1.7e9, "input": []}))
+    path.write_text(json.dumps({"rule": rule, "endtime": 1.7e9, "input": [], "log": list(log)}))
 
 
 def test_every_file_listed_with_correct_hash(tmp_path, monkeypatch):
@@ -75,6 +75,28 @@ def test_every_file_listed_with_correct_hash(tmp_path, monkeypatch):
     assert "results/logs/report/tables_figures.log" in m2["files"]
     assert "results/manifest.json" not in m2["files"]
     assert not list((tmp_path / "results").glob(".manifest.json*"))
+
+
+def test_logs_and_benchmarks_attributed_through_the_job_log(tmp_path):
+    files = {
+        "results/tables/t.md": b"t",
+        "results/logs/report/tables_figures.log": b"log",
+        "results/benchmarks/rules/report/tables_figures.tsv": b"s\tmax_rss\n1\t2\n",
+    }
+    for rel, data in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    _record(
+        tmp_path,
+        "results/tables/t.md",
+        "tables_figures",
+        log=["results/logs/report/tables_figures.log"],
+    )
+    m = manifest.build_manifest(
+        results=tmp_path / "results", inputs=(), workdir=tmp_path, include_logs=True
+    )
+    assert {k: e["rule"] for k, e in m["files"].items()} == dict.fromkeys(files, "tables_figures")
+    assert m["files"]["results/benchmarks/rules/report/tables_figures.tsv"]["kind"] == "benchmark"
 
 
 def _rules(root: Path) -> str:

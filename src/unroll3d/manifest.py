@@ -108,8 +108,14 @@ def snakemake_rules(workdir: str | Path = ".") -> dict[str, dict[str, Any]]:
                 continue  # being written or corrupt: Snakemake ignores these too
             if not isinstance(rec, dict) or rec.get("incomplete"):
                 continue
-            keep = {k: rec.get(k) for k in ("rule", "starttime", "endtime", "input") if k in rec}
+            keep = {
+                k: rec.get(k) for k in ("rule", "starttime", "endtime", "input", "log") if k in rec
+            }
             out[os.path.normpath(target)] = keep
+    # Logs are not outputs, but each record names its job's logs: attribute them too.
+    for rec in list(out.values()):
+        for logfile in rec.get("log") or []:
+            out.setdefault(os.path.normpath(logfile), {"rule": rec.get("rule"), "kind": "log"})
     return out
 
 
@@ -338,9 +344,21 @@ def build_manifest(
     }
     smk = snakemake_rules(workdir)
     rules = {os.path.normpath(k): v for k, v in (rules or {}).items()}
+    results_key = _key(results, workdir)
+    bench_prefix = f"{results_key}/benchmarks/rules/"
     for key, entry in files.items():
         rec = smk.get(key, {})
-        entry["rule"] = rules.get(key, rec.get("rule"))
+        rule = rules.get(key, rec.get("rule"))
+        if rec.get("kind"):
+            entry["kind"] = rec["kind"]
+        if rule is None and key.startswith(bench_prefix):
+            # `benchmark:` files are not in Snakemake's records; this workflow names each one
+            # like its job's log (results/benchmarks/rules/X.tsv <-> results/logs/X.log).
+            stem = key[len(bench_prefix) :].rsplit(".", 1)[0]
+            rule = smk.get(os.path.normpath(f"{results_key}/logs/{stem}.log"), {}).get("rule")
+            if rule is not None:
+                entry["kind"] = "benchmark"
+        entry["rule"] = rule
         if rec.get("endtime"):
             entry["made"] = datetime.fromtimestamp(rec["endtime"], UTC).isoformat(
                 timespec="seconds"
