@@ -257,3 +257,27 @@ def test_patch_ranges_match_the_derived_loader():
     assert r == [(80, 421 - 8), (50, 451 - 384), (50, 451 - 384)]
     assert tr.patch_ranges((16, 16, 16), (8, 16, 16), (0.16, 0.1, 0.1)) == [(3, 5), None, None]
     assert tr.patch_ranges((16, 16, 16), (8, 8, 8), None) is None
+
+
+def test_load_H_round_trip(tmp_path):
+    from unroll3d.normal import save_normal
+
+    s = loader("toy0")
+    H = toy_H(s)
+    path = tmp_path / "h.pt"
+    save_normal(
+        path,
+        H["fourier_filter"],
+        H["spatial_mask"],
+        (1, *SHAPE),
+        H["scaling"],
+        two_sided=H["two_sided"],
+        grid=H["grid"],
+    )
+    loaded = tr.load_H(path)
+    spec = variant_spec("unrolled-H")
+    a = tr.physics_for(s, spec, H, 1.0)
+    b = tr.physics_for(s, spec, loaded, 1.0)
+    x = torch.randn_like(s.x)
+    assert b.scaling == pytest.approx(H["scaling"])
+    assert torch.allclose(a.A_adjoint_A(x), b.A_adjoint_A(x), atol=1e-6)
