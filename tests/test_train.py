@@ -281,3 +281,39 @@ def test_load_H_round_trip(tmp_path):
     x = torch.randn_like(s.x)
     assert b.scaling == pytest.approx(H["scaling"])
     assert torch.allclose(a.A_adjoint_A(x), b.A_adjoint_A(x), atol=1e-6)
+
+
+class HugeAllocModel(OOMModel):
+    """Model double that really asks CUDA for ~40 TB."""
+
+    def forward(self, *a, **k):
+        return torch.empty(10**13, device="cuda")
+
+
+def _cuda_loader(path):
+    s = toy_sample(SHAPE, seed=int(path[3:]))
+    s.physics = s.physics.to("cuda")
+    s.x, s.y = s.x.cuda(), s.y.cuda()
+    return s
+
+
+@pytest.mark.gpu
+def test_real_cuda_oom_is_captured(tmp_path, monkeypatch):
+    monkeypatch.setattr(tr, "build_variant", lambda *a, **k: HugeAllocModel().cuda())
+    job = make_job(tmp_path, "unrolled", toy_config(), device=torch.device("cuda"))
+    job.loader = _cuda_loader
+    stats = tr.train(job)
+    assert stats["status"] == "oom" and stats["message"].startswith("OOM at volume 16³")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["unrolled", "partition-H"])
+def test_bf16_training_on_cuda(tmp_path, variant):
+    s = _cuda_loader("toy0")
+    H = toy_H(s) if variant.endswith("-H") else None
+    job = make_job(
+        tmp_path, variant, toy_config(steps=3, bf16=True), device=torch.device("cuda"), H=H
+    )
+    job.loader = _cuda_loader
+    stats = tr.train(job)
+    assert stats["status"] == "ok" and stats["bf16"] and stats["peak_memory_gb"] > 0
