@@ -1,17 +1,21 @@
-# Memory/speed micro-benchmarks (paper Fig. 1, the data-step speed-up, partitioned memory).
-# Each writes a CSV with the device name in every row; the report rules plot them.
+# Memory/speed micro-benchmarks: paper Fig. 1 (data step vs network step), the operators'
+# cost (physics), partitioned vs full-volume training memory, and the patch data step with
+# exact ÃᵀÃ vs H (§6.4). Each writes a CSV with the device name in every row; the report plots
+# them. On a GPU box each job locks one card through `unroll3d device run`.
 BENCH_OUT = f"{RESULTS}/benchmarks"
+BENCH_CFG = config["benchmarks"]
 
 
 rule bench_steps:
     output:
         f"{BENCH_OUT}/bench_steps.csv",
     params:
-        sizes=join_values(config["benchmarks"]["sizes"]),
+        sizes=join_values(BENCH_CFG["sizes"]),
+        views=BENCH_CFG["views"],
         channels=join_values(config["model"]["channels"]),
         blocks=config["model"]["blocks"],
     log:
-        f"{LOGS}/bench_steps.log",
+        f"{LOGS}/bench/bench_steps.log",
     benchmark:
         f"{BENCH}/bench_steps.tsv"
     threads: 2
@@ -21,8 +25,76 @@ rule bench_steps:
         gpu=1,
     shell:
         "unroll3d device run -- python benchmarks/bench_steps.py --sizes {params.sizes}"
-        " --channels {params.channels} --blocks {params.blocks} --out {output} > {log} 2>&1"
+        " --views {params.views} --channels {params.channels} --blocks {params.blocks}"
+        " --out {output} > {log} 2>&1"
 
 
-if config["benchmarks"]["enabled"]:
-    FINAL_TARGETS.extend(rules.bench_steps.output)
+rule bench_physics:
+    output:
+        f"{BENCH_OUT}/bench_physics.csv",
+    params:
+        sizes=join_values(BENCH_CFG["sizes"]),
+        views=BENCH_CFG["views"],
+    log:
+        f"{LOGS}/bench/bench_physics.log",
+    benchmark:
+        f"{BENCH}/bench_physics.tsv"
+    threads: 2
+    conda:
+        CONDA_ENV
+    resources:
+        gpu=1,
+    shell:
+        "unroll3d device run -- python benchmarks/bench_physics.py --sizes {params.sizes}"
+        " --views {params.views} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule bench_partition:
+    output:
+        f"{BENCH_OUT}/bench_partition.csv",
+    params:
+        sizes=join_values(BENCH_CFG["sizes"]),
+        patch=BENCH_CFG["patch"],
+        views=BENCH_CFG["views"],
+        channels=join_values(config["model"]["channels"]),
+        blocks=config["model"]["blocks"],
+    log:
+        f"{LOGS}/bench/bench_partition.log",
+    benchmark:
+        f"{BENCH}/bench_partition.tsv"
+    threads: 2
+    conda:
+        CONDA_ENV
+    resources:
+        gpu=1,
+    shell:
+        "unroll3d device run -- python benchmarks/bench_partition.py --sizes {params.sizes}"
+        " --patch {params.patch} --views {params.views} --channels {params.channels}"
+        " --blocks {params.blocks} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule bench_normal:
+    output:
+        f"{BENCH_OUT}/bench_normal.csv",
+    params:
+        volume=max(BENCH_CFG["sizes"]),
+        patch=BENCH_CFG["patch"],
+        views=BENCH_CFG["views"],
+    log:
+        f"{LOGS}/bench/bench_normal.log",
+    benchmark:
+        f"{BENCH}/bench_normal.tsv"
+    threads: 2
+    conda:
+        CONDA_ENV
+    resources:
+        gpu=1,
+    shell:
+        "unroll3d device run -- python benchmarks/bench_normal.py --volumes {params.volume}"
+        " --patches {params.patch} --views {params.views} --threads {threads}"
+        " --out {output} > {log} 2>&1"
+
+
+if BENCH_CFG["enabled"]:
+    for bench_rule in (rules.bench_steps, rules.bench_physics, rules.bench_partition, rules.bench_normal):
+        FINAL_TARGETS.extend(bench_rule.output)
