@@ -4,6 +4,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Rules call `unroll3d` and `python`: the venv comes first on PATH for every recipe.
+export PATH := $(abspath $(BIN)):$(PATH)
 CORES ?= 2
 IMPORT_CHECK := import torch, torchvision, deepinv, itk, snakemake, pytest, unroll3d; from itk import RTK
 
