@@ -53,6 +53,7 @@ FIELDS = [
     "op_mb",
     "time_s",
     "peak_scope",
+    "status",
     "ratio_peak",
     "ratio_step",
 ]
@@ -113,7 +114,7 @@ def _peak_of(fn, dev) -> float:
     _reset_peak_rss()
     base = _rss_mb()
     fn()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    return max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
 
 
 def _build_operator(op: str, n: int, views: int, device):
@@ -251,11 +252,12 @@ def measure(args: dict) -> dict:
         "device": device_name(str(dev)),
         "peak_mb": round(peak, 2),
         "base_mb": round(base, 2),
-        "step_mb": round(peak - base, 2),
+        "step_mb": round(max(0.0, peak - base), 2),
         "image_mb": round(image_mb, 3),
         "op_mb": round(op_mb, 2),
         "time_s": round(sum(timed) / len(timed), 4),
         "peak_scope": scope,
+        "status": "ok",
     }
 
 
@@ -265,18 +267,36 @@ def _run_child(job: dict) -> dict:
     # RSS follows live memory (the default adaptive threshold keeps freed blocks up to 32 MB).
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="262144")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"measurement {job['mode']} at {job['size']}³ failed:\n{proc.stderr[-4000:]}"
-        )
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    if proc.returncode == 0:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    # out of memory (CUDA OOM, or the kernel's OOM killer: -9) or another failure: keep a row
+    err = proc.stderr[-4000:]
+    oom = "OutOfMemoryError" in err or "out of memory" in err or proc.returncode in (-9, 137)
+    print(
+        f"measurement {job['mode']} at {job['size']}³ failed (rc {proc.returncode}):\n{err}",
+        file=sys.stderr,
+    )
+    row = {k: "" for k in FIELDS}
+    row.update(
+        size=job["size"],
+        mode=job["mode"],
+        op=job["op"],
+        patch=min(job["patch"], job["size"]),
+        K=job["K"],
+        nc="-".join(str(c) for c in job["nc"]),
+        nb=job["nb"],
+        device=device_name(job["device"]),
+        status="oom" if oom else "failed",
+    )
+    return row
 
 
 def _ratios(rows: list[dict]) -> None:
     by = {(r["size"], r["mode"]): r for r in rows}
     for r in rows:
         full, part = by.get((r["size"], "full")), by.get((r["size"], "partitioned"))
-        if full and part:
+        ok = full and part and full["status"] == part["status"] == "ok"
+        if ok:
             r["ratio_peak"] = round(full["peak_mb"] / part["peak_mb"], 3)
             r["ratio_step"] = round(full["step_mb"] / max(part["step_mb"], 1e-6), 3)
         else:
@@ -293,10 +313,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--op", choices=["conebeam", "blur"], default="conebeam")
     ap.add_argument("--views", type=int, default=30, help="cone-beam views")
     ap.add_argument("--K", type=int, default=3, help="unrolled iterations")
-    ap.add_argument("--nc", type=int, nargs=4, default=[8, 16, 32, 64], help="DRUNet widths")
-    ap.add_argument("--nb", type=int, default=1, help="DRUNet blocks per scale")
+    ap.add_argument(
+        "--nc",
+        "--channels",
+        dest="nc",
+        type=int,
+        nargs=4,
+        default=[8, 16, 32, 64],
+        help="DRUNet widths",
+    )
+    ap.add_argument(
+        "--nb", "--blocks", dest="nb", type=int, default=1, help="DRUNet blocks per scale"
+    )
     ap.add_argument("--repeats", type=int, default=1, help="measured steps after one warm-up step")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     ap.add_argument("--out", type=Path, default=Path("results/benchmarks/bench_partition.csv"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -306,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.patch < 1 or any(s < 1 for s in a.sizes):
         ap.error("--sizes and --patch must be positive")
+    if a.device == "auto":
+        import torch
+
+        a.device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
     for n in a.sizes:
         for mode in a.modes:
@@ -323,11 +357,14 @@ def main(argv: list[str] | None = None) -> int:
                 threads=a.threads,
             )
             row = _run_child(job)
-            print(
-                f"{mode:>11} {n:4d}³  peak {row['peak_mb']:9.1f} MB  step "
-                f"{row['step_mb']:9.1f} MB  {row['time_s']:.3f} s",
-                flush=True,
-            )
+            if row["status"] == "ok":
+                print(
+                    f"{mode:>11} {n:4d}³  peak {row['peak_mb']:9.1f} MB  step "
+                    f"{row['step_mb']:9.1f} MB  {row['time_s']:.3f} s",
+                    flush=True,
+                )
+            else:
+                print(f"{mode:>11} {n:4d}³  {row['status']}", flush=True)
             rows.append(row)
     _ratios(rows)
     from unroll3d.utils import atomic_path
