@@ -1,4 +1,21 @@
-"""Tests of the diagonal-circulant normal-operator approximation (unroll3d.normal, issue 6)."""
+"""Tests of the diagonal-circulant normal-operator approximation (unroll3d.normal, issue 6).
+
+Measured relative errors ‖AᵀAx − Hx‖/‖AᵀAx‖ of fitted H (CPU, seed 0, lr 1e-2, cosine, batch 1):
+
+* toy cone beam 32³, 30 views, source/axis 128, axis/detector 64 voxels (fan half-angle ≈ 7°),
+  detector 40 × 64 at 1 voxel at the isocentre: held-out Gaussian probes 0.76 (impulse init)
+  → 0.38 after 120 steps (this test), 0.331 after 2000 steps (41 rows); on the phantom 0.13
+  (120 steps), 0.076 (2000 steps).
+* the same with a detector of 0.5 voxel at the isocentre (80 × 128): held-out 0.270, phantom
+  0.024 after 1000 steps; near-parallel beam (source at 4000): held-out 0.21 after 300 steps;
+  100 views: 0.235 after 300 steps.
+* toy multi-coil MRI (deepinv MultiCoilMRI, 4 coils): held-out 0.05 (two-sided, 600 steps).
+
+The remaining cone-beam error sits at high frequencies (white probes weight every frequency
+shell equally) and grows with the cone angle: one diagonal-circulant factor cannot follow the
+position-dependent ray directions. The ≤ 20 % bound of issue 6 therefore fails on held-out
+Gaussian probes (marked xfail, strict) and holds on the phantom.
+"""
 
 from __future__ import annotations
 
@@ -215,6 +232,25 @@ def test_fit_recovers_exact_diag_times_convolution(channels, two_sided):
     assert relative_error(physics.A_adjoint_A(x), W.A_adjoint_A(x)) < 0.02
 
 
+def test_fit_complex_mask_recovers_two_sided_phase():
+    """Two-sided H with a complex m (a phase map): the complex-mask fit recovers it to < 2 %,
+    a real m cannot."""
+    img_size = (2, 10, 8, 12)
+    physics = _exact_operator(img_size, two_sided=True)
+    zz = torch.stack(
+        torch.meshgrid(*[torch.linspace(-1, 1, n) for n in img_size[1:]], indexing="ij")
+    )
+    phase = torch.exp(1j * 0.7 * torch.cos(2 * zz[0]) * torch.sin(2 * zz[2]))  # not linear
+    physics.H.spatial_mask = physics.H.spatial_mask * phase.to(torch.complex64)
+    kw = dict(n_steps=800, lr=1e-2, heldout=2, progress=False)
+    _, m, hist = fit_normal_operator(physics, img_size, complex_mask=True, **kw)
+    assert m.is_complex() and hist["heldout_rel_error"][-1] < 0.02, hist["heldout_rel_error"]
+    _, _, hist_real = fit_normal_operator(physics, img_size, **kw)
+    assert hist_real["heldout_rel_error"][-1] > 2 * hist["heldout_rel_error"][-1]
+    with pytest.raises(ValueError, match="complex_mask"):
+        fit_normal_operator(_exact_operator((1, 6, 6, 6)), (1, 6, 6, 6), complex_mask=True)
+
+
 def _sqnorm_ref(physics, img_size):
     """‖H‖² of the test operator (its own power method)."""
     x = torch.randn(1, *img_size, generator=torch.Generator().manual_seed(9))
@@ -418,7 +454,7 @@ def test_toy_conebeam_phantom_error(toy_conebeam_fit):
 @pytest.mark.xfail(
     strict=True,
     reason="measured: the one-factor H does not reach the ≤ 20 % bound of issue 6 on white "
-    "Gaussian probes for a 30-view cone beam (0.42 after 150 steps, 0.34 after 300, see the "
+    "Gaussian probes for a 30-view cone beam (0.38 after 120 steps, 0.33 after 2000, see the "
     "module docstring); the bound is kept, not loosened",
 )
 def test_toy_conebeam_heldout_error(toy_conebeam_fit):

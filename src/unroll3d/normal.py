@@ -291,6 +291,8 @@ class DiagCirculant(nn.Module):
         spatial_mask = torch.as_tensor(spatial_mask)
         if spatial_mask.dim() > 3 and all(s == 1 for s in spatial_mask.shape[:-3]):
             spatial_mask = spatial_mask.reshape(spatial_mask.shape[-3:])
+        if spatial_mask.is_complex() and not self.complex_images:
+            raise ValueError("a complex spatial_mask needs real/imag images (img_size[0] == 2)")
         if tuple(spatial_mask.shape) != spatial:
             raise ValueError(
                 f"spatial_mask has shape {tuple(spatial_mask.shape)}, expected {spatial} "
@@ -756,6 +758,7 @@ def fit_normal_operator(
     two_sided: bool | None = None,
     symmetric_kernel: bool = False,
     fit_mask: bool = True,
+    complex_mask: bool = False,
     lr_schedule: str = "cosine",
     grid: Sequence[int] | None = None,
     sqnorm: float | None = None,
@@ -786,6 +789,8 @@ def fit_normal_operator(
     :param two_sided: two-sided form; default True for C = 2 (MRI), False otherwise.
     :param bool symmetric_kernel: real λ (zero-phase kernel, half the memory).
     :param bool fit_mask: learn m (else m = 1).
+    :param bool complex_mask: complex m (real/imag images only; lets the two-sided MRI form carry
+        a phase, an extension of the paper's real m).
     :param str lr_schedule: ``"cosine"`` decay to 0 (ours) or ``"constant"``.
     :param grid: FFT grid (default :func:`padded_grid`).
     :param sqnorm: ‖A‖² if known (else the power method).
@@ -803,6 +808,8 @@ def fit_normal_operator(
     spatial = img_size[1:]
     grid = padded_grid(spatial) if grid is None else tuple(int(g) for g in grid)
     device = torch.device(device) if device is not None else _physics_device(physics)
+    if complex_mask and not complex_images:
+        raise ValueError("complex_mask needs real/imag images (img_size[0] == 2)")
     if n_steps < 0 or batch < 1 or heldout < 1 or lr <= 0:
         raise ValueError(
             f"need n_steps ≥ 0, batch ≥ 1, heldout ≥ 1, lr > 0 (got {n_steps}, {batch}, "
@@ -819,6 +826,7 @@ def fit_normal_operator(
         "two_sided": bool(two_sided),
         "symmetric_kernel": bool(symmetric_kernel),
         "fit_mask": bool(fit_mask),
+        "complex_mask": bool(complex_mask),
         "lr_schedule": lr_schedule,
         "eval_every": eval_every,
         "n_steps": int(n_steps),
@@ -858,7 +866,12 @@ def fit_normal_operator(
     lam_p = nn.Parameter(
         (lam0 if not lam0.is_complex() else torch.view_as_real(lam0)).to(device).clone()
     )
-    m_p = nn.Parameter(m0.to(device).clone(), requires_grad=fit_mask)
+    if complex_mask and not m0.is_complex():
+        m0 = m0.to(torch.complex64)
+    m_p = nn.Parameter(
+        (torch.view_as_real(m0) if m0.is_complex() else m0).to(device).clone(),
+        requires_grad=fit_mask,
+    )
     params = [lam_p] + ([m_p] if fit_mask else [])
     opt = torch.optim.Adam(params, lr=lr)
     history: dict[str, Any] = {
@@ -877,8 +890,11 @@ def fit_normal_operator(
     def lam_value() -> torch.Tensor:
         return torch.view_as_complex(lam_p) if lam_p.dim() == 4 else lam_p
 
+    def m_value() -> torch.Tensor:
+        return torch.view_as_complex(m_p) if m_p.dim() == 4 else m_p
+
     def h_apply(x: torch.Tensor) -> torch.Tensor:
-        return _apply_h(x, lam_value(), m_p, grid, complex_images, two_sided)
+        return _apply_h(x, lam_value(), m_value(), grid, complex_images, two_sided)
 
     # held-out targets, computed once
     held_x = [_probe((1, *img_size), seed, 1, i) for i in range(heldout)]
@@ -903,7 +919,7 @@ def fit_normal_operator(
                 "config": config,
                 "step": step,
                 "lam": lam_value().detach().cpu(),
-                "m": m_p.detach().cpu(),
+                "m": m_value().detach().cpu(),
                 "optim": opt.state_dict(),
                 "history": history,
                 "running": list(running),
@@ -960,7 +976,7 @@ def fit_normal_operator(
     history["two_sided"] = bool(two_sided)
     history["seconds"] = history.get("seconds", 0.0) + time.perf_counter() - t_start
     history["config"] = config
-    return lam_value().detach().clone(), m_p.detach().clone(), history
+    return lam_value().detach().clone(), m_value().detach().clone(), history
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1191,6 +1207,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="two-sided form (auto: yes for complex/MRI images)",
     )
     p.add_argument("--symmetric-kernel", action="store_true", help="real λ (half memory)")
+    p.add_argument(
+        "--complex-mask",
+        action="store_true",
+        help="complex m for real/imag (MRI) images (an extension of the paper's real m)",
+    )
     p.add_argument("--checkpoint", help="resumable state (default: --out with .ckpt)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument(
@@ -1224,6 +1245,7 @@ def _run(args: argparse.Namespace, device: torch.device) -> int:
         heldout=args.heldout,
         two_sided=two_sided,
         symmetric_kernel=args.symmetric_kernel,
+        complex_mask=args.complex_mask,
         lr_schedule=args.lr_schedule,
         checkpoint=ckpt,
         checkpoint_every=args.checkpoint_every,
