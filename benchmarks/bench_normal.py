@@ -43,20 +43,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step, x, iters: int, warmup: int, device: torch.device) -> float:
-    """Seconds per call of ``step`` (after ``warmup`` calls)."""
-    with torch.no_grad():
-        for _ in range(warmup):
-            x = step(x)
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            x = step(x)
-        _sync(device)
+def time_steps(
+    step, x, iters: int, warmup: int, device: torch.device, backward: bool = False
+) -> float:
+    """Seconds per call of ``step`` (after ``warmup`` calls); with ``backward``, each call also
+    back-propagates a scalar loss to the input (a training step's data part)."""
+
+    def once(x):
+        if not backward:
+            with torch.no_grad():
+                return step(x)
+        xg = x.detach().requires_grad_(True)
+        step(xg).square().sum().backward()
+        return x
+
+    for _ in range(warmup):
+        x = once(x)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        x = once(x)
+    _sync(device)
     return (time.perf_counter() - t0) / iters
 
 
-def bench_one(n: int, p: int, views: int, iters: int, warmup: int, device: torch.device):
+def bench_one(
+    n: int, p: int, views: int, iters: int, warmup: int, device: torch.device, backward: bool
+):
     from unroll3d.normal import DiagCirculant, _impulse_filter, padded_grid
     from unroll3d.physics import ConeBeam
 
@@ -89,7 +102,7 @@ def bench_one(n: int, p: int, views: int, iters: int, warmup: int, device: torch
     spp = {}
     for method, normal in (("exact", exact_normal), ("H", R)):
         spp[method] = time_steps(
-            lambda xp, nrm=normal: xp - eta * (nrm(xp) - b), x0, iters, warmup, device
+            lambda xp, nrm=normal: xp - eta * (nrm(xp) - b), x0, iters, warmup, device, backward
         )
     for method in ("exact", "H"):
         rows.append(
@@ -101,6 +114,7 @@ def bench_one(n: int, p: int, views: int, iters: int, warmup: int, device: torch
                 "views": views,
                 "kernel_grid": "x".join(str(k) for k in R.grid),
                 "method": method,
+                "backward": backward,
                 "iters": iters,
                 "s_per_step": spp[method],
                 "it_per_s": 1.0 / spp[method],
@@ -119,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--views", type=int, default=30)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--backward", action="store_true", help="also back-propagate (training)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     ap.add_argument("--out", required=True, help="CSV output")
@@ -134,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         for p in args.patches:
             if p > n:
                 continue
-            rows += bench_one(n, p, args.views, args.iters, args.warmup, device)
+            rows += bench_one(n, p, args.views, args.iters, args.warmup, device, args.backward)
             r = rows[-1]
             print(
                 f"volume {n}³ patch {p}³ ({r['backend']}): exact {rows[-2]['it_per_s']:.2f} it/s, "
