@@ -97,7 +97,14 @@ def reconstruct(
             model.set_tiling(None)
         if spec.kind == "postproc" or not refine_enabled(task, config):
             return est
-        return partitioner(sample.y, physics, x0=x0, x_init=est, refine=True, **h_kwargs(spec, H))
+        return partitioner(
+            sample.y,
+            physics,
+            x0=x0,
+            x_init=est,
+            refine=True,
+            **h_kwargs(spec, H, sample.x.shape[1:]),
+        )
 
 
 def refine_enabled(task: str, config: dict) -> bool:

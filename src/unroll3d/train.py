@@ -173,13 +173,25 @@ def load_H(path: str | Path | None, device: torch.device | str = "cpu") -> dict 
     return out
 
 
-def h_kwargs(spec: VariantSpec, H: dict | None) -> dict:
-    """Keyword arguments that carry H to a ``PartitionedReconstructor`` call."""
+def h_kwargs(spec: VariantSpec, H: dict | None, img_size: Sequence[int]) -> dict:
+    """Keyword arguments that carry H to a ``PartitionedReconstructor`` call.
+
+    One :class:`unroll3d.normal.DiagCirculant` is built per H and kept in ``H["_op"]``, so its
+    cropped kernel λ_k (one inverse FFT of the full λ) is computed once per patch size rather
+    than at every training step.
+    """
     if not spec.use_H:
         return {}
     if H is None:
         raise ValueError("variant uses H but no normal-operator file (--normal) was given")
-    return {"fourier_filter": H["fourier_filter"], "spatial_mask": H["spatial_mask"]}
+    if "_op" not in H:
+        from unroll3d.normal import DiagCirculant
+
+        kw = {"two_sided": bool(H.get("two_sided", False))}
+        if H.get("grid") is not None:
+            kw["grid"] = tuple(H["grid"])
+        H["_op"] = DiagCirculant(H["fourier_filter"], H["spatial_mask"], tuple(img_size), **kw)
+    return {"normal": H["_op"]}
 
 
 def physics_for(sample, spec: VariantSpec, H: dict | None, lipschitz: float, device=None):
@@ -261,7 +273,7 @@ def estimate_pair(
             sample.x,
             generator=generator,
             x0=x0,
-            **h_kwargs(spec, H),
+            **h_kwargs(spec, H, sample.x.shape[1:]),
         )
     return model(sample.y, physics, x_init=x0), sample.x
 
