@@ -1481,8 +1481,10 @@ def fig_psnr_vs_setting(
             if len(xs) == 1:
                 ax.set_xlim(xs[0] * 0.8, xs[0] * 1.2)
             handles += [
-                Line2D([], [], color="k", label="ours (solid)"),
-                Line2D([], [], color="k", ls="--", label="paper (dashed)"),
+                Line2D([], [], color="k", marker="o", label="ours (filled, solid)"),
+                Line2D(
+                    [], [], color="k", ls="--", marker="o", mfc="none", label="paper (open, dashed)"
+                ),
             ]
             ax.legend(
                 handles=handles,

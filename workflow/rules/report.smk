@@ -7,11 +7,13 @@
 #   manifest             results/manifest.json: sha256 + producing rule of every file under
 #                        results/, input checksums, software versions, hardware, commit, config
 # Outputs are report() items with captions in workflow/report/, categorised by paper section.
+import os
+
 REPORT_TABLES = f"{RESULTS}/tables"
 REPORT_FIGURES = f"{RESULTS}/figures"
 ILLUSTRATIONS = f"{REPORT_FIGURES}/data"
 REPORT_CONFIG = config.get("report", {})
-CONFIG_LABEL = " ".join(str(f) for f in workflow.configfiles) or "config/config.yaml"
+CONFIG_LABEL = " ".join(os.path.relpath(f) for f in workflow.configfiles) or "config/config.yaml"
 
 # table -> (caption, category); figure -> (caption, category)
 TABLE_ITEMS = {
