@@ -82,6 +82,7 @@ TASK_TITLE = {"cbct": "Walnut-CBCT", "mri": "MC-MRI"}
 METHOD_LABEL = {
     "cbct": {
         "fdk": "FDK (analytical)",
+        "adjoint": "Adjoint Aᵀy",
         "tv": "TV (variational)",
         "postproc": "DRUNet[3D] (post-processing)",
         "unrolled": "Unrolled[3D] (standard)",
@@ -91,6 +92,7 @@ METHOD_LABEL = {
     },
     "mri": {
         "fdk": "Zero-filled (Aᴴy)",
+        "adjoint": "Zero-filled (Aᴴy)",
         "tv": "TV (variational)",
         "postproc": "DRUNet[3D] (post-processing)",
         "unrolled": "Unrolled[3D] (standard)",
@@ -103,6 +105,7 @@ METHOD_LABEL = {
 SHORT_LABEL = {
     "cbct": {
         "fdk": "FDK",
+        "adjoint": "Aᵀy",
         "tv": "TV",
         "postproc": "Post-proc. 3D",
         "unrolled": "Unrolled",
@@ -112,6 +115,7 @@ SHORT_LABEL = {
     },
     "mri": {
         "fdk": "Zero-filled",
+        "adjoint": "Zero-filled",
         "tv": "TV",
         "postproc": "Post-proc. 3D",
         "unrolled": "Unrolled",
@@ -129,6 +133,7 @@ ABLATION_LABEL = {
 #: One colour and marker per variant, shared by every figure.
 VARIANT_STYLE = {
     "fdk": ("#7f7f7f", "v"),
+    "adjoint": ("#bcbd22", "v"),
     "tv": ("#8c564b", "^"),
     "postproc": ("#1f77b4", "s"),
     "unrolled": ("#2ca02c", "D"),
