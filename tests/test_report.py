@@ -467,3 +467,16 @@ def test_normal_illustration_exact_for_a_scaled_identity(tmp_path, monkeypatch):
     assert z["lam"].shape == grid[1:] and np.allclose(z["lam"], 0.0, atol=1e-5)  # log10|1| = 0
     assert float(z["heldout_rel_err"]) == pytest.approx(0.1)
     np.testing.assert_array_equal(z["history_step"], [0, 10])
+
+
+@pytest.mark.parametrize("grid", [(6, 5, 7), (4, 6, 8)])
+def test_lambda_plane_from_rfft_layout_matches_full_fft(grid):
+    """The displayed k0 = 0 plane of λ, rebuilt from the rfft half by Hermitian symmetry."""
+    torch = pytest.importorskip("torch")
+    kernel = torch.randn(grid, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    full = torch.fft.fftn(kernel)
+    expected = np.fft.fftshift(np.log10(full[0].abs().numpy() + 1e-8))
+    got = report._lam_center_slice(torch.fft.rfftn(kernel), grid)
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+    # a full (complex-image) filter is used as is
+    np.testing.assert_allclose(report._lam_center_slice(full, grid), expected, atol=1e-10)

@@ -1632,6 +1632,32 @@ def _central(a, axis: int = 0) -> np.ndarray:
     return np.asarray(a[tuple(idx)], dtype=np.float64)
 
 
+def _lam_center_slice(lam, grid: tuple[int, ...]) -> np.ndarray:
+    """``log10|λ|`` on the zero-frequency plane k0 = 0, centred in (k1, k2).
+
+    Only that plane is built, so a filter on a ~1000³ grid is never expanded in full. An
+    ``rfftn``-layout filter (last axis ``N2 // 2 + 1``) is extended to the full last axis by
+    Hermitian symmetry, λ(0, k1, k2) = conj λ(0, −k1, N2 − k2) (a real kernel).
+    """
+    import torch
+
+    lam = torch.as_tensor(lam).detach().cpu()
+    while lam.dim() > 3:
+        lam = lam[0]
+    plane = lam[0]  # (N1, N2 or N2 // 2 + 1)
+    n2 = grid[-1] if grid else plane.shape[-1]
+    if plane.shape[-1] != n2:  # rfft layout
+        half = plane.shape[-1]
+        if not plane.is_complex():
+            plane = plane.to(torch.complex64)
+        rest = torch.flip(plane, dims=(0,)).roll(1, dims=0)  # index −k1
+        ks = torch.arange(half, n2)
+        tail = torch.conj(rest[:, n2 - ks])
+        plane = torch.cat([plane, tail], dim=-1)
+    mag = plane.abs().double().numpy()
+    return np.fft.fftshift(np.log10(mag + 1e-8))
+
+
 def normal_illustration(
     normal_path: str | Path,
     data_path: str | Path,
@@ -1676,20 +1702,14 @@ def normal_illustration(
         ata = sample.physics.A_adjoint_A(x)
         hx = float(fit["scaling"]) * H(x)
     rel = float(torch.linalg.vector_norm(ata - hx) / torch.linalg.vector_norm(ata).clamp_min(1e-30))
-    lam = fit["fourier_filter"].detach().cpu()
-    grid = tuple(fit.get("grid") or lam.shape)
-    if lam.shape[-1] != grid[-1]:  # rfft layout -> full spectrum for display
-        lam = torch.fft.fftn(torch.fft.irfftn(lam, s=grid))
-    lam_img = np.fft.fftshift(np.log10(np.abs(lam.numpy()) + 1e-8))
-    while lam_img.ndim > 3:
-        lam_img = lam_img[0]
+    lam_img = _lam_center_slice(fit["fourier_filter"], tuple(fit.get("grid") or ()))
     mask = fit["spatial_mask"].detach().cpu().abs().double().numpy()
     hist = fit.get("history") or {}
     arrays = {
         "x": _central(x),
         "AtAx": _central(ata),
         "Hx": _central(hx),
-        "lam": lam_img[lam_img.shape[0] // 2],
+        "lam": lam_img,
         "mask": _central(mask),
         "history_step": np.asarray(hist.get("step", []), dtype=np.float64),
         "history": np.asarray(hist.get("heldout_rel_error", []), dtype=np.float64),
