@@ -344,7 +344,11 @@ class PartitionedPhysics(LinearPhysics):
             ctx = x_context.detach().repeat(len(starts), *([1] * (x_context.ndim - 1)))
             for i, st in enumerate(starts):
                 crop_patch(ctx[i * self.batch : (i + 1) * self.batch], st, patch).zero_()
-            y_rep = y.detach().repeat(len(starts), *([1] * (y.ndim - 1)))
+            y_rep = (
+                y.detach()
+                if len(starts) == 1
+                else y.detach().repeat(len(starts), *([1] * (y.ndim - 1)))
+            )
             self.y_tilde = y_rep - self._global(physics.A, ctx)
             del ctx
             self.x_init_patch = None if x_init is None else self.crop(x_init.detach())
