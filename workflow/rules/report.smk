@@ -24,6 +24,7 @@ TABLE_ITEMS = {
 }
 FIGURE_ITEMS = {
     "fig1_data_vs_network": ("fig1_data_vs_network.rst", "Fig. 1 · data step vs network step"),
+    "fig2_partition_schematic": ("fig2_partition_schematic.rst", "Fig. 2 · domain partitioning (§4.3)"),
     "fig_normal_cbct": ("fig_normal.rst", "Figs. 9-10 · normal operator H (§4.5)"),
     "fig_normal_mri": ("fig_normal.rst", "Figs. 9-10 · normal operator H (§4.5)"),
     "fig_slices_cbct": ("fig_slices.rst", "Figs. 3-4 · qualitative slices"),
