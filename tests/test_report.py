@@ -480,3 +480,16 @@ def test_lambda_plane_from_rfft_layout_matches_full_fft(grid):
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
     # a full (complex-image) filter is used as is
     np.testing.assert_allclose(report._lam_center_slice(full, grid), expected, atol=1e-10)
+
+
+def test_failed_evaluation_is_shown_not_averaged(tmp_path):
+    write_evals(tmp_path, slices=False)
+    p = tmp_path / "eval" / "cbct" / "v30" / "postproc" / "vol_b.json"
+    rec = json.loads(p.read_text())
+    rec.update(status="failed", message="boom", psnr=None, ssim=None)
+    p.write_text(json.dumps(rec))
+    cells = report.collect_evals(tmp_path, CONFIG)
+    report.write_tables(cells, CONFIG, tmp_path / "t", commit="x")
+    md = (tmp_path / "t" / "table1_cbct.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| DRUNet[3D]"))
+    assert row.split(" | ")[1].startswith("failed / 0.857")  # SSIM v30 cell
