@@ -1077,8 +1077,10 @@ def fig_data_vs_network(bench_csv: Path, out_dir: Path, reason: str | None = Non
         fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.6))
         df = None if reason else _read_csv(bench_csv)
         if df is None or df.empty:
-            for ax in axes:
+            for ax, what in zip(axes, ("peak memory", "time of forward + backward"), strict=True):
                 no_data(ax, reason or f"{bench_csv} not found")
+                ax.set_title(what)
+            fig.suptitle("Data step vs network step (Fig. 1)", fontsize=8)
         else:
             ncol = _size_col(df, bench_csv)
             scol = _col(df, ("step", "component", "kind"), bench_csv)
@@ -1189,85 +1191,87 @@ def fig_normal(
     """
     plt = _plt()
     name = f"fig_normal_{task}"
+    title = f"{TASK_TITLE[task]}: diagonal-circulant H ≈ AᵀA"
+    existing = {s: p for s, p in npz_paths.items() if p.exists()} if not reason else {}
     with plt.rc_context(STYLE):
-        fig = plt.figure(figsize=(7.2, 3.8))
-        gs = fig.add_gridspec(2, 4, width_ratios=[1, 1, 1, 1.25])
-        axes = [fig.add_subplot(gs[i, j]) for i in range(2) for j in range(3)]
-        curve = fig.add_subplot(gs[:, 3])
-        existing = {s: p for s, p in npz_paths.items() if p.exists()} if not reason else {}
         if not existing:
             why = reason or (
                 "missing " + ", ".join(str(p) for p in npz_paths.values())
                 if npz_paths
                 else "no settings"
             )
-            for ax in axes:
-                no_data(ax, "")
-            no_data(curve, why)
+            fig, ax = plt.subplots(figsize=(6.4, 2.4))
+            no_data(ax, why)
+            fig.suptitle(title, fontsize=8)
+            fig.tight_layout()
+            return save_figure(fig, out_dir, name)
+        fig = plt.figure(figsize=(7.2, 3.8))
+        gs = fig.add_gridspec(2, 4, width_ratios=[1, 1, 1, 1.25])
+        axes = [fig.add_subplot(gs[i, j]) for i in range(2) for j in range(3)]
+        curve = fig.add_subplot(gs[:, 3])
+        setting, path = next(iter(existing.items()))
+        z = _load_npz(path)
+        for key in ("x", "AtAx", "Hx", "lam", "mask"):
+            if key not in z:
+                raise ReportError(f"{path}: missing array {key!r} (has {sorted(z)})")
+        x, ata, hx = (_to_image(z[k], k) for k in ("x", "AtAx", "Hx"))
+        err = (ata - hx) ** 2
+        lo, hi = np.percentile(np.concatenate([ata.ravel(), hx.ravel()]), [0.5, 99.5])
+        rel = (
+            float(z["rel_err_x"])
+            if "rel_err_x" in z
+            else float(np.linalg.norm(ata - hx) / max(np.linalg.norm(ata), 1e-30))
+        )
+        panels = [
+            (x, None, None, "gray", "x"),
+            (ata, lo, hi, "gray", "AᵀA x (exact)"),
+            (hx, lo, hi, "gray", "H x"),
+            (
+                _to_image(z["lam"], "lam"),
+                None,
+                None,
+                "viridis",
+                "filter λ\n(log₁₀|λ|, centred)",
+            ),
+            (_to_image(z["mask"], "mask"), None, None, "viridis", "mask m"),
+            (err, None, None, "magma", f"(AᵀAx − Hx)²\n‖AᵀAx − Hx‖/‖AᵀAx‖ = {rel:.3f}"),
+        ]
+        for ax, (img, a, b, cmap, title) in zip(axes, panels, strict=True):
+            im = _imshow(ax, img, a, b, cmap=cmap, title=title)
+            cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, format="%.3g")
+            cbar.ax.tick_params(labelsize=5.5)
+        drew = False
+        for s_, p in existing.items():
+            zz = _load_npz(p)
+            hist = np.asarray(zz.get("history", np.array([])), dtype=float).ravel()
+            if not hist.size:
+                continue
+            steps = np.asarray(zz.get("history_step", np.arange(hist.size)), dtype=float)
+            steps = steps.ravel() if steps.size == hist.size else np.arange(hist.size)
+            (line,) = curve.plot(steps, hist, label=f"{s_} held-out")
+            train = np.asarray(zz.get("history_train", np.array([])), dtype=float).ravel()
+            if train.size == hist.size and np.isfinite(train).any():
+                curve.plot(
+                    steps,
+                    train,
+                    ls=":",
+                    color=line.get_color(),
+                    alpha=0.7,
+                    label=f"{s_} training probes",
+                )
+            drew = True
+        if drew:
+            _log_y(curve)
+            curve.set_xlabel("Adam step")
+            curve.set_ylabel("‖AᵀAx − Hx‖ / ‖AᵀAx‖ (Gaussian probes)")
+            curve.set_title("fit of H to AᵀA/‖A‖²")
+            curve.legend(frameon=False, loc="upper right", fontsize=6)
         else:
-            setting, path = next(iter(existing.items()))
-            z = _load_npz(path)
-            for key in ("x", "AtAx", "Hx", "lam", "mask"):
-                if key not in z:
-                    raise ReportError(f"{path}: missing array {key!r} (has {sorted(z)})")
-            x, ata, hx = (_to_image(z[k], k) for k in ("x", "AtAx", "Hx"))
-            err = (ata - hx) ** 2
-            lo, hi = np.percentile(np.concatenate([ata.ravel(), hx.ravel()]), [0.5, 99.5])
-            rel = (
-                float(z["rel_err_x"])
-                if "rel_err_x" in z
-                else float(np.linalg.norm(ata - hx) / max(np.linalg.norm(ata), 1e-30))
-            )
-            panels = [
-                (x, None, None, "gray", "x"),
-                (ata, lo, hi, "gray", "AᵀA x (exact)"),
-                (hx, lo, hi, "gray", "H x"),
-                (
-                    _to_image(z["lam"], "lam"),
-                    None,
-                    None,
-                    "viridis",
-                    "filter λ\n(log₁₀|λ|, centred)",
-                ),
-                (_to_image(z["mask"], "mask"), None, None, "viridis", "mask m"),
-                (err, None, None, "magma", f"(AᵀAx − Hx)²\n‖AᵀAx − Hx‖/‖AᵀAx‖ = {rel:.3f}"),
-            ]
-            for ax, (img, a, b, cmap, title) in zip(axes, panels, strict=True):
-                im = _imshow(ax, img, a, b, cmap=cmap, title=title)
-                cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, format="%.3g")
-                cbar.ax.tick_params(labelsize=5.5)
-            drew = False
-            for s_, p in existing.items():
-                zz = _load_npz(p)
-                hist = np.asarray(zz.get("history", np.array([])), dtype=float).ravel()
-                if not hist.size:
-                    continue
-                steps = np.asarray(zz.get("history_step", np.arange(hist.size)), dtype=float)
-                steps = steps.ravel() if steps.size == hist.size else np.arange(hist.size)
-                (line,) = curve.plot(steps, hist, label=f"{s_} held-out")
-                train = np.asarray(zz.get("history_train", np.array([])), dtype=float).ravel()
-                if train.size == hist.size and np.isfinite(train).any():
-                    curve.plot(
-                        steps,
-                        train,
-                        ls=":",
-                        color=line.get_color(),
-                        alpha=0.7,
-                        label=f"{s_} training probes",
-                    )
-                drew = True
-            if drew:
-                _log_y(curve)
-                curve.set_xlabel("Adam step")
-                curve.set_ylabel("‖AᵀAx − Hx‖ / ‖AᵀAx‖ (Gaussian probes)")
-                curve.set_title("fit of H to AᵀA/‖A‖²")
-                curve.legend(frameon=False, loc="upper right", fontsize=6)
-            else:
-                no_data(curve, "no fit history in the illustration files")
-            fig.suptitle(
-                f"{TASK_TITLE[task]}: diagonal-circulant H ≈ AᵀA ({setting}, central slice)",
-                fontsize=8,
-            )
+            no_data(curve, "no fit history in the illustration files")
+        fig.suptitle(
+            f"{TASK_TITLE[task]}: diagonal-circulant H ≈ AᵀA ({setting}, central slice)",
+            fontsize=8,
+        )
         fig.tight_layout()
         return save_figure(fig, out_dir, name)
 
@@ -1603,6 +1607,7 @@ def fig_partition_memory(bench_csv: Path, out_dir: Path, reason: str | None = No
         df = None if reason else _read_csv(bench_csv)
         if df is None or df.empty:
             no_data(ax, reason or f"{bench_csv} not found")
+            ax.set_title("Partitioned vs full-volume training memory", fontsize=7)
         else:
             ncol = _size_col(df, bench_csv)
             mcol = _col(df, ("method", "variant", "mode", "kind"), bench_csv)
