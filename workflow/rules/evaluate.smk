@@ -56,6 +56,4 @@ def eval_targets():
     ]
 
 
-# `volumes` comes from data.smk (the data stage); until it exists there is nothing to evaluate.
-if "volumes" in globals():
-    FINAL_TARGETS.extend(eval_targets())
+FINAL_TARGETS.extend(eval_targets())
