@@ -56,6 +56,7 @@ rule bench_partition:
         sizes=join_values(BENCH_CFG["sizes"]),
         patch=BENCH_CFG["patch"],
         views=BENCH_CFG["views"],
+        op=BENCH_CFG["partition_operator"],
         channels=join_values(config["model"]["channels"]),
         blocks=config["model"]["blocks"],
     log:
@@ -69,7 +70,7 @@ rule bench_partition:
         gpu=1,
     shell:
         "unroll3d device run -- python benchmarks/bench_partition.py --sizes {params.sizes}"
-        " --patch {params.patch} --views {params.views} --channels {params.channels}"
+        " --patch {params.patch} --op {params.op} --views {params.views} --channels {params.channels}"
         " --blocks {params.blocks} --threads {threads} --out {output} > {log} 2>&1"
 
 

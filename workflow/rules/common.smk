@@ -1,6 +1,7 @@
 # Shared Python for the rules: config validation, wildcard values, path conventions, final targets.
 # Rules stay thin: they call `unroll3d <verb>` with explicit inputs and outputs.
 import json
+from pathlib import Path
 
 from snakemake.utils import validate
 
@@ -40,3 +41,182 @@ wildcard_constraints:
     task="cbct|mri",
     setting=r"v\d+|R[0-9.]+",
     variant="|".join(v.replace("-", r"\-") for v in config["variants"]),
+
+
+# ---- data stage helpers (used by workflow/rules/data.smk) ----
+
+
+def volumes(task, split):
+    """Volume ids of a split: ["walnut3", ...] (cbct) or HDF5 stems (mri); split may be "all"."""
+    splits = config[task]["splits"]
+    names = DATA_SPLITS if split == "all" else (split,)
+    out = []
+    for name in names:
+        for v in splits.get(name, []):
+            out.append(f"walnut{v}" if task == "cbct" else str(v))
+    return out
+
+
+def _check_splits():
+    """Stop at DAG time if a volume sits in two splits (test leakage)."""
+    for task in config["tasks"]:
+        seen = {}
+        for name in DATA_SPLITS:
+            for v in config[task]["splits"].get(name, []):
+                if v in seen:
+                    raise ValueError(f"config {task}.splits: volume {v!r} is in both {seen[v]} and {name}")
+                seen[v] = name
+
+
+def sample_path(task, volume):
+    """Preprocessed file of one volume (input of fit-normal, train, evaluate)."""
+    return f"{RESULTS}/data/{task}/{volume}.pt"
+
+
+def _toy(task):
+    return config[task]["source"] == "toy"
+
+
+def _registry_args(task):
+    return f"--registry {RESOURCES}/{task}/toy/registry.csv --serve {RESOURCES}/{task}/toy" if _toy(task) else ""
+
+
+def _walnut_numbers():
+    return sorted({int(v) for s in DATA_SPLITS for v in config["cbct"]["splits"].get(s, [])})
+
+
+def _stored_views():
+    """--views argument: store only the union of the settings' views unless store_all_views."""
+    if config["cbct"].get("store_all_views", False):
+        return ""
+    return "--views " + " ".join(str(v) for v in config["cbct"]["views"])
+
+
+def _challenge_masks():
+    if config["mri"].get("mask_source", "seeded") != "challenge":
+        return []
+    return [f"{RESOURCES}/mri/raw/R{r:g}_218x170.npy" for r in config["mri"]["accelerations"]]
+
+
+# ---- normal stage helpers (used by workflow/rules/normal.smk) ----
+
+
+def normal_reference_volume(task):
+    """Volume id whose operator H is fitted to (config normal.reference.<task>, else the first
+    training volume)."""
+    chosen = config["normal"].get("reference", {}).get(task)
+    return chosen if chosen else volumes(task, "train")[0]
+
+
+def normal_input(wildcards):
+    return sample_path(wildcards.task, normal_reference_volume(wildcards.task))
+
+
+# ---- train stage helpers (used by workflow/rules/train.smk) ----
+
+
+def train_inputs(wildcards):
+    inputs = {
+        "train": [sample_path(wildcards.task, v) for v in volumes(wildcards.task, "train")],
+        "val": [sample_path(wildcards.task, v) for v in volumes(wildcards.task, "val")],
+    }
+    if wildcards.variant.endswith("-H"):
+        inputs["normal"] = f"{RESULTS}/normal/{wildcards.task}/{wildcards.setting}.pt"
+    return inputs
+
+
+def normal_arg(wildcards, input):
+    """`--normal FILE` for the variants that use the fitted H, else nothing."""
+    return f"--normal {input.normal}" if "normal" in input.keys() else ""
+
+
+# ---- evaluate stage helpers (used by workflow/rules/evaluate.smk) ----
+
+
+def evaluate_inputs(wildcards):
+    base = f"{RESULTS}/models/{wildcards.task}/{wildcards.setting}/{wildcards.variant}"
+    inputs = {
+        "model": f"{base}.pt",
+        "stats": f"{base}.json",
+        "sample": sample_path(wildcards.task, wildcards.volume),
+    }
+    if wildcards.variant.endswith("-H"):
+        inputs["normal"] = f"{RESULTS}/normal/{wildcards.task}/{wildcards.setting}.pt"
+    return inputs
+
+
+def eval_targets():
+    return [
+        f"{EVAL}/{task}/{setting}/{variant}/{volume}.json"
+        for task in config["tasks"]
+        for setting in settings(task)
+        for variant in config["variants"]
+        for volume in volumes(task, "test")
+    ]
+
+
+# ---- report stage helpers (used by workflow/rules/report.smk) ----
+
+
+def report_eval_inputs():
+    """Every requested evaluation JSON and its slices (.npz) (eval_targets() of evaluate.smk)."""
+    jsons = eval_targets()
+    return jsons + [j[: -len(".json")] + ".npz" for j in jsons]
+
+
+def report_bench_inputs(wildcards):
+    """Benchmark CSVs the figures read, for the benchmark rules that exist in this workflow."""
+    if not config["benchmarks"]["enabled"]:
+        return {}
+    out = {}
+    defined = {r.name for r in workflow.rules}
+    for name in ("bench_steps", "bench_partition", "bench_normal"):
+        if name in defined:
+            csvs = [f for f in getattr(rules, name).output if str(f).endswith(".csv")]
+            if csvs:
+                out[name] = csvs[0]
+    return out
+
+
+def report_bench_args(wildcards, input):
+    keys = input.keys()
+    args = []
+    if "bench_steps" in keys:
+        args.append(f"--bench-steps {input.bench_steps}")
+    if "bench_partition" in keys:
+        args.append(f"--bench-partition {input.bench_partition}")
+    if "bench_normal" in keys:
+        args.append(f"--bench-normal {input.bench_normal}")
+    return " ".join(args)
+
+
+def illustration_targets():
+    return [
+        f"{ILLUSTRATIONS}/normal_{task}_{setting}.npz"
+        for task in config["tasks"]
+        for setting in settings(task)
+    ]
+
+
+def report_outputs():
+    """The tables and figures as report() items (the PDF and LaTeX copies as plain outputs)."""
+    out = {}
+    for name, (caption, category) in TABLE_ITEMS.items():
+        for ext in ("md", "csv"):
+            out[f"{name}_{ext}"] = report(
+                f"{REPORT_TABLES}/{name}.{ext}",
+                caption=f"../report/{caption}",
+                category=category,
+                subcategory="Markdown" if ext == "md" else "CSV (tidy, one row per cell)",
+                labels={"table": name, "format": ext},
+            )
+        out[f"{name}_tex"] = f"{REPORT_TABLES}/{name}.tex"
+    for name, (caption, category) in FIGURE_ITEMS.items():
+        out[f"{name}_png"] = report(
+            f"{REPORT_FIGURES}/{name}.png",
+            caption=f"../report/{caption}",
+            category=category,
+            labels={"figure": name},
+        )
+        out[f"{name}_pdf"] = f"{REPORT_FIGURES}/{name}.pdf"
+    return out

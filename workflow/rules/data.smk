@@ -5,56 +5,10 @@
 DATA_SPLITS = ("train", "val", "test")
 
 
-def volumes(task, split):
-    """Volume ids of a split: ["walnut3", ...] (cbct) or HDF5 stems (mri); split may be "all"."""
-    splits = config[task]["splits"]
-    names = DATA_SPLITS if split == "all" else (split,)
-    out = []
-    for name in names:
-        for v in splits.get(name, []):
-            out.append(f"walnut{v}" if task == "cbct" else str(v))
-    return out
-
-
-def _check_splits():
-    """Stop at DAG time if a volume sits in two splits (test leakage)."""
-    for task in config["tasks"]:
-        seen = {}
-        for name in DATA_SPLITS:
-            for v in config[task]["splits"].get(name, []):
-                if v in seen:
-                    raise ValueError(f"config {task}.splits: volume {v!r} is in both {seen[v]} and {name}")
-                seen[v] = name
-
-
 _check_splits()
 
 
-def sample_path(task, volume):
-    """Preprocessed file of one volume (input of fit-normal, train, evaluate)."""
-    return f"{RESULTS}/data/{task}/{volume}.pt"
-
-
-def _toy(task):
-    return config[task]["source"] == "toy"
-
-
-def _registry_args(task):
-    return f"--registry {RESOURCES}/{task}/toy/registry.csv --serve {RESOURCES}/{task}/toy" if _toy(task) else ""
-
-
-def _walnut_numbers():
-    return sorted({int(v) for s in DATA_SPLITS for v in config["cbct"]["splits"].get(s, [])})
-
-
 MRI_ZIP = "train_val_12_channel.zip"
-
-
-def _stored_views():
-    """--views argument: store only the union of the settings' views unless store_all_views."""
-    if config["cbct"].get("store_all_views", False):
-        return ""
-    return "--views " + " ".join(str(v) for v in config["cbct"]["views"])
 
 
 localrules:
@@ -65,9 +19,10 @@ localrules:
 
 rule toy_cbct:
     output:
-        zips=expand(RESOURCES + "/cbct/toy/Walnut{n}.zip", n=_walnut_numbers()),
+        zips=expand(f"{RESOURCES}/cbct/toy/Walnut{{n}}.zip", n=_walnut_numbers()),
         registry=f"{RESOURCES}/cbct/toy/registry.csv",
     params:
+        outdir=lambda wildcards, output: Path(output[0]).parent,
         walnuts=" ".join(str(n) for n in _walnut_numbers()),
         size=lookup(dpath="cbct/toy/size", within=config, default=24),
         det=" ".join(str(n) for n in lookup(dpath="cbct/toy/det_shape", within=config, default=[30, 24])),
@@ -80,8 +35,10 @@ rule toy_cbct:
     benchmark:
         f"{BENCH}/toy_cbct.tsv"
     threads: 1
+    conda:
+        CONDA_ENV
     shell:
-        "unroll3d toy cbct --out {RESOURCES}/cbct/toy --walnuts {params.walnuts} --size {params.size}"
+        "unroll3d toy cbct --out {params.outdir} --walnuts {params.walnuts} --size {params.size}"
         " --det-shape {params.det} --n-full {params.n_full} --orbit {params.orbit}"
         " --voxel-mm {params.voxel} --seed {params.seed} > {log} 2>&1"
 
@@ -91,6 +48,7 @@ rule toy_mri:
         zip=f"{RESOURCES}/mri/toy/{MRI_ZIP}",
         registry=f"{RESOURCES}/mri/toy/registry.csv",
     params:
+        outdir=lambda wildcards, output: Path(output[0]).parent,
         train=" ".join(volumes("mri", "train") + volumes("mri", "val")),
         val=" ".join(volumes("mri", "test")),
         shape=" ".join(str(n) for n in lookup(dpath="mri/toy/shape", within=config, default=[16, 20, 18])),
@@ -102,8 +60,10 @@ rule toy_mri:
     benchmark:
         f"{BENCH}/toy_mri.tsv"
     threads: 1
+    conda:
+        CONDA_ENV
     shell:
-        "unroll3d toy mri --out {RESOURCES}/mri/toy --train {params.train} --val {params.val}"
+        "unroll3d toy mri --out {params.outdir} --train {params.train} --val {params.val}"
         " --shape {params.shape} --coils {params.coils} --partial-fourier {params.pf}"
         " --seed {params.seed} > {log} 2>&1"
 
@@ -114,6 +74,7 @@ rule download_walnut:
     output:
         f"{RESOURCES}/cbct/raw/Walnut{{n}}.zip",
     params:
+        outdir=lambda wildcards, output: Path(output[0]).parent,
         src=_registry_args("cbct"),
         retries=config["cbct"]["download_retries"],
     wildcard_constraints:
@@ -123,8 +84,10 @@ rule download_walnut:
     benchmark:
         f"{BENCH}/download/Walnut{{n}}.tsv"
     threads: 1
+    conda:
+        CONDA_ENV
     shell:
-        "unroll3d data download --task cbct --file Walnut{wildcards.n}.zip --dest {RESOURCES}/cbct/raw"
+        "unroll3d data download --task cbct --file Walnut{wildcards.n}.zip --dest {params.outdir}"
         " {params.src} --retries {params.retries} > {log} 2>&1"
 
 
@@ -134,6 +97,8 @@ rule download_mri:
     output:
         f"{RESOURCES}/mri/raw/{MRI_ZIP}",
     params:
+        outdir=lambda wildcards, output: Path(output[0]).parent,
+        mri_zip=MRI_ZIP,
         src=_registry_args("mri"),
         retries=config["mri"]["download_retries"],
         tls="--insecure" if config["mri"].get("insecure_tls", False) else "",
@@ -142,8 +107,10 @@ rule download_mri:
     benchmark:
         f"{BENCH}/download/{MRI_ZIP}.tsv"
     threads: 1
+    conda:
+        CONDA_ENV
     shell:
-        "unroll3d data download --task mri --file {MRI_ZIP} --dest {RESOURCES}/mri/raw"
+        "unroll3d data download --task mri --file {params.mri_zip} --dest {params.outdir}"
         " {params.src} --retries {params.retries} {params.tls} > {log} 2>&1"
 
 
@@ -165,6 +132,8 @@ rule preprocess_walnut:
     benchmark:
         f"{BENCH}/preprocess/cbct/walnut{{n}}.tsv"
     threads: 1
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=16000,
     shell:
@@ -173,26 +142,24 @@ rule preprocess_walnut:
         " --log-clip {params.clip} > {log} 2>&1"
 
 
-def _challenge_masks():
-    if config["mri"].get("mask_source", "seeded") != "challenge":
-        return []
-    return [f"{RESOURCES}/mri/raw/R{r:g}_218x170.npy" for r in config["mri"]["accelerations"]]
-
-
 rule download_mri_mask:
     output:
         f"{RESOURCES}/mri/raw/R{{r}}_218x{{nz}}.npy",
     wildcard_constraints:
         r=r"\d+",
         nz=r"\d+",
+    params:
+        outdir=lambda wildcards, output: Path(output[0]).parent,
     log:
         f"{LOGS}/download/R{{r}}_218x{{nz}}.log",
     benchmark:
         f"{BENCH}/download/R{{r}}_218x{{nz}}.tsv"
     threads: 1
+    conda:
+        CONDA_ENV
     shell:
         "unroll3d data download --task mri --file R{wildcards.r}_218x{wildcards.nz}.npy"
-        " --dest {RESOURCES}/mri/raw > {log} 2>&1"
+        " --dest {params.outdir} > {log} 2>&1"
 
 
 rule preprocess_mri:
@@ -212,6 +179,8 @@ rule preprocess_mri:
     benchmark:
         f"{BENCH}/preprocess/mri/{{volume}}.tsv"
     threads: 2
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=12000,
     shell:
@@ -236,6 +205,8 @@ rule fdk_check:
     benchmark:
         f"{BENCH}/fdk_check/walnut{{n}}.tsv"
     threads: 2
+    conda:
+        CONDA_ENV
     resources:
         gpu=1,
         mem_mb=24000,

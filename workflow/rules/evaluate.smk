@@ -6,18 +6,6 @@
 EVAL = f"{RESULTS}/eval"
 
 
-def evaluate_inputs(wildcards):
-    base = f"{RESULTS}/models/{wildcards.task}/{wildcards.setting}/{wildcards.variant}"
-    inputs = {
-        "model": f"{base}.pt",
-        "stats": f"{base}.json",
-        "sample": sample_path(wildcards.task, wildcards.volume),
-    }
-    if wildcards.variant.endswith("-H"):
-        inputs["normal"] = f"{RESULTS}/normal/{wildcards.task}/{wildcards.setting}.pt"
-    return inputs
-
-
 rule evaluate:
     input:
         unpack(evaluate_inputs),
@@ -44,16 +32,6 @@ rule evaluate:
         " --config-json '{params.config}' --model {input.model} --train-stats {input.stats}"
         " --sample {input.sample} --volume {wildcards.volume} {params.normal}"
         " --out {output.json} --slices {output.slices} --threads {threads} > {log} 2>&1"
-
-
-def eval_targets():
-    return [
-        f"{EVAL}/{task}/{setting}/{variant}/{volume}.json"
-        for task in config["tasks"]
-        for setting in settings(task)
-        for variant in config["variants"]
-        for volume in volumes(task, "test")
-    ]
 
 
 FINAL_TARGETS.extend(eval_targets())

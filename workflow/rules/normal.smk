@@ -16,17 +16,6 @@
 NORMAL = f"{RESULTS}/normal"
 
 
-def normal_reference_volume(task):
-    """Volume id whose operator H is fitted to (config normal.reference.<task>, else the first
-    training volume)."""
-    chosen = config["normal"].get("reference", {}).get(task)
-    return chosen if chosen else volumes(task, "train")[0]
-
-
-def normal_input(wildcards):
-    return sample_path(wildcards.task, normal_reference_volume(wildcards.task))
-
-
 rule fit_normal:
     input:
         normal_input,

@@ -34,70 +34,6 @@ FIGURE_ITEMS = {
 }
 
 
-def report_eval_inputs():
-    """Every requested evaluation JSON and its slices (.npz) (eval_targets() of evaluate.smk)."""
-    jsons = eval_targets()
-    return jsons + [j[: -len(".json")] + ".npz" for j in jsons]
-
-
-def report_bench_inputs(wildcards):
-    """Benchmark CSVs the figures read, for the benchmark rules that exist in this workflow."""
-    if not config["benchmarks"]["enabled"]:
-        return {}
-    out = {}
-    defined = {r.name for r in workflow.rules}
-    for name in ("bench_steps", "bench_partition", "bench_normal"):
-        if name in defined:
-            csvs = [f for f in getattr(rules, name).output if str(f).endswith(".csv")]
-            if csvs:
-                out[name] = csvs[0]
-    return out
-
-
-def report_bench_args(wildcards, input):
-    keys = input.keys()
-    args = []
-    if "bench_steps" in keys:
-        args.append(f"--bench-steps {input.bench_steps}")
-    if "bench_partition" in keys:
-        args.append(f"--bench-partition {input.bench_partition}")
-    if "bench_normal" in keys:
-        args.append(f"--bench-normal {input.bench_normal}")
-    return " ".join(args)
-
-
-def illustration_targets():
-    return [
-        f"{ILLUSTRATIONS}/normal_{task}_{setting}.npz"
-        for task in config["tasks"]
-        for setting in settings(task)
-    ]
-
-
-def report_outputs():
-    """The tables and figures as report() items (the PDF and LaTeX copies as plain outputs)."""
-    out = {}
-    for name, (caption, category) in TABLE_ITEMS.items():
-        for ext in ("md", "csv"):
-            out[f"{name}_{ext}"] = report(
-                f"{REPORT_TABLES}/{name}.{ext}",
-                caption=f"../report/{caption}",
-                category=category,
-                subcategory="Markdown" if ext == "md" else "CSV (tidy, one row per cell)",
-                labels={"table": name, "format": ext},
-            )
-        out[f"{name}_tex"] = f"{REPORT_TABLES}/{name}.tex"
-    for name, (caption, category) in FIGURE_ITEMS.items():
-        out[f"{name}_png"] = report(
-            f"{REPORT_FIGURES}/{name}.png",
-            caption=f"../report/{caption}",
-            category=category,
-            labels={"figure": name},
-        )
-        out[f"{name}_pdf"] = f"{REPORT_FIGURES}/{name}.pdf"
-    return out
-
-
 rule normal_illustration:
     input:
         fit=f"{RESULTS}/normal/{{task}}/{{setting}}.pt",
@@ -127,10 +63,12 @@ rule tables_figures:
     output:
         **report_outputs(),
     params:
-        results=RESULTS,
-        tables=REPORT_TABLES,
-        figures=REPORT_FIGURES,
-        illustrations=ILLUSTRATIONS,
+        results=lambda wildcards, output: Path(output.table1_cbct_md).parents[1],
+        tables=lambda wildcards, output: Path(output.table1_cbct_md).parent,
+        figures=lambda wildcards, output: Path(output.fig1_data_vs_network_png).parent,
+        illustrations=lambda wildcards, input: Path(input.illustrations[0]).parent
+        if input.illustrations
+        else ILLUSTRATIONS,
         config=CONFIG_JSON,
         label=CONFIG_LABEL,
         bench=report_bench_args,
@@ -163,7 +101,7 @@ rule manifest:
             category="Reviewer artifact",
         ),
     params:
-        results=RESULTS,
+        results=lambda wildcards, output: Path(output[0]).parent,
         configfiles=CONFIG_LABEL,
         config=CONFIG_JSON,
         inputs=join_values(REPORT_CONFIG.get("input_checksums", [RESOURCES])),

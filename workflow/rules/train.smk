@@ -9,21 +9,6 @@ MODELS = f"{RESULTS}/models"
 ANALYTICAL_VARIANTS = ("fdk", "adjoint")
 
 
-def train_inputs(wildcards):
-    inputs = {
-        "train": [sample_path(wildcards.task, v) for v in volumes(wildcards.task, "train")],
-        "val": [sample_path(wildcards.task, v) for v in volumes(wildcards.task, "val")],
-    }
-    if wildcards.variant.endswith("-H"):
-        inputs["normal"] = f"{RESULTS}/normal/{wildcards.task}/{wildcards.setting}.pt"
-    return inputs
-
-
-def normal_arg(wildcards, input):
-    """`--normal FILE` for the variants that use the fitted H, else nothing."""
-    return f"--normal {input.normal}" if "normal" in input.keys() else ""
-
-
 rule train:
     input:
         unpack(train_inputs),
