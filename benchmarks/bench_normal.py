@@ -17,25 +17,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import platform
 import time
 
 import torch
 
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"cpu: {name} ({torch.get_num_threads()} threads)"
+from unroll3d.utils import device_name
 
 
 def _sync(device: torch.device) -> None:

@@ -30,12 +30,13 @@ import argparse
 import csv
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from unroll3d.utils import device_name
 
 FIELDS = [
     "size",
@@ -57,23 +58,6 @@ FIELDS = [
     "ratio_peak",
     "ratio_step",
 ]
-
-
-def device_name(device: str) -> str:
-    """GPU model, or ``CPU: <model name>``."""
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU: {name}"
 
 
 def _rss_mb() -> float:

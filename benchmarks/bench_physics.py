@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from unroll3d.utils import device_name
 
 FIELDS = [
     "modality",
@@ -39,17 +40,6 @@ FIELDS = [
     "threads",
     "repeats",
 ]
-
-
-def cpu_name() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return "CPU: " + line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"CPU: {name}"
 
 
 def _rss_hwm_mb() -> float | None:
@@ -127,7 +117,7 @@ def bench_conebeam(sizes, views, backends, repeats, threads):
     for backend in backends:
         cuda = backend == "astra"
         dev = torch.device("cuda" if cuda else "cpu")
-        name = torch.cuda.get_device_name(dev) if cuda else cpu_name()
+        name = device_name(dev)
         for n in sizes:
             for nv in views:
                 physics = ConeBeam.circular(
@@ -176,7 +166,7 @@ def bench_mri(sizes, coils, repeats, device):
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
-    name = torch.cuda.get_device_name(dev) if cuda else cpu_name()
+    name = device_name(dev)
     rows = []
     for n in sizes:
         mask = poisson_disc_mask((n, n), 5, calib=max(1, n // 16), seed=0)

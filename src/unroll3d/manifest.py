@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from unroll3d.utils import atomic_write_json
+from unroll3d.utils import atomic_write_json, cpu_name
 
 __all__ = [
     "sha256_file",
@@ -146,19 +146,9 @@ def software_versions(packages: Iterable[str] = PACKAGES) -> dict[str, Any]:
     return out
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def hardware() -> dict[str, Any]:
     """CPU name and core count; GPU names, memory and driver when CUDA is available."""
-    out: dict[str, Any] = {"cpu": _cpu_name(), "cpu_count": os.cpu_count(), "gpus": []}
+    out: dict[str, Any] = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "gpus": []}
     try:
         import torch
 

@@ -48,7 +48,7 @@ from unroll3d.models import (
     resolve_model_config,
     variant_spec,
 )
-from unroll3d.utils import atomic_torch_save, atomic_write_json, atomic_write_text
+from unroll3d.utils import atomic_torch_save, atomic_write_json, atomic_write_text, device_name
 
 __all__ = [
     "TrainJob",
@@ -93,22 +93,6 @@ def peak_memory_gb(device: torch.device) -> float | None:
 def peak_rss_gb() -> float:
     """Peak resident memory of this process (GB, Linux ``ru_maxrss`` in kB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU ({name})"
 
 
 def _sync(device: torch.device) -> None:
