@@ -1,0 +1,28 @@
+"""Atomic writes: nothing half-written, usual file mode."""
+
+import os
+import stat
+
+import pytest
+
+from unroll3d.utils import atomic_path, atomic_write_json
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_successful_write_has_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert (tmp_path / "a.json").read_text().strip() == '{\n  "x": 1\n}'
