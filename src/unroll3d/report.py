@@ -1014,6 +1014,14 @@ def save_figure(fig, out_dir: str | Path, name: str) -> list[Path]:
     return paths
 
 
+def _mark_oom(ax, sizes, color) -> None:
+    """A faint vertical line labelled "OOM" at each volume size that ran out of memory."""
+    for n in sizes:
+        ax.axvline(n, color=color, alpha=0.3, lw=0.8)
+        ax.text(n, 0.95, " OOM", color=color, fontsize=6, va="top",
+                transform=ax.get_xaxis_transform())
+
+
 def _log_y(ax) -> None:
     """Log y axis with plain tick labels (0.2, 1, 3 rather than 2×10⁻¹)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -1110,17 +1118,7 @@ def fig_data_vs_network(bench_csv: Path, out_dir: Path, reason: str | None = Non
                     )
                     if status is not None:
                         bad = sub[sub["status"].astype(str) != "ok"]
-                        for n in bad[ncol]:
-                            ax.axvline(n, color=c, alpha=0.3, lw=0.8)
-                            ax.text(
-                                n,
-                                0.95,
-                                " OOM",
-                                color=c,
-                                fontsize=6,
-                                va="top",
-                                transform=ax.get_xaxis_transform(),
-                            )
+                        _mark_oom(ax, bad[ncol], c)
                 _log_y(ax)
                 ax.set_xlabel("volume size N (N³ voxels)")
                 ax.set_ylabel(ylabel)
@@ -1643,17 +1641,7 @@ def fig_partition_memory(bench_csv: Path, out_dir: Path, reason: str | None = No
                         color=color,
                         label=f"{label}: added by the step",
                     )
-                for n in sub[ncol][~ok]:
-                    ax.axvline(n, color=color, alpha=0.3, lw=0.8)
-                    ax.text(
-                        n,
-                        0.95,
-                        " OOM",
-                        color=color,
-                        fontsize=6,
-                        va="top",
-                        transform=ax.get_xaxis_transform(),
-                    )
+                _mark_oom(ax, sub[ncol][~ok], color)
             _log_y(ax)
             ax.set_xlabel("volume size N (N³ voxels)")
             ax.set_ylabel("peak training memory (GB)")
