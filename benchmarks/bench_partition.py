@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from unroll3d.utils import device_name
+from unroll3d.utils import device_name, reset_peak_rss, rss_mb
 
 FIELDS = [
     "size",
@@ -60,27 +60,6 @@ FIELDS = [
 ]
 
 
-def _rss_mb() -> float:
-    """Current resident set size in MB (Linux)."""
-    with open("/proc/self/statm") as fh:
-        pages = int(fh.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM, which getrusage reports) for this process.
-
-    Linux ≥ 4.0 (``echo 5 > /proc/self/clear_refs``); then ``ru_maxrss`` is the peak since now,
-    not the import-time peak. Returns False where unsupported.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _peak_of(fn, dev) -> float:
     """Peak memory (MB) that ``fn()`` adds on top of what is allocated now."""
     import torch
@@ -95,8 +74,8 @@ def _peak_of(fn, dev) -> float:
     import gc
 
     gc.collect()
-    _reset_peak_rss()
-    base = _rss_mb()
+    reset_peak_rss()
+    base = rss_mb()
     fn()
     return max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
 
@@ -211,8 +190,8 @@ def measure(args: dict) -> dict:
         import gc
 
         gc.collect()
-        scope = "step" if _reset_peak_rss() else "process"
-        base = _rss_mb()
+        scope = "step" if reset_peak_rss() else "process"
+        base = rss_mb()
     times = []
     for _ in range(int(args["repeats"])):
         t0 = time.perf_counter()

@@ -20,9 +20,8 @@ import csv
 import statistics
 import sys
 import time
-from pathlib import Path
 
-from unroll3d.utils import device_name
+from unroll3d.utils import device_name, peak_rss_mb, reset_peak_rss, rss_mb
 
 FIELDS = [
     "modality",
@@ -40,34 +39,6 @@ FIELDS = [
     "threads",
     "repeats",
 ]
-
-
-def _rss_hwm_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return float(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def _rss_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return float(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def measure(fn, arg, repeats: int, cuda: bool) -> dict:
@@ -98,10 +69,10 @@ def measure(fn, arg, repeats: int, cuda: bool) -> dict:
         row["cuda_free_drop_mb"] = max(0, free0 - free1) / 2**20
         del out
     else:
-        ok = _reset_peak_rss()
-        base = _rss_mb()
+        ok = reset_peak_rss()
+        base = rss_mb()
         out = fn(arg)
-        peak = _rss_hwm_mb()
+        peak = peak_rss_mb()
         row["peak_mem_mb"] = (peak - base) if (ok and peak is not None and base) else ""
         row["cuda_free_drop_mb"] = ""
         del out

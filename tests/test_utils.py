@@ -26,3 +26,17 @@ def test_successful_write_has_umask_mode(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
     assert (tmp_path / "a.json").read_text().strip() == '{\n  "x": 1\n}'
+
+
+def test_peak_rss_counts_what_happens_after_a_reset():
+    """reset_peak_rss + peak_rss_mb measure a later allocation (Linux; skipped elsewhere)."""
+    import numpy as np
+
+    from unroll3d.utils import peak_rss_mb, reset_peak_rss, rss_mb
+
+    if not reset_peak_rss():
+        pytest.skip("the kernel's peak-RSS counter cannot be reset here")
+    base = rss_mb()
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    del block
+    assert peak_rss_mb() - base >= 48
