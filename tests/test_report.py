@@ -493,3 +493,37 @@ def test_failed_evaluation_is_shown_not_averaged(tmp_path):
     md = (tmp_path / "t" / "table1_cbct.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| DRUNet[3D]"))
     assert row.split(" | ")[1].startswith("failed / 0.857")  # SSIM v30 cell
+
+
+def _write_sweep(results: Path, task: str, setting: str, patch: str, psnrs, stats: dict) -> None:
+    for vol, psnr in zip(VOLUMES, psnrs, strict=True):
+        path = results / "eval" / task / setting / "sweep" / f"p{patch}" / f"{vol}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rec = {"task": task, "setting": setting, "variant": "partition-H", "volume": vol}
+        rec.update(status="ok", psnr=psnr, ssim=0.9, device="CPU: test", train_stats=stats)
+        path.write_text(json.dumps(rec))
+
+
+def test_patch_sweep_points_and_figures(tmp_path):
+    """Figs. 7/8: one point per configured patch, PSNR averaged over the test volumes; GPU peak
+    preferred over the CPU RSS growth; a configured patch without files is an error."""
+    cfg = {
+        **CONFIG,
+        "sweep": {"enabled": True, "variant": "partition-H", "cbct": [[4, 8, 8], [8, 16, 16]]},
+    }
+    cfg["sweep"]["mri"] = [[4, 8, 8]]
+    cpu = {"peak_memory_gb": None, "peak_rss_growth_gb": 0.5, "step_time_mean_s": 0.2}
+    gpu = {"peak_memory_gb": 3.0, "peak_rss_growth_gb": 9.0, "step_time_mean_s": 0.4}
+    _write_sweep(tmp_path, "cbct", "v30", "4x8x8", [20.0, 22.0], cpu)
+    _write_sweep(tmp_path, "cbct", "v30", "8x16x16", [24.0, 26.0], gpu)
+    points = report.collect_sweep(tmp_path, cfg, "cbct")
+    assert [p.patch for p in points] == [(4, 8, 8), (8, 16, 16)]
+    assert [p.psnr for p in points] == [21.0, 25.0]
+    assert [p.memory_gb for p in points] == [0.5, 3.0]
+    assert points[0].memory_kind == "CPU peak RSS growth"
+    assert points[1].memory_kind == "GPU peak allocated" and points[1].step_s == 0.4
+    paths = report.fig_patch_sweep("cbct", tmp_path, cfg, tmp_path / "figures")
+    _assert_real_png(next(p for p in paths if p.suffix == ".png"))
+    with pytest.raises(report.ReportError, match="sweep"):  # mri files were never written
+        report.collect_sweep(tmp_path, cfg, "mri")
+    assert report.collect_sweep(tmp_path, {**cfg, "sweep": {"enabled": False}}, "cbct") == []

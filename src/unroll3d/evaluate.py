@@ -207,6 +207,7 @@ def _train_stats(path: str | None) -> dict | None:
         "steps",
         "step_time_mean_s",
         "peak_memory_gb",
+        "peak_rss_growth_gb",
         "accumulate",
         "device",
         "n_params",

@@ -8,6 +8,7 @@ Reads only small files, so it re-renders in seconds from existing results:
 - benchmark CSVs ``{results}/benchmarks/bench_steps.csv`` (Fig. 1),
   ``{results}/benchmarks/bench_partition.csv`` (partitioned memory) and
   ``{results}/benchmarks/bench_normal.csv`` (data-step speed, §6.4);
+- the patch-size sweep (Figs. 7/8) ``{results}/eval/{task}/{setting}/sweep/p{D}x{H}x{W}/{volume}.json``;
 - normal-operator illustrations ``{results}/figures/data/normal_{task}_{setting}.npz``, computed
   once by ``unroll3d report normal-illustration`` (the only sub-command that touches an operator).
 
@@ -75,7 +76,10 @@ FIGURES = (
     "fig_slices_mri",
     "fig_psnr_vs_setting",
     "fig_partition_memory",
+    "fig7_patch_sweep_cbct",
+    "fig8_patch_sweep_mri",
 )
+SWEEP_FIGURE = {"cbct": "fig7_patch_sweep_cbct", "mri": "fig8_patch_sweep_mri"}
 ABLATION_VARIANTS = ("unrolled", "unrolled-H", "partition", "partition-H")
 TASK_TITLE = {"cbct": "Walnut-CBCT", "mri": "MC-MRI"}
 
@@ -1018,8 +1022,9 @@ def _mark_oom(ax, sizes, color) -> None:
     """A faint vertical line labelled "OOM" at each volume size that ran out of memory."""
     for n in sizes:
         ax.axvline(n, color=color, alpha=0.3, lw=0.8)
-        ax.text(n, 0.95, " OOM", color=color, fontsize=6, va="top",
-                transform=ax.get_xaxis_transform())
+        ax.text(
+            n, 0.95, " OOM", color=color, fontsize=6, va="top", transform=ax.get_xaxis_transform()
+        )
 
 
 def _log_y(ax) -> None:
@@ -1659,6 +1664,122 @@ def fig_partition_memory(bench_csv: Path, out_dir: Path, reason: str | None = No
         return save_figure(fig, out_dir, "fig_partition_memory")
 
 
+@dataclass
+class SweepPoint:
+    """One patch size of the Figs. 7/8 sweep: means over the test volumes."""
+
+    patch: tuple[int, int, int]
+    psnr: float | None
+    ssim: float | None
+    memory_gb: float | None
+    memory_kind: str
+    step_s: float | None
+    device: str
+    n_volumes: int
+
+
+def collect_sweep(results: str | Path, config: dict, task: str) -> list[SweepPoint]:
+    """Read the sweep's evaluations of ``task`` (config key ``sweep``); [] when it is off.
+
+    Memory is the training peak: ``train_stats.peak_memory_gb`` (CUDA) or else
+    ``train_stats.peak_rss_growth_gb`` (CPU: host peak RSS during training minus the RSS before).
+    A configured patch size without evaluation files is an error, as for the tables.
+    """
+    sweep = config.get("sweep") or {}
+    if not sweep.get("enabled") or task not in config.get("tasks", []):
+        return []
+    setting = task_settings(config, task)[0]
+    points = []
+    for patch in sweep.get(task, []):
+        label = "x".join(str(int(p)) for p in patch)
+        folder = Path(results) / "eval" / task / setting / "sweep" / f"p{label}"
+        names = test_volumes(config, task)
+        paths = [folder / f"{v}.json" for v in names] if names else sorted(folder.glob("*.json"))
+        if not paths:
+            raise ReportError(f"no sweep evaluation files in {folder}")
+        recs, mems, kinds, steps = [], [], set(), []
+        for path in paths:
+            rec = read_eval(path)
+            recs.append(rec)
+            stats = json.loads(path.read_text()).get("train_stats") or {}
+            if stats.get("peak_memory_gb") is not None:
+                mems.append(float(stats["peak_memory_gb"]))
+                kinds.add("GPU peak allocated")
+            elif stats.get("peak_rss_growth_gb") is not None:
+                mems.append(float(stats["peak_rss_growth_gb"]))
+                kinds.add("CPU peak RSS growth")
+            if stats.get("step_time_mean_s") is not None:
+                steps.append(float(stats["step_time_mean_s"]))
+        ok = [r for r in recs if r.status == "ok"]
+        points.append(
+            SweepPoint(
+                patch=tuple(int(p) for p in patch),
+                psnr=_mean([r.psnr for r in ok]) if ok else None,
+                ssim=_mean([r.ssim for r in ok]) if ok else None,
+                memory_gb=max(mems) if mems else None,
+                memory_kind=" / ".join(sorted(kinds)) or "not recorded",
+                step_s=_mean(steps) if steps else None,
+                device=", ".join(sorted({r.device for r in recs if r.device})) or "?",
+                n_volumes=len(recs),
+            )
+        )
+    return points
+
+
+def _patch_text(patch: Sequence[int]) -> str:
+    d, h, w = patch
+    return f"{d}×{h}²" if h == w else f"{d}×{h}×{w}"
+
+
+def fig_patch_sweep(
+    task: str, results: str | Path, config: dict, out_dir: Path, reason: str | None = None
+) -> list[Path]:
+    """Figs. 7/8: mean test PSNR and training s/step against training peak memory, one point per
+    partition patch size (config ``sweep``)."""
+    plt = _plt()
+    name = SWEEP_FIGURE[task]
+    points = [] if reason else collect_sweep(results, config, task)
+    if not reason and not points:
+        reason = f"sweep disabled or empty for {task} in config {config.get('name')!r}"
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(6.8, 2.9))
+        setting = task_settings(config, task)[0] if task in config.get("tasks", []) else "?"
+        variant = (config.get("sweep") or {}).get("variant", "partition-H")
+        title = f"{TASK_TITLE[task]}, {setting}: {SHORT_LABEL[task].get(variant, variant)}"
+        if reason:
+            for ax in axes:
+                no_data(ax, reason)
+            fig.suptitle(title, fontsize=8)
+        else:
+            pts = sorted(points, key=lambda p: (p.memory_gb is None, p.memory_gb or 0.0))
+            color, marker = VARIANT_STYLE.get(variant, ("#d62728", "o"))
+            for ax, attr, ylabel in (
+                (axes[0], "psnr", "mean test PSNR (dB)"),
+                (axes[1], "step_s", "training time (s/step)"),
+            ):
+                xy = [(p.memory_gb, getattr(p, attr), p) for p in pts]
+                xy = [(x, y, p) for x, y, p in xy if x is not None and y is not None]
+                if not xy:
+                    no_data(ax, "memory or " + attr + " not recorded")
+                    continue
+                ax.plot([x for x, _, _ in xy], [y for _, y, _ in xy], marker=marker, color=color)
+                for x, y, p in xy:
+                    ax.annotate(
+                        _patch_text(p.patch),
+                        (x, y),
+                        textcoords="offset points",
+                        xytext=(4, 4),
+                        fontsize=6,
+                    )
+                ax.margins(x=0.2, y=0.2)
+                ax.set_xlabel(f"training peak memory (GB, {pts[0].memory_kind})")
+                ax.set_ylabel(ylabel)
+            devices = ", ".join(sorted({p.device for p in pts}))
+            fig.suptitle(f"{title}; patch size sweep ({devices})", fontsize=8)
+        fig.tight_layout()
+        return save_figure(fig, out_dir, name)
+
+
 def write_figures(
     cells: dict[tuple[str, str, str], list[EvalRecord]],
     config: dict,
@@ -1694,6 +1815,13 @@ def write_figures(
         paths += fig_slices(task, cells, config, out_dir, reason=reason)
     paths += fig_psnr_vs_setting(cells, config, out_dir)
     paths += fig_partition_memory(bench_partition, out_dir, reason=off)
+    for task in TASKS:
+        off_task = (
+            None
+            if task in config.get("tasks", [])
+            else f"task {task} disabled in config {config.get('name')!r}"
+        )
+        paths += fig_patch_sweep(task, results, config, out_dir, reason=off_task)
     return paths
 
 

@@ -48,7 +48,15 @@ from unroll3d.models import (
     resolve_model_config,
     variant_spec,
 )
-from unroll3d.utils import atomic_torch_save, atomic_write_json, atomic_write_text, device_name
+from unroll3d.utils import (
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    device_name,
+    peak_rss_mb,
+    reset_peak_rss,
+    rss_mb,
+)
 
 __all__ = [
     "TrainJob",
@@ -88,6 +96,16 @@ def peak_memory_gb(device: torch.device) -> float | None:
     if device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.max_memory_allocated(device) / 1e9
     return None
+
+
+def _rss_growth_gb(base_mb: float | None) -> float | None:
+    """Host peak RSS since the training loop began minus the RSS then (GB): what the steps
+    themselves added (activations, gradients, optimiser state, cached samples). The CPU
+    counterpart of the CUDA peak; None where the kernel's peak counter cannot be reset."""
+    peak = peak_rss_mb()
+    if base_mb is None or peak is None:
+        return None
+    return max(0.0, peak - base_mb) / 1024
 
 
 def peak_rss_gb() -> float:
@@ -606,6 +624,7 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
                 bar = tqdm(total=t["steps"], initial=start, desc=job.variant, file=sys.stderr)
             except ImportError:  # pragma: no cover
                 bar = None
+        rss_base = rss_mb() if reset_peak_rss() else None
         for step in range(start, t["steps"]):
             gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + step)
             _sync(device)
@@ -670,6 +689,7 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         "lipschitz": lipschitz,
         "peak_memory_gb": max(peaks) if peaks else None,
         "peak_rss_gb": peak_rss_gb(),
+        "peak_rss_growth_gb": _rss_growth_gb(rss_base),
         "step_time_mean_s": float(np.mean(times[warm:])) if times else None,
         "warmup_steps": warm,
         "loss_first": rows[0]["loss"] if rows else None,

@@ -96,6 +96,38 @@ rule bench_normal:
         " --out {output} > {log} 2>&1"
 
 
+rule bench_normal_floor:
+    # How far one diagonal-circulant H can go on small cone-beam operators: the best H from
+    # exact rows of AᵀA versus the Adam fit (CPU, RTK: no GPU needed at these sizes).
+    output:
+        csv=f"{BENCH_OUT}/bench_normal_floor.csv",
+        md=f"{BENCH_OUT}/bench_normal_floor.md",
+    params:
+        size=BENCH_CFG["normal_floor"]["size"],
+        views=BENCH_CFG["views"],
+        steps=BENCH_CFG["normal_floor"]["steps"],
+        rows=BENCH_CFG["normal_floor"]["rows"],
+        geometries=join_values(BENCH_CFG["normal_floor"]["geometries"]),
+        seed=config["seed"],
+    log:
+        f"{LOGS}/bench/bench_normal_floor.log",
+    benchmark:
+        f"{BENCH}/bench_normal_floor.tsv"
+    threads: 2
+    conda:
+        CONDA_ENV
+    shell:
+        "python benchmarks/bench_normal_floor.py --size {params.size} --views {params.views}"
+        " --steps {params.steps} --rows {params.rows} --geometries {params.geometries}"
+        " --seed {params.seed} --threads {threads} --out {output.csv} > {log} 2>&1"
+
+
 if BENCH_CFG["enabled"]:
-    for bench_rule in (rules.bench_steps, rules.bench_physics, rules.bench_partition, rules.bench_normal):
+    for bench_rule in (
+        rules.bench_steps,
+        rules.bench_physics,
+        rules.bench_partition,
+        rules.bench_normal,
+        rules.bench_normal_floor,
+    ):
         FINAL_TARGETS.extend(bench_rule.output)

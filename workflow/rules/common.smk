@@ -1,5 +1,6 @@
 # Shared Python for the rules: config validation, wildcard values, path conventions, final targets.
 # Rules stay thin: they call `unroll3d <verb>` with explicit inputs and outputs.
+import copy
 import json
 from pathlib import Path
 
@@ -155,13 +156,75 @@ def eval_targets():
     ]
 
 
+# ---- patch-size sweep helpers (used by workflow/rules/sweep.smk; Figs. 7/8) ----
+
+SWEEP = config["sweep"]
+
+
+def patch_label(patch):
+    """[8, 16, 16] -> "8x16x16" (the {patch} wildcard)."""
+    return "x".join(str(int(p)) for p in patch)
+
+
+def sweep_patches(task):
+    if not SWEEP["enabled"] or task not in config["tasks"]:
+        return []
+    return [patch_label(p) for p in SWEEP[task]]
+
+
+def sweep_setting(task):
+    """The sweep runs on the first setting of the task (views[0] or accelerations[0])."""
+    return settings(task)[0]
+
+
+def sweep_config_json(wildcards):
+    """The run's config with the task's patch size replaced by the {patch} wildcard."""
+    swept = copy.deepcopy(config)
+    swept[wildcards.task]["patch_size"] = [int(p) for p in wildcards.patch.split("x")]
+    return json.dumps(swept, sort_keys=True)
+
+
+def sweep_normal(task, setting):
+    if SWEEP["variant"].endswith("-H"):
+        return {"normal": f"{RESULTS}/normal/{task}/{setting}.pt"}
+    return {}
+
+
+def sweep_train_inputs(wildcards):
+    return {
+        "train": [sample_path(wildcards.task, v) for v in volumes(wildcards.task, "train")],
+        "val": [sample_path(wildcards.task, v) for v in volumes(wildcards.task, "val")],
+        **sweep_normal(wildcards.task, wildcards.setting),
+    }
+
+
+def sweep_evaluate_inputs(wildcards):
+    base = f"{RESULTS}/models/{wildcards.task}/{wildcards.setting}/sweep/p{wildcards.patch}"
+    return {
+        "model": f"{base}.pt",
+        "stats": f"{base}.json",
+        "sample": sample_path(wildcards.task, wildcards.volume),
+        **sweep_normal(wildcards.task, wildcards.setting),
+    }
+
+
+def sweep_eval_targets():
+    return [
+        f"{EVAL}/{task}/{sweep_setting(task)}/sweep/p{patch}/{volume}.json"
+        for task in config["tasks"]
+        for patch in sweep_patches(task)
+        for volume in volumes(task, "test")
+    ]
+
+
 # ---- report stage helpers (used by workflow/rules/report.smk) ----
 
 
 def report_eval_inputs():
-    """Every requested evaluation JSON and its slices (.npz) (eval_targets() of evaluate.smk)."""
+    """Every requested evaluation JSON and its slices (.npz) (eval_targets() of evaluate.smk),
+    and the patch-size sweep's evaluations (sweep.smk)."""
     jsons = eval_targets()
-    return jsons + [j[: -len(".json")] + ".npz" for j in jsons]
+    return jsons + [j[: -len(".json")] + ".npz" for j in jsons] + sweep_eval_targets()
 
 
 def report_bench_inputs(wildcards):

@@ -31,6 +31,8 @@ FIGURE_ITEMS = {
     "fig_slices_mri": ("fig_slices.rst", "Figs. 3-4 · qualitative slices"),
     "fig_psnr_vs_setting": ("fig_psnr_vs_setting.rst", "Tables 1-2 · PSNR vs views / acceleration"),
     "fig_partition_memory": ("fig_partition_memory.rst", "Partitioned memory (§4.3)"),
+    "fig7_patch_sweep_cbct": ("fig_patch_sweep.rst", "Figs. 7-8 · patch-size sweep"),
+    "fig8_patch_sweep_mri": ("fig_patch_sweep.rst", "Figs. 7-8 · patch-size sweep"),
 }
 
 

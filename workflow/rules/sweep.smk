@@ -1,0 +1,65 @@
+# Figs. 7/8: the partitioned variant `sweep.variant` trained and evaluated once per patch size on
+# the first setting of each task. Same commands as train.smk / evaluate.smk; only the task's
+# patch_size in the config they receive differs ({patch} = D x H x W, e.g. 8x16x16).
+
+
+rule train_sweep:
+    input:
+        unpack(sweep_train_inputs),
+    output:
+        model=f"{MODELS}/{{task}}/{{setting}}/sweep/p{{patch}}.pt",
+        csv=f"{MODELS}/{{task}}/{{setting}}/sweep/p{{patch}}.csv",
+        stats=f"{MODELS}/{{task}}/{{setting}}/sweep/p{{patch}}.json",
+    params:
+        config=sweep_config_json,
+        variant=SWEEP["variant"],
+        normal=normal_arg,
+    wildcard_constraints:
+        patch=r"\d+x\d+x\d+",
+    log:
+        f"{LOGS}/train_sweep/{{task}}/{{setting}}/p{{patch}}.log",
+    benchmark:
+        f"{BENCH}/train_sweep/{{task}}/{{setting}}/p{{patch}}.tsv"
+    threads: 2
+    conda:
+        CONDA_ENV
+    resources:
+        gpu=1,
+    shell:
+        "unroll3d device run -- unroll3d train --task {wildcards.task}"
+        " --setting {wildcards.setting} --variant {params.variant}"
+        " --config-json '{params.config}' --train {input.train} --val {input.val}"
+        " {params.normal} --out {output.model} --csv {output.csv} --stats {output.stats}"
+        " --threads {threads} --no-progress > {log} 2>&1"
+
+
+rule evaluate_sweep:
+    input:
+        unpack(sweep_evaluate_inputs),
+    output:
+        json=f"{EVAL}/{{task}}/{{setting}}/sweep/p{{patch}}/{{volume}}.json",
+    params:
+        config=sweep_config_json,
+        variant=SWEEP["variant"],
+        normal=normal_arg,
+    wildcard_constraints:
+        patch=r"\d+x\d+x\d+",
+        volume=r"[^/]+",
+    log:
+        f"{LOGS}/evaluate_sweep/{{task}}/{{setting}}/p{{patch}}/{{volume}}.log",
+    benchmark:
+        f"{BENCH}/evaluate_sweep/{{task}}/{{setting}}/p{{patch}}/{{volume}}.tsv"
+    threads: 2
+    conda:
+        CONDA_ENV
+    resources:
+        gpu=1,
+    shell:
+        "unroll3d device run -- unroll3d evaluate --task {wildcards.task}"
+        " --setting {wildcards.setting} --variant {params.variant}"
+        " --config-json '{params.config}' --model {input.model} --train-stats {input.stats}"
+        " --sample {input.sample} --volume {wildcards.volume} {params.normal}"
+        " --out {output.json} --threads {threads} > {log} 2>&1"
+
+
+FINAL_TARGETS.extend(sweep_eval_targets())
