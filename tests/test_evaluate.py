@@ -145,6 +145,24 @@ def test_evaluate_each_variant(trained, variant, tmp_path, monkeypatch):
     json.dumps(res, allow_nan=False)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_metrics_are_a_failed_result_in_valid_json(
+    trained, value, tmp_path, monkeypatch
+):
+    """A NaN (diverged) or infinite (exact match) PSNR becomes status "failed" with a message,
+    never NaN/Infinity in the JSON."""
+    cfg, H, jobs = trained
+    real = ev.compute_metrics
+    monkeypatch.setattr(ev, "compute_metrics", lambda *a, **k: {**real(*a, **k), "psnr": value})
+    res = ev.evaluate_volume(
+        "cbct", "v30", "fdk", cfg, jobs["fdk"].out, loader("toy3"), "toy3", torch.device("cpu")
+    )
+    ev.validate_result(res)
+    assert res["status"] == "failed" and res["psnr"] is None and res["psnr_x0"] is None
+    assert "non-finite metrics psnr = " in res["message"] and res["ssim"] > 0
+    json.dumps(res, allow_nan=False)
+
+
 def test_oom_model_and_schema(tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "build_variant", lambda *a, **k: OOMModel())
     job = make_job(tmp_path, "unrolled", toy_config())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import time
 from importlib import resources
@@ -307,6 +308,16 @@ def evaluate_volume(
         metric_shape=m["metric_shape"],
         psnr_x0=compute_metrics(x0, sample.x, conv)["psnr"],
     )
+    bad = {k: result[k] for k in ("psnr", "ssim", "ssim_slices", "psnr_x0")}
+    bad = {k: v for k, v in bad.items() if v is not None and not math.isfinite(v)}
+    if bad:  # JSON has no NaN/Infinity: record the failure instead of writing invalid JSON
+        result.update(dict.fromkeys(bad))
+        result["status"] = "failed"
+        result["message"] = (
+            "non-finite metrics "
+            + ", ".join(f"{k} = {v}" for k, v in sorted(bad.items()))
+            + " (nan: a diverged estimate; inf: an exact match, whose PSNR is unbounded)"
+        )
     if spec.learned and int(ecfg.get("timing_steps", 0)) > 0:
         result["train_step"] = time_train_steps(
             model, spec, task, config, sample, physics, x0, H, int(ecfg["timing_steps"]), device
