@@ -527,3 +527,30 @@ def test_patch_sweep_points_and_figures(tmp_path):
     with pytest.raises(report.ReportError, match="sweep"):  # mri files were never written
         report.collect_sweep(tmp_path, cfg, "mri")
     assert report.collect_sweep(tmp_path, {**cfg, "sweep": {"enabled": False}}, "cbct") == []
+
+
+def test_cpu_training_memory_is_marked_and_has_no_delta(tmp_path):
+    """Without a CUDA peak, the training's CPU peak-RSS growth fills the memory cell, marked
+    "CPU" and never compared with the paper's GPU number."""
+    path = tmp_path / "eval" / "cbct" / "v30" / "partition-H" / "vol_a.json"
+    path.parent.mkdir(parents=True)
+    rec = {"status": "ok", "psnr": 30.0, "ssim": 0.9, "device": "CPU: test"}
+    rec["train_step"] = {"status": "ok", "step_time_s": 0.5, "peak_memory_gb": None, "steps": 2}
+    rec["train_stats"] = {"peak_memory_gb": None, "peak_rss_growth_gb": 0.25}
+    path.write_text(json.dumps(rec))
+    r = report.read_eval(path)
+    assert r.train_peak_mem_gb == 0.25 and r.train_mem_kind == "cpu_rss"
+    agg = report.aggregate([r], "train_peak_mem_gb")
+    cell = report.make_cell(agg, "cbct", "partition-H", "train_peak_mem_gb", "v30")
+    assert cell.text.startswith("0.250 CPU / ") and cell.diff is None and cell.ours == 0.25
+    rec["train_step"]["peak_memory_gb"] = 3.0  # a GPU number wins and gets its Δ
+    path.write_text(json.dumps(rec))
+    r = report.read_eval(path)
+    cell = report.make_cell(
+        report.aggregate([r], "train_peak_mem_gb"),
+        "cbct",
+        "partition-H",
+        "train_peak_mem_gb",
+        "v30",
+    )
+    assert r.train_mem_kind == "gpu" and cell.diff is not None and "CPU" not in cell.text

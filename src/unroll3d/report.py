@@ -210,6 +210,7 @@ class EvalRecord:
     metric_convention: str | None = None
     data_range: float | None = None
     train_status: str | None = None  # "oom" when the timed training steps ran out of memory
+    train_mem_kind: str = "gpu"  # "cpu_rss": train_peak_mem_gb is the CPU peak-RSS growth
     train_message: str = ""
     path: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -332,6 +333,12 @@ def read_eval(path: str | Path) -> EvalRecord:
             rec.train_peak_mem_gb = _as_float(sub.get(m_key), f"{key}.{m_key}", path)
         if rec.train_step_s is not None or rec.train_status == "oom":
             break
+    stats = data.get("train_stats")
+    if rec.train_peak_mem_gb is None and rec.train_status != "oom" and isinstance(stats, dict):
+        # CPU runs: no CUDA peak; the training's peak-RSS growth stands in, marked as such
+        rss = _as_float(stats.get("peak_rss_growth_gb"), "train_stats.peak_rss_growth_gb", path)
+        if rss is not None:
+            rec.train_peak_mem_gb, rec.train_mem_kind = rss, "cpu_rss"
     acc = _lookup(data, _ALIASES["train_accumulate"])
     rec.train_accumulate = int(acc) if acc else 1
     for name in ("device", "message", "metric_convention"):
@@ -454,6 +461,7 @@ class Agg:
     n: int = 0
     accumulate: int = 1
     needed_gb: float | None = None
+    cpu_rss: bool = False  # a memory value measured as CPU peak-RSS growth, not GPU memory
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -477,7 +485,8 @@ def aggregate(records: list[EvalRecord] | None, metric: str) -> Agg:
     else:
         value = _mean([getattr(r, metric) for r in records])
     acc = max(r.train_accumulate for r in records)
-    return Agg("ok", value, len(records), accumulate=acc)
+    cpu_rss = metric == "train_peak_mem_gb" and any(r.train_mem_kind == "cpu_rss" for r in records)
+    return Agg("ok", value, len(records), accumulate=acc, cpu_rss=cpu_rss)
 
 
 def aggregate_settings(aggs: list[Agg], metric: str) -> Agg:
@@ -496,7 +505,13 @@ def aggregate_settings(aggs: list[Agg], metric: str) -> Agg:
         value = max(vals)
     else:
         value = float(np.mean(vals))
-    return Agg("ok", value, sum(a.n for a in aggs), accumulate=max(a.accumulate for a in aggs))
+    return Agg(
+        "ok",
+        value,
+        sum(a.n for a in aggs),
+        accumulate=max(a.accumulate for a in aggs),
+        cpu_rss=any(a.cpu_rss for a in aggs),
+    )
 
 
 _DIGITS = {"psnr": 2, "ssim": 3, "train_peak_mem_gb": 2, "train_step_s": 2, "speed": 2}
@@ -542,6 +557,8 @@ def make_cell(agg: Agg, task: str, variant: str, metric: str, setting: str, sour
         ours_text = "—"
     elif agg.status == "failed":
         ours_text = "failed"
+    elif agg.cpu_rss and agg.value is not None:
+        ours_text = f"{agg.value:.3f} CPU"  # peak-RSS growth: not comparable, so no Δ
     else:
         ours_text = _fmt(agg.value, metric, agg.accumulate if metric == "train_step_s" else 1)
     diff = None
@@ -549,7 +566,12 @@ def make_cell(agg: Agg, task: str, variant: str, metric: str, setting: str, sour
         text = f"{ours_text} / —" if agg.status != "missing" else ours_text
     else:
         text = f"{ours_text} / {paper.display(_DIGITS.get(metric, 2))}"
-        if agg.status == "ok" and agg.value is not None and paper.value is not None:
+        if (
+            agg.status == "ok"
+            and agg.value is not None
+            and paper.value is not None
+            and not agg.cpu_rss
+        ):
             diff = agg.value - paper.value
             text += f" ({_signed(diff, metric)})"
     return Cell(
@@ -638,7 +660,9 @@ def _footnotes(
     devices = sorted({r.device for rs in task_cells.values() for r in rs if r.device})
     notes.append(
         f"Hardware: {', '.join(devices) or 'not recorded'} (paper: one NVIDIA H100 80 GB). "
-        "Train VRAM = peak torch.cuda.max_memory_allocated over timed training steps (n/a on CPU); "
+        "Train VRAM = peak torch.cuda.max_memory_allocated over timed training steps; on a CPU "
+        "(“x CPU”) the growth of the peak resident memory during training instead, not comparable "
+        "with GPU memory and so given without Δ; "
         "s/step = mean seconds per micro-step after warm-up, ×k = gradient-accumulation "
         "micro-steps per optimiser step; OOM = training did not fit, with the peak reached "
         "before failing."
