@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import time
 
-from unroll3d.utils import device_name
+from unroll3d.utils import device_name, peak_rss_mb, reset_peak_rss, rss_mb
 
 
 def _measure(step: str, n: int, views: int, channels: list[int], blocks: int, device: str,
@@ -54,8 +54,12 @@ def _measure(step: str, n: int, views: int, channels: list[int], blocks: int, de
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    else:  # the peak counter restarts here; base = what is resident after the warm-up
+        import gc
+
+        gc.collect()
+        reset_peak_rss()
+        base = (rss_mb() or 0.0) * 2**20
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -66,8 +70,8 @@ def _measure(step: str, n: int, views: int, channels: list[int], blocks: int, de
         times.append(time.perf_counter() - start)
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
-    else:  # RSS high-water mark of this process above the level after the warm-up
-        peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base, 0)
+    else:  # RSS high-water mark during the timed steps above the level after the warm-up
+        peak = max((peak_rss_mb() or 0.0) * 2**20 - base, 0)
     return {"time_s": min(times), "peak_mem_gb": peak / 1e9, "mem_method":
             "cuda.max_memory_allocated" if dev.type == "cuda" else "peak RSS growth"}
 
@@ -106,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                    str(args.views), "--channels", *map(str, args.channels), "--blocks",
                    str(args.blocks), "--device", args.device, "--repeats", str(args.repeats),
                    "--_child", step, str(n)]
-            res = subprocess.run(cmd, capture_output=True, text=True)
+            # glibc returns freed blocks >= 128 kB to the OS, so RSS follows live memory
+            env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="262144")
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if res.returncode != 0:
                 err = res.stderr.strip().splitlines()[-1:] or ["?"]
                 status = "oom" if "out of memory" in res.stderr.lower() else f"error: {err[0]}"
