@@ -116,14 +116,34 @@ def normal_input(wildcards):
 # ---- train stage helpers (used by workflow/rules/train.smk) ----
 
 
-def train_inputs(wildcards):
-    inputs = {
-        "train": [sample_path(wildcards.task, v) for v in volumes(wildcards.task, "train")],
-        "val": [sample_path(wildcards.task, v) for v in volumes(wildcards.task, "val")],
+def normal_for(task, setting, variant):
+    """The fitted H a variant needs as input ({"normal": path} for the -H variants, else {})."""
+    if variant.endswith("-H"):
+        return {"normal": f"{RESULTS}/normal/{task}/{setting}.pt"}
+    return {}
+
+
+def model_inputs(model_base, task, volume):
+    """A trained model (.pt), its training statistics (.json) and one test volume."""
+    return {
+        "model": f"{model_base}.pt",
+        "stats": f"{model_base}.json",
+        "sample": sample_path(task, volume),
     }
-    if wildcards.variant.endswith("-H"):
-        inputs["normal"] = f"{RESULTS}/normal/{wildcards.task}/{wildcards.setting}.pt"
-    return inputs
+
+
+def training_volumes(task):
+    return {
+        "train": [sample_path(task, v) for v in volumes(task, "train")],
+        "val": [sample_path(task, v) for v in volumes(task, "val")],
+    }
+
+
+def train_inputs(wildcards):
+    return {
+        **training_volumes(wildcards.task),
+        **normal_for(wildcards.task, wildcards.setting, wildcards.variant),
+    }
 
 
 def normal_arg(wildcards, input):
@@ -136,14 +156,10 @@ def normal_arg(wildcards, input):
 
 def evaluate_inputs(wildcards):
     base = f"{RESULTS}/models/{wildcards.task}/{wildcards.setting}/{wildcards.variant}"
-    inputs = {
-        "model": f"{base}.pt",
-        "stats": f"{base}.json",
-        "sample": sample_path(wildcards.task, wildcards.volume),
+    return {
+        **model_inputs(base, wildcards.task, wildcards.volume),
+        **normal_for(wildcards.task, wildcards.setting, wildcards.variant),
     }
-    if wildcards.variant.endswith("-H"):
-        inputs["normal"] = f"{RESULTS}/normal/{wildcards.task}/{wildcards.setting}.pt"
-    return inputs
 
 
 def eval_targets():
@@ -184,27 +200,18 @@ def sweep_config_json(wildcards):
     return json.dumps(swept, sort_keys=True)
 
 
-def sweep_normal(task, setting):
-    if SWEEP["variant"].endswith("-H"):
-        return {"normal": f"{RESULTS}/normal/{task}/{setting}.pt"}
-    return {}
-
-
 def sweep_train_inputs(wildcards):
     return {
-        "train": [sample_path(wildcards.task, v) for v in volumes(wildcards.task, "train")],
-        "val": [sample_path(wildcards.task, v) for v in volumes(wildcards.task, "val")],
-        **sweep_normal(wildcards.task, wildcards.setting),
+        **training_volumes(wildcards.task),
+        **normal_for(wildcards.task, wildcards.setting, SWEEP["variant"]),
     }
 
 
 def sweep_evaluate_inputs(wildcards):
     base = f"{RESULTS}/models/{wildcards.task}/{wildcards.setting}/sweep/p{wildcards.patch}"
     return {
-        "model": f"{base}.pt",
-        "stats": f"{base}.json",
-        "sample": sample_path(wildcards.task, wildcards.volume),
-        **sweep_normal(wildcards.task, wildcards.setting),
+        **model_inputs(base, wildcards.task, wildcards.volume),
+        **normal_for(wildcards.task, wildcards.setting, SWEEP["variant"]),
     }
 
 
