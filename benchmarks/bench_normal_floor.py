@@ -7,6 +7,9 @@ writes, per geometry:
   alternating closed forms for the kernel and the mask), i.e. the relative error
   ‖AᵀA − H‖_F / ‖AᵀA‖_F that the model itself allows, measured on held-out rows;
 * ``floor_no_mask``: the same with m = 1 (a convex problem: the Toeplitz projection);
+* ``sum_K``: an upper bound on the error of the best sum of K such terms,
+  Σ_k diag(m_k) F⁻¹ diag(λ_k) F (which keeps the exact patch crop): how many terms a richer model
+  would need;
 * ``fit``: the held-out Gaussian-probe error reached by ``fit_normal_operator`` (Adam, the
   pipeline's fit) after ``--steps`` steps, and that H's error on a piecewise-constant phantom.
 
@@ -32,6 +35,7 @@ import argparse
 import csv
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +80,16 @@ def phantom(n: int) -> torch.Tensor:
     return x[None, None]
 
 
-def bench_one(name: str, n: int, views: int, steps: int, rows: int, heldout_rows: int, seed: int):
+def bench_one(
+    name: str,
+    n: int,
+    views: int,
+    steps: int,
+    rows: int,
+    heldout_rows: int,
+    seed: int,
+    terms: Sequence[int] = (),
+):
     from unroll3d.normal import (
         DiagCirculantWrapper,
         error_floor,
@@ -100,7 +113,9 @@ def bench_one(name: str, n: int, views: int, steps: int, rows: int, heldout_rows
         backend="rtk",
     )
     t0 = time.perf_counter()
-    floor = error_floor(physics, img_size, n_rows=rows, n_heldout=heldout_rows, seed=seed)
+    floor = error_floor(
+        physics, img_size, n_rows=rows, n_heldout=heldout_rows, seed=seed, terms=terms
+    )
     floor_plain = error_floor(
         physics,
         img_size,
@@ -135,6 +150,7 @@ def bench_one(name: str, n: int, views: int, steps: int, rows: int, heldout_rows
         "floor_heldout": floor["heldout_rel_error"],
         "floor_train": floor["train_rel_error"],
         "floor_no_mask_heldout": floor_plain["heldout_rel_error"],
+        **{f"sum_{k}_heldout": v for k, v in floor["sum_of_terms_heldout_rel_error"].items()},
         "rows": rows,
         "heldout_rows": heldout_rows,
         "fit_steps": steps,
@@ -147,22 +163,29 @@ def bench_one(name: str, n: int, views: int, steps: int, rows: int, heldout_rows
 
 
 def markdown(rows: list[dict]) -> str:
+    sums = [k for k in rows[0] if k.startswith("sum_")]
     head = (
         "| Geometry | n | Views | Pitch (voxel) | Max fan ½-angle | Floor, H | Floor, m = 1 "
-        "| Fit (probes) | Fit (phantom) |\n|---|---|---|---|---|---|---|---|---|\n"
+        + "".join(f"| Sum of {k.split('_')[1]} terms ≤ " for k in sums)
+        + "| Fit (probes) | Fit (phantom) |\n"
+        + "|---" * (9 + len(sums))
+        + "|\n"
     )
     body = "".join(
         f"| {r['geometry']} | {r['size']} | {r['views']} | {r['pitch_at_axis']} "
         f"| {r['max_fan_half_angle_deg']}° | {r['floor_heldout']:.3f} "
-        f"| {r['floor_no_mask_heldout']:.3f} | {r['fit_heldout']:.3f} ({r['fit_steps']} steps) "
-        f"| {r['fit_phantom']:.3f} |\n"
+        f"| {r['floor_no_mask_heldout']:.3f} "
+        + "".join(f"| {r[k]:.3f} " for k in sums)
+        + f"| {r['fit_heldout']:.3f} ({r['fit_steps']} steps) | {r['fit_phantom']:.3f} |\n"
         for r in rows
     )
     devices = sorted({r["device"] for r in rows})
     notes = (
         "\nRelative errors ‖AᵀAx − Hx‖/‖AᵀAx‖. *Floor*: the best one-sided H for the operator, "
         "from exact rows of AᵀA (`unroll3d.normal.error_floor`), i.e. the error on white Gaussian "
-        "probes that no fit of this form can go much below. *Fit*: `fit_normal_operator` on "
+        "probes that no fit of this form can go much below. *Sum of K terms*: an upper bound for "
+        "Σ_k diag(m_k) F⁻¹ diag(λ_k) F (the one-term optimum plus K − 1 SVD terms of its "
+        "residual). *Fit*: `fit_normal_operator` on "
         "held-out Gaussian probes and on a phantom. RTK Joseph projectors, circular orbit, "
         f"detector sized not to truncate. Device: {', '.join(devices)}.\n"
     )
@@ -177,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=300, help="Adam steps of the probe fit")
     ap.add_argument("--rows", type=int, default=1536, help="rows of AᵀA the floor is built from")
     ap.add_argument("--heldout-rows", type=int, default=256, help="rows it is measured on")
+    ap.add_argument(
+        "--terms", type=int, nargs="*", default=[8, 64], help="K of the sum-of-terms bounds"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--out", required=True, help="CSV output (a .md table is written beside it)")
@@ -187,7 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     for views in args.views:
         for name in args.geometries:
             r = bench_one(
-                name, args.size, views, args.steps, args.rows, args.heldout_rows, args.seed
+                name,
+                args.size,
+                views,
+                args.steps,
+                args.rows,
+                args.heldout_rows,
+                args.seed,
+                args.terms,
             )
             rows.append(r)
             print(

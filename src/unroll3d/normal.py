@@ -711,6 +711,7 @@ def error_floor(
     batch: int = 32,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    terms: Sequence[int] = (),
 ) -> dict[str, Any]:
     r"""Best one-sided H = diag(m) C for ``physics``, found from exact rows of AᵀA, not probes.
 
@@ -727,8 +728,14 @@ def error_floor(
     Real images only (``img_size = (1, D, H, W)``). Cost: ``n_rows + n_heldout`` applications of
     AᵀA and that many volumes in float32 memory (470 MB at 32³ with the defaults).
 
-    :return: ``heldout_rel_error``, ``train_rel_error`` (on the rows h was built from), ``n_rows``,
-        ``n_heldout``, ``fit_mask``, ``seconds``.
+    ``terms`` (e.g. ``(2, 8, 64)``) also bounds richer models that keep the exact patch crop, sums
+    :math:`\sum_{k\le K} \mathrm{diag}(m_k) F^{-1}\mathrm{diag}(\lambda_k) F`: the one-term
+    optimum plus K − 1 terms from the SVD of its residual rows (an upper bound on the best K-term
+    error; memory: one more float32 array of (rows, (2D−1)(2H−1)(2W−1)), 1.8 GB at 32³).
+
+    :return: ``heldout_rel_error``, ``train_rel_error`` (on the rows h was built from),
+        ``sum_of_terms_heldout_rel_error`` ({K: bound}), ``n_rows``, ``n_heldout``, ``fit_mask``,
+        ``seconds``.
     """
     img_size = _check_img_size(img_size)
     if img_size[0] != 1:
@@ -782,8 +789,29 @@ def error_floor(
             num[part] += float(((row - m[r] * h_row) ** 2).sum())
             den[part] += float((row**2).sum())
         errors = {k: math.sqrt(num[k] / max(den[k], 1e-30)) for k in num}
+    sums = {}
+    if terms:
+        # K-term sums Σ_k diag(m_k) C_k: this one-term H plus K − 1 terms from the SVD of its
+        # residual rows, laid on the offset grid (zero where an offset leaves the volume). The
+        # result is an achievable K-term H, so its held-out error bounds the best one from above.
+        resid = torch.zeros(len(idx), math.prod(offset_grid), dtype=torch.float32)
+        for r in range(len(idx)):
+            d = offsets(r)
+            resid[r, d] = (M[r].double() - m[r] * kernel[d]).float()
+        train, held = resid[:n_rows], resid[n_rows:]
+        eigval, eigvec = torch.linalg.eigh((train @ train.T).double())
+        order = torch.argsort(eigval, descending=True)
+        eigval, eigvec = eigval[order].clamp_min(1e-30), eigvec[:, order]
+        held_sq = float((held * held).sum(dtype=torch.float64))
+        for k in sorted({int(t) for t in terms}):
+            if not 1 <= k <= n_rows + 1:
+                raise ValueError(f"terms must lie in [1, n_rows + 1], got {k}")
+            basis = (train.T @ eigvec[:, : k - 1].float()) / eigval[: k - 1].sqrt().float()
+            kept = float(((held @ basis) ** 2).sum(dtype=torch.float64))
+            sums[k] = math.sqrt(max(held_sq - kept, 0.0) / max(den["heldout"], 1e-30))
     return {
         "heldout_rel_error": errors["heldout"],
+        "sum_of_terms_heldout_rel_error": sums,
         "train_rel_error": errors["train"],
         "n_rows": int(n_rows),
         "n_heldout": int(n_heldout),
