@@ -471,6 +471,8 @@ def test_error_floor_rejects_bad_input():
         normal.error_floor(physics, (2, 4, 4, 4))
     with pytest.raises(ValueError, match="n_rows"):
         normal.error_floor(physics, (1, 4, 4, 4), n_rows=60, n_heldout=10)
+    with pytest.raises(ValueError, match="terms"):
+        normal.error_floor(physics, (1, 4, 4, 4), n_rows=8, n_heldout=8, terms=(20,))
 
 
 # ---------------------------------------------------------------------------------------------
