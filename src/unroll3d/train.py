@@ -105,7 +105,7 @@ def _rss_growth_gb(base_mb: float | None) -> float | None:
     peak = peak_rss_mb()
     if base_mb is None or peak is None:
         return None
-    return max(0.0, peak - base_mb) / 1024
+    return max(0.0, peak - base_mb) * 2**20 / 1e9  # MiB → GB (10⁹ B, as peak_memory_gb)
 
 
 def peak_rss_gb() -> float:
