@@ -127,6 +127,8 @@ def test_training_lowers_loss(tmp_path, variant):
     before = fixed_loss(init, variant, H)
     stats = tr.train(job)
     assert stats["status"] == "ok" and stats["steps"] == 30
+    growth = stats["peak_rss_growth_gb"]  # CPU memory of the steps (None off Linux)
+    assert growth is None or 0 <= growth < stats["peak_rss_gb"]
     model, payload = tr.load_trained(job.out, "cbct", cfg)
     after = fixed_loss(model, variant, H)
     assert after < 0.7 * before, (before, after)
