@@ -101,7 +101,11 @@ rule bench_normal_floor:
     # exact rows of AᵀA versus the Adam fit (CPU, RTK: no GPU needed at these sizes).
     output:
         csv=f"{BENCH_OUT}/bench_normal_floor.csv",
-        md=f"{BENCH_OUT}/bench_normal_floor.md",
+        md=report(
+            f"{BENCH_OUT}/bench_normal_floor.md",
+            caption="../report/bench_normal_floor.rst",
+            category="Normal operator H (§4.5)",
+        ),
     params:
         size=BENCH_CFG["normal_floor"]["size"],
         views=BENCH_CFG["views"],
