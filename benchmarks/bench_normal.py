@@ -16,7 +16,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 
 import torch
@@ -143,12 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             )
     if not rows:
         ap.error("no (volume, patch) pair with patch ≤ volume")
-    from unroll3d.utils import atomic_path
+    from unroll3d.utils import atomic_write_csv
 
-    with atomic_path(args.out) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    atomic_write_csv(args.out, rows)
     return 0
 
 

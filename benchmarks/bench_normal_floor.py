@@ -32,7 +32,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import time
 from collections.abc import Sequence
@@ -41,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unroll3d.utils import atomic_path, atomic_write_text, device_name
+from unroll3d.utils import atomic_write_csv, atomic_write_text, device_name
 
 # name -> (source-axis distance / n, axis-detector distance / n, detector pitch at the axis)
 GEOMETRIES = {
@@ -230,10 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     out = Path(args.out)
-    with atomic_path(out) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    atomic_write_csv(out, rows)
     atomic_write_text(out.with_suffix(".md"), markdown(rows))
     return 0
 

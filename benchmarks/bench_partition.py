@@ -27,7 +27,6 @@ call loads ITK, ~20 s per subprocess) or ``--op blur`` (a cheap circular 3D blur
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -330,12 +329,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{mode:>11} {n:4d}³  {row['status']}", flush=True)
             rows.append(row)
     _ratios(rows)
-    from unroll3d.utils import atomic_path
+    from unroll3d.utils import atomic_write_csv
 
-    with atomic_path(a.out) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(rows)
+    atomic_write_csv(a.out, rows, FIELDS)
     print(f"wrote {a.out}")
     return 0
 

@@ -16,7 +16,6 @@ allocator and are reported separately as the drop in free device memory, ``cuda_
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import time
@@ -187,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from unroll3d.physics import cuda_astra_available
-    from unroll3d.utils import atomic_path
+    from unroll3d.utils import atomic_write_csv
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -203,10 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_mri(args.sizes, args.coils, args.repeats, "cpu")
         if torch.cuda.is_available():
             rows += bench_mri(args.sizes, args.coils, args.repeats, "cuda")
-    with atomic_path(args.out) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write_csv(args.out, rows, FIELDS)
     print(f"wrote {len(rows)} rows to {args.out}")
     return 0
 

@@ -40,3 +40,20 @@ def test_peak_rss_counts_what_happens_after_a_reset():
     block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
     del block
     assert peak_rss_mb() - base >= 48
+
+
+def test_atomic_write_csv_roundtrip(tmp_path):
+    """Header from the first row (or the given columns); missing and None values are empty."""
+    import csv
+
+    from unroll3d.utils import atomic_write_csv
+
+    path = tmp_path / "sub" / "t.csv"
+    atomic_write_csv(path, [{"a": 1, "b": None}, {"a": 2}])
+    assert list(csv.reader(path.open())) == [["a", "b"], ["1", ""], ["2", ""]]
+    atomic_write_csv(path, [{"b": 3}], fieldnames=["a", "b"])
+    assert path.read_text().splitlines() == ["a,b", ",3"]
+    with pytest.raises(ValueError):  # a key outside the columns is an error, not dropped
+        atomic_write_csv(path, [{"c": 1}], fieldnames=["a"])
+    assert path.read_text().splitlines() == ["a,b", ",3"]  # the old file is left whole
+    assert [p.name for p in path.parent.iterdir()] == ["t.csv"]

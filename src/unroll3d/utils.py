@@ -74,6 +74,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def atomic_write_csv(
+    path: str | os.PathLike, rows: list[dict], fieldnames: list[str] | None = None
+) -> None:
+    """Write ``rows`` as CSV with a header to ``path`` atomically; columns ``fieldnames`` (default:
+    the keys of the first row); a missing value is written empty, None as empty."""
+    import csv
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(fieldnames or rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
