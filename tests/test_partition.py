@@ -539,6 +539,13 @@ def test_normal_op_replaces_exact_normal(gen, monkeypatch):
     assert relerr(est, target) < 1e-4
 
 
+def circular_normal_filter(physics, size):
+    """λ = F(AᵀA e₀) on the circular grid (rfft layout): for a circular blur, H = AᵀA exactly."""
+    impulse = torch.zeros(1, 1, *size)
+    impulse[0, 0, 0, 0, 0] = 1
+    return torch.fft.rfftn(physics.A_adjoint(physics.A(impulse))[0, 0])
+
+
 def test_real_diag_circulant_restrict_matches_exact(gen):
     """When unroll3d.normal lands: H built from a circular blur's AᵀA restricts exactly."""
     normal = pytest.importorskip("unroll3d.normal")
@@ -547,9 +554,7 @@ def test_real_diag_circulant_restrict_matches_exact(gen):
         pytest.skip("unroll3d.normal.DiagCirculant not available yet")
     size = (10, 9, 8)
     physics = mild_blur(3, torch.float32, gen)
-    impulse = torch.zeros(1, 1, *size)
-    impulse[0, 0, 0, 0, 0] = 1
-    lam = torch.fft.rfftn(physics.A_adjoint(physics.A(impulse))[0, 0])  # circular grid layout
+    lam = circular_normal_filter(physics, size)
     try:
         H = DiagCirculant(lam, torch.ones(size), (1, *size))
     except Exception as err:  # pragma: no cover - interface mismatch is reported, not hidden
@@ -596,9 +601,7 @@ def test_diag_circulant_wrapper_physics_uses_restricted_h(gen):
         pytest.skip("unroll3d.normal.DiagCirculantWrapper not available yet")
     size = (8, 8, 8)
     physics = mild_blur(3, torch.float32, gen)
-    impulse = torch.zeros(1, 1, *size)
-    impulse[0, 0, 0, 0, 0] = 1
-    lam = torch.fft.rfftn(physics.A_adjoint(physics.A(impulse))[0, 0])  # H = AᵀA exactly
+    lam = circular_normal_filter(physics, size)  # H = AᵀA exactly
     mask = torch.ones(size)
     x = torch.rand(1, 1, *size, generator=gen)
     y = physics.A(x)
