@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from deepinv.models import Reconstructor
 from torch import nn
+
+from unroll3d.variants import VARIANTS, VariantSpec, variant_spec
 
 __all__ = [
     "DRUNet3D",
@@ -332,42 +333,6 @@ class TVReconstructor(Reconstructor):
         with torch.no_grad():
             x0 = x0.float()
             return algo(y, physics, init=(x0, x0.clone()))
-
-
-@dataclass(frozen=True)
-class VariantSpec:
-    """What a variant name means.
-
-    :param str kind: ``unrolled``, ``postproc``, ``tv`` or ``analytical``.
-    :param bool partition: trained on patches / inferred through ``PartitionedReconstructor``.
-    :param bool use_H: the data step uses the fitted diagonal-circulant ``H``.
-    :param bool learned: has trainable weights.
-    """
-
-    kind: str
-    partition: bool
-    use_H: bool
-    learned: bool
-
-
-VARIANTS: dict[str, VariantSpec] = {
-    "fdk": VariantSpec("analytical", False, False, False),
-    "adjoint": VariantSpec("analytical", False, False, False),
-    "tv": VariantSpec("tv", False, False, False),
-    "postproc": VariantSpec("postproc", True, False, True),
-    "unrolled": VariantSpec("unrolled", False, False, True),
-    "unrolled-H": VariantSpec("unrolled", False, True, True),
-    "partition": VariantSpec("unrolled", True, False, True),
-    "partition-H": VariantSpec("unrolled", True, True, True),
-}
-
-
-def variant_spec(name: str) -> VariantSpec:
-    """The :class:`VariantSpec` of ``name``; a clear error lists the known names."""
-    try:
-        return VARIANTS[name]
-    except KeyError:
-        raise ValueError(f"unknown variant {name!r}; known: {sorted(VARIANTS)}") from None
 
 
 TASK_CHANNELS = {"cbct": 1, "mri": 2}

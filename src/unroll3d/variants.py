@@ -1,0 +1,147 @@
+"""The variant registry: the one place that says what each method of the tables is.
+
+A variant is a name (``partition-H``, ``tv``, ...) plus everything the rest of the code needs to
+know about it: how it reconstructs (``kind``), whether it trains on patches (``partition``),
+whether its data step uses the fitted H (``use_H``), whether it has weights (``learned``),
+whether its jobs want a GPU (``gpu``), and how tables and figures name and draw it.
+
+This module imports nothing heavy (no torch), so the Snakemake rules, the report and the
+library all read the same registry. Adding a variant means one :func:`register` call here and
+its model code in :mod:`unroll3d.models`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "VariantSpec",
+    "VARIANTS",
+    "TASKS",
+    "register",
+    "variant_spec",
+    "ablation_variants",
+    "needs_H",
+]
+
+#: The two tasks of the paper.
+TASKS = ("cbct", "mri")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """What a variant name means.
+
+    :param str name: the registry key and the ``{variant}`` wildcard.
+    :param str kind: ``unrolled``, ``postproc``, ``tv`` or ``analytical``.
+    :param bool partition: trained on patches / inferred through ``PartitionedReconstructor``.
+    :param bool use_H: the data step uses the fitted diagonal-circulant ``H``.
+    :param bool learned: has trainable weights.
+    :param bool gpu: its train/evaluate jobs take one GPU (``resources: gpu=1``).
+    :param dict label: table row label per task (the paper's wording where it has the row).
+    :param dict short: figure panel / legend label per task.
+    :param str | None ablation: row label in the ablation table (§6.3), None if not in it.
+    :param tuple style: (colour, marker) shared by every figure.
+    """
+
+    name: str
+    kind: str
+    partition: bool
+    use_H: bool
+    learned: bool
+    gpu: bool = True
+    label: dict[str, str] = field(default_factory=dict)
+    short: dict[str, str] = field(default_factory=dict)
+    ablation: str | None = None
+    style: tuple[str, str] = ("k", "o")
+
+    def label_for(self, task: str) -> str:
+        return self.label.get(task, self.name)
+
+    def short_for(self, task: str) -> str:
+        return self.short.get(task, self.name)
+
+
+#: name -> spec, in table order.
+VARIANTS: dict[str, VariantSpec] = {}
+
+_KINDS = ("unrolled", "postproc", "tv", "analytical")
+
+
+def register(spec: VariantSpec) -> VariantSpec:
+    """Add ``spec`` to :data:`VARIANTS` (a clear error on a duplicate name or unknown kind)."""
+    if spec.name in VARIANTS:
+        raise ValueError(f"variant {spec.name!r} is already registered")
+    if spec.kind not in _KINDS:
+        raise ValueError(f"variant {spec.name!r}: unknown kind {spec.kind!r}; known: {_KINDS}")
+    VARIANTS[spec.name] = spec
+    return spec
+
+
+def _both(text: str) -> dict[str, str]:
+    return dict.fromkeys(TASKS, text)
+
+
+register(VariantSpec(
+    "fdk", "analytical", False, False, False, gpu=False,
+    label={"cbct": "FDK (analytical)", "mri": "Zero-filled (Aᴴy)"},
+    short={"cbct": "FDK", "mri": "Zero-filled"},
+    style=("#7f7f7f", "v"),
+))  # fmt: skip
+register(VariantSpec(
+    "adjoint", "analytical", False, False, False, gpu=False,
+    label={"cbct": "Adjoint Aᵀy", "mri": "Zero-filled (Aᴴy)"},
+    short={"cbct": "Aᵀy", "mri": "Zero-filled"},
+    style=("#bcbd22", "v"),
+))  # fmt: skip
+register(VariantSpec(
+    "tv", "tv", False, False, False,
+    label=_both("TV (variational)"), short=_both("TV"), style=("#8c564b", "^"),
+))  # fmt: skip
+register(VariantSpec(
+    "postproc", "postproc", True, False, True,
+    label=_both("DRUNet[3D] (post-processing)"), short=_both("Post-proc. 3D"),
+    style=("#1f77b4", "s"),
+))  # fmt: skip
+register(VariantSpec(
+    "unrolled", "unrolled", False, False, True,
+    label=_both("Unrolled[3D] (standard)"), short=_both("Unrolled"),
+    ablation="Unrolled[3D] (no partitioning, exact operator)", style=("#2ca02c", "D"),
+))  # fmt: skip
+register(VariantSpec(
+    "unrolled-H", "unrolled", False, True, True,
+    label=_both("Unrolled[3D] + H"), short=_both("Unrolled + H"),
+    ablation="+ Approx only", style=("#98df8a", "d"),
+))  # fmt: skip
+register(VariantSpec(
+    "partition", "unrolled", True, False, True,
+    label={"cbct": "Unrolled[3D] + partition (exact)",
+           "mri": "Unrolled[3D] + partition (paper: ours)"},
+    short={"cbct": "Partition", "mri": "Partition*"},
+    ablation="+ Partitioning only", style=("#ff7f0e", "o"),
+))  # fmt: skip
+register(VariantSpec(
+    "partition-H", "unrolled", True, True, True,
+    label={"cbct": "Unrolled[3D] + partition + H (paper: ours)",
+           "mri": "Unrolled[3D] + partition + H"},
+    short={"cbct": "Partition + H*", "mri": "Partition + H"},
+    ablation="+ Partitioning + Approx", style=("#d62728", "*"),
+))  # fmt: skip
+
+
+def variant_spec(name: str) -> VariantSpec:
+    """The :class:`VariantSpec` of ``name``; a clear error lists the known names."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown variant {name!r}; known: {sorted(VARIANTS)}") from None
+
+
+def needs_H(name: str) -> bool:
+    """Whether the variant's jobs need the fitted normal operator as an input."""
+    return variant_spec(name).use_H
+
+
+def ablation_variants() -> list[str]:
+    """The ablation table's rows (§6.3), in registry order."""
+    return [name for name, spec in VARIANTS.items() if spec.ablation is not None]
