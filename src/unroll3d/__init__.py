@@ -9,7 +9,7 @@ cheap and a name pulls in torch/deepinv only when it is first used::
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -36,22 +36,6 @@ _EXPORTS = {
 }
 
 __all__ = ["__version__", *_EXPORTS]
-
-if TYPE_CHECKING:  # for type checkers and IDEs; never executed
-    from unroll3d.metrics import compute_metrics
-    from unroll3d.models import UnrolledPGD, build_variant
-    from unroll3d.normal import (
-        DiagCirculant,
-        DiagCirculantWrapper,
-        NormalFit,
-        fit_normal_operator,
-        load_normal,
-        save_normal,
-    )
-    from unroll3d.partition import PartitionedPhysics, PartitionedReconstructor
-    from unroll3d.physics import ConeBeam, MultiCoilMRI3D, fdk, sqnorm
-    from unroll3d.variants import VARIANTS, VariantSpec, variant_spec
-
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)

@@ -1,6 +1,7 @@
-"""Measurement operators: cone-beam CT (RTK on CPU, astra on CUDA), FDK, 3D multi-coil MRI."""
+"""Measurement operators: cone-beam CT (RTK on CPU, astra on CUDA), FDK, 3D multi-coil MRI, and
+the power-method norms ‖A‖ / ‖A‖² shared by all of them."""
 
-from .conebeam import ConeBeam, circular_vectors, cuda_astra_available, operator_norm
+from .conebeam import ConeBeam, circular_vectors, cuda_astra_available
 from .fdk import fdk
 from .mri import (
     MultiCoilMRI3D,
@@ -10,6 +11,7 @@ from .mri import (
     poisson_disc_mask,
     rss_normalize,
 )
+from .norm import operator_norm, sqnorm
 
 __all__ = [
     "ConeBeam",
@@ -23,4 +25,5 @@ __all__ = [
     "partial_kz_mask",
     "poisson_disc_mask",
     "rss_normalize",
+    "sqnorm",
 ]

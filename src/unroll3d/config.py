@@ -1,0 +1,163 @@
+"""The pipeline configuration: load, validate against the schema, fill defaults once, and cut the
+sections each job reads.
+
+The schema (``unroll3d/schemas/config.schema.yaml``, package data) is the single source of every
+key, its description and its default. The Snakemake workflow validates with it too, and passes
+each job only the part of the config that job reads (:func:`job_config`), so editing a report
+caption does not rerun training.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from unroll3d.variants import VARIANTS
+
+__all__ = [
+    "ConfigError",
+    "schema",
+    "validate",
+    "load_config",
+    "section_defaults",
+    "train_settings",
+    "evaluate_settings",
+    "job_config",
+    "sweep_job_config",
+    "dumps",
+    "JOB_TASK_KEYS",
+]
+
+#: Keys of the task section (``cbct``/``mri``) that training and evaluation read.
+JOB_TASK_KEYS = ("K", "patch_size", "stride")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message names the key."""
+
+
+@cache
+def schema() -> dict:
+    """The configuration schema (package data)."""
+    import yaml
+
+    text = resources.files("unroll3d").joinpath("schemas/config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _fill_defaults(node: dict, value: Any) -> Any:
+    """``value`` with the schema's defaults filled in, recursively, for missing object keys."""
+    if not isinstance(value, dict) or node.get("type") != "object":
+        return value
+    out = dict(value)
+    for key, sub in node.get("properties", {}).items():
+        if key not in out and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+        if key in out:
+            out[key] = _fill_defaults(sub, out[key])
+    return out
+
+
+def validate(config: dict) -> dict:
+    """A copy of ``config`` with defaults filled, after checking it against the schema and the
+    variant registry. Raises :class:`ConfigError` naming the offending key."""
+    import jsonschema
+
+    filled = _fill_defaults(schema(), config)
+    errors = sorted(
+        jsonschema.Draft202012Validator(schema()).iter_errors(filled), key=lambda e: list(e.path)
+    )
+    if errors:
+        err = errors[0]
+        where = ".".join(str(p) for p in err.path) or "(top level)"
+        raise ConfigError(f"config key {where}: {err.message}")
+    for name in filled.get("variants", []):
+        if name not in VARIANTS:
+            raise ConfigError(f"config key variants: unknown variant {name!r}; known: {list(VARIANTS)}")
+    sweep = filled.get("sweep") or {}
+    if sweep.get("variant") is not None:
+        spec = VARIANTS.get(sweep["variant"])
+        if spec is None or not spec.partition:
+            partitioned = [n for n, s in VARIANTS.items() if s.partition and s.learned]
+            raise ConfigError(
+                f"config key sweep.variant: {sweep['variant']!r} is not a partitioned variant; "
+                f"choose one of {partitioned}"
+            )
+    return filled
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config file, validate it and fill its defaults."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    try:
+        return validate(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def section_defaults(name: str) -> dict:
+    """Defaults of one top-level object section (``train``, ``evaluate``, ...) from the schema."""
+    node = schema()["properties"][name]
+    return _fill_defaults(node, {})
+
+
+def train_settings(config: dict) -> dict:
+    """The ``train`` section with every default filled from the schema."""
+    return {**section_defaults("train"), **(config.get("train") or {})}
+
+
+def evaluate_settings(config: dict) -> dict:
+    """The ``evaluate`` section with every default filled from the schema."""
+    return {**section_defaults("evaluate"), **(config.get("evaluate") or {})}
+
+
+def _task_defaults(task: str) -> dict:
+    return section_defaults(task)
+
+
+def job_config(config: dict, task: str) -> dict:
+    """The part of ``config`` that ``unroll3d train`` / ``unroll3d evaluate`` read for ``task``:
+    ``seed``, ``model``, ``train``, ``evaluate`` and the task's ``K``, ``patch_size`` and
+    ``stride``, defaults filled. Keys outside it (splits, views, report, sweep, benchmarks, the
+    config's name) never reach these jobs, so changing them reruns none of them."""
+    if task not in ("cbct", "mri"):
+        raise ConfigError(f"unknown task {task!r}; known: ['cbct', 'mri']")
+    task_cfg = {**_task_defaults(task), **(config.get(task) or {})}
+    model = {**section_defaults("model"), **(config.get("model") or {})}
+    return {
+        "seed": int(config.get("seed", 0)),
+        "model": model,
+        "train": _own_task_keys(train_settings(config), task),
+        "evaluate": _own_task_keys(evaluate_settings(config), task),
+        task: {k: task_cfg.get(k) for k in JOB_TASK_KEYS},
+    }
+
+
+def _own_task_keys(section: dict, task: str) -> dict:
+    """``section`` without the keys meant for the other task (``cbct_crop`` for an MRI job)."""
+    others = [t for t in ("cbct", "mri") if t != task]
+    return {k: v for k, v in section.items() if not any(k.startswith(f"{o}_") for o in others)}
+
+
+def sweep_job_config(config: dict, task: str, patch: list[int]) -> dict:
+    """:func:`job_config` with the task's patch size replaced (the Figs. 7/8 sweep)."""
+    out = job_config(config, task)
+    out[task]["patch_size"] = [int(p) for p in patch]
+    return out
+
+
+def dumps(config: dict) -> str:
+    """Canonical JSON text of a config (sorted keys): what the rules pass as ``--config-json``."""
+    return json.dumps(config, sort_keys=True)
