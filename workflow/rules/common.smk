@@ -7,7 +7,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 
-validate(config, "../schemas/config.schema.yaml")
+validate(config, "../../src/unroll3d/schemas/config.schema.yaml")
 
 RESULTS = "results"
 LOGS = f"{RESULTS}/logs"
