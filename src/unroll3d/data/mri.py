@@ -299,7 +299,7 @@ def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed:
     """Build the :class:`~unroll3d.data.Sample` of a preprocessed MRI file under ``R<acceleration>``."""
     import torch
 
-    from unroll3d.data import Sample
+    from unroll3d.data.sample import Sample
 
     kspace = data["kspace"]
     n, nx, ny, nz = kspace.shape

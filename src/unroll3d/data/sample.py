@@ -1,0 +1,45 @@
+"""One volume under one setting (:class:`Sample`) and the names of settings and mask seeds."""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from unroll3d.data.download import DataError
+
+__all__ = ["Sample", "parse_setting", "fixed_mask_seed"]
+
+
+@dataclass
+class Sample:
+    """One test/training volume under one setting.
+
+    :param torch.Tensor x: ground truth ``(1, C, D, H, W)`` (C = 1 for CBCT, 2 = real/imag for MRI).
+    :param torch.Tensor y: measurements, CBCT ``(1, 1, P, rows, cols)``, MRI ``(1, 2, N, D, H, W)``.
+    :param physics: the ``deepinv.physics.LinearPhysics`` with ``y ~= physics.A(x)``.
+    :param dict meta: provenance (volume id, setting, scale, view indices or mask seed, ...).
+    """
+
+    x: Any
+    y: Any
+    physics: Any
+    meta: dict = field(default_factory=dict)
+
+
+def parse_setting(setting: str) -> tuple[str, float]:
+    """``"v30"`` -> ``("cbct", 30)``; ``"R5"`` -> ``("mri", 5.0)``."""
+    m = re.fullmatch(r"v(\d+)|R([0-9]+(?:\.[0-9]+)?)", setting)
+    if not m:
+        raise DataError(
+            f"unknown setting {setting!r}: expected 'v<views>' (CBCT) or 'R<acceleration>' (MRI)"
+        )
+    if m.group(1) is not None:
+        return "cbct", int(m.group(1))
+    return "mri", float(m.group(2))
+
+
+def fixed_mask_seed(volume: str, setting: str, base_seed: int = 0) -> int:
+    """Seed of the fixed mask of ``volume`` under ``setting`` (stable across runs and machines)."""
+    return (zlib.crc32(f"{volume}:{setting}".encode()) + int(base_seed)) % 2**31
