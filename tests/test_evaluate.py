@@ -9,10 +9,12 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
-from test_train import OOMModel, loader, make_job, toy_config, toy_H
+from toys import OOMModel, loader, make_job, toy_config, toy_H
 
-import unroll3d.evaluate as ev
-import unroll3d.train as tr
+import unroll3d.cli.evaluate as evaluate_cli
+import unroll3d.engine.core as core
+import unroll3d.engine.evaluate as ev
+import unroll3d.engine.train as tr
 from unroll3d.metrics import (
     _crop,
     _ssim_nd,
@@ -191,9 +193,9 @@ def test_oom_model_and_schema(tmp_path, monkeypatch):
 
 def test_evaluate_cli(trained, tmp_path, monkeypatch):
     cfg, H, jobs = trained
-    monkeypatch.setattr(ev, "default_loader", lambda setting, device: loader)
+    monkeypatch.setattr(core, "load_sample", lambda path, setting, device=None: loader(path))
     out = tmp_path / "r.json"
-    rc = ev.main(
+    rc = evaluate_cli.main(
         [
             "--task",
             "cbct",
@@ -220,7 +222,7 @@ def test_evaluate_cli(trained, tmp_path, monkeypatch):
 
 
 def test_refine_switches():
-    assert ev.refine_enabled("cbct", {"evaluate": {"refine": True}})
-    assert not ev.refine_enabled("mri", {"evaluate": {"refine": True}})
-    assert ev.refine_enabled("mri", {"evaluate": {"refine": True, "mri_refine": True}})
-    assert not ev.refine_enabled("cbct", {"evaluate": {"refine": False}})
+    assert core.refine_enabled("cbct", {"evaluate": {"refine": True}})
+    assert not core.refine_enabled("mri", {"evaluate": {"refine": True}})
+    assert core.refine_enabled("mri", {"evaluate": {"refine": True, "mri_refine": True}})
+    assert not core.refine_enabled("cbct", {"evaluate": {"refine": False}})

@@ -1,16 +1,11 @@
-"""Models: the unrolled PGD maths, DRUNet padding, the variant registry, the physics contract.
-
-Also provides the toy problem (a masked 3D blur, pure torch) used by test_train/test_evaluate.
-"""
+"""Models: the unrolled PGD maths, DRUNet padding, the variant registry, the physics contract."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 import torch
-import torch.nn.functional as F
 from deepinv.physics import LinearPhysics
+from toys import TINY, toy_sample
 
 from unroll3d.models import (
     VARIANTS,
@@ -25,70 +20,6 @@ from unroll3d.models import (
 )
 
 torch.set_num_threads(1)
-
-TINY = {"channels": [4, 8, 8, 8], "blocks": 1}
-
-
-class ToyBlur(LinearPhysics):
-    """A = M ⊙ (k * x): a 3×3×3 blur (zero padding) followed by a random voxel mask.
-
-    ``A_adjoint`` is the exact adjoint (transposed convolution); ``A_dagger`` is the adjoint
-    scaled by 1/‖A‖² (a cheap stand-in for FDK). Channels are blurred independently.
-    """
-
-    def __init__(self, shape, channels=1, keep=0.6, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        k = torch.rand((3, 3, 3), generator=g) + 0.5
-        self.register_buffer("kernel", (k / k.sum()).expand(channels, 1, 3, 3, 3).clone())
-        self.register_buffer("mask", (torch.rand((1, 1, *shape), generator=g) < keep).float())
-        self.channels = channels
-        self.sqnorm = 1.0
-
-    def A(self, x, **kw):
-        return self.mask * F.conv3d(x, self.kernel, padding=1, groups=self.channels)
-
-    def A_adjoint(self, y, **kw):
-        return F.conv_transpose3d(self.mask * y, self.kernel, padding=1, groups=self.channels)
-
-    def A_dagger(self, y, **kw):
-        return self.A_adjoint(y) / self.sqnorm
-
-
-@dataclass
-class ToySample:
-    x: torch.Tensor
-    y: torch.Tensor
-    physics: LinearPhysics
-    meta: dict = field(default_factory=dict)
-
-
-def toy_volume(shape, channels=1, seed=0):
-    """A few smooth blobs on a zero background, values in about [0, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    grids = torch.meshgrid(*[torch.linspace(-1, 1, n) for n in shape], indexing="ij")
-    vol = torch.zeros(shape)
-    for _ in range(3):
-        c = torch.rand(3, generator=g) * 1.2 - 0.6
-        r = 0.2 + 0.3 * torch.rand(1, generator=g)
-        d2 = sum((gr - ci) ** 2 for gr, ci in zip(grids, c, strict=True))
-        vol = vol + (d2 < r**2).float() * (0.3 + 0.7 * torch.rand(1, generator=g))
-    vol = vol.clamp(0, 1)
-    if channels == 2:
-        phase = grids[0] * 0.5
-        return torch.stack([vol * torch.cos(phase), vol * torch.sin(phase)])[None]
-    return vol[None, None]
-
-
-def toy_sample(shape=(16, 16, 16), channels=1, seed=0, noise=0.01):
-    x = toy_volume(shape, channels, seed)
-    phys = ToyBlur(shape, channels, seed=seed)
-    sq = float(phys.compute_sqnorm(torch.randn_like(x), max_iter=200, tol=1e-7, verbose=False))
-    phys.sqnorm = sq
-    g = torch.Generator().manual_seed(seed + 100)
-    y = phys.A(x) + noise * torch.randn(x.shape, generator=g)
-    return ToySample(x=x, y=y, physics=phys, meta={"op_norm_sq": sq, "volume": f"toy{seed}"})
-
 
 class CountingPhysics(LinearPhysics):
     """Wraps a physics and counts calls to the contract's methods."""

@@ -6,90 +6,15 @@ import json
 
 import pytest
 import torch
-from test_models import TINY, toy_sample
+from toys import SHAPE, OOMModel, loader, make_job, toy_config, toy_H, toy_sample
 
-import unroll3d.train as tr
-from unroll3d.models import variant_spec
+import unroll3d.cli.train as train_cli
+import unroll3d.engine.core as core
+import unroll3d.engine.train as tr
+from unroll3d.engine.evaluate import validate_result
+from unroll3d.variants import variant_spec
 
 torch.set_num_threads(1)
-
-SHAPE = (16, 16, 16)
-
-
-def toy_config(**train):
-    cfg = {
-        "name": "test",
-        "seed": 0,
-        "model": dict(TINY, residual=False),
-        "cbct": {"K": 2, "patch_size": [8, 8, 8], "stride": None},
-        "mri": {"K": 2, "patch_size": [8, 8, 8], "stride": None},
-        "train": {
-            "steps": 30,
-            "lr": 3e-3,
-            "lr_min": 1e-4,
-            "weight_decay": 0.0,
-            "accumulate": 1,
-            "grad_clip": 1.0,
-            "checkpoint_every": 1000,
-            "val_every": 1000,
-            "bf16": False,
-            "warmup_steps": 2,
-            "val_max": 1,
-            "tv_grid": [0.003, 0.03],
-            "tv_iters": 10,
-            "tv_inner": 5,
-        },
-        "evaluate": {"refine": True, "timing_steps": 1, "cbct_crop": None, "cbct_data_range": 1.0},
-    }
-    cfg["train"].update(train)
-    return cfg
-
-
-_SAMPLES: dict[str, object] = {}
-
-
-def loader(path):
-    """Test double of load_sample: 'toyN' -> the seeded toy sample N (cached)."""
-    if path not in _SAMPLES:
-        seed = int(str(path).rsplit("toy", 1)[1].split(".")[0])
-        _SAMPLES[path] = toy_sample(SHAPE, seed=seed)
-    return _SAMPLES[path]
-
-
-def toy_H(sample):
-    from unroll3d.normal import fit_normal_operator
-
-    lam, m, hist = fit_normal_operator(
-        sample.physics,
-        tuple(sample.x.shape[1:]),
-        n_steps=3,
-        heldout=1,
-        progress=False,
-        sqnorm=sample.meta["op_norm_sq"],
-    )
-    return {
-        "fourier_filter": lam,
-        "spatial_mask": m,
-        "scaling": hist["sqnorm"],
-        "two_sided": hist["two_sided"],
-        "grid": hist["grid"],
-    }
-
-
-def make_job(tmp_path, variant, config, name="m", **kw):
-    job = tr.TrainJob(
-        task="cbct",
-        setting="v30",
-        variant=variant,
-        config=config,
-        train_paths=["toy0"],
-        val_paths=kw.pop("val_paths", []),
-        out=tmp_path / f"{name}.pt",
-        loader=loader,
-        progress=False,
-        **kw,
-    )
-    return job
 
 
 def fixed_loss(model, variant, H):
@@ -97,16 +22,16 @@ def fixed_loss(model, variant, H):
     spec = variant_spec(variant)
     s = loader("toy0")
     lip = s.meta["op_norm_sq"]
-    phys = tr.physics_for(s, spec, H, lip)
+    phys = core.physics_for(s, spec, H, lip)
     x0 = s.physics.A_dagger(s.y)
     with torch.no_grad():
         if not spec.partition:
             return float(((model(s.y, phys, x_init=x0) - s.x) ** 2).mean())
-        part = tr.make_partitioner(model, "cbct", toy_config(), s.x.shape[1:])
+        part = core.make_partitioner(model, "cbct", toy_config(), s.x.shape[1:])
         losses = []
         for start in [(0, 0, 0), (4, 8, 2), (8, 4, 8)]:
             est, tgt = part.training_pair(
-                s.y, phys, s.x, start=start, x0=x0, **tr.h_kwargs(spec, H, s.x.shape[1:])
+                s.y, phys, s.x, start=start, x0=x0, **core.h_kwargs(spec, H, s.x.shape[1:])
             )
             losses.append(float(((est - tgt) ** 2).mean()))
         return sum(losses) / len(losses)
@@ -121,15 +46,13 @@ def test_training_lowers_loss(tmp_path, variant):
     cfg = toy_config()
     job = make_job(tmp_path, variant, cfg, H=H)
     torch.manual_seed(0)
-    from unroll3d.models import build_variant
-
-    init = build_variant(variant, "cbct", cfg, lipschitz=loader("toy0").meta["op_norm_sq"])
+    init = tr.build_variant(variant, "cbct", cfg, lipschitz=loader("toy0").meta["op_norm_sq"])
     before = fixed_loss(init, variant, H)
     stats = tr.train(job)
     assert stats["status"] == "ok" and stats["steps"] == 30
     growth = stats["peak_rss_growth_gb"]  # CPU memory of the steps (None off Linux)
     assert growth is None or 0 <= growth < stats["peak_rss_gb"]
-    model, payload = tr.load_trained(job.out, "cbct", cfg)
+    model, payload = core.load_trained(job.out, "cbct", cfg)
     after = fixed_loss(model, variant, H)
     assert after < 0.7 * before, (before, after)
     # logs
@@ -137,8 +60,6 @@ def test_training_lowers_loss(tmp_path, variant):
     assert rows[0].split(",") == tr.CSV_FIELDS and len(rows) == 31
     js = json.loads((tmp_path / "m.json").read_text())
     assert js["step_time_mean_s"] > 0 and js["device"].startswith("CPU")
-    from unroll3d.evaluate import validate_result
-
     validate_result(js, "train_stats")
 
 
@@ -189,18 +110,6 @@ def test_nan_guard_keeps_last_checkpoint(tmp_path):
     assert not job.out.exists()
 
 
-class OOMModel(torch.nn.Module):
-    """Model double whose forward raises CUDA's out-of-memory error."""
-
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(1))
-        self.bf16 = False
-
-    def forward(self, *a, **k):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
-
-
 def test_oom_is_a_result(tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "build_variant", lambda *a, **k: OOMModel())
     job = make_job(tmp_path, "unrolled", toy_config())
@@ -216,18 +125,18 @@ def test_non_learned_variants_write_model_files(tmp_path):
     cfg = toy_config()
     stats = tr.train(make_job(tmp_path, "tv", cfg, name="tv", val_paths=["toy1"]))
     assert stats["alpha"] in cfg["train"]["tv_grid"] and len(stats["tv_val_psnr"]) == 2
-    model, payload = tr.load_trained(tmp_path / "tv.pt", "cbct", cfg)
+    model, payload = core.load_trained(tmp_path / "tv.pt", "cbct", cfg)
     assert float(model.alpha) == pytest.approx(stats["alpha"])
     tr.train(make_job(tmp_path, "fdk", cfg, name="fdk"))
-    model, payload = tr.load_trained(tmp_path / "fdk.pt", "cbct", cfg)
+    model, payload = core.load_trained(tmp_path / "fdk.pt", "cbct", cfg)
     assert payload["status"] == "ok" and (tmp_path / "fdk.csv").exists()
 
 
 def test_cli_with_validation(tmp_path, monkeypatch):
-    monkeypatch.setattr(tr, "default_loader", lambda setting, device: loader)
+    monkeypatch.setattr(core, "load_sample", lambda path, setting, device=None: loader(path))
     cfg = toy_config(steps=4, val_every=2)
     out = tmp_path / "cli.pt"
-    rc = tr.main(
+    rc = train_cli.main(
         [
             "--task",
             "cbct",
@@ -255,10 +164,10 @@ def test_cli_with_validation(tmp_path, monkeypatch):
 
 
 def test_patch_ranges_match_the_derived_loader():
-    r = tr.patch_ranges((501, 501, 501), (8, 384, 384), (0.16, 0.1, 0.1))
+    r = core.patch_ranges((501, 501, 501), (8, 384, 384), (0.16, 0.1, 0.1))
     assert r == [(80, 421 - 8), (50, 451 - 384), (50, 451 - 384)]
-    assert tr.patch_ranges((16, 16, 16), (8, 16, 16), (0.16, 0.1, 0.1)) == [(3, 5), None, None]
-    assert tr.patch_ranges((16, 16, 16), (8, 8, 8), None) is None
+    assert core.patch_ranges((16, 16, 16), (8, 16, 16), (0.16, 0.1, 0.1)) == [(3, 5), None, None]
+    assert core.patch_ranges((16, 16, 16), (8, 8, 8), None) is None
 
 
 def test_load_H_round_trip(tmp_path):
@@ -269,19 +178,19 @@ def test_load_H_round_trip(tmp_path):
     path = tmp_path / "h.pt"
     save_normal(
         path,
-        H["fourier_filter"],
-        H["spatial_mask"],
+        H.fourier_filter,
+        H.spatial_mask,
         (1, *SHAPE),
-        H["scaling"],
-        two_sided=H["two_sided"],
-        grid=H["grid"],
+        H.scaling,
+        two_sided=H.two_sided,
+        grid=H.grid,
     )
-    loaded = tr.load_H(path)
+    loaded = core.load_H(path)
     spec = variant_spec("unrolled-H")
-    a = tr.physics_for(s, spec, H, 1.0)
-    b = tr.physics_for(s, spec, loaded, 1.0)
+    a = core.physics_for(s, spec, H, 1.0)
+    b = core.physics_for(s, spec, loaded, 1.0)
     x = torch.randn_like(s.x)
-    assert b.scaling == pytest.approx(H["scaling"])
+    assert b.scaling == pytest.approx(H.scaling)
     assert torch.allclose(a.A_adjoint_A(x), b.A_adjoint_A(x), atol=1e-6)
 
 

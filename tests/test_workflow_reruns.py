@@ -52,3 +52,40 @@ def test_changed_param_reruns_only_its_rule_and_dependents(tmp_path):
     assert "toy_mri" in after  # params changed -> rerun
     assert {"download_mri", "preprocess_mri"} <= after  # and what depends on it
     assert after - before == {"toy_mri"}  # nothing else newly scheduled
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_rerun_only_for_keys_they_read(tmp_path):
+    """Each train/evaluate job gets only its own config section (unroll3d.config.job_config):
+    a report-only or sweep-only edit reruns none of them, a training edit reruns exactly them."""
+    config = yaml.safe_load((ROOT / "config/smoke.yaml").read_text())
+    config["tasks"] = ["mri"]  # pure torch: no ITK start-up in this test
+    config["benchmarks"]["enabled"] = False
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    test_volume = config["mri"]["splits"]["test"][0]
+    targets = [
+        "results/models/mri/R5/fdk.pt",
+        f"results/eval/mri/R5/fdk/{test_volume}.json",
+    ]
+    res = _run(tmp_path, configfile, *targets)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    def planned():
+        res = _run(tmp_path, configfile, "-n", "--quiet", "rules", "--rerun-triggers", "params",
+                   *targets)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return {ln.split()[0] for ln in res.stdout.splitlines()
+                if len(ln.split()) == 2 and ln.split()[1].isdigit()} - {"total", "job"}
+
+    assert planned() == set()  # up to date
+
+    config["report"]["inset_size"] = 0.3  # read by the report only
+    config["sweep"]["mri"] = [[4, 4, 4]]  # read by the sweep rules only
+    config["benchmarks"]["sizes"] = [8]  # read by the benchmark rules only
+    configfile.write_text(yaml.safe_dump(config))
+    assert planned() == set()
+
+    config["train"]["tv_grid"] = [0.01]  # read by train (and evaluate, whose model it changes)
+    configfile.write_text(yaml.safe_dump(config))
+    assert planned() == {"train", "evaluate"}

@@ -1,19 +1,24 @@
 # Shared Python for the rules: config validation, wildcard values, path conventions, final targets.
 # Rules stay thin: they call `unroll3d <verb>` with explicit inputs and outputs.
-import copy
 import json
 from pathlib import Path
 
 from snakemake.utils import validate
 
+import unroll3d.config as u3config
+from unroll3d import paths
+from unroll3d.variants import VARIANTS, needs_H
 
+
+# The schema is package data (unroll3d/schemas): the library and the workflow validate with the
+# same file; the registry check of variant names is the library's.
 validate(config, "../../src/unroll3d/schemas/config.schema.yaml")
+u3config.validate(config)
 
 RESULTS = "results"
-LOGS = f"{RESULTS}/logs"
-BENCH = f"{RESULTS}/benchmarks/rules"
+LOGS = paths.logs_dir(RESULTS)
+BENCH = f"{paths.benchmarks_dir(RESULTS)}/rules"
 RESOURCES = "resources"
-CONFIG_JSON = json.dumps(config, sort_keys=True)
 
 # Every rule runs in the project's environment (pins identical to pyproject.toml).
 CONDA_ENV = "../../envs/unroll3d.yaml"
@@ -32,6 +37,17 @@ def settings(task):
 def join_values(values):
     """Space-separated command-line form of a config list."""
     return " ".join(str(v) for v in values)
+
+
+def job_config_json(wildcards):
+    """The part of the config that train/evaluate read for the job's task (params: a change to
+    any other key reruns none of these jobs under --rerun-triggers params)."""
+    return u3config.dumps(u3config.job_config(config, wildcards.task))
+
+
+def gpu_for(wildcards):
+    """resources: gpu = 1 for the variants that run on a GPU (registry), else 0."""
+    return 1 if VARIANTS[wildcards.variant].gpu else 0
 
 
 def final_targets(wildcards):
@@ -71,7 +87,7 @@ def _check_splits():
 
 def sample_path(task, volume):
     """Preprocessed file of one volume (input of fit-normal, train, evaluate)."""
-    return f"{RESULTS}/data/{task}/{volume}.pt"
+    return paths.sample(RESULTS, task, volume)
 
 
 def _toy(task):
@@ -118,8 +134,8 @@ def normal_input(wildcards):
 
 def normal_for(task, setting, variant):
     """The fitted H a variant needs as input ({"normal": path} for the -H variants, else {})."""
-    if variant.endswith("-H"):
-        return {"normal": f"{RESULTS}/normal/{task}/{setting}.pt"}
+    if needs_H(variant):
+        return {"normal": paths.normal_fit(RESULTS, task, setting)}
     return {}
 
 
@@ -155,7 +171,7 @@ def normal_arg(wildcards, input):
 
 
 def evaluate_inputs(wildcards):
-    base = f"{RESULTS}/models/{wildcards.task}/{wildcards.setting}/{wildcards.variant}"
+    base = paths.model_base(RESULTS, wildcards.task, wildcards.setting, wildcards.variant)
     return {
         **model_inputs(base, wildcards.task, wildcards.volume),
         **normal_for(wildcards.task, wildcards.setting, wildcards.variant),
@@ -164,7 +180,7 @@ def evaluate_inputs(wildcards):
 
 def eval_targets():
     return [
-        f"{EVAL}/{task}/{setting}/{variant}/{volume}.json"
+        paths.eval_json(RESULTS, task, setting, variant, volume)
         for task in config["tasks"]
         for setting in settings(task)
         for variant in config["variants"]
@@ -177,15 +193,10 @@ def eval_targets():
 SWEEP = config["sweep"]
 
 
-def patch_label(patch):
-    """[8, 16, 16] -> "8x16x16" (the {patch} wildcard)."""
-    return "x".join(str(int(p)) for p in patch)
-
-
 def sweep_patches(task):
     if not SWEEP["enabled"] or task not in config["tasks"]:
         return []
-    return [patch_label(p) for p in SWEEP[task]]
+    return [paths.patch_label(p) for p in SWEEP[task]]
 
 
 def sweep_setting(task):
@@ -194,10 +205,9 @@ def sweep_setting(task):
 
 
 def sweep_config_json(wildcards):
-    """The run's config with the task's patch size replaced by the {patch} wildcard."""
-    swept = copy.deepcopy(config)
-    swept[wildcards.task]["patch_size"] = [int(p) for p in wildcards.patch.split("x")]
-    return json.dumps(swept, sort_keys=True)
+    """job_config_json with the task's patch size replaced by the {patch} wildcard."""
+    patch = paths.parse_patch_label(wildcards.patch)
+    return u3config.dumps(u3config.sweep_job_config(config, wildcards.task, patch))
 
 
 def sweep_train_inputs(wildcards):
@@ -208,7 +218,7 @@ def sweep_train_inputs(wildcards):
 
 
 def sweep_evaluate_inputs(wildcards):
-    base = f"{RESULTS}/models/{wildcards.task}/{wildcards.setting}/sweep/p{wildcards.patch}"
+    base = paths.sweep_model_base(RESULTS, wildcards.task, wildcards.setting, wildcards.patch)
     return {
         **model_inputs(base, wildcards.task, wildcards.volume),
         **normal_for(wildcards.task, wildcards.setting, SWEEP["variant"]),
@@ -217,7 +227,7 @@ def sweep_evaluate_inputs(wildcards):
 
 def sweep_eval_targets():
     return [
-        f"{EVAL}/{task}/{sweep_setting(task)}/sweep/p{patch}/{volume}.json"
+        paths.sweep_eval_json(RESULTS, task, sweep_setting(task), patch, volume)
         for task in config["tasks"]
         for patch in sweep_patches(task)
         for volume in volumes(task, "test")
@@ -262,7 +272,7 @@ def report_bench_args(wildcards, input):
 
 def illustration_targets():
     return [
-        f"{ILLUSTRATIONS}/normal_{task}_{setting}.npz"
+        paths.illustration(RESULTS, task, setting)
         for task in config["tasks"]
         for setting in settings(task)
     ]

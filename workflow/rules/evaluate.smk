@@ -3,17 +3,18 @@
 # micro-steps on the volume, and the training run's own stats. One JSON per
 # (task, setting, variant, volume), validated against src/unroll3d/schemas/eval.schema.json,
 # plus axial/vertical slices (.npz) for the qualitative figures.
-EVAL = f"{RESULTS}/eval"
+
+EVAL_BASE = paths.eval_base(RESULTS, "{task}", "{setting}", "{variant}", "{volume}")
 
 
 rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        json=f"{EVAL}/{{task}}/{{setting}}/{{variant}}/{{volume}}.json",
-        slices=f"{EVAL}/{{task}}/{{setting}}/{{variant}}/{{volume}}.npz",
+        json=EVAL_BASE + ".json",
+        slices=EVAL_BASE + ".npz",
     params:
-        config=CONFIG_JSON,
+        config=job_config_json,
         normal=normal_arg,
     wildcard_constraints:
         volume=r"[^/]+",
@@ -25,7 +26,7 @@ rule evaluate:
     conda:
         CONDA_ENV
     resources:
-        gpu=lambda wildcards: 0 if wildcards.variant in ANALYTICAL_VARIANTS else 1,
+        gpu=gpu_for,
     shell:
         "unroll3d device run -- unroll3d evaluate --task {wildcards.task}"
         " --setting {wildcards.setting} --variant {wildcards.variant}"

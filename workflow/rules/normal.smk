@@ -13,15 +13,14 @@
 # runs and is picked up when the job is rerun; it is deleted on success.
 # Downstream rules (train/evaluate of the -H variants) pull results/normal/{task}/{setting}.pt;
 # nothing is appended to FINAL_TARGETS here.
-NORMAL = f"{RESULTS}/normal"
 
 
 rule fit_normal:
     input:
         normal_input,
     output:
-        fit=f"{NORMAL}/{{task}}/{{setting}}.pt",
-        history=f"{NORMAL}/{{task}}/{{setting}}.csv",
+        fit=paths.normal_fit(RESULTS, "{task}", "{setting}"),
+        history=paths.normal_history(RESULTS, "{task}", "{setting}"),
     params:
         steps=config["normal"]["steps"],
         lr=config["normal"]["lr"],

@@ -9,10 +9,12 @@
 # Outputs are report() items with captions in workflow/report/, categorised by paper section.
 import os
 
-REPORT_TABLES = f"{RESULTS}/tables"
-REPORT_FIGURES = f"{RESULTS}/figures"
-ILLUSTRATIONS = f"{REPORT_FIGURES}/data"
+REPORT_TABLES = paths.tables_dir(RESULTS)
+REPORT_FIGURES = paths.figures_dir(RESULTS)
+ILLUSTRATIONS = paths.illustrations_dir(RESULTS)
 REPORT_CONFIG = config.get("report", {})
+# The manifest records the whole config (it is the reviewer's record of the run, and runs last).
+FULL_CONFIG_JSON = u3config.dumps(config)
 CONFIG_LABEL = " ".join(os.path.relpath(f) for f in workflow.configfiles) or "config/config.yaml"
 
 # table -> (caption, category); figure -> (caption, category)
@@ -38,10 +40,10 @@ FIGURE_ITEMS = {
 
 rule normal_illustration:
     input:
-        fit=f"{RESULTS}/normal/{{task}}/{{setting}}.pt",
+        fit=paths.normal_fit(RESULTS, "{task}", "{setting}"),
         sample=lambda wildcards: sample_path(wildcards.task, normal_reference_volume(wildcards.task)),
     output:
-        f"{ILLUSTRATIONS}/normal_{{task}}_{{setting}}.npz",
+        paths.illustration(RESULTS, "{task}", "{setting}"),
     log:
         f"{LOGS}/normal_illustration/{{task}}/{{setting}}.log",
     benchmark:
@@ -71,7 +73,7 @@ rule tables_figures:
         illustrations=lambda wildcards, input: Path(input.illustrations[0]).parent
         if input.illustrations
         else ILLUSTRATIONS,
-        config=CONFIG_JSON,
+        config=FULL_CONFIG_JSON,
         label=CONFIG_LABEL,
         bench=report_bench_args,
     log:
@@ -105,7 +107,7 @@ rule manifest:
     params:
         results=lambda wildcards, output: Path(output[0]).parent,
         configfiles=CONFIG_LABEL,
-        config=CONFIG_JSON,
+        config=FULL_CONFIG_JSON,
         inputs=join_values(REPORT_CONFIG.get("input_checksums", [RESOURCES])),
     log:
         f"{LOGS}/report/manifest.log",

@@ -2,14 +2,16 @@
 # the first setting of each task. Same commands as train.smk / evaluate.smk; only the task's
 # patch_size in the config they receive differs ({patch} = D x H x W, e.g. 8x16x16).
 
+SWEEP_MODEL_BASE = paths.sweep_model_base(RESULTS, "{task}", "{setting}", "{patch}")
+
 
 rule train_sweep:
     input:
         unpack(sweep_train_inputs),
     output:
-        model=f"{MODELS}/{{task}}/{{setting}}/sweep/p{{patch}}.pt",
-        csv=f"{MODELS}/{{task}}/{{setting}}/sweep/p{{patch}}.csv",
-        stats=f"{MODELS}/{{task}}/{{setting}}/sweep/p{{patch}}.json",
+        model=SWEEP_MODEL_BASE + ".pt",
+        csv=SWEEP_MODEL_BASE + ".csv",
+        stats=SWEEP_MODEL_BASE + ".json",
     params:
         config=sweep_config_json,
         variant=SWEEP["variant"],
@@ -30,14 +32,14 @@ rule train_sweep:
         " --setting {wildcards.setting} --variant {params.variant}"
         " --config-json '{params.config}' --train {input.train} --val {input.val}"
         " {params.normal} --out {output.model} --csv {output.csv} --stats {output.stats}"
-        " --threads {threads} --no-progress > {log} 2>&1"
+        " --threads {threads} > {log} 2>&1"
 
 
 rule evaluate_sweep:
     input:
         unpack(sweep_evaluate_inputs),
     output:
-        json=f"{EVAL}/{{task}}/{{setting}}/sweep/p{{patch}}/{{volume}}.json",
+        json=paths.sweep_eval_json(RESULTS, "{task}", "{setting}", "{patch}", "{volume}"),
     params:
         config=sweep_config_json,
         variant=SWEEP["variant"],

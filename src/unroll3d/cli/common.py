@@ -1,0 +1,58 @@
+"""Arguments shared by the verbs, defined once: ``--config``/``--config-json``, ``--device``,
+``--threads`` and ``--progress``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--config", help="pipeline config YAML (validated, defaults filled)")
+    g.add_argument(
+        "--config-json",
+        help="the job's config section as JSON text (what the rules pass: unroll3d.config.job_config)",
+    )
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def add_progress_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="always show a progress bar (default: only on a terminal; logs get a line per N steps)",
+    )
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="never show one")
+
+
+def read_job_config(args: argparse.Namespace, task: str) -> dict:
+    """The job's config section: from ``--config`` (whole file, validated, then cut to the job's
+    keys) or ``--config-json`` (already cut by the workflow; defaults filled again)."""
+    from unroll3d.config import job_config, load_config
+
+    if args.config:
+        return job_config(load_config(args.config), task)
+    try:
+        data = json.loads(args.config_json)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"--config-json is not valid JSON: {err}") from None
+    return job_config(data, task)
+
+
+def setup_runtime(args: argparse.Namespace):
+    """Apply ``--threads`` and return the ``torch.device`` of ``--device``."""
+    import torch
+
+    from unroll3d.engine.core import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return resolve_device(args.device)

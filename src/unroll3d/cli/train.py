@@ -1,0 +1,73 @@
+"""``unroll3d train``: train one variant on one task and setting (:func:`unroll3d.engine.train.train`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from unroll3d.cli.common import (
+    add_config_args,
+    add_progress_args,
+    add_runtime_args,
+    read_job_config,
+    setup_runtime,
+)
+from unroll3d.variants import TASKS, VARIANTS
+
+
+def add_job_args(p: argparse.ArgumentParser) -> None:
+    """--task, --setting, --variant, --normal: which job (shared with ``unroll3d evaluate``)."""
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--setting", required=True, help="v30, v50, ... (CBCT) or R5, R10 (MRI)")
+    p.add_argument("--variant", required=True, choices=list(VARIANTS))
+    p.add_argument("--normal", default=None, help="fitted H file (variants that use H)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unroll3d train", description=__doc__.split("\n")[0])
+    add_job_args(p)
+    add_config_args(p)
+    add_runtime_args(p)
+    add_progress_args(p)
+    p.add_argument("--train", nargs="+", required=True, help="training volume files")
+    p.add_argument("--val", nargs="*", default=[], help="validation volume files")
+    p.add_argument("--out", required=True, help="model file (.pt)")
+    p.add_argument("--csv", default=None, help="per-step log (default: <out> with .csv)")
+    p.add_argument("--stats", default=None, help="train stats JSON (default: <out> with .json)")
+    p.add_argument("--log-every", type=int, default=50, help="steps per log line without a bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = read_job_config(args, args.task)
+    device = setup_runtime(args)
+    from unroll3d.engine.train import NonFiniteLoss, TrainJob, train
+
+    job = TrainJob(
+        task=args.task,
+        setting=args.setting,
+        variant=args.variant,
+        config=config,
+        train_paths=args.train,
+        val_paths=args.val,
+        out=args.out,
+        csv_path=args.csv,
+        stats_path=args.stats,
+        normal_path=args.normal,
+        device=device,
+        progress=args.progress,
+        log_every=args.log_every,
+    )
+    try:
+        stats = train(job)
+    except NonFiniteLoss as err:
+        print(f"unroll3d train: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: v for k, v in stats.items() if not isinstance(v, list)}), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

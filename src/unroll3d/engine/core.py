@@ -1,0 +1,384 @@
+"""What training and evaluation share: the physics a variant sees, the partitioner, one
+training pair, full-volume reconstruction (Algorithm 1), timed training steps, sample caching and
+model loading. :mod:`unroll3d.engine.train` and :mod:`unroll3d.engine.evaluate` both build on
+this module and never import each other.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unroll3d.config import evaluate_settings, train_settings
+from unroll3d.data.loading import load_sample
+from unroll3d.models import build_variant
+from unroll3d.normal import DiagCirculantWrapper, NormalFit, load_normal
+from unroll3d.partition import PartitionedReconstructor
+from unroll3d.physics import sqnorm
+from unroll3d.variants import VariantSpec
+
+__all__ = [
+    "Prepared",
+    "SampleCache",
+    "default_loader",
+    "estimate_pair",
+    "h_kwargs",
+    "load_H",
+    "load_trained",
+    "make_partitioner",
+    "patch_ranges",
+    "peak_memory_gb",
+    "physics_for",
+    "reconstruct",
+    "refine_enabled",
+    "resolve_device",
+    "shape_text",
+    "sync",
+    "time_train_steps",
+]
+
+
+# --------------------------------------------------------------------------- devices, timing
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def peak_memory_gb(device: torch.device) -> float | None:
+    """``torch.cuda.max_memory_allocated`` in GB (10⁹ B) on CUDA, else None."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return None
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so wall-clock timings mean something on CUDA."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize(device)
+
+
+def shape_text(x: torch.Tensor) -> str:
+    """``"24³"`` for a cube, else ``"16×20×18"`` (the volume named in OOM messages)."""
+    s = list(x.shape[-3:])
+    return f"{s[0]}³" if len(set(s)) == 1 else "×".join(str(v) for v in s)
+
+
+# --------------------------------------------------------------------------- operators
+
+
+def lipschitz_of(sample, x0: torch.Tensor | None = None) -> float:
+    """:math:`\\|A\\|^2` of a sample's operator: ``sample.meta["op_norm_sq"]`` when the loader
+    stored it, else the power method (:func:`unroll3d.physics.sqnorm`)."""
+    stored = (getattr(sample, "meta", None) or {}).get("op_norm_sq")
+    if stored is not None:
+        return float(stored)
+    ref = sample.x if x0 is None else x0
+    return sqnorm(sample.physics, img_size=tuple(ref.shape[1:]), device=ref.device)
+
+
+def load_H(path: str | Path | None, device: torch.device | str = "cpu") -> NormalFit | None:
+    """The fitted H of ``path`` on ``device`` (None when no path is given)."""
+    if path is None:
+        return None
+    return load_normal(path).to(device)
+
+
+def h_kwargs(spec: VariantSpec, H: NormalFit | None, img_size: Sequence[int]) -> dict:
+    """Keyword arguments that carry H to a ``PartitionedReconstructor`` call (the
+    :class:`~unroll3d.normal.DiagCirculant`, built once per image size by ``H.operator``)."""
+    if not spec.use_H:
+        return {}
+    if H is None:
+        raise ValueError(f"variant {spec.name!r} uses H but no normal-operator file was given")
+    return {"normal": H.operator(tuple(img_size))}
+
+
+def physics_for(sample, spec: VariantSpec, H: NormalFit | None, lipschitz: float):
+    """The physics a variant sees: the sample's own, or wrapped with H (``scaling`` = ‖A‖²)."""
+    if not spec.use_H:
+        return sample.physics
+    if H is None:
+        raise ValueError(f"variant {spec.name!r} uses H but no normal-operator file was given")
+    return DiagCirculantWrapper(
+        sample.physics,
+        img_size=tuple(sample.x.shape[1:]),
+        scaling=float(lipschitz if H.scaling is None else H.scaling),
+        device=sample.x.device,
+        fourier_filter=H.fourier_filter,
+        spatial_mask=H.spatial_mask,
+        two_sided=H.two_sided,
+        grid=H.grid,
+    )
+
+
+# --------------------------------------------------------------------------- partitioning
+
+
+def patch_ranges(spatial: Sequence[int], patch: Sequence[int], margin: Sequence[float] | None):
+    """Training patch-corner bounds from margins given as fractions of each axis.
+
+    Corner ``c`` on an axis of size ``n`` with patch ``p`` and margin ``f`` lies in
+    ``[round(f n), n − round(f n) − p]`` (paper.md §10, CBCT: z ∈ [80, 421 − D] and
+    y, x ∈ [50, 451 − H] at 501³ ≈ margins (0.16, 0.1, 0.1)). An axis too small for its margin
+    falls back to the whole axis. ``None`` = uniform over the volume.
+    """
+    if margin is None:
+        return None
+    out = []
+    for n, p, f in zip(spatial, patch, margin, strict=True):
+        m = int(round(float(f) * int(n)))
+        lo, hi = m, int(n) - m - int(p)
+        out.append((lo, hi) if hi >= lo else None)
+    return out
+
+
+def make_partitioner(model, task: str, config: dict, img_size: Sequence[int]):
+    """``PartitionedReconstructor`` around ``model`` with the task's patch size and stride."""
+    tcfg = config.get(task, {})
+    patch = tcfg.get("patch_size", [8, 16, 16])
+    patch = [min(int(p), int(n)) for p, n in zip(patch, img_size[-3:], strict=True)]
+    stride = tcfg.get("stride")
+    margin = train_settings(config).get(f"{task}_patch_margin")
+    return PartitionedReconstructor(
+        base_reconstructor=model,
+        img_size=tuple(img_size),
+        patch_size=tuple(patch),
+        stride=None if stride is None else tuple(stride),
+        train_ranges=patch_ranges(img_size[-3:], patch, margin),
+    )
+
+
+def estimate_pair(
+    model,
+    spec: VariantSpec,
+    sample,
+    physics,
+    x0: torch.Tensor,
+    generator: torch.Generator,
+    partitioner=None,
+    H: NormalFit | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(estimate, target) of one training sample: a random patch or the full volume."""
+    if spec.partition:
+        return partitioner.training_pair(
+            sample.y,
+            physics,
+            sample.x,
+            generator=generator,
+            x0=x0,
+            **h_kwargs(spec, H, sample.x.shape[1:]),
+        )
+    return model(sample.y, physics, x_init=x0), sample.x
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def refine_enabled(task: str, config: dict) -> bool:
+    """Whether Algorithm 1's refinement pass runs: ``evaluate.refine`` and, for MRI,
+    ``evaluate.mri_refine`` (off by default: the paper finds it adds almost nothing there)."""
+    ecfg = evaluate_settings(config)
+    on = bool(ecfg["refine"])
+    if task == "mri":
+        on = on and bool(ecfg["mri_refine"])
+    return on
+
+
+def reconstruct(
+    model,
+    spec: VariantSpec,
+    task: str,
+    config: dict,
+    sample,
+    physics,
+    x0: torch.Tensor,
+    H: NormalFit | None = None,
+    refine: bool | None = None,
+) -> torch.Tensor:
+    """Full-volume reconstruction of ``sample`` by a variant (no gradient).
+
+    Partitioned unrolled variants follow Algorithm 1 (paper §4.4): a first pass of the network on
+    the whole problem (data steps on the full volume with the exact operator, prior step patch
+    by patch), then, when ``refine`` (default: :func:`refine_enabled`), one refinement pass per
+    patch with that estimate as context (with H when the variant uses it). ``postproc`` is the
+    DRUNet applied patch by patch to x0 (the same grid and blending).
+    """
+    refine = refine_enabled(task, config) if refine is None else refine
+    with torch.no_grad():
+        if spec.kind == "analytical":
+            return x0
+        if not spec.partition:
+            return model(sample.y, physics, x_init=x0)
+        partitioner = make_partitioner(model, task, config, sample.x.shape[1:])
+        model.set_tiling(lambda fn, v: partitioner.apply_patchwise(fn, v, progress=False))
+        try:
+            est = model(sample.y, sample.physics, x_init=x0)
+        finally:
+            model.set_tiling(None)
+        if spec.kind == "postproc" or not refine:
+            return est
+        return partitioner(
+            sample.y,
+            physics,
+            x0=x0,
+            x_init=est,
+            refine=True,
+            **h_kwargs(spec, H, sample.x.shape[1:]),
+        )
+
+
+def time_train_steps(
+    model, spec: VariantSpec, task, config, prep_sample, physics, x0, H, n_steps: int, device
+) -> dict:
+    """Time ``n_steps`` training micro-steps (batch 1) after one warm-up, on a copy of ``model``."""
+    net = copy.deepcopy(model).train()
+    net.bf16 = bool(train_settings(config)["bf16"]) and device.type == "cuda"
+    opt = torch.optim.Adam(net.parameters(), lr=1e-12)
+    partitioner = (
+        make_partitioner(net, task, config, prep_sample.x.shape[1:]) if spec.partition else None
+    )
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    try:
+        for i in range(n_steps + 1):
+            gen = torch.Generator(device="cpu").manual_seed(i)
+            sync(device)
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            est, target = estimate_pair(net, spec, prep_sample, physics, x0, gen, partitioner, H)
+            loss = torch.mean((est.float() - target.float()) ** 2)
+            loss.backward()
+            opt.step()
+            sync(device)
+            if i > 0:
+                times.append(time.perf_counter() - t0)
+    except torch.OutOfMemoryError:
+        peak = peak_memory_gb(device) or 0.0
+        return {
+            "status": "oom",
+            "message": f"OOM at volume {shape_text(prep_sample.x)}, peak {peak:.2f} GB",
+            "step_time_s": None,
+            "peak_memory_gb": peak,
+            "steps": len(times),
+        }
+    finally:
+        del net, opt
+    return {
+        "status": "ok",
+        "message": None,
+        "step_time_s": float(np.mean(times)),
+        "peak_memory_gb": peak_memory_gb(device),
+        "steps": len(times),
+    }
+
+
+# --------------------------------------------------------------------------- samples
+
+
+@dataclass
+class Prepared:
+    """A loaded sample with the physics its variant sees and its x0 = A†y."""
+
+    sample: Any
+    physics: Any
+    x0: torch.Tensor
+    offloaded: bool = False
+    device: Any = None
+
+
+def _moved(prep: Prepared, device: torch.device | str) -> Prepared:
+    """A copy of ``prep`` whose volumes (x, y, x0) live on ``device`` (physics unchanged)."""
+    sample = copy.copy(prep.sample)
+    sample.x = prep.sample.x.to(device, non_blocking=True)
+    sample.y = prep.sample.y.to(device, non_blocking=True)
+    x0 = prep.x0.to(device, non_blocking=True)
+    return Prepared(sample, prep.physics, x0, prep.offloaded, prep.device)
+
+
+class SampleCache:
+    """Loads samples lazily (``loader(path)``), computes their x0 = A†y once and caches them.
+
+    The first ``on_device`` samples keep their volumes on the device; the volumes of the others
+    (x, y, x0) are parked in host memory and copied over at each use, so 30 Walnut volumes of
+    501³ do not fill the GPU (``train.device_cache``). ‖A‖² is computed on the first sample and
+    shared by all (``lipschitz``).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        loader: Callable,
+        spec: VariantSpec,
+        H: NormalFit | None,
+        lipschitz_fn: Callable | None = None,
+        on_device: int | None = None,
+    ):
+        self.paths = list(paths)
+        self.loader = loader
+        self.spec = spec
+        self.H = H
+        self.lipschitz: float | None = None
+        self._cache: dict[int, Prepared] = {}
+        self.lipschitz_fn = lipschitz_fn or lipschitz_of
+        self.on_device = on_device
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def get(self, i: int) -> Prepared:
+        if i not in self._cache:
+            sample = self.loader(self.paths[i])
+            with torch.no_grad():
+                x0 = sample.physics.A_dagger(sample.y).float()
+            if self.lipschitz is None:
+                self.lipschitz = self.lipschitz_fn(sample, x0)
+            phys = physics_for(sample, self.spec, self.H, self.lipschitz)
+            prep = Prepared(sample, phys, x0)
+            full = self.on_device is not None and len(self._cache) >= self.on_device
+            if full and x0.device.type != "cpu":
+                prep = _moved(prep, "cpu")
+                prep.offloaded, prep.device = True, x0.device
+            self._cache[i] = prep
+        prep = self._cache[i]
+        return _moved(prep, prep.device) if prep.offloaded else prep
+
+
+def default_loader(setting: str, device: torch.device) -> Callable:
+    """``path -> Sample`` through :func:`unroll3d.data.load_sample` for one setting."""
+
+    def load(path):
+        return load_sample(path, setting, device=device)
+
+    return load
+
+
+def load_trained(path: str | Path, task: str, config: dict, device="cpu"):
+    """Rebuild a variant from its model file; returns (model or None, payload)."""
+    payload = torch.load(path, map_location=device, weights_only=False)
+    if payload.get("status") != "ok":
+        return None, payload
+    model = build_variant(
+        payload["variant"],
+        task,
+        config,
+        lipschitz=payload.get("lipschitz") or 1.0,
+        alpha=payload.get("alpha"),
+        device=device,
+    )
+    if payload.get("state_dict") is not None:
+        model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model, payload

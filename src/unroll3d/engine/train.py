@@ -1,0 +1,442 @@
+"""Training of one variant on one task and setting (the ``unroll3d train`` verb's library call).
+
+- Partitioned variants (``partition``, ``partition-H``) and ``postproc`` train on random patches
+  with ground-truth context through
+  :meth:`unroll3d.partition.PartitionedReconstructor.training_pair`; ``unrolled`` and
+  ``unrolled-H`` train on the full volume. Loss: mean squared error (paper L_PART / L_UNR).
+- Adam with a cosine schedule, gradient accumulation, gradient clipping, bf16 autocast of the
+  network on CUDA only (the physics stays fp32), seeded.
+- Every random choice of step ``s`` (which training volume, which patch) comes from a generator
+  seeded with ``(seed, s)``, so a run resumed from a checkpoint reaches the same weights as an
+  uninterrupted one. Checkpoints (``<out>.ckpt``) are written atomically every
+  ``checkpoint_every`` steps and at the end, and hold the step, model, optimiser, scheduler,
+  RNG states, histories, the config and the operator normalisation.
+- A NaN/inf loss raises :class:`NonFiniteLoss` naming the step; the last good checkpoint is kept.
+- CUDA out-of-memory is caught and written as the result (``status: oom``, "OOM at volume N³,
+  peak X GB"), so the pipeline continues and the tables show OOM.
+- Non-learned variants (``fdk``/``adjoint``, ``tv``) write a small model file too (``tv``: the
+  regularisation weight chosen on the validation volumes from ``train.tv_grid``).
+- Progress: a tqdm bar on a terminal only; otherwise one log line every ``log_every`` steps.
+
+Outputs: ``<out>`` (final model), ``<csv>`` (per step: loss, lr, step time, peak memory,
+validation PSNR), ``<stats>`` (JSON: peak memory, mean step time after warm-up, device).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import random
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from unroll3d.config import evaluate_settings, train_settings
+from unroll3d.engine.core import (
+    Prepared,
+    SampleCache,
+    default_loader,
+    estimate_pair,
+    load_H,
+    make_partitioner,
+    peak_memory_gb,
+    reconstruct,
+    shape_text,
+    sync,
+)
+from unroll3d.metrics import compute_metrics, convention_for
+from unroll3d.models import build_variant, count_parameters, resolve_model_config
+from unroll3d.normal import NormalFit
+from unroll3d.utils import (
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    device_name,
+    peak_rss_mb,
+    reset_peak_rss,
+    rss_mb,
+    seed_everything,
+)
+from unroll3d.variants import VariantSpec, variant_spec
+
+__all__ = ["NonFiniteLoss", "TrainJob", "train", "train_step", "validate_psnr", "config_hash"]
+
+CSV_FIELDS = ["step", "loss", "lr", "step_time_s", "peak_memory_gb", "val_psnr"]
+
+
+class NonFiniteLoss(RuntimeError):
+    """Raised when the training loss becomes NaN or inf."""
+
+
+def config_hash(config: dict) -> str:
+    """Short hash of the config sections that define a training run (seed, model, train, tasks)."""
+    keys = ("seed", "train", "cbct", "mri")
+    sections = {k: config.get(k) for k in keys}
+    sections["model"] = resolve_model_config(config)
+    text = json.dumps(sections, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _rss_growth_gb(base_mb: float | None) -> float | None:
+    """Host peak RSS since the training loop began minus the RSS then (GB): what the steps
+    themselves added (activations, gradients, optimiser state, cached samples). The CPU
+    counterpart of the CUDA peak; None where the kernel's peak counter cannot be reset."""
+    peak = peak_rss_mb()
+    if base_mb is None or peak is None:
+        return None
+    return max(0.0, peak - base_mb) * 2**20 / 1e9  # MiB → GB (10⁹ B, as peak_memory_gb)
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process (GB, Linux ``ru_maxrss`` in kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+@dataclass
+class TrainJob:
+    """Everything one training run needs. ``loader(path) -> Sample`` defaults to ``load_sample``."""
+
+    task: str
+    setting: str
+    variant: str
+    config: dict
+    train_paths: list[str]
+    val_paths: list[str]
+    out: Path
+    csv_path: Path | None = None
+    stats_path: Path | None = None
+    normal_path: str | None = None
+    H: NormalFit | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    loader: Callable | None = None
+    progress: bool | None = None
+    log_every: int = 50
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        self.csv_path = Path(self.csv_path or self.out.with_suffix(".csv"))
+        self.stats_path = Path(self.stats_path or self.out.with_suffix(".json"))
+        if self.loader is None:
+            self.loader = default_loader(self.setting, self.device)
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out.with_name(self.out.name + ".ckpt")
+
+
+def train_step(
+    model,
+    optimizer,
+    spec: VariantSpec,
+    pick: Callable[[torch.Generator], Prepared],
+    generator: torch.Generator,
+    accumulate: int,
+    grad_clip: float,
+    partitioner=None,
+    H=None,
+) -> float:
+    """One optimiser step with ``accumulate`` micro-batches; returns the mean loss.
+
+    Raises :class:`NonFiniteLoss` before touching the weights if the loss is not finite.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for _ in range(accumulate):
+        prep = pick(generator)
+        est, target = estimate_pair(
+            model, spec, prep.sample, prep.physics, prep.x0, generator, partitioner, H
+        )
+        loss = torch.mean((est.float() - target.float()) ** 2)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(float(loss.detach()))
+        (loss / accumulate).backward()
+        total += float(loss.detach())
+    if grad_clip and grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return total / accumulate
+
+
+def _rng_state() -> dict:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _base_result(job: TrainJob, spec: VariantSpec) -> dict:
+    return {
+        "task": job.task,
+        "setting": job.setting,
+        "variant": job.variant,
+        "kind": spec.kind,
+        "partition": spec.partition,
+        "use_H": spec.use_H,
+        "learned": spec.learned,
+        "device": device_name(job.device),
+        "config_hash": config_hash(job.config),
+    }
+
+
+def validate_psnr(model, spec, task, config, prepared: list[Prepared], H) -> float:
+    """Mean PSNR (evaluation convention) of full-volume inference on the validation samples
+    (Algorithm 1's first pass only: no per-patch refinement during training)."""
+    conv = convention_for(task, evaluate_settings(config))
+    vals = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for prep in prepared:
+            x = reconstruct(
+                model, spec, task, config, prep.sample, prep.physics, prep.x0, H, refine=False
+            )
+            vals.append(compute_metrics(x, prep.sample.x, conv)["psnr"])
+    model.train(was_training)
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _select_tv(job: TrainJob, spec: VariantSpec, H) -> dict:
+    """Choose the TV weight α on the validation volumes (grid search on PSNR)."""
+    t = train_settings(job.config)
+    grid = list(t.get("tv_grid", [0.001, 0.003, 0.01, 0.03, 0.1]))
+    paths = job.val_paths or job.train_paths
+    cache = SampleCache(paths[: max(1, t["val_max"])], job.loader, spec, H)
+    prepared = [cache.get(i) for i in range(len(cache))]
+    scores = []
+    for a in grid:
+        model = build_variant(job.variant, job.task, job.config, cache.lipschitz, alpha=a)
+        model = model.to(job.device)
+        scores.append(validate_psnr(model, spec, job.task, job.config, prepared, H))
+        print(f"tv: alpha={a:g} val PSNR {scores[-1]:.2f} dB", file=sys.stderr)
+    best = int(np.nanargmax(scores))
+    return {
+        "alpha": grid[best],
+        "tv_grid": grid,
+        "tv_val_psnr": scores,
+        "lipschitz": cache.lipschitz,
+    }
+
+
+def train(job: TrainJob, stop_at: int | None = None) -> dict:
+    """Run (or resume) the training of ``job``; returns the stats dict also written to JSON.
+
+    :param int stop_at: testing hook, stop after this step as if the process had been killed.
+    """
+    spec = variant_spec(job.variant)
+    t = train_settings(job.config)
+    seed = int(job.config.get("seed", 0))
+    seed_everything(seed)
+    result = _base_result(job, spec)
+    H = job.H if job.H is not None else load_H(job.normal_path, job.device)
+    H = H if spec.use_H else None
+
+    if not spec.learned:
+        extra = {"lipschitz": None}
+        if spec.kind == "tv":
+            extra = _select_tv(job, spec, H)
+        payload = {**result, **extra, "status": "ok", "state_dict": None}
+        atomic_torch_save(payload, job.out)
+        _write_csv(job.csv_path, [])
+        stats = {**result, **{k: v for k, v in extra.items()}, "status": "ok", "steps": 0}
+        stats.update(peak_memory_gb=None, step_time_mean_s=None, n_params=0)
+        atomic_write_json(job.stats_path, stats)
+        return stats
+
+    device = job.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    cache = SampleCache(job.train_paths, job.loader, spec, H, on_device=t["device_cache"])
+    if len(cache) == 0:
+        raise ValueError("no training volumes given (--train)")
+    val_paths = (job.val_paths or [])[: t["val_max"]]
+    val_cache = SampleCache(val_paths, job.loader, spec, H)
+    rows: list[dict] = []
+    volume = "?"
+    step = 0
+    try:
+        first = cache.get(0)
+        volume = shape_text(first.sample.x)
+        lipschitz = cache.lipschitz
+        val_cache.lipschitz = lipschitz
+        model = build_variant(job.variant, job.task, job.config, lipschitz, device=device)
+        model.bf16 = bool(t["bf16"]) and device.type == "cuda"
+        model.train()
+        partitioner = None
+        if spec.partition:
+            partitioner = make_partitioner(model, job.task, job.config, first.sample.x.shape[1:])
+        opt = torch.optim.Adam(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=t["steps"], eta_min=t["lr_min"]
+        )
+        start = 0
+        chash = config_hash(job.config)
+        ckpt = job.ckpt_path
+        if ckpt.exists():
+            state = torch.load(ckpt, map_location=device, weights_only=False)
+            if state.get("config_hash") == chash and state.get("variant") == job.variant:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+                sched.load_state_dict(state["scheduler"])
+                _set_rng_state(state["rng"])
+                rows = list(state["history"])
+                start = int(state["step"])
+                print(f"resuming from {ckpt} at step {start}", file=sys.stderr)
+            else:
+                print(f"ignoring {ckpt}: different config or variant", file=sys.stderr)
+
+        def save_ckpt(at_step: int) -> None:
+            atomic_torch_save(
+                {
+                    "step": at_step,
+                    "variant": job.variant,
+                    "config_hash": chash,
+                    "config": job.config,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "rng": _rng_state(),
+                    "history": rows,
+                    "lipschitz": lipschitz,
+                },
+                ckpt,
+            )
+            _write_csv(job.csv_path, rows)
+
+        def pick(gen: torch.Generator) -> Prepared:
+            i = int(torch.randint(len(cache), (1,), generator=gen))
+            return cache.get(i)
+
+        # a bar on a terminal only (disable=None); logs get one line every log_every steps
+        bar = tqdm(
+            total=t["steps"],
+            initial=start,
+            desc=job.variant,
+            file=sys.stderr,
+            disable=None if job.progress is None else not job.progress,
+        )
+        log_lines = bar.disable
+        rss_base = rss_mb() if reset_peak_rss() else None
+        for step in range(start, t["steps"]):
+            gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + step)
+            sync(device)
+            t0 = time.perf_counter()
+            try:
+                loss = train_step(
+                    model, opt, spec, pick, gen, t["accumulate"], t["grad_clip"], partitioner, H
+                )
+            except NonFiniteLoss as err:
+                last = int(torch.load(ckpt, weights_only=False)["step"]) if ckpt.exists() else 0
+                msg = (
+                    f"non-finite loss ({err}) at step {step + 1}; "
+                    f"last good checkpoint: step {last} ({ckpt})"
+                )
+                _write_csv(job.csv_path, rows)
+                raise NonFiniteLoss(msg) from None
+            sched.step()
+            sync(device)
+            row = {
+                "step": step + 1,
+                "loss": loss,
+                "lr": opt.param_groups[0]["lr"],
+                "step_time_s": time.perf_counter() - t0,
+                "peak_memory_gb": peak_memory_gb(device),
+                "val_psnr": None,
+            }
+            if len(val_cache) and ((step + 1) % t["val_every"] == 0 or step + 1 == t["steps"]):
+                prepared = [val_cache.get(i) for i in range(len(val_cache))]
+                row["val_psnr"] = validate_psnr(model, spec, job.task, job.config, prepared, H)
+            rows.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
+            if log_lines and ((step + 1) % job.log_every == 0 or step + 1 == t["steps"]):
+                val = "" if row["val_psnr"] is None else f", val PSNR {row['val_psnr']:.2f} dB"
+                print(
+                    f"{job.variant}: step {step + 1}/{t['steps']}, loss {loss:.4g}, "
+                    f"{row['step_time_s']:.3f} s/step{val}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            if (step + 1) % t["checkpoint_every"] == 0 or step + 1 == t["steps"]:
+                save_ckpt(step + 1)
+            if stop_at is not None and step + 1 >= stop_at:
+                return {"stopped_at": step + 1}
+        bar.close()
+    except torch.OutOfMemoryError:
+        peak = peak_memory_gb(device) or 0.0
+        msg = f"OOM at volume {volume}, peak {peak:.2f} GB (step {step + 1})"
+        print(msg, file=sys.stderr)
+        stats = {**result, "status": "oom", "message": msg, "peak_memory_gb": peak}
+        stats.update(steps=step, step_time_mean_s=None, n_params=None, volume=volume)
+        atomic_torch_save({**result, "status": "oom", "message": msg, "state_dict": None}, job.out)
+        _write_csv(job.csv_path, rows)
+        atomic_write_json(job.stats_path, stats)
+        return stats
+
+    times = [r["step_time_s"] for r in rows]
+    warm = t["warmup_steps"] if len(times) > t["warmup_steps"] else min(1, len(times) - 1)
+    peaks = [r["peak_memory_gb"] for r in rows if r["peak_memory_gb"] is not None]
+    vals = [r["val_psnr"] for r in rows if r["val_psnr"] is not None]
+    stats = {
+        **result,
+        "status": "ok",
+        "steps": len(rows),
+        "accumulate": t["accumulate"],
+        "volume": volume,
+        "n_params": count_parameters(model),
+        "lipschitz": lipschitz,
+        "peak_memory_gb": max(peaks) if peaks else None,
+        "peak_rss_gb": peak_rss_gb(),
+        "peak_rss_growth_gb": _rss_growth_gb(rss_base),
+        "step_time_mean_s": float(np.mean(times[warm:])) if times else None,
+        "warmup_steps": warm,
+        "loss_first": rows[0]["loss"] if rows else None,
+        "loss_last": rows[-1]["loss"] if rows else None,
+        "val_psnr_last": vals[-1] if vals else None,
+        "bf16": model.bf16,
+    }
+    if spec.kind == "unrolled":
+        stats["step_sizes"] = model.step_sizes.detach().cpu().tolist()
+        stats["sigmas"] = model.sigmas.detach().cpu().tolist()
+    payload = {
+        **result,
+        "status": "ok",
+        "state_dict": model.state_dict(),
+        "lipschitz": lipschitz,
+        "model_config": job.config.get("model", {}),
+        "K": job.config.get(job.task, {}).get("K"),
+        "steps": len(rows),
+    }
+    atomic_torch_save(payload, job.out)
+    _write_csv(job.csv_path, rows)
+    atomic_write_json(job.stats_path, stats)
+    return stats

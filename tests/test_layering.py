@@ -1,0 +1,160 @@
+"""The package's layering: each module imports only its own layer or the ones below, and no two
+modules import each other, not even through imports hidden inside functions."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "unroll3d"
+
+#: top-level name under unroll3d -> layer (a module may import its layer and those below).
+LAYERS = {
+    "utils": 0,
+    "variants": 0,
+    "paths": 0,
+    "paper_numbers": 0,
+    "config": 1,
+    "metrics": 1,
+    "physics": 1,
+    "devices": 1,
+    "data": 2,
+    "partition": 2,
+    "models": 2,
+    "normal": 2,
+    "engine": 3,
+    "research": 3,
+    "report": 4,
+    "bench": 4,
+    "manifest": 4,
+    "cli": 5,
+}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(SRC.rglob("*.py"))}
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """unroll3d modules imported anywhere in the file (module level or inside functions)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("unroll3d")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if mod.startswith("unroll3d"):
+                out.add(mod)
+                out |= {f"{mod}.{a.name}" for a in node.names}
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = _modules()
+    graph = {}
+    for name, path in mods.items():
+        targets = set()
+        for imp in _imports(name, path):
+            # resolve "pkg.attr" to the deepest module that exists
+            parts = imp.split(".")
+            while parts and ".".join(parts) not in mods:
+                parts.pop()
+            if parts and ".".join(parts) != name:
+                targets.add(".".join(parts))
+        graph[name] = targets
+    return graph
+
+
+def _top(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def test_every_top_level_module_has_a_layer():
+    tops = {_top(m) for m in _modules()} - {None}
+    assert tops <= set(LAYERS), f"give these a layer in LAYERS: {sorted(tops - set(LAYERS))}"
+
+
+def test_no_module_imports_a_layer_above_it():
+    bad = []
+    for src, targets in _graph().items():
+        s = _top(src)
+        if s is None:  # unroll3d/__init__: lazy re-exports of the public API
+            continue
+        for dst in targets:
+            d = _top(dst)
+            if d is not None and LAYERS[d] > LAYERS[s]:
+                bad.append(f"{src} (layer {LAYERS[s]}) imports {dst} (layer {LAYERS[d]})")
+    assert not bad, "\n".join(bad)
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_cycle_finder_finds_a_hidden_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    # a package's __init__ may re-export its submodules; a submodule importing its own package
+    # back (instead of the sibling module) is then a cycle and is reported
+    graph = {m: ts - {"unroll3d"} for m, ts in _graph().items() if m != "unroll3d"}
+    assert not _cycles(graph), f"import cycles: {_cycles(graph)}"
+
+
+@pytest.mark.parametrize("limit", [800])
+def test_no_source_file_is_a_monolith(limit):
+    long = {
+        str(p.relative_to(SRC)): n
+        for p in SRC.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > limit
+    }
+    assert not long, f"files over {limit} lines: {long}"
