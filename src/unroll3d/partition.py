@@ -27,6 +27,7 @@ import torch
 from deepinv.models import Reconstructor
 from deepinv.physics import LinearPhysics
 from torch import Tensor
+from tqdm.auto import tqdm
 
 __all__ = [
     "patch_grid",
@@ -461,7 +462,8 @@ class PartitionedReconstructor(Reconstructor):
     :param n_refine: refinement passes run when ``refine=True``.
     :param train_ranges: per spatial axis, inclusive bounds ``(lo, hi)`` on the training patch
         corner, or ``None`` (whole axis) — see :func:`sample_patch_start`.
-    :param progress: show a tqdm bar (``None``: only when a pass has more than 64 patch batches).
+    :param progress: show a tqdm bar (``None``: only on a terminal, for passes of more than 64
+        patch batches).
 
     :Example:
 
@@ -564,11 +566,10 @@ class PartitionedReconstructor(Reconstructor):
 
     def _bar(self, n: int, progress: bool | None, desc: str):
         show = self.progress if progress is None else progress
-        if show is None:
-            show = n > 64
-        from tqdm.auto import tqdm
-
-        return tqdm(total=n, desc=desc, disable=not show, leave=False)
+        # default: a bar for long passes, and only on a terminal (tqdm's disable=None), so logs
+        # never fill with carriage-return updates
+        disable = (None if n > 64 else True) if show is None else not show
+        return tqdm(total=n, desc=desc, disable=disable, leave=False)
 
     def _blend(self, patch_fn: Callable, like: Tensor, progress: bool | None, desc: str) -> Tensor:
         """Run ``patch_fn(list_of_starts) -> patch-major patches`` over the grid and blend."""
