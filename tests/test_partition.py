@@ -27,11 +27,6 @@ from unroll3d.partition import (
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def gen():
-    return torch.Generator().manual_seed(0)
-
-
 def mild_blur(ndim: int, dtype=torch.float64, gen=None) -> dinv.physics.Blur:
     """A well-conditioned circular blur (centre-dominant 3^ndim kernel)."""
     shape = (1, 1) + (3,) * ndim

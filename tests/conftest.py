@@ -1,0 +1,48 @@
+"""Shared fixtures: the device (CPU unless a test is marked gpu), seeded generators, the toy
+training config, a toy sample and its fitted H. The plain helpers behind them are in toys.py
+(imported by each fixture, so a break there fails only the tests that use it)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def device(request) -> torch.device:
+    """cuda for tests marked gpu (skipped without one), else cpu."""
+    if request.node.get_closest_marker("gpu") is not None:
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    """A CPU generator seeded with 0: every test draws the same numbers on every run."""
+    return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def toy_config() -> dict:
+    """The tiny training/evaluation config of the toy problem (a fresh copy per test)."""
+    import toys
+
+    return toys.toy_config()
+
+
+@pytest.fixture
+def toy_sample():
+    """A seeded 16³ blob volume under the masked-blur toy operator."""
+    import toys
+
+    return toys.loader("toy0")
+
+
+@pytest.fixture(scope="session")
+def toy_normal():
+    """H fitted (3 steps) to the toy operator of ``toy0``: a :class:`unroll3d.normal.NormalFit`."""
+    import toys
+
+    return toys.toy_H(toys.loader("toy0"))
