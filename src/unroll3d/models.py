@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from deepinv.models import Reconstructor
 from torch import nn
 
+from unroll3d.config import section_defaults, train_settings
 from unroll3d.variants import VARIANTS, VariantSpec, variant_spec
 
 __all__ = [
@@ -40,6 +42,8 @@ __all__ = [
     "VARIANTS",
     "variant_spec",
     "build_variant",
+    "BUILDERS",
+    "BuildContext",
     "resolve_model_config",
     "apply_tiled",
     "count_parameters",
@@ -339,14 +343,75 @@ TASK_CHANNELS = {"cbct": 1, "mri": 2}
 
 
 def resolve_model_config(config: dict) -> dict:
-    """The ``model`` config section with every default filled in (what :func:`build_variant` uses)."""
-    mcfg = config.get("model", {}) or {}
+    """The ``model`` config section with every default filled in from the schema."""
+    m = {**section_defaults("model"), **(config.get("model") or {})}
     return {
-        "channels": [int(c) for c in mcfg.get("channels", [64, 128, 256, 512])],
-        "blocks": int(mcfg.get("blocks", 4)),
-        "sigma_init": float(mcfg.get("sigma_init", 0.05)),
-        "residual": bool(mcfg.get("residual", True)),
+        "channels": [int(c) for c in m["channels"]],
+        "blocks": int(m["blocks"]),
+        "sigma_init": float(m["sigma_init"]),
+        "residual": bool(m["residual"]),
     }
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a builder gets: the task's image channels, the resolved model section, the task's
+    config section (defaults filled), the training section, ‖A‖² and the TV weight, if any."""
+
+    task: str
+    channels: int
+    model: dict
+    task_config: dict
+    train: dict
+    lipschitz: float
+    alpha: float | None
+
+
+def _build_analytical(c: BuildContext) -> Reconstructor:
+    return Analytical()
+
+
+def _build_tv(c: BuildContext) -> Reconstructor:
+    grid = c.train["tv_grid"]
+    a = grid[len(grid) // 2] if c.alpha is None else c.alpha
+    return TVReconstructor(
+        alpha=a, lipschitz=c.lipschitz, iters=c.train["tv_iters"], inner=c.train["tv_inner"]
+    )
+
+
+def _build_postproc(c: BuildContext) -> Reconstructor:
+    m = c.model
+    return PostProcess(
+        c.channels,
+        m["channels"],
+        m["blocks"],
+        sigma_init=m["sigma_init"],
+        lipschitz=c.lipschitz,
+        residual=m["residual"],
+    )
+
+
+def _build_unrolled(c: BuildContext) -> Reconstructor:
+    m = c.model
+    return UnrolledPGD(
+        int(c.task_config["K"]),
+        c.channels,
+        m["channels"],
+        m["blocks"],
+        lipschitz=c.lipschitz,
+        sigma_init=m["sigma_init"],
+        residual=m["residual"],
+    )
+
+
+#: variant kind (:attr:`unroll3d.variants.VariantSpec.kind`) -> builder. A new kind of method is
+#: its registry entry plus its model code and one builder here.
+BUILDERS: dict[str, Callable[[BuildContext], Reconstructor]] = {
+    "analytical": _build_analytical,
+    "tv": _build_tv,
+    "postproc": _build_postproc,
+    "unrolled": _build_unrolled,
+}
 
 
 def build_variant(
@@ -361,38 +426,27 @@ def build_variant(
 
     :param str name: a key of :data:`VARIANTS`.
     :param str task: ``cbct`` or ``mri`` (sets channels and K).
-    :param dict config: the pipeline config (sections ``model``, ``train`` and ``<task>``).
+    :param dict config: the pipeline config (sections ``model``, ``train`` and ``<task>``;
+        missing keys take the schema's defaults).
     :param float lipschitz: :math:`\\|A\\|^2` of the (unnormalised) operator.
     :param float alpha: TV weight (``tv`` only); defaults to the middle of the grid.
     """
     spec = variant_spec(name)
     if task not in TASK_CHANNELS:
         raise ValueError(f"unknown task {task!r}; known: {sorted(TASK_CHANNELS)}")
-    channels = TASK_CHANNELS[task]
-    mcfg = resolve_model_config(config)
-    nc, nb = mcfg["channels"], mcfg["blocks"]
-    sigma_init, residual = mcfg["sigma_init"], mcfg["residual"]
-    if spec.kind == "analytical":
-        model = Analytical()
-    elif spec.kind == "tv":
-        tcfg = config.get("train", {})
-        grid = tcfg.get("tv_grid", [0.001, 0.003, 0.01, 0.03, 0.1])
-        a = grid[len(grid) // 2] if alpha is None else alpha
-        model = TVReconstructor(
-            alpha=a,
-            lipschitz=lipschitz,
-            iters=tcfg.get("tv_iters", 50),
-            inner=tcfg.get("tv_inner", 20),
-        )
-    elif spec.kind == "postproc":
-        model = PostProcess(
-            channels, nc, nb, sigma_init=sigma_init, lipschitz=lipschitz, residual=residual
-        )
-    else:
-        K = config.get(task, {}).get("K", 3 if task == "cbct" else 5)
-        model = UnrolledPGD(
-            K, channels, nc, nb, lipschitz=lipschitz, sigma_init=sigma_init, residual=residual
-        )
+    builder = BUILDERS.get(spec.kind)
+    if builder is None:
+        raise ValueError(f"variant {name!r} has kind {spec.kind!r}, which has no builder in BUILDERS")
+    ctx = BuildContext(
+        task=task,
+        channels=TASK_CHANNELS[task],
+        model=resolve_model_config(config),
+        task_config={**section_defaults(task), **(config.get(task) or {})},
+        train=train_settings(config),
+        lipschitz=lipschitz,
+        alpha=alpha,
+    )
+    model = builder(ctx)
     if device is not None:
         model = model.to(device)
     return model
