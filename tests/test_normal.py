@@ -11,7 +11,7 @@ Measured relative errors ‖AᵀAx − Hx‖/‖AᵀAx‖ of fitted H (CPU, seed
   100 views: 0.235 after 300 steps.
 * toy multi-coil MRI (deepinv MultiCoilMRI, 4 coils): held-out 0.05 (two-sided, 600 steps).
 
-Why the cone-beam bound fails: :func:`unroll3d.normal.error_floor` builds the best one-sided H
+Why the cone-beam bound fails: :func:`unroll3d.research.normal_floor.error_floor` builds the best one-sided H
 from exact rows of AᵀA (``benchmarks/bench_normal_floor.py``; 32³, 30 views, 1,536 rows, CPU):
 
 =====================================  ===========  =================  ============
@@ -40,10 +40,11 @@ import pytest
 import torch
 from deepinv.physics import LinearPhysics
 
-from unroll3d import normal
+import unroll3d.cli.fit_normal as fit_normal_cli
 from unroll3d.normal import (
     DiagCirculant,
     DiagCirculantWrapper,
+    NormalFit,
     fit_normal_operator,
     load_normal,
     operator_hash,
@@ -352,7 +353,7 @@ def test_save_load_roundtrip_and_hash_mismatch(tmp_path):
         operator_hash=operator_hash(phys_a),
     )
     fit = load_normal(path, expected_operator_hash=operator_hash(phys_a))
-    assert torch.equal(fit["fourier_filter"], H.fourier_filter) and fit["scaling"] == 4.0
+    assert torch.equal(fit.fourier_filter, H.fourier_filter) and fit.scaling == 4.0
     with pytest.raises(ValueError, match="fitted for operator"):
         load_normal(path, expected_operator_hash=operator_hash(phys_b))
     with pytest.raises(ValueError, match="fitted for operator"):
@@ -362,6 +363,40 @@ def test_save_load_roundtrip_and_hash_mismatch(tmp_path):
     assert torch.allclose(W.A_adjoint_A(x), 4.0 * H(x), atol=1e-5)
     with pytest.raises(FileNotFoundError):
         load_normal(tmp_path / "missing.pt")
+
+
+def test_normal_fit_round_trip_and_cached_operator(tmp_path):
+    """save_normal → load_normal gives a NormalFit with the same tensors; operator() is built once
+    per image size and equals a DiagCirculant built by hand; to() moves λ and m."""
+    img_size = (1, 6, 5, 4)
+    H = _random_op(img_size)
+    path = tmp_path / "fit.pt"
+    save_normal(path, H.fourier_filter, H.spatial_mask, img_size, scaling=3.0, meta={"setting": "v30"})
+    fit = load_normal(path)
+    assert isinstance(fit, NormalFit) and fit.setting == "v30" and fit.scaling == 3.0
+    assert torch.equal(fit.fourier_filter, H.fourier_filter)
+    assert torch.equal(fit.spatial_mask, H.spatial_mask)
+    op = fit.operator()
+    assert fit.operator(img_size) is op  # cached
+    x = torch.randn(2, *img_size)
+    assert torch.allclose(op(x), H(x), atol=1e-6)
+    moved = fit.to("cpu")
+    assert moved.operator() is not op and torch.allclose(moved.operator()(x), H(x), atol=1e-6)
+
+
+def test_load_normal_names_the_missing_key(tmp_path):
+    img_size = (1, 6, 5, 4)
+    H = _random_op(img_size)
+    path = tmp_path / "fit.pt"
+    save_normal(path, H.fourier_filter, H.spatial_mask, img_size, scaling=1.0)
+    blob = torch.load(path, weights_only=False)
+    del blob["spatial_mask"]
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match=r"fit\.pt: normal-operator file has no 'spatial_mask'"):
+        load_normal(path)
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="not a readable normal-operator file"):
+        load_normal(path)
 
 
 def test_cli_and_figure(tmp_path, monkeypatch):
@@ -375,9 +410,9 @@ def test_cli_and_figure(tmp_path, monkeypatch):
 
     sample = Sample()
     sample.x, sample.physics, sample.meta = x, physics, {"volume": "toy"}
-    monkeypatch.setattr(normal, "_load_physics", lambda path, setting, device: (physics, sample))
+    monkeypatch.setattr(fit_normal_cli, "_load_physics", lambda path, setting, device: (physics, sample))
     out = tmp_path / "normal" / "v30.pt"
-    rc = normal.main(
+    rc = fit_normal_cli.main(
         [
             "--input",
             "unused.pt",
@@ -398,82 +433,10 @@ def test_cli_and_figure(tmp_path, monkeypatch):
     )
     assert rc == 0
     fit = load_normal(out, expected_operator_hash=operator_hash(physics, img_size))
-    assert fit["history"]["step"][-1] == 20
+    assert fit.history["step"][-1] == 20
     assert out.with_suffix(".csv").read_text().startswith("step,heldout_rel_error")
     assert not out.with_suffix(".ckpt").exists()
     assert (tmp_path / "fig.png").stat().st_size > 0 and (tmp_path / "fig.pdf").exists()
-
-
-class NormalOnly(LinearPhysics):
-    """A fake physics known only by its (symmetric) normal operator ``normal``."""
-
-    def __init__(self, normal, img_size):
-        super().__init__(img_size=img_size)
-        self.normal = normal
-
-    def A_adjoint_A(self, x, **kwargs):
-        return self.normal(x)
-
-
-def _symmetric_kernel_op(spatial, seed=4):
-    """Linear convolution by a real kernel with h[δ] = h[−δ] (a symmetric Toeplitz matrix)."""
-    g = torch.Generator().manual_seed(seed)
-    grid = padded_grid(spatial)
-    h = torch.zeros(grid)
-    for a in range(-2, 3):
-        for b in range(-2, 3):
-            for c in range(-2, 3):
-                if (a, b, c) <= (0, 0, 0):
-                    w = math.exp(-(a * a + b * b + c * c) / 3.0) * (
-                        1 + 0.3 * torch.randn(1, generator=g).item()
-                    )
-                    h[a % grid[0], b % grid[1], c % grid[2]] = w
-                    h[-a % grid[0], -b % grid[1], -c % grid[2]] = w
-    return DiagCirculant(torch.fft.rfftn(h).to(torch.complex64), torch.ones(spatial), (1, *spatial))
-
-
-def test_error_floor_is_zero_for_a_convolution():
-    """AᵀA = 2.5 · (symmetric linear convolution) is in the family: the row floor is ~0 with or
-    without the mask, and the kernel is found from a few rows."""
-    spatial = (7, 6, 5)
-    C = _symmetric_kernel_op(spatial)
-    physics = NormalOnly(lambda x: 2.5 * C(x), (1, *spatial))
-    for fit_mask in (True, False):
-        out = normal.error_floor(physics, (1, *spatial), n_rows=40, n_heldout=40, fit_mask=fit_mask)
-        assert out["heldout_rel_error"] < 1e-5 and out["train_rel_error"] < 1e-5, out
-
-
-def test_error_floor_bounds_the_fit_from_below():
-    """For a symmetric AᵀA = diag(m) C diag(m) (outside the one-sided family) the floor is
-    positive, the mask lowers it, and Adam on probes does not beat it (up to sampling)."""
-    spatial = (8, 8, 8)
-    img_size = (1, *spatial)
-    C = _symmetric_kernel_op(spatial)
-    zz = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, n) for n in spatial], indexing="ij"))
-    m = 1 + 0.6 * torch.cos(3 * zz[0]) * torch.sin(2 * zz[1] + 0.3)
-    physics = NormalOnly(lambda x: m * C(m * x), img_size)
-    floor = normal.error_floor(
-        physics, img_size, n_rows=384, n_heldout=128, iterations=6, terms=(1, 2, 8)
-    )
-    sums = floor["sum_of_terms_heldout_rel_error"]
-    assert sums[1] == pytest.approx(floor["heldout_rel_error"], rel=1e-4)
-    assert sums[8] < sums[2] < sums[1]  # more terms, a smaller bound
-    floor_no_mask = normal.error_floor(physics, img_size, n_rows=384, n_heldout=128, fit_mask=False)
-    assert 0.01 < floor["heldout_rel_error"] < floor_no_mask["heldout_rel_error"]
-    _, _, hist = fit_normal_operator(
-        physics, img_size, n_steps=300, batch=2, lr=1e-2, heldout=8, progress=False
-    )
-    assert hist["heldout_rel_error"][-1] > 0.9 * floor["heldout_rel_error"], (hist, floor)
-
-
-def test_error_floor_rejects_bad_input():
-    physics = NormalOnly(lambda x: x, (1, 4, 4, 4))
-    with pytest.raises(ValueError, match="real images"):
-        normal.error_floor(physics, (2, 4, 4, 4))
-    with pytest.raises(ValueError, match="n_rows"):
-        normal.error_floor(physics, (1, 4, 4, 4), n_rows=60, n_heldout=10)
-    with pytest.raises(ValueError, match="terms"):
-        normal.error_floor(physics, (1, 4, 4, 4), n_rows=8, n_heldout=8, terms=(20,))
 
 
 # ---------------------------------------------------------------------------------------------

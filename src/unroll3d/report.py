@@ -1916,33 +1916,28 @@ def normal_illustration(
     import torch
 
     from unroll3d.data import load_sample
-    from unroll3d.normal import DiagCirculant, load_normal
+    from unroll3d.normal import load_normal
 
     sample = load_sample(data_path, setting, device=device)
     try:
         fit = load_normal(normal_path)
     except (FileNotFoundError, ValueError) as err:
         raise ReportError(str(err)) from err
-    H = DiagCirculant(
-        fit["fourier_filter"],
-        fit["spatial_mask"],
-        fit["img_size"],
-        fit.get("two_sided", False),
-        grid=fit.get("grid"),
-    ).to(device)
+    fit = fit.to(device)
+    H = fit.operator()
     x = sample.x.float()
-    if tuple(x.shape[1:]) != tuple(fit["img_size"]):
+    if tuple(x.shape[1:]) != tuple(fit.img_size):
         raise ReportError(
-            f"{normal_path} was fitted for img_size {tuple(fit['img_size'])}, but {data_path} "
+            f"{normal_path} was fitted for img_size {tuple(fit.img_size)}, but {data_path} "
             f"holds a volume of shape {tuple(x.shape[1:])}"
         )
     with torch.no_grad():
         ata = sample.physics.A_adjoint_A(x)
-        hx = float(fit["scaling"]) * H(x)
+        hx = float(fit.scaling) * H(x)
     rel = float(torch.linalg.vector_norm(ata - hx) / torch.linalg.vector_norm(ata).clamp_min(1e-30))
-    lam_img = _lam_center_slice(fit["fourier_filter"], tuple(fit.get("grid") or ()))
-    mask = fit["spatial_mask"].detach().cpu().abs().double().numpy()
-    hist = fit.get("history") or {}
+    lam_img = _lam_center_slice(fit.fourier_filter, tuple(fit.grid or ()))
+    mask = fit.spatial_mask.detach().cpu().abs().double().numpy()
+    hist = fit.history or {}
     arrays = {
         "x": _central(x),
         "AtAx": _central(ata),

@@ -16,7 +16,7 @@ from unroll3d import __version__
 VERBS: dict[str, tuple[str, str]] = {
     "toy": ("unroll3d.data.toy", "write toy Walnut/Calgary raw files (real formats, tiny sizes)"),
     "data": ("unroll3d.data.cli", "download, freeze checksums, preprocess, split, FDK check"),
-    "fit-normal": ("unroll3d.normal", "fit the diagonal-circulant approximation H of AᵀA"),
+    "fit-normal": ("unroll3d.cli.fit_normal", "fit the diagonal-circulant approximation H of AᵀA"),
     "train": ("unroll3d.cli.train", "train one variant on one task and setting"),
     "evaluate": ("unroll3d.cli.evaluate", "evaluate one variant on one test volume"),
     "report": ("unroll3d.report", "render the paper's tables and figures"),

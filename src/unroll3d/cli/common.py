@@ -16,8 +16,13 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
+def add_runtime_args(p: argparse.ArgumentParser, lock: bool = False) -> None:
+    """--device and --threads; ``lock`` adds the device value ``lock`` (pick and lock a free GPU
+    in-process with :func:`unroll3d.devices.job_device`, for runs outside `unroll3d device run`)."""
+    help_text = "auto (CUDA when available; use under `unroll3d device run`) | cpu | cuda | cuda:N"
+    if lock:
+        help_text += " | lock (pick and lock a free GPU here)"
+    p.add_argument("--device", default="auto", help=help_text)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 

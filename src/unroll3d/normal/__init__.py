@@ -1,0 +1,42 @@
+"""Diagonal-circulant approximation H = diag(m) F⁻¹ diag(λ) F of a normal operator AᵀA (paper
+§4.5–4.6): the operator and its exact patch restriction (:mod:`.operator`), the physics wrapper
+(:mod:`.wrapper`), the data-free fit (:mod:`.fit`), files (:mod:`.io`) and the figure
+(:mod:`.plot`). The ``unroll3d fit-normal`` verb is :mod:`unroll3d.cli.fit_normal`.
+"""
+
+from unroll3d.normal.fit import _impulse_filter, fit_normal_operator
+from unroll3d.normal.io import (
+    FORMAT_VERSION,
+    NormalFit,
+    load_normal,
+    save_normal,
+    write_history_csv,
+)
+from unroll3d.normal.operator import (
+    DiagCirculant,
+    RestrictedDiagCirculant,
+    operator_hash,
+    operator_sqnorm,
+    padded_grid,
+    relative_error,
+)
+from unroll3d.normal.plot import plot_normal
+from unroll3d.normal.wrapper import DiagCirculantWrapper
+
+__all__ = [
+    "FORMAT_VERSION",
+    "DiagCirculant",
+    "DiagCirculantWrapper",
+    "NormalFit",
+    "RestrictedDiagCirculant",
+    "_impulse_filter",
+    "fit_normal_operator",
+    "load_normal",
+    "operator_hash",
+    "operator_sqnorm",
+    "padded_grid",
+    "plot_normal",
+    "relative_error",
+    "save_normal",
+    "write_history_csv",
+]

@@ -1,0 +1,168 @@
+"""Any deepinv ``LinearPhysics`` with its normal operator AᵀA replaced by the fitted H
+(``A``, ``Aᵀ`` and ``A†`` stay exact), in the style of deepinv's small physics wrappers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from deepinv.physics import LinearPhysics
+
+from unroll3d.normal.io import load_normal
+from unroll3d.normal.operator import (
+    DiagCirculant,
+    RestrictedDiagCirculant,
+    _check_img_size,
+    operator_hash,
+)
+
+__all__ = ["DiagCirculantWrapper"]
+
+
+class DiagCirculantWrapper(LinearPhysics):
+    r"""Any :class:`deepinv.physics.LinearPhysics` with its normal operator replaced by H.
+
+    ``A``, ``A_adjoint`` and ``A_dagger`` are the wrapped physics' (exact); ``A_adjoint_A`` is
+    ``scaling · H x``. H was fitted to :math:`A^\top A / \|A\|^2`, so pass
+    ``scaling = ‖A‖²`` (the ``scaling`` stored by :func:`save_normal`) for an unnormalised A.
+    The parameters can be given here or at call time
+    (``A_adjoint_A(x, fourier_filter=..., spatial_mask=...)``), as on the project page.
+
+    :param physics: the global operator.
+    :param img_size: ``(C, D, H, W)``.
+    :param float scaling: factor multiplying H.
+    :param device: where the parameters live.
+    :param fourier_filter: λ (see :class:`DiagCirculant`), optional.
+    :param spatial_mask: m, optional.
+    :param bool two_sided: the two-sided (MRI) form.
+    :param bool symmetrize: use ½(H + H*).
+    """
+
+    def __init__(
+        self,
+        physics: LinearPhysics,
+        img_size: Sequence[int],
+        scaling: float = 1.0,
+        device: torch.device | str | None = None,
+        fourier_filter: torch.Tensor | None = None,
+        spatial_mask: torch.Tensor | None = None,
+        two_sided: bool = False,
+        symmetrize: bool = False,
+        grid: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(img_size=tuple(img_size), device=device or "cpu")
+        self.physics = physics
+        self.img_size = _check_img_size(img_size)
+        self.scaling = float(scaling)
+        self.two_sided = bool(two_sided)
+        self.symmetrize = bool(symmetrize)
+        self._grid = None if grid is None else tuple(grid)
+        self.normal_op: DiagCirculant | None = None
+        if (fourier_filter is None) != (spatial_mask is None):
+            raise ValueError("give both fourier_filter and spatial_mask, or neither")
+        if fourier_filter is not None:
+            self.set_parameters(fourier_filter, spatial_mask, device=device)
+
+    @classmethod
+    def from_file(
+        cls,
+        physics: LinearPhysics,
+        path: str | Path,
+        check_hash: bool = True,
+        device: torch.device | str | None = None,
+        **kwargs: Any,
+    ) -> DiagCirculantWrapper:
+        """Wrap ``physics`` with the fit stored at ``path`` (hash-checked against ``physics``)."""
+        fit = load_normal(
+            path,
+            expected_operator_hash=operator_hash(physics) if check_hash else None,
+        )
+        return cls(
+            physics,
+            fit.img_size,
+            scaling=fit.scaling,
+            device=device,
+            fourier_filter=fit.fourier_filter,
+            spatial_mask=fit.spatial_mask,
+            two_sided=fit.two_sided,
+            grid=fit.grid,
+            **kwargs,
+        )
+
+    def set_parameters(
+        self,
+        fourier_filter: torch.Tensor,
+        spatial_mask: torch.Tensor,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """Install λ and m (moved to ``device`` when given)."""
+        if device is not None:
+            fourier_filter = fourier_filter.to(device)
+            spatial_mask = spatial_mask.to(device)
+        self.normal_op = DiagCirculant(
+            fourier_filter,
+            spatial_mask,
+            self.img_size,
+            two_sided=self.two_sided,
+            symmetrize=self.symmetrize,
+            grid=self._grid,
+        )
+
+    def _op(
+        self, fourier_filter: torch.Tensor | None, spatial_mask: torch.Tensor | None
+    ) -> DiagCirculant:
+        if fourier_filter is not None or spatial_mask is not None:
+            if fourier_filter is None or spatial_mask is None:
+                raise ValueError("give both fourier_filter and spatial_mask, or neither")
+            op = self.normal_op
+            if (
+                op is None
+                or op.fourier_filter is not fourier_filter
+                or op.spatial_mask is not spatial_mask
+            ):
+                self.set_parameters(fourier_filter, spatial_mask)
+        if self.normal_op is None:
+            raise RuntimeError(
+                "DiagCirculantWrapper has no parameters: pass fourier_filter and spatial_mask "
+                "to the constructor or to the call"
+            )
+        return self.normal_op
+
+    def A(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        kwargs.pop("fourier_filter", None)
+        kwargs.pop("spatial_mask", None)
+        return self.physics.A(x, **kwargs)
+
+    def A_adjoint(self, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        kwargs.pop("fourier_filter", None)
+        kwargs.pop("spatial_mask", None)
+        return self.physics.A_adjoint(y, **kwargs)
+
+    def A_dagger(self, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        kwargs.pop("fourier_filter", None)
+        kwargs.pop("spatial_mask", None)
+        return self.physics.A_dagger(y, **kwargs)
+
+    def A_adjoint_A(
+        self,
+        x: torch.Tensor,
+        fourier_filter: torch.Tensor | None = None,
+        spatial_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """scaling · H x."""
+        return self.scaling * self._op(fourier_filter, spatial_mask)(x)
+
+    def restrict(
+        self,
+        start: Sequence[int],
+        patch_size: Sequence[int],
+        fourier_filter: torch.Tensor | None = None,
+        spatial_mask: torch.Tensor | None = None,
+    ) -> RestrictedDiagCirculant:
+        """scaling · S H Sᵀ on the patch at ``start`` (the partitioned data step's normal op)."""
+        r = self._op(fourier_filter, spatial_mask).restrict(start, patch_size)
+        r.scaling = self.scaling
+        return r

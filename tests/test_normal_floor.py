@@ -1,0 +1,95 @@
+"""The error floor of H (unroll3d.research.normal_floor.error_floor): the best one-sided
+H = diag(m) C from exact rows of AᵀA is zero for an operator in the family, positive outside it,
+and no probe-based fit beats it. The measured cone-beam floors are in tests/test_normal.py's
+docstring and the README."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from deepinv.physics import LinearPhysics
+
+from unroll3d.normal import DiagCirculant, fit_normal_operator, padded_grid
+from unroll3d.research.normal_floor import error_floor
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class NormalOnly(LinearPhysics):
+    """A fake physics known only by its (symmetric) normal operator ``normal``."""
+
+    def __init__(self, normal, img_size):
+        super().__init__(img_size=img_size)
+        self.normal = normal
+
+    def A_adjoint_A(self, x, **kwargs):
+        return self.normal(x)
+
+
+def _symmetric_kernel_op(spatial, seed=4):
+    """Linear convolution by a real kernel with h[δ] = h[−δ] (a symmetric Toeplitz matrix)."""
+    g = torch.Generator().manual_seed(seed)
+    grid = padded_grid(spatial)
+    h = torch.zeros(grid)
+    for a in range(-2, 3):
+        for b in range(-2, 3):
+            for c in range(-2, 3):
+                if (a, b, c) <= (0, 0, 0):
+                    w = math.exp(-(a * a + b * b + c * c) / 3.0) * (
+                        1 + 0.3 * torch.randn(1, generator=g).item()
+                    )
+                    h[a % grid[0], b % grid[1], c % grid[2]] = w
+                    h[-a % grid[0], -b % grid[1], -c % grid[2]] = w
+    return DiagCirculant(torch.fft.rfftn(h).to(torch.complex64), torch.ones(spatial), (1, *spatial))
+
+
+def test_error_floor_is_zero_for_a_convolution():
+    """AᵀA = 2.5 · (symmetric linear convolution) is in the family: the row floor is ~0 with or
+    without the mask, and the kernel is found from a few rows."""
+    spatial = (7, 6, 5)
+    C = _symmetric_kernel_op(spatial)
+    physics = NormalOnly(lambda x: 2.5 * C(x), (1, *spatial))
+    for fit_mask in (True, False):
+        out = error_floor(physics, (1, *spatial), n_rows=40, n_heldout=40, fit_mask=fit_mask)
+        assert out["heldout_rel_error"] < 1e-5 and out["train_rel_error"] < 1e-5, out
+
+
+def test_error_floor_bounds_the_fit_from_below():
+    """For a symmetric AᵀA = diag(m) C diag(m) (outside the one-sided family) the floor is
+    positive, the mask lowers it, and Adam on probes does not beat it (up to sampling)."""
+    spatial = (8, 8, 8)
+    img_size = (1, *spatial)
+    C = _symmetric_kernel_op(spatial)
+    zz = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, n) for n in spatial], indexing="ij"))
+    m = 1 + 0.6 * torch.cos(3 * zz[0]) * torch.sin(2 * zz[1] + 0.3)
+    physics = NormalOnly(lambda x: m * C(m * x), img_size)
+    floor = error_floor(
+        physics, img_size, n_rows=384, n_heldout=128, iterations=6, terms=(1, 2, 8)
+    )
+    sums = floor["sum_of_terms_heldout_rel_error"]
+    assert sums[1] == pytest.approx(floor["heldout_rel_error"], rel=1e-4)
+    assert sums[8] < sums[2] < sums[1]  # more terms, a smaller bound
+    floor_no_mask = error_floor(physics, img_size, n_rows=384, n_heldout=128, fit_mask=False)
+    assert 0.01 < floor["heldout_rel_error"] < floor_no_mask["heldout_rel_error"]
+    _, _, hist = fit_normal_operator(
+        physics, img_size, n_steps=300, batch=2, lr=1e-2, heldout=8, progress=False
+    )
+    assert hist["heldout_rel_error"][-1] > 0.9 * floor["heldout_rel_error"], (hist, floor)
+
+
+def test_error_floor_rejects_bad_input():
+    physics = NormalOnly(lambda x: x, (1, 4, 4, 4))
+    with pytest.raises(ValueError, match="real images"):
+        error_floor(physics, (2, 4, 4, 4))
+    with pytest.raises(ValueError, match="n_rows"):
+        error_floor(physics, (1, 4, 4, 4), n_rows=60, n_heldout=10)
+    with pytest.raises(ValueError, match="terms"):
+        error_floor(physics, (1, 4, 4, 4), n_rows=8, n_heldout=8, terms=(20,))
