@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import unroll3d.cli.report as report_cli
 from unroll3d import paper_numbers as pn
 from unroll3d import report
+from unroll3d.report.illustration import _lam_center_slice
 
 VARIANTS = ["fdk", "postproc", "unrolled", "partition", "partition-H"]
 CONFIG = {
@@ -115,7 +117,7 @@ def write_bench(results: Path) -> None:
                 "n": n,
                 "step": "data",
                 "time_s": 1e-3 * n,
-                "peak_mem_gb": 1e-5 * n**3,
+                "peak_memory_gb": 1e-5 * n**3,
                 "status": "ok",
                 "device": "CPU: test",
             }
@@ -125,12 +127,12 @@ def write_bench(results: Path) -> None:
                 "n": n,
                 "step": "network",
                 "time_s": 1e-2 * n,
-                "peak_mem_gb": 1e-4 * n**3,
+                "peak_memory_gb": 1e-4 * n**3,
                 "status": "ok",
                 "device": "CPU: test",
             }
         )
-    rows[-1].update(status="oom", time_s=None, peak_mem_gb=None)
+    rows[-1].update(status="oom", time_s=None, peak_memory_gb=None)
     pd.DataFrame(rows).to_csv(b / "bench_steps.csv", index=False)
     rows = [  # the columns benchmarks/bench_partition.py writes (MiB)
         {
@@ -139,9 +141,9 @@ def write_bench(results: Path) -> None:
             "op": "blur",
             "patch": 8,
             "device": "CPU: test",
-            "peak_mb": 300 + (50 if m == "partitioned" else 0.1 * n**3),
-            "base_mb": 300,
-            "step_mb": 50 if m == "partitioned" else 0.1 * n**3,
+            "peak_memory_gb": 0.3 + (0.05 if m == "partitioned" else 1e-4 * n**3),
+            "base_memory_gb": 0.3,
+            "step_memory_gb": 0.05 if m == "partitioned" else 1e-4 * n**3,
             "time_s": 0.1,
         }
         for n in (16, 24, 32)
@@ -218,12 +220,11 @@ def test_read_eval_aliases_and_oom(tmp_path):
 
 def test_test_files_follow_the_evaluate_schema(tmp_path):
     """The fake evaluation files used here are valid under evaluate's own JSON schema."""
+    from importlib import resources
+
     import jsonschema
 
-    schema_path = Path(report.__file__).parent / "schemas" / "eval.schema.json"
-    if not schema_path.exists():
-        pytest.skip("evaluate schema not present")
-    schema = json.loads(schema_path.read_text())
+    schema = json.loads(resources.files("unroll3d").joinpath("schemas/eval.schema.json").read_text())
     write_evals(tmp_path, slices=False)
     files = sorted((tmp_path / "eval").rglob("*.json"))
     assert files
@@ -415,9 +416,9 @@ def test_cli_end_to_end(tmp_path):
     write_bench(tmp_path / "results")
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(CONFIG))
-    rc = report.main(["--results", str(tmp_path / "results"), "--config", str(cfg_path)])
+    rc = report_cli.main(["--results", str(tmp_path / "results"), "--config", str(cfg_path)])
     assert rc == 0
-    rc = report.main(
+    rc = report_cli.main(
         [
             "--results",
             str(tmp_path / "results"),
@@ -435,7 +436,7 @@ def test_cli_end_to_end(tmp_path):
     assert (tmp_path / "results" / "figures" / "fig_slices_mri.png").exists()
     # a broken cell makes the command fail with a message, not a traceback
     (tmp_path / "results" / "eval" / "mri" / "R5" / "fdk" / "vol_a.json").write_text("{oops")
-    assert report.main(["--results", str(tmp_path / "results"), "--config", str(cfg_path)]) == 1
+    assert report_cli.main(["--results", str(tmp_path / "results"), "--config", str(cfg_path)]) == 1
 
 
 def test_normal_illustration_exact_for_a_scaled_identity(tmp_path, monkeypatch):
@@ -476,10 +477,10 @@ def test_lambda_plane_from_rfft_layout_matches_full_fft(grid):
     kernel = torch.randn(grid, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     full = torch.fft.fftn(kernel)
     expected = np.fft.fftshift(np.log10(full[0].abs().numpy() + 1e-8))
-    got = report._lam_center_slice(torch.fft.rfftn(kernel), grid)
+    got = _lam_center_slice(torch.fft.rfftn(kernel), grid)
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
     # a full (complex-image) filter is used as is
-    np.testing.assert_allclose(report._lam_center_slice(full, grid), expected, atol=1e-10)
+    np.testing.assert_allclose(_lam_center_slice(full, grid), expected, atol=1e-10)
 
 
 def test_failed_evaluation_is_shown_not_averaged(tmp_path):
@@ -554,3 +555,29 @@ def test_cpu_training_memory_is_marked_and_has_no_delta(tmp_path):
         "v30",
     )
     assert r.train_mem_kind == "gpu" and cell.diff is not None and "CPU" not in cell.text
+
+
+def test_report_config_keeps_every_key_the_report_reads(tmp_path):
+    """The workflow passes the report only unroll3d.config.report_config(config): the tables are
+    the same as with the whole config, and keys the report does not read are left out."""
+    from unroll3d.config import report_config
+
+    full = {
+        **CONFIG,
+        "seed": 3,
+        "train": {"steps": 7},
+        "model": {"blocks": 2},
+        "cbct": {**CONFIG["cbct"], "K": 2, "splits": {"train": [1], "test": []}},
+    }
+    cut = report_config(full)
+    assert "train" not in cut and "model" not in cut and "K" not in cut["cbct"]
+    results = tmp_path / "results"
+    write_evals(results)
+    out_full, out_cut = tmp_path / "full", tmp_path / "cut"
+    cells = report.collect_evals(results, full)
+    report.write_tables(cells, full, out_full, "cfg.yaml", commit="abc")
+    report.write_tables(report.collect_evals(results, cut), cut, out_cut, "cfg.yaml", commit="abc")
+    for name in report.TABLES:
+        for ext in ("md", "csv", "tex"):
+            a, b = out_full / f"{name}.{ext}", out_cut / f"{name}.{ext}"
+            assert a.read_text() == b.read_text(), (name, ext)

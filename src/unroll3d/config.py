@@ -28,6 +28,7 @@ __all__ = [
     "evaluate_settings",
     "job_config",
     "sweep_job_config",
+    "report_config",
     "dumps",
     "JOB_TASK_KEYS",
 ]
@@ -155,6 +156,28 @@ def sweep_job_config(config: dict, task: str, patch: list[int]) -> dict:
     """:func:`job_config` with the task's patch size replaced (the Figs. 7/8 sweep)."""
     out = job_config(config, task)
     out[task]["patch_size"] = [int(p) for p in patch]
+    return out
+
+
+def report_config(config: dict) -> dict:
+    """The part of ``config`` the report (tables and figures) reads: the name, tasks, variants,
+    each task's settings and test split, the sweep, the benchmarks switch and the ``report``
+    section. Training, model and data keys are left out, so editing them does not re-render
+    the report by itself (their effect reaches it through the evaluation files)."""
+    out = {
+        "name": config.get("name"),
+        "tasks": list(config.get("tasks", [])),
+        "variants": list(config.get("variants", [])),
+        "sweep": copy.deepcopy(config.get("sweep") or {}),
+        "benchmarks": {"enabled": bool((config.get("benchmarks") or {}).get("enabled", True))},
+        "report": copy.deepcopy(config.get("report") or {}),
+    }
+    for task, key in (("cbct", "views"), ("mri", "accelerations")):
+        section = config.get(task) or {}
+        out[task] = {
+            key: list(section.get(key, [])),
+            "splits": {"test": list((section.get("splits") or {}).get("test", []))},
+        }
     return out
 
 

@@ -37,30 +37,31 @@ def _umask() -> int:
     return mask
 
 
-def _proc_status_mb(field: str) -> float | None:
+def _proc_status_gb(field: str) -> float | None:
+    """A ``/proc/self/status`` memory field (kB) in GB = 10⁹ bytes, the project's one unit."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
-                return float(line.split()[1]) / 1024
+                return float(line.split()[1]) * 1024 / 1e9
     except OSError:
         return None
     return None
 
 
-def rss_mb() -> float | None:
-    """Resident memory of this process now, in MB (Linux ``VmRSS``; None elsewhere)."""
-    return _proc_status_mb("VmRSS")
+def rss_gb() -> float | None:
+    """Resident memory of this process now, in GB (Linux ``VmRSS``; None elsewhere)."""
+    return _proc_status_gb("VmRSS")
 
 
-def peak_rss_mb() -> float | None:
-    """Peak resident memory of this process in MB (Linux ``VmHWM``; None elsewhere): since the
+def peak_rss_gb() -> float | None:
+    """Peak resident memory of this process in GB (Linux ``VmHWM``; None elsewhere): since the
     start, or since the last :func:`reset_peak_rss`."""
-    return _proc_status_mb("VmHWM")
+    return _proc_status_gb("VmHWM")
 
 
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter of this process (Linux ≥ 4.0, ``clear_refs`` 5), so that
-    :func:`peak_rss_mb` measures from now on. False where unsupported."""
+    :func:`peak_rss_gb` measures from now on. False where unsupported."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True

@@ -13,7 +13,9 @@ REPORT_TABLES = paths.tables_dir(RESULTS)
 REPORT_FIGURES = paths.figures_dir(RESULTS)
 ILLUSTRATIONS = paths.illustrations_dir(RESULTS)
 REPORT_CONFIG = config.get("report", {})
-# The manifest records the whole config (it is the reviewer's record of the run, and runs last).
+# The report gets only the keys it reads; the manifest records the whole config (it is the
+# reviewer's record of the run, and runs last).
+REPORT_CONFIG_JSON = u3config.dumps(u3config.report_config(config))
 FULL_CONFIG_JSON = u3config.dumps(config)
 CONFIG_LABEL = " ".join(os.path.relpath(f) for f in workflow.configfiles) or "config/config.yaml"
 
@@ -73,7 +75,7 @@ rule tables_figures:
         illustrations=lambda wildcards, input: Path(input.illustrations[0]).parent
         if input.illustrations
         else ILLUSTRATIONS,
-        config=FULL_CONFIG_JSON,
+        config=REPORT_CONFIG_JSON,
         label=CONFIG_LABEL,
         bench=report_bench_args,
     log:

@@ -29,7 +29,6 @@ import hashlib
 import io
 import json
 import random
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -61,9 +60,9 @@ from unroll3d.utils import (
     atomic_write_json,
     atomic_write_text,
     device_name,
-    peak_rss_mb,
+    peak_rss_gb,
     reset_peak_rss,
-    rss_mb,
+    rss_gb,
     seed_everything,
 )
 from unroll3d.variants import VariantSpec, variant_spec
@@ -86,19 +85,14 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _rss_growth_gb(base_mb: float | None) -> float | None:
+def _rss_growth_gb(base_gb: float | None) -> float | None:
     """Host peak RSS since the training loop began minus the RSS then (GB): what the steps
     themselves added (activations, gradients, optimiser state, cached samples). The CPU
     counterpart of the CUDA peak; None where the kernel's peak counter cannot be reset."""
-    peak = peak_rss_mb()
-    if base_mb is None or peak is None:
+    peak = peak_rss_gb()
+    if base_gb is None or peak is None:
         return None
-    return max(0.0, peak - base_mb) * 2**20 / 1e9  # MiB → GB (10⁹ B, as peak_memory_gb)
-
-
-def peak_rss_gb() -> float:
-    """Peak resident memory of this process (GB, Linux ``ru_maxrss`` in kB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    return max(0.0, peak - base_gb)
 
 
 @dataclass
@@ -345,7 +339,7 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
             disable=None if job.progress is None else not job.progress,
         )
         log_lines = bar.disable
-        rss_base = rss_mb() if reset_peak_rss() else None
+        rss_base = rss_gb() if reset_peak_rss() else None
         for step in range(start, t["steps"]):
             gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + step)
             sync(device)

@@ -1,0 +1,84 @@
+"""Partitioned vs full-volume training memory against the volume size (bench_partition)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from unroll3d.report.common import STYLE, variant_style
+from unroll3d.report.figures.base import (
+    _col,
+    _devices,
+    _log_y,
+    _mark_oom,
+    _mem_gb,
+    _plt,
+    _read_csv,
+    _size_col,
+    no_data,
+    save_figure,
+)
+
+log = logging.getLogger("unroll3d.report")
+
+
+def fig_partition_memory(bench_csv: Path, out_dir: Path, reason: str | None = None) -> list[Path]:
+    """Peak training memory of a partitioned step (fixed patch) vs full-volume unrolling, against N."""
+    plt = _plt()
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(3.6, 3.4))
+        df = None if reason else _read_csv(bench_csv)
+        if df is None or df.empty:
+            no_data(ax, reason or f"{bench_csv} not found")
+            ax.set_title("Partitioned vs full-volume training memory", fontsize=7)
+        else:
+            ncol = _size_col(df, bench_csv)
+            mcol = _col(df, ("method", "variant", "mode", "kind"), bench_csv)
+            df = df.assign(_mem=_mem_gb(df, bench_csv))
+            step_col = _col(df, ("step_memory_gb",), bench_csv, required=False)
+            if step_col:
+                df = df.assign(_step=_mem_gb(df, bench_csv, step_col))
+            names = {"full": "full-volume unrolling", "partitioned": "partitioned (fixed patch)"}
+            for method, sub in df.groupby(mcol):
+                sub = sub.sort_values(ncol)
+                m = str(method)
+                color, marker = variant_style(
+                    m, ("#d62728", "o") if "part" in m else ("#2ca02c", "D")
+                )
+                ok = sub["_mem"].notna()
+                if "status" in sub.columns:
+                    ok &= sub["status"].astype(str) == "ok"
+                label = names.get(m, m)
+                ax.plot(
+                    sub[ncol][ok],
+                    sub["_mem"][ok],
+                    marker=marker,
+                    color=color,
+                    label=f"{label}: peak",
+                )
+                if step_col:
+                    ax.plot(
+                        sub[ncol][ok],
+                        sub["_step"][ok],
+                        marker=marker,
+                        mfc="none",
+                        ls="--",
+                        color=color,
+                        label=f"{label}: added by the step",
+                    )
+                _mark_oom(ax, sub[ncol][~ok], color)
+            _log_y(ax)
+            ax.set_xlabel("volume size N (N³ voxels)")
+            ax.set_ylabel("peak training memory (GB)")
+            sizes = sorted(df[ncol].unique())
+            ax.set_xticks(sizes)
+            ax.set_xticklabels([str(int(s)) for s in sizes])
+            patch = ""
+            pcol = _col(df, ("patch", "patch_size"), bench_csv, required=False)
+            if pcol:
+                vals = sorted(set(df[pcol].astype(str)))
+                patch = ", patch " + ", ".join(v + "³" if v.isdigit() else v for v in vals)
+            ax.legend(frameon=False, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.22))
+            ax.set_title(f"Partitioned vs full-volume training{patch}\n{_devices(df)}", fontsize=7)
+        fig.tight_layout()
+        return save_figure(fig, out_dir, "fig_partition_memory")

@@ -1,0 +1,53 @@
+"""Writing every table (CSV, Markdown, LaTeX) of the report to disk, atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from unroll3d.report.common import TABLES
+from unroll3d.report.latex import render_latex
+from unroll3d.report.records import EvalRecord
+from unroll3d.report.tables import _git_commit, build_datastep_table, build_table, render_markdown
+from unroll3d.utils import atomic_path, atomic_write_text
+
+
+def write_tables(
+    cells: dict[tuple[str, str, str], list[EvalRecord]],
+    config: dict,
+    out_dir: str | Path,
+    config_path: str | None = None,
+    commit: str | None = None,
+    bench_normal: str | Path | None = None,
+) -> list[Path]:
+    """Write every table as CSV (tidy, one row per cell), Markdown and LaTeX; return the paths.
+
+    A table whose task is not in the config (or, for ``table_datastep``, whose benchmark file
+    ``bench_normal`` is absent) is written with a one-line "no data" note, so the set of output
+    files does not depend on the config.
+    """
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    commit = commit or _git_commit()
+    written = []
+    for kind in TABLES:
+        if kind == "table_datastep":
+            table = build_datastep_table(bench_normal, config, config_path, commit)
+            why = f"benchmark file {bench_normal} not available"
+        else:
+            table = build_table(kind, cells, config, config_path, commit)
+            why = f"{kind} needs a task that configuration {config.get('name')!r} disables"
+        if table is None:
+            note = f"no data: {why}"
+            md, tex = f"_{note}_\n", f"% {note}\n"
+            df = pd.DataFrame(columns=["table", "metric", "ours", "paper", "delta", "text"])
+        else:
+            md, tex = render_markdown(table), render_latex(table)
+            df = pd.DataFrame(table.long)
+        for ext, text in (("md", md), ("tex", tex)):
+            atomic_write_text(out_dir / f"{kind}.{ext}", text)
+            written.append(out_dir / f"{kind}.{ext}")
+        with atomic_path(out_dir / f"{kind}.csv") as tmp:
+            df.to_csv(tmp, index=False)
+        written.append(out_dir / f"{kind}.csv")
+    return written

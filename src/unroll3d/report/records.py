@@ -1,0 +1,355 @@
+"""The one reader of evaluation results: eval JSONs (:func:`read_eval`, :func:`collect_evals`) and the Figs. 7/8 sweep (:func:`collect_sweep`). Paths come from :mod:`unroll3d.paths`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unroll3d.report.common import ReportError
+
+log = logging.getLogger("unroll3d.report")
+
+
+# Evaluation records
+
+
+@dataclass
+class EvalRecord:
+    """One evaluation JSON, with keys normalised (see :func:`read_eval`)."""
+
+    task: str
+    setting: str
+    variant: str
+    volume: str
+    status: str = "ok"
+    psnr: float | None = None
+    ssim: float | None = None
+    train_peak_mem_gb: float | None = None
+    train_step_s: float | None = None
+    train_accumulate: int = 1
+    infer_time_s: float | None = None
+    infer_peak_mem_gb: float | None = None
+    device: str | None = None
+    message: str = ""
+    oom_needed_gb: float | None = None
+    volume_shape: tuple[int, ...] | None = None
+    slices: str | None = None
+    metric_convention: str | None = None
+    data_range: float | None = None
+    train_status: str | None = None  # "oom" when the timed training steps ran out of memory
+    train_mem_kind: str = "gpu"  # "cpu_rss": train_peak_mem_gb is the CPU peak-RSS growth
+    train_message: str = ""
+    path: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "psnr": ("psnr", "psnr_db"),
+    "ssim": ("ssim",),
+    "train_peak_mem_gb": ("train_peak_mem_gb", "train_mem_gb", "train_peak_memory_gb"),
+    "train_step_s": ("train_step_s", "train_time_per_step_s", "train_s_per_step"),
+    "train_accumulate": ("train_accumulate", "accumulate"),
+    "infer_time_s": ("infer_time_s", "inference_time_s"),
+    "infer_peak_mem_gb": ("infer_peak_mem_gb", "inference_peak_memory_gb", "inference_peak_mem_gb"),
+    "device": ("device", "device_name"),
+    "message": ("message",),
+    "oom_needed_gb": ("oom_needed_gb",),
+    "volume_shape": ("volume_shape", "shape", "img_size"),
+    "slices": ("slices", "slices_path"),
+    "metric_convention": ("metric_convention",),
+    "data_range": ("data_range",),
+}
+#: Nested objects searched (in this order) when a key is not at the top level.
+_NESTED = ("metrics",)
+#: Training-cost sources: the evaluation's own timed micro-steps first, then the training run.
+_TRAIN_SOURCES = (
+    ("train_step", "step_time_s", "peak_memory_gb"),
+    ("train_stats", "step_time_mean_s", "peak_memory_gb"),
+)
+_OOM_RE = re.compile(r"peak\s*(?:of\s*)?([0-9.]+)\s*(GB|GiB|MB|MiB)", re.IGNORECASE)
+_STATUSES = ("ok", "oom", "failed")
+
+
+def _lookup(d: dict, names: Iterable[str]) -> Any:
+    """First key of ``names`` found in ``d``, else in its ``metrics`` object."""
+    for name in names:
+        if d.get(name) is not None:
+            return d[name]
+    for nest in _NESTED:
+        sub = d.get(nest)
+        if isinstance(sub, dict):
+            for name in names:
+                if sub.get(name) is not None:
+                    return sub[name]
+    return None
+
+
+def _as_float(value: Any, key: str, path: Path) -> float | None:
+    if value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError) as err:
+        raise ReportError(f"{path}: key {key!r} must be a number or null, got {value!r}") from err
+    return None if math.isnan(out) else out
+
+
+def _needed_gb(message: str) -> float | None:
+    match = _OOM_RE.search(message or "")
+    if not match:
+        return None
+    scale = {"gb": 1.0, "gib": 1.073741824, "mb": 1e-3, "mib": 1.048576e-3}
+    return float(match.group(1)) * scale[match.group(2).lower()]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def read_eval(path: str | Path) -> EvalRecord:
+    """Read one evaluation JSON (``src/unroll3d/schemas/eval.schema.json``) into an :class:`EvalRecord`.
+
+    Used keys: ``task``, ``setting``, ``variant``, ``volume`` (from the path
+    ``.../{task}/{setting}/{variant}/{volume}.json`` when absent); ``status`` (``ok``, ``oom`` or
+    ``failed``; default ``ok``) with ``message`` (for OOM "OOM at volume N³, peak X GB");
+    ``psnr`` (required when ok), ``ssim``, ``data_range``, ``shape``, ``device``,
+    ``metric_convention``, ``inference_time_s``, ``inference_peak_memory_gb``,
+    ``train_accumulate``; the training cost from ``train_step`` (``step_time_s``,
+    ``peak_memory_gb``, ``status``, ``message``: timed micro-steps of the evaluation), else
+    ``train_stats`` (``step_time_mean_s``, ``peak_memory_gb``: the training run), else flat
+    ``train_step_s`` / ``train_peak_mem_gb``; slices from ``slices`` or the ``.npz`` beside the JSON.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise ReportError(f"missing evaluation file {path}") from err
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    parts = path.with_suffix("").parts
+    from_path = dict(zip(("task", "setting", "variant", "volume"), parts[-4:], strict=False))
+    ids = {k: str(data.get(k) or from_path.get(k, "")) for k in from_path}
+    for k, v in ids.items():
+        if not v:
+            raise ReportError(f"{path}: missing key {k!r}")
+    status = str(data.get("status", "ok")).lower()
+    if status not in _STATUSES:
+        raise ReportError(f"{path}: status must be one of {_STATUSES}, got {status!r}")
+    rec = EvalRecord(**ids, status=status, path=str(path))
+    for name in (
+        "psnr",
+        "ssim",
+        "infer_time_s",
+        "infer_peak_mem_gb",
+        "oom_needed_gb",
+        "data_range",
+    ):
+        setattr(rec, name, _as_float(_lookup(data, _ALIASES[name]), name, path))
+    rec.train_step_s = _as_float(_lookup(data, _ALIASES["train_step_s"]), "train_step_s", path)
+    rec.train_peak_mem_gb = _as_float(
+        _lookup(data, _ALIASES["train_peak_mem_gb"]), "train_peak_mem_gb", path
+    )
+    for key, t_key, m_key in _TRAIN_SOURCES:
+        sub = data.get(key)
+        if not isinstance(sub, dict):
+            continue
+        if str(sub.get("status", "ok")).lower() == "oom":
+            rec.train_status = "oom"
+            rec.train_message = str(sub.get("message") or "")
+        if rec.train_step_s is None:
+            rec.train_step_s = _as_float(sub.get(t_key), f"{key}.{t_key}", path)
+        if rec.train_peak_mem_gb is None and rec.train_status != "oom":
+            rec.train_peak_mem_gb = _as_float(sub.get(m_key), f"{key}.{m_key}", path)
+        if rec.train_step_s is not None or rec.train_status == "oom":
+            break
+    stats = data.get("train_stats")
+    if rec.train_peak_mem_gb is None and rec.train_status != "oom" and isinstance(stats, dict):
+        # CPU runs: no CUDA peak; the training's peak-RSS growth stands in, marked as such
+        rss = _as_float(stats.get("peak_rss_growth_gb"), "train_stats.peak_rss_growth_gb", path)
+        if rss is not None:
+            rec.train_peak_mem_gb, rec.train_mem_kind = rss, "cpu_rss"
+    acc = _lookup(data, _ALIASES["train_accumulate"])
+    rec.train_accumulate = int(acc) if acc else 1
+    for name in ("device", "message", "metric_convention"):
+        value = _lookup(data, _ALIASES[name])
+        if value is not None:
+            setattr(rec, name, str(value))
+    shape = _lookup(data, _ALIASES["volume_shape"])
+    if isinstance(shape, (list, tuple)) and shape:
+        rec.volume_shape = tuple(int(s) for s in shape)
+    elif isinstance(shape, (int, float)):
+        rec.volume_shape = (int(shape),) * 3
+    slices = _lookup(data, _ALIASES["slices"])
+    if slices:
+        p = Path(str(slices))
+        if not p.is_absolute() and not p.exists() and (path.parent / p).exists():
+            p = path.parent / p
+        rec.slices = str(p)
+    elif path.with_suffix(".npz").exists():
+        rec.slices = str(path.with_suffix(".npz"))
+    if rec.status == "ok" and rec.psnr is None:
+        raise ReportError(f"{path}: status 'ok' but no 'psnr' value")
+    if rec.status == "oom":
+        rec.train_status = "oom"
+        rec.train_message = rec.train_message or rec.message
+    if rec.train_status == "oom" and rec.oom_needed_gb is None:
+        rec.oom_needed_gb = _needed_gb(rec.train_message) or _needed_gb(rec.message)
+    if rec.status == "failed":
+        log.warning("%s: evaluation failed: %s", path, rec.message)
+    return rec
+
+
+def task_settings(config: dict, task: str) -> list[str]:
+    """Setting names of a task in the config: ``v30``... (CBCT views) or ``R5``... (MRI)."""
+    if task == "cbct":
+        return [f"v{int(n)}" for n in config.get("cbct", {}).get("views", [])]
+    return [f"R{float(r):g}" for r in config.get("mri", {}).get("accelerations", [])]
+
+
+def test_volumes(config: dict, task: str) -> list[str] | None:
+    """Test volume ids of a task from ``config[task]["splits"]["test"]`` (as ``data.smk`` names
+    them: ``walnut<N>`` for CBCT), or ``None`` when the config has no split (then the volumes
+    found on disk are used)."""
+    test = ((config.get(task) or {}).get("splits") or {}).get("test")
+    if not test:
+        return None
+    return [f"walnut{v}" if task == "cbct" else str(v) for v in test]
+
+
+def setting_value(setting: str) -> float:
+    """The number in a setting name (``v30`` → 30, ``R5`` → 5)."""
+    return float(setting[1:])
+
+
+def collect_evals(
+    results: str | Path, config: dict, allow_missing: bool = False
+) -> dict[tuple[str, str, str], list[EvalRecord]]:
+    """Read every requested evaluation JSON: {(task, setting, variant): records sorted by volume}.
+
+    The requested cells are the config's tasks × settings × variants. Every cell must have at
+    least one file, and all variants of a (task, setting) the same test volumes; otherwise a
+    :class:`ReportError` lists the missing files (unless ``allow_missing``, which skips them).
+    """
+    results = Path(results)
+    cells: dict[tuple[str, str, str], list[EvalRecord]] = {}
+    problems: list[str] = []
+    for task in config.get("tasks", []):
+        wanted = test_volumes(config, task)
+        for setting in task_settings(config, task):
+            volumes: dict[str, set[str]] = {}
+            for variant in config.get("variants", []):
+                folder = results / "eval" / task / setting / variant
+                if wanted is not None:
+                    files = [folder / f"{v}.json" for v in wanted]
+                    for f in files:
+                        if not f.exists():
+                            problems.append(f"missing {f} (test volume of {task} in the config)")
+                    files = [f for f in files if f.exists()]
+                else:
+                    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+                    if not files:
+                        problems.append(
+                            f"no evaluation files in {folder}/ (cell {task}/{setting}/{variant})"
+                        )
+                volumes[variant] = {f.stem for f in files}
+                if not files:
+                    continue
+                recs = [read_eval(f) for f in files]
+                for r in recs:
+                    if (r.task, r.setting, r.variant) != (task, setting, variant):
+                        raise ReportError(
+                            f"{r.path}: says task/setting/variant = {r.task}/{r.setting}/"
+                            f"{r.variant} but lies under {folder}"
+                        )
+                cells[(task, setting, variant)] = recs
+            if wanted is None:
+                union = set().union(*volumes.values()) if volumes else set()
+                for variant, vols in volumes.items():
+                    for v in sorted(union - vols) if vols else []:
+                        problems.append(
+                            f"missing {results / 'eval' / task / setting / variant / (v + '.json')}"
+                            " (other variants have this test volume)"
+                        )
+    if problems and not allow_missing:
+        raise ReportError("evaluation results incomplete:\n  " + "\n  ".join(problems))
+    for p in problems:
+        log.warning(p)
+    return cells
+
+
+@dataclass
+class SweepPoint:
+    """One patch size of the Figs. 7/8 sweep: means over the test volumes."""
+
+    patch: tuple[int, int, int]
+    psnr: float | None
+    ssim: float | None
+    memory_gb: float | None
+    memory_kind: str
+    step_s: float | None
+    device: str
+    n_volumes: int
+
+
+def collect_sweep(results: str | Path, config: dict, task: str) -> list[SweepPoint]:
+    """Read the sweep's evaluations of ``task`` (config key ``sweep``); [] when it is off.
+
+    Memory is the training peak: ``train_stats.peak_memory_gb`` (CUDA) or else
+    ``train_stats.peak_rss_growth_gb`` (CPU: host peak RSS during training minus the RSS before).
+    A configured patch size without evaluation files is an error, as for the tables.
+    """
+    sweep = config.get("sweep") or {}
+    if not sweep.get("enabled") or task not in config.get("tasks", []):
+        return []
+    setting = task_settings(config, task)[0]
+    points = []
+    for patch in sweep.get(task, []):
+        label = "x".join(str(int(p)) for p in patch)
+        folder = Path(results) / "eval" / task / setting / "sweep" / f"p{label}"
+        names = test_volumes(config, task)
+        paths = [folder / f"{v}.json" for v in names] if names else sorted(folder.glob("*.json"))
+        if not paths:
+            raise ReportError(f"no sweep evaluation files in {folder}")
+        recs, mems, kinds, steps = [], [], set(), []
+        for path in paths:
+            rec = read_eval(path)
+            recs.append(rec)
+            stats = json.loads(path.read_text()).get("train_stats") or {}
+            if stats.get("peak_memory_gb") is not None:
+                mems.append(float(stats["peak_memory_gb"]))
+                kinds.add("GPU peak allocated")
+            elif stats.get("peak_rss_growth_gb") is not None:
+                mems.append(float(stats["peak_rss_growth_gb"]))
+                kinds.add("CPU peak RSS growth")
+            if stats.get("step_time_mean_s") is not None:
+                steps.append(float(stats["step_time_mean_s"]))
+        ok = [r for r in recs if r.status == "ok"]
+        points.append(
+            SweepPoint(
+                patch=tuple(int(p) for p in patch),
+                psnr=_mean([r.psnr for r in ok]) if ok else None,
+                ssim=_mean([r.ssim for r in ok]) if ok else None,
+                memory_gb=max(mems) if mems else None,
+                memory_kind=" / ".join(sorted(kinds)) or "not recorded",
+                step_s=_mean(steps) if steps else None,
+                device=", ".join(sorted({r.device for r in recs if r.device})) or "?",
+                n_volumes=len(recs),
+            )
+        )
+    return points
+
+
+def _patch_text(patch: Sequence[int]) -> str:
+    d, h, w = patch
+    return f"{d}×{h}²" if h == w else f"{d}×{h}×{w}"

@@ -1,0 +1,454 @@
+"""Tables 1/2, the ablation and the §6.4 data-step table: aggregation, cells (ours / paper (Δ)), footnotes, Markdown and CSV; LaTeX is :mod:`.latex`."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unroll3d.paper_numbers import PAPER_MISSING_NOTE, PAPER_ONLY_ROWS, paper_value
+from unroll3d.report.common import (
+    DEFAULT_METRIC_CONVENTION,
+    TABLES,
+    TASK_TITLE,
+    ablation_label,
+    method_label,
+)
+from unroll3d.report.figures.base import _col, _read_csv
+from unroll3d.report.records import EvalRecord, _mean, task_settings
+from unroll3d.variants import ablation_variants
+
+log = logging.getLogger("unroll3d.report")
+
+
+# Aggregation and cells
+
+
+@dataclass
+class Agg:
+    """One aggregated cell of ours: mean over test volumes (or OOM)."""
+
+    status: str  # ok | oom | failed | missing
+    value: float | None = None
+    n: int = 0
+    accumulate: int = 1
+    needed_gb: float | None = None
+    cpu_rss: bool = False  # a memory value measured as CPU peak-RSS growth, not GPU memory
+
+
+def aggregate(records: list[EvalRecord] | None, metric: str) -> Agg:
+    """Mean of ``metric`` over the records; ``oom`` if any record is OOM."""
+    if not records:
+        return Agg("missing")
+    if any(r.status == "failed" for r in records):
+        return Agg("failed", n=len(records))
+    train = metric in ("train_peak_mem_gb", "train_step_s")
+    if any(r.status == "oom" or (train and r.train_status == "oom") for r in records):
+        needed = [r.oom_needed_gb for r in records if r.oom_needed_gb is not None]
+        return Agg("oom", n=len(records), needed_gb=max(needed) if needed else None)
+    if metric == "train_peak_mem_gb":
+        vals = [r.train_peak_mem_gb for r in records if r.train_peak_mem_gb is not None]
+        value = max(vals) if vals else None
+    else:
+        value = _mean([getattr(r, metric) for r in records])
+    acc = max(r.train_accumulate for r in records)
+    cpu_rss = metric == "train_peak_mem_gb" and any(r.train_mem_kind == "cpu_rss" for r in records)
+    return Agg("ok", value, len(records), accumulate=acc, cpu_rss=cpu_rss)
+
+
+def aggregate_settings(aggs: list[Agg], metric: str) -> Agg:
+    """Combine per-setting cells (the ablation's average over settings)."""
+    if not aggs or any(a.status == "missing" for a in aggs):
+        return Agg("missing")
+    if any(a.status == "failed" for a in aggs):
+        return Agg("failed", n=sum(a.n for a in aggs))
+    if any(a.status == "oom" for a in aggs):
+        needed = [a.needed_gb for a in aggs if a.needed_gb is not None]
+        return Agg("oom", n=sum(a.n for a in aggs), needed_gb=max(needed) if needed else None)
+    vals = [a.value for a in aggs if a.value is not None]
+    if not vals:
+        value = None
+    elif metric == "train_peak_mem_gb":
+        value = max(vals)
+    else:
+        value = float(np.mean(vals))
+    return Agg(
+        "ok",
+        value,
+        sum(a.n for a in aggs),
+        accumulate=max(a.accumulate for a in aggs),
+        cpu_rss=any(a.cpu_rss for a in aggs),
+    )
+
+
+_DIGITS = {"psnr": 2, "ssim": 3, "train_peak_mem_gb": 2, "train_step_s": 2, "speed": 2}
+_PAPER_METRIC = {"train_peak_mem_gb": "train_mem_gb"}
+
+
+def _fmt(value: float | None, metric: str, accumulate: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    text = f"{value:.{_DIGITS.get(metric, 3)}f}"
+    return text + (f"×{accumulate}" if accumulate > 1 else "")
+
+
+def _signed(value: float, metric: str) -> str:
+    text = f"{value:+.{_DIGITS.get(metric, 3)}f}"
+    return text.replace("-", "−")
+
+
+@dataclass
+class Cell:
+    """One rendered table cell with its parts (for the CSV)."""
+
+    text: str
+    ours: float | None
+    ours_status: str
+    paper: float | None
+    paper_status: str | None
+    diff: float | None
+    paper_source: str | None
+    n: int
+
+
+def make_cell(agg: Agg, task: str, variant: str, metric: str, setting: str, source=None) -> Cell:
+    """``ours / paper (Δ)``; OOM cells state the memory needed when it is known."""
+    pm = _PAPER_METRIC.get(metric, metric)
+    paper = paper_value(task, variant, pm, setting, source=source)
+    if agg.status == "oom":
+        if metric == "train_peak_mem_gb":
+            ours_text = "OOM" + (f" (needs ≥{agg.needed_gb:.1f} GB)" if agg.needed_gb else "")
+        else:
+            ours_text = "✗ OOM"
+    elif agg.status == "missing":
+        ours_text = "—"
+    elif agg.status == "failed":
+        ours_text = "failed"
+    elif agg.cpu_rss and agg.value is not None:
+        ours_text = f"{agg.value:.3f} CPU"  # peak-RSS growth: not comparable, so no Δ
+    else:
+        ours_text = _fmt(agg.value, metric, agg.accumulate if metric == "train_step_s" else 1)
+    diff = None
+    if paper is None:
+        text = f"{ours_text} / —" if agg.status != "missing" else ours_text
+    else:
+        text = f"{ours_text} / {paper.display(_DIGITS.get(metric, 2))}"
+        if (
+            agg.status == "ok"
+            and agg.value is not None
+            and paper.value is not None
+            and not agg.cpu_rss
+        ):
+            diff = agg.value - paper.value
+            text += f" ({_signed(diff, metric)})"
+    return Cell(
+        text=text,
+        ours=agg.value if agg.status == "ok" else None,
+        ours_status=agg.status,
+        paper=None if paper is None else paper.value,
+        paper_status=None if paper is None else paper.status,
+        diff=diff,
+        paper_source=None if paper is None else paper.source,
+        n=agg.n,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+
+
+@dataclass
+class Table:
+    """A rendered table: header, rows of :class:`Cell` (first column = method label), footnotes."""
+
+    name: str
+    title: str
+    header: list[str]
+    rows: list[list[Cell | str]]
+    footnotes: list[str]
+    long: list[dict[str, Any]]  # tidy rows for the CSV
+
+
+def _git_commit(cwd: str | Path = ".") -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _footnotes(
+    task_cells: dict[tuple[str, str, str], list[EvalRecord]],
+    config: dict,
+    config_path: str | None,
+    commit: str,
+    tasks: Sequence[str],
+) -> list[str]:
+    notes = [
+        "Cells: ours / paper (Δ = ours − paper). Paper values are the [summary] numbers of "
+        "paper.md §6 (not checked against the PDF); — = not reported by the paper or not run. "
+        "Training costs are setting-independent; for a row the main table lacks they come from "
+        "the paper's ablation table.",
+    ]
+    for task in tasks:
+        recs = [r for (t, _, _), rs in task_cells.items() if t == task for r in rs]
+        if not recs:
+            continue
+        title = TASK_TITLE[task]
+        shapes = sorted({r.volume_shape for r in recs if r.volume_shape})
+        shape_text = ", ".join("×".join(map(str, s)) for s in shapes) if shapes else "not recorded"
+        vols = sorted({r.volume for r in recs})
+        notes.append(
+            f"{title}: volume size {shape_text} (paper: "
+            f"{'501³' if task == 'cbct' else '218×170×256, 12 coils'}); {len(vols)} test "
+            f"volume{'s' if len(vols) != 1 else ''} per cell ({', '.join(vols)}); mean over volumes."
+        )
+        conv = sorted({r.metric_convention for r in recs if r.metric_convention})
+        notes.append(f"{title} metrics: {'; '.join(conv) or DEFAULT_METRIC_CONVENTION[task]}.")
+        if PAPER_ONLY_ROWS.get(task):
+            extra = f"; {PAPER_MISSING_NOTE[task]}" if task in PAPER_MISSING_NOTE else ""
+            notes.append(
+                f"{title}: paper rows not reimplemented here: {', '.join(PAPER_ONLY_ROWS[task])}"
+                f"{extra}."
+            )
+    devices = sorted({r.device for rs in task_cells.values() for r in rs if r.device})
+    notes.append(
+        f"Hardware: {', '.join(devices) or 'not recorded'} (paper: one NVIDIA H100 80 GB). "
+        "Train VRAM = peak torch.cuda.max_memory_allocated over timed training steps; on a CPU "
+        "(“x CPU”) the growth of the peak resident memory during training instead, not comparable "
+        "with GPU memory and so given without Δ; "
+        "s/step = mean seconds per micro-step after warm-up, ×k = gradient-accumulation "
+        "micro-steps per optimiser step; OOM = training did not fit, with the peak reached "
+        "before failing."
+    )
+    notes.append(
+        f"Config: {config.get('name', '?')}"
+        + (f" ({config_path})" if config_path else "")
+        + f"; commit {commit}; generated by `unroll3d report`."
+    )
+    return notes
+
+
+def build_table(
+    kind: str,
+    cells: dict[tuple[str, str, str], list[EvalRecord]],
+    config: dict,
+    config_path: str | None = None,
+    commit: str | None = None,
+) -> Table | None:
+    """Build ``table1_cbct``, ``table2_mri`` or ``table_ablation``; ``None`` if no task applies."""
+    commit = commit or _git_commit()
+    variants = list(config.get("variants", []))
+    if kind in ("table1_cbct", "table2_mri"):
+        task = "cbct" if kind == "table1_cbct" else "mri"
+        if task not in config.get("tasks", []):
+            return None
+        sets = task_settings(config, task)
+        header = ["Method"]
+        header += [f"SSIM {s}" for s in sets] + [f"PSNR (dB) {s}" for s in sets]
+        header += ["Train VRAM (GB)", "s/step"]
+        rows, long = [], []
+        for v in variants:
+            row: list[Cell | str] = [method_label(task, v)]
+            for metric in ("ssim", "psnr"):
+                for s in sets:
+                    cell = make_cell(aggregate(cells.get((task, s, v)), metric), task, v, metric, s)
+                    row.append(cell)
+                    long.append(_long(kind, task, v, s, metric, cell))
+            for metric in ("train_peak_mem_gb", "train_step_s"):
+                agg = aggregate_settings(
+                    [aggregate(cells.get((task, s, v)), metric) for s in sets], metric
+                )
+                cell = make_cell(agg, task, v, metric, "all")
+                row.append(cell)
+                long.append(_long(kind, task, v, "all", metric, cell))
+            rows.append(row)
+        # inference costs (ours only) for the CSV
+        for v in variants:
+            for s in sets:
+                for metric in ("infer_time_s", "infer_peak_mem_gb"):
+                    agg = aggregate(cells.get((task, s, v)), metric)
+                    cell = make_cell(agg, task, v, metric, s)
+                    long.append(_long(kind, task, v, s, metric, cell))
+        title = (
+            "Table 1: sparse-view Walnut-CBCT"
+            if task == "cbct"
+            else "Table 2: MC-MRI (Calgary-Campinas)"
+        )
+        task_cells = {k: r for k, r in cells.items() if k[0] == task}
+        notes = _footnotes(task_cells, config, config_path, commit, [task])
+        return Table(kind, title, header, rows, notes, long)
+    if kind == "table_ablation":
+        tasks = [t for t in ("mri", "cbct") if t in config.get("tasks", [])]
+        abl = [v for v in ablation_variants() if v in variants]
+        if not tasks or not abl:
+            return None
+        header = ["Configuration", "Variant"]
+        for t in tasks:
+            header += [
+                f"{TASK_TITLE[t]} PSNR (dB)",
+                f"{TASK_TITLE[t]} VRAM (GB)",
+                f"{TASK_TITLE[t]} s/step",
+            ]
+        rows, long = [], []
+        for v in abl:
+            row: list[Cell | str] = [ablation_label(v), v]
+            for t in tasks:
+                sets = task_settings(config, t)
+                for metric in ("psnr", "train_peak_mem_gb", "train_step_s"):
+                    agg = aggregate_settings(
+                        [aggregate(cells.get((t, s, v)), metric) for s in sets], metric
+                    )
+                    cell = make_cell(agg, t, v, metric, "mean", source="ablation")
+                    row.append(cell)
+                    long.append(_long(kind, t, v, "mean", metric, cell))
+            rows.append(row)
+        task_cells = {k: r for k, r in cells.items() if k[0] in tasks and k[2] in abl}
+        notes = [
+            "PSNR is the mean over the settings of each task (CBCT views, MRI accelerations) and "
+            "the test volumes; VRAM is the largest over settings."
+        ] + _footnotes(task_cells, config, config_path, commit, tasks)
+        return Table(
+            kind,
+            "Ablation: partitioning × normal-operator approximation",
+            header,
+            rows,
+            notes,
+            long,
+        )
+    raise ValueError(f"unknown table {kind!r}; expected one of {TABLES}")
+
+
+def _long(table: str, task: str, variant: str, setting: str, metric: str, cell: Cell) -> dict:
+    return {
+        "table": table,
+        "task": task,
+        "variant": variant,
+        "method": method_label(task, variant),
+        "setting": setting,
+        "metric": metric,
+        "ours": cell.ours,
+        "ours_status": cell.ours_status,
+        "paper": cell.paper,
+        "paper_status": cell.paper_status,
+        "delta": cell.diff,
+        "paper_source": cell.paper_source,
+        "n_volumes": cell.n,
+        "text": cell.text,
+    }
+
+
+def _text(c: Cell | str) -> str:
+    return c if isinstance(c, str) else c.text
+
+
+def render_markdown(table: Table) -> str:
+    """GitHub Markdown with numbered footnotes."""
+    lines = [f"**{table.title}**", ""]
+    lines.append("| " + " | ".join(table.header) + " |")
+    lines.append("|" + "|".join("---" for _ in table.header) + "|")
+    for row in table.rows:
+        lines.append("| " + " | ".join(_text(c).replace("|", "\\|") for c in row) + " |")
+    lines.append("")
+    lines += [f"{i}. {note}" for i, note in enumerate(table.footnotes, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def build_datastep_table(
+    bench_csv: str | Path | None,
+    config: dict,
+    config_path: str | None = None,
+    commit: str | None = None,
+) -> Table | None:
+    """§6.4: patch data-step speed, exact S AᵀA Sᵀ vs the kernel-cropped H (``bench_normal.csv``).
+
+    Columns read: ``volume``, ``patch``, ``views``, ``method`` (``exact``/``H``), ``it_per_s``,
+    ``device``. ``None`` when the file is absent.
+    """
+    if bench_csv is None:
+        return None
+    bench_csv = Path(bench_csv)
+    df = _read_csv(bench_csv)
+    if df is None or df.empty:
+        return None
+    for c in ("volume", "patch", "method", "it_per_s"):
+        _col(df, (c,), bench_csv)
+    keys = [c for c in ("volume", "patch", "views", "device") if c in df.columns]
+    p_exact = paper_value("cbct", "partition", "data_step_it_s")
+    p_h = paper_value("cbct", "partition-H", "data_step_it_s")
+    p_speed = p_h.value / p_exact.value
+    header = [
+        "Volume",
+        "Patch",
+        "Views",
+        "Exact S AᵀA Sᵀ (it/s)",
+        "H, cropped kernel (it/s)",
+        "Speed-up",
+    ]
+    rows, long = [], []
+    for key, sub in df.groupby(keys, sort=True):
+        key = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+        rate = {str(m): float(g["it_per_s"].mean()) for m, g in sub.groupby("method")}
+        ex, h = rate.get("exact"), rate.get("H")
+        cells = []
+        for name, ours, paper in (
+            ("exact_it_s", ex, p_exact.value),
+            ("H_it_s", h, p_h.value),
+            ("speedup", (h / ex) if ex and h else None, p_speed),
+        ):
+            diff = None if ours is None else ours - paper
+            text = ("n/a" if ours is None else f"{ours:.2f}") + f" / {paper:.2f}"
+            text += "" if diff is None else f" ({_signed(diff, 'speed')})"
+            cell = Cell(
+                text, ours, "ok" if ours is not None else "missing", paper, "ok", diff, "text", 1
+            )
+            cells.append(cell)
+            long.append(
+                {
+                    "table": "table_datastep",
+                    **key,
+                    "metric": name,
+                    "ours": ours,
+                    "paper": paper,
+                    "delta": diff,
+                    "paper_source": "paper.md §6.4 [summary]",
+                    "text": text,
+                }
+            )
+        n = key.get("volume")
+        pch = key.get("patch")
+        rows.append([f"{n}³", f"{pch}³", str(key.get("views", "?")), *cells])
+    devices = sorted({str(d) for d in df["device"].dropna()}) if "device" in df.columns else []
+    notes = [
+        "Cells: ours / paper (Δ). The paper reports 4.19 it/s (exact) and 12.5 it/s (H) on "
+        "Walnut-CBCT without stating patch size or view count (paper.md §6.4, [summary]); our "
+        "rows are synthetic circular cone-beam geometries of the sizes shown.",
+        "One data step x ← x − η(N x − b) on a cubic patch; N = exact S AᵀA Sᵀ (zero-pad, project, "
+        "back-project, crop) or S H Sᵀ with the kernel cropped to 2p (§4.6). Time after warm-up.",
+        f"Hardware: {', '.join(devices) or 'not recorded'} (paper: one NVIDIA H100 80 GB). "
+        f"Source: {bench_csv}.",
+        f"Config: {config.get('name', '?')}"
+        + (f" ({config_path})" if config_path else "")
+        + f"; commit {commit or _git_commit()}; generated by `unroll3d report`.",
+    ]
+    return Table(
+        "table_datastep", "Data-step speed on a patch: exact vs H (§6.4)", header, rows, notes, long
+    )
