@@ -24,7 +24,7 @@ rule bench_steps:
     resources:
         gpu=1,
     shell:
-        "unroll3d device run -- python benchmarks/bench_steps.py --sizes {params.sizes}"
+        "unroll3d device run -- unroll3d bench steps --sizes {params.sizes}"
         " --views {params.views} --channels {params.channels} --blocks {params.blocks}"
         " --out {output} > {log} 2>&1"
 
@@ -45,7 +45,7 @@ rule bench_physics:
     resources:
         gpu=1,
     shell:
-        "unroll3d device run -- python benchmarks/bench_physics.py --sizes {params.sizes}"
+        "unroll3d device run -- unroll3d bench physics --sizes {params.sizes}"
         " --views {params.views} --threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -69,7 +69,7 @@ rule bench_partition:
     resources:
         gpu=1,
     shell:
-        "unroll3d device run -- python benchmarks/bench_partition.py --sizes {params.sizes}"
+        "unroll3d device run -- unroll3d bench partition --sizes {params.sizes}"
         " --patch {params.patch} --op {params.op} --views {params.views} --channels {params.channels}"
         " --blocks {params.blocks} --threads {threads} --out {output} > {log} 2>&1"
 
@@ -91,7 +91,7 @@ rule bench_normal:
     resources:
         gpu=1,
     shell:
-        "unroll3d device run -- python benchmarks/bench_normal.py --volumes {params.volume}"
+        "unroll3d device run -- unroll3d bench normal --volumes {params.volume}"
         " --patches {params.patch} --views {params.views} --threads {threads}"
         " --out {output} > {log} 2>&1"
 
@@ -121,7 +121,7 @@ rule bench_normal_floor:
     conda:
         CONDA_ENV
     shell:
-        "python benchmarks/bench_normal_floor.py --size {params.size} --views {params.views}"
+        "unroll3d bench normal_floor --size {params.size} --views {params.views}"
         " --steps {params.steps} --rows {params.rows} --geometries {params.geometries}"
         " --seed {params.seed} --threads {threads} --out {output.csv} > {log} 2>&1"
 

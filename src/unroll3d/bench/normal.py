@@ -10,20 +10,24 @@ Writes one CSV row per (volume, patch, method) with iterations/s and the H/exact
 
 Example::
 
-    python benchmarks/bench_normal.py --volumes 32 48 --patches 16 --views 30 --out bench.csv
+    unroll3d bench normal --volumes 32 48 --patches 16 --views 30 --out bench.csv
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-
-import torch
+from typing import TYPE_CHECKING
 
 from unroll3d.utils import device_name
 
+if TYPE_CHECKING:
+    import torch
+
 
 def _sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -33,6 +37,7 @@ def time_steps(
 ) -> float:
     """Seconds per call of ``step`` (after ``warmup`` calls); with ``backward``, each call also
     back-propagates a scalar loss to the input (a training step's data part)."""
+    import torch
 
     def once(x):
         if not backward:
@@ -55,6 +60,8 @@ def time_steps(
 def bench_one(
     n: int, p: int, views: int, iters: int, warmup: int, device: torch.device, backward: bool
 ):
+    import torch
+
     from unroll3d.normal import DiagCirculant, _impulse_filter, padded_grid
     from unroll3d.physics import ConeBeam
 
@@ -109,8 +116,10 @@ def bench_one(
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="unroll3d bench normal", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument(
         "--volumes", "--sizes", type=int, nargs="+", default=[32], help="volume sizes n (n³)"
     )
@@ -122,7 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     ap.add_argument("--out", required=True, help="CSV output")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def run(args: argparse.Namespace) -> int:
+    """Every (volume, patch ≤ volume) pair, exact and H; CSV at ``args.out``."""
+    import torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "auto":
@@ -141,11 +156,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"H {r['it_per_s']:.2f} it/s, ratio {r['speedup_H_vs_exact']:.1f}x"
             )
     if not rows:
-        ap.error("no (volume, patch) pair with patch ≤ volume")
+        build_parser().error("no (volume, patch) pair with patch ≤ volume")
     from unroll3d.utils import atomic_write_csv
 
     atomic_write_csv(args.out, rows)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ row per geometry) and a Markdown table beside it.
 
 Example::
 
-    python benchmarks/bench_normal_floor.py --size 32 --views 30 --steps 300 --out floor.csv
+    unroll3d bench normal_floor --size 32 --views 30 --steps 300 --out floor.csv
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from unroll3d.utils import atomic_write_csv, atomic_write_text, device_name
+
+if TYPE_CHECKING:
+    import torch
 
 # name -> (source-axis distance / n, axis-detector distance / n, detector pitch at the axis)
 GEOMETRIES = {
@@ -54,6 +55,8 @@ GEOMETRIES = {
 def detector_shape(n: int, source_origin: float, origin_detector: float, spacing: float):
     """(rows, columns) so that every corner of the n³ cube projects inside the detector at any
     angle of a circular orbit (plus a one-pixel margin)."""
+    import numpy as np
+
     half = n / 2.0
     corners = np.array(
         [[x, y, z] for x in (-half, half) for y in (-half, half) for z in (-half, half)]
@@ -72,6 +75,8 @@ def detector_shape(n: int, source_origin: float, origin_detector: float, spacing
 
 def phantom(n: int) -> torch.Tensor:
     """A ball holding a brighter and a darker sphere, shape (1, 1, n, n, n)."""
+    import torch
+
     zz = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, n)] * 3, indexing="ij"))
     x = ((zz**2).sum(0) < 0.6).float() * 0.8
     x += ((zz[0] - 0.2) ** 2 + (zz[1] + 0.3) ** 2 + (zz[2] - 0.1) ** 2 < 0.05).float() * 0.5
@@ -187,8 +192,10 @@ def markdown(rows: list[dict]) -> str:
     return "# Error floor of the diagonal-circulant H on cone-beam AᵀA\n\n" + head + body + notes
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="unroll3d bench normal_floor", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--size", type=int, default=32, help="volume size n (n³)")
     ap.add_argument("--views", type=int, nargs="+", default=[30])
     ap.add_argument("--geometries", nargs="+", default=list(GEOMETRIES), choices=list(GEOMETRIES))
@@ -201,7 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--out", required=True, help="CSV output (a .md table is written beside it)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def run(args: argparse.Namespace) -> int:
+    """Every (views, geometry): floor and fit; CSV at ``args.out`` and a .md table beside it."""
+    import torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
@@ -228,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_csv(out, rows)
     atomic_write_text(out.with_suffix(".md"), markdown(rows))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -8,19 +8,19 @@ squared-error loss, backward and an Adam update, either
   (``training_pair``: ỹ from the ground-truth context, loss on S x*).
 
 Each (size, mode) is measured in a fresh subprocess, after one warm-up step, so that the peak is
-the step's own: on the CPU the peak RSS (``resource.getrusage``) with the kernel's peak counter
+the step's own: on the CPU the peak RSS (``VmHWM``) with the kernel's peak counter
 reset just before the step (``peak_scope = step``; ``process`` where the reset is unsupported)
 and glibc's mmap/trim thresholds fixed so that freed blocks leave the RSS; on a GPU
-``torch.cuda.max_memory_allocated`` after a reset. ``step_mb`` is the peak minus the memory held
-just before the step (operator, image tensors, model, optimiser state). ``image_mb`` is the size
-of x*, y and x₀; ``op_mb`` the peak added by one no-grad ``AᵀA x`` on the whole volume (the
+``torch.cuda.max_memory_allocated`` after a reset. ``step_memory_gb`` is the peak minus the memory held
+just before the step (operator, image tensors, model, optimiser state). ``image_memory_gb`` is the size
+of x*, y and x₀; ``op_memory_gb`` the peak added by one no-grad ``AᵀA x`` on the whole volume (the
 operator's own transient memory, which both modes pay).
 ``ratio_*`` = full / partitioned at the same size.
 
 Operators: ``--op conebeam`` (:class:`unroll3d.physics.ConeBeam`; RTK on the CPU, whose first
 call loads ITK, ~20 s per subprocess) or ``--op blur`` (a cheap circular 3D blur, for toy runs).
 
-    python benchmarks/bench_partition.py --sizes 32 48 64 --patch 16 --op blur \\
+    unroll3d bench partition --sizes 32 48 64 --patch 16 --op blur \\
         --out results/benchmarks/bench_partition.csv
 """
 
@@ -29,13 +29,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from unroll3d.utils import device_name, reset_peak_rss, rss_mb
+from unroll3d.bench.memory import gb, peak_rss_gb, reset_peak_rss, rss_gb
+from unroll3d.utils import device_name
 
 FIELDS = [
     "size",
@@ -46,11 +46,11 @@ FIELDS = [
     "nc",
     "nb",
     "device",
-    "peak_mb",
-    "base_mb",
-    "step_mb",
-    "image_mb",
-    "op_mb",
+    "peak_memory_gb",
+    "base_memory_gb",
+    "step_memory_gb",
+    "image_memory_gb",
+    "op_memory_gb",
     "time_s",
     "peak_scope",
     "status",
@@ -60,7 +60,7 @@ FIELDS = [
 
 
 def _peak_of(fn, dev) -> float:
-    """Peak memory (MB) that ``fn()`` adds on top of what is allocated now."""
+    """Peak memory (GB) that ``fn()`` adds on top of what is allocated now."""
     import torch
 
     if dev.type == "cuda":
@@ -69,14 +69,14 @@ def _peak_of(fn, dev) -> float:
         base = torch.cuda.memory_allocated(dev)
         fn()
         torch.cuda.synchronize(dev)
-        return (torch.cuda.max_memory_allocated(dev) - base) / 2**20
+        return gb(torch.cuda.max_memory_allocated(dev) - base)
     import gc
 
     gc.collect()
     reset_peak_rss()
-    base = rss_mb()
+    base = rss_gb()
     fn()
-    return max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
+    return max(0.0, peak_rss_gb() - base)
 
 
 def _build_operator(op: str, n: int, views: int, device):
@@ -170,7 +170,7 @@ def measure(args: dict) -> dict:
         opt.step()
         return float(loss)
 
-    image_mb = sum(t.numel() * t.element_size() for t in (x, y, x0)) / 2**20
+    image_gb = gb(sum(t.numel() * t.element_size() for t in (x, y, x0)))
     cuda = dev.type == "cuda"
 
     def normal_op():
@@ -178,19 +178,19 @@ def measure(args: dict) -> dict:
             physics.A_adjoint(physics.A(x))
 
     normal_op()  # warm-up
-    op_mb = _peak_of(normal_op, dev)
+    op_gb = _peak_of(normal_op, dev)
     step()  # warm-up: lazy initialisation and first-touch of library code pages are not the step's
     if cuda:
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-        base = torch.cuda.memory_allocated(dev) / 2**20
+        base = gb(torch.cuda.memory_allocated(dev))
         scope = "step"
     else:
         import gc
 
         gc.collect()
         scope = "step" if reset_peak_rss() else "process"
-        base = rss_mb()
+        base = rss_gb()
     times = []
     for _ in range(int(args["repeats"])):
         t0 = time.perf_counter()
@@ -199,9 +199,9 @@ def measure(args: dict) -> dict:
             torch.cuda.synchronize(dev)
         times.append(time.perf_counter() - t0)
     if cuda:
-        peak = torch.cuda.max_memory_allocated(dev) / 2**20
+        peak = gb(torch.cuda.max_memory_allocated(dev))
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+        peak = peak_rss_gb()
     timed = times
     return {
         "size": n,
@@ -212,11 +212,11 @@ def measure(args: dict) -> dict:
         "nc": "-".join(str(c) for c in args["nc"]),
         "nb": int(args["nb"]),
         "device": device_name(str(dev)),
-        "peak_mb": round(peak, 2),
-        "base_mb": round(base, 2),
-        "step_mb": round(max(0.0, peak - base), 2),
-        "image_mb": round(image_mb, 3),
-        "op_mb": round(op_mb, 2),
+        "peak_memory_gb": round(peak, 6),
+        "base_memory_gb": round(base, 6),
+        "step_memory_gb": round(max(0.0, peak - base), 6),
+        "image_memory_gb": round(image_gb, 6),
+        "op_memory_gb": round(op_gb, 6),
         "time_s": round(sum(timed) / len(timed), 4),
         "peak_scope": scope,
         "status": "ok",
@@ -224,7 +224,7 @@ def measure(args: dict) -> dict:
 
 
 def _run_child(job: dict) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)]
+    cmd = [sys.executable, "-m", "unroll3d.bench.partition", "--child", json.dumps(job)]
     # Fixed glibc thresholds: blocks >= 128 kB are mmapped and returned to the OS when freed, so
     # RSS follows live memory (the default adaptive threshold keeps freed blocks up to 32 MB).
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="262144")
@@ -259,14 +259,16 @@ def _ratios(rows: list[dict]) -> None:
         full, part = by.get((r["size"], "full")), by.get((r["size"], "partitioned"))
         ok = full and part and full["status"] == part["status"] == "ok"
         if ok:
-            r["ratio_peak"] = round(full["peak_mb"] / part["peak_mb"], 3)
-            r["ratio_step"] = round(full["step_mb"] / max(part["step_mb"], 1e-6), 3)
+            r["ratio_peak"] = round(full["peak_memory_gb"] / part["peak_memory_gb"], 3)
+            r["ratio_step"] = round(full["step_memory_gb"] / max(part["step_memory_gb"], 1e-9), 3)
         else:
             r["ratio_peak"] = r["ratio_step"] = ""
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="unroll3d bench partition", description=__doc__.splitlines()[0]
+    )
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 48, 64], help="cubic volume sizes")
     ap.add_argument("--patch", type=int, default=16, help="cubic training patch size")
     ap.add_argument(
@@ -292,12 +294,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     ap.add_argument("--out", type=Path, default=Path("results/benchmarks/bench_partition.csv"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def run(a: argparse.Namespace) -> int:
+    """One fresh subprocess per (size, mode) (``--child``), ratios, then the CSV at ``a.out``."""
     if a.child:
         print(json.dumps(measure(json.loads(a.child))))
         return 0
     if a.patch < 1 or any(s < 1 for s in a.sizes):
-        ap.error("--sizes and --patch must be positive")
+        build_parser().error("--sizes and --patch must be positive")
     if a.device == "auto":
         import torch
 
@@ -321,8 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             row = _run_child(job)
             if row["status"] == "ok":
                 print(
-                    f"{mode:>11} {n:4d}³  peak {row['peak_mb']:9.1f} MB  step "
-                    f"{row['step_mb']:9.1f} MB  {row['time_s']:.3f} s",
+                    f"{mode:>11} {n:4d}³  peak {row['peak_memory_gb']:9.4f} GB  step "
+                    f"{row['step_memory_gb']:9.4f} GB  {row['time_s']:.3f} s",
                     flush=True,
                 )
             else:
@@ -334,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_csv(a.out, rows, FIELDS)
     print(f"wrote {a.out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

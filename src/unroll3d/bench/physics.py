@@ -8,9 +8,9 @@ warm-up, the peak memory of the op, and the CPU/GPU name.
 Peak memory: on the CPU the growth of the process's peak RSS during the op (the peak is reset
 through ``/proc/self/clear_refs`` before each op on Linux); on CUDA
 ``torch.cuda.max_memory_allocated`` growth (astra's own device buffers are not seen by torch's
-allocator and are reported separately as the drop in free device memory, ``cuda_free_drop_mb``).
+allocator and are reported separately as the drop in free device memory, ``cuda_free_drop_gb``).
 
-    python benchmarks/bench_physics.py --sizes 16 32 --views 30 90 --out results/benchmarks/bench_physics.csv
+    unroll3d bench physics --sizes 16 32 --views 30 90 --out results/benchmarks/bench_physics.csv
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import statistics
 import sys
 import time
 
-from unroll3d.utils import device_name, peak_rss_mb, reset_peak_rss, rss_mb
+from unroll3d.bench.memory import gb, peak_rss_gb, reset_peak_rss, rss_gb
+from unroll3d.utils import device_name
 
 FIELDS = [
     "modality",
@@ -33,8 +34,8 @@ FIELDS = [
     "op",
     "time_s",
     "time_min_s",
-    "peak_mem_mb",
-    "cuda_free_drop_mb",
+    "peak_memory_gb",
+    "cuda_free_drop_gb",
     "threads",
     "repeats",
 ]
@@ -64,16 +65,16 @@ def measure(fn, arg, repeats: int, cuda: bool) -> dict:
         out = fn(arg)
         torch.cuda.synchronize()
         free1 = torch.cuda.mem_get_info()[0]
-        row["peak_mem_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-        row["cuda_free_drop_mb"] = max(0, free0 - free1) / 2**20
+        row["peak_memory_gb"] = gb(torch.cuda.max_memory_allocated() - base)
+        row["cuda_free_drop_gb"] = gb(max(0, free0 - free1))
         del out
     else:
         ok = reset_peak_rss()
-        base = rss_mb()
+        base = rss_gb()
         out = fn(arg)
-        peak = peak_rss_mb()
-        row["peak_mem_mb"] = (peak - base) if (ok and peak is not None and base) else ""
-        row["cuda_free_drop_mb"] = ""
+        peak = peak_rss_gb()
+        row["peak_memory_gb"] = (peak - base) if (ok and peak is not None and base) else ""
+        row["cuda_free_drop_gb"] = ""
         del out
     return row
 
@@ -166,8 +167,10 @@ def bench_mri(sizes, coils, repeats, device):
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unroll3d bench physics", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32], help="cubic sizes N")
     parser.add_argument("--views", type=int, nargs="+", default=[30, 90], help="numbers of views")
     parser.add_argument(
@@ -181,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="ITK threads for rtk")
     parser.add_argument("--out", required=True, help="output CSV path")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Cone-beam backends, then MRI on the CPU (and CUDA when available); CSV at ``args.out``."""
 
     import torch
 
@@ -205,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_csv(args.out, rows, FIELDS)
     print(f"wrote {len(rows)} rows to {args.out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

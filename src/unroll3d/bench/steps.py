@@ -6,7 +6,7 @@ For each cubic volume N³, measures forward + backward through
 each in a fresh subprocess so peak memory is the step's own: peak RSS growth on the CPU,
 ``torch.cuda.max_memory_allocated`` on a GPU. Writes one CSV row per (N, step).
 
-    python benchmarks/bench_steps.py --sizes 16 24 32 --channels 4 8 8 8 --out results/benchmarks/bench_steps.csv
+    unroll3d bench steps --sizes 16 24 32 --channels 4 8 8 8 --out results/benchmarks/bench_steps.csv
 """
 
 from __future__ import annotations
@@ -18,7 +18,11 @@ import subprocess
 import sys
 import time
 
-from unroll3d.utils import device_name, peak_rss_mb, reset_peak_rss, rss_mb
+from unroll3d.bench.memory import gb, peak_rss_gb, reset_peak_rss, rss_gb
+from unroll3d.utils import device_name
+
+#: CSV columns, one row per (N, step); memory in GB (10⁹ B)
+FIELDS = ["n", "step", "time_s", "peak_memory_gb", "mem_method", "status", "views", "device"]
 
 
 def _measure(step: str, n: int, views: int, channels: list[int], blocks: int, device: str,
@@ -59,7 +63,7 @@ def _measure(step: str, n: int, views: int, channels: list[int], blocks: int, de
 
         gc.collect()
         reset_peak_rss()
-        base = (rss_mb() or 0.0) * 2**20
+        base = rss_gb() or 0.0
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -69,15 +73,17 @@ def _measure(step: str, n: int, views: int, channels: list[int], blocks: int, de
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() - base
+        peak = gb(torch.cuda.max_memory_allocated() - base)
     else:  # RSS high-water mark during the timed steps above the level after the warm-up
-        peak = max((peak_rss_mb() or 0.0) * 2**20 - base, 0)
-    return {"time_s": min(times), "peak_mem_gb": peak / 1e9, "mem_method":
+        peak = max((peak_rss_gb() or 0.0) - base, 0.0)
+    return {"time_s": min(times), "peak_memory_gb": peak, "mem_method":
             "cuda.max_memory_allocated" if dev.type == "cuda" else "peak RSS growth"}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unroll3d bench steps", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--sizes", type=int, nargs="+", required=True, help="volume sizes N (N³)")
     parser.add_argument("--views", type=int, default=30)
     parser.add_argument("--channels", type=int, nargs=4, default=[64, 128, 256, 512])
@@ -86,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", required=True, help="CSV path")
     parser.add_argument("--_child", nargs=2, metavar=("STEP", "N"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
 
+
+def run(args: argparse.Namespace) -> int:
+    """One fresh subprocess per (N, step) (``--_child``), then the CSV at ``args.out``."""
     if args.device == "auto":
         import torch
 
@@ -98,36 +107,38 @@ def main(argv: list[str] | None = None) -> int:
                                   args.repeats)))
         return 0
 
-    import pandas as pd
-
-    from unroll3d.utils import atomic_path
+    from unroll3d.utils import atomic_write_csv
 
     rows = []
     name = device_name(args.device)
     for n in args.sizes:
         for step in ("data", "network"):
-            cmd = [sys.executable, __file__, "--sizes", str(n), "--out", args.out, "--views",
-                   str(args.views), "--channels", *map(str, args.channels), "--blocks",
-                   str(args.blocks), "--device", args.device, "--repeats", str(args.repeats),
-                   "--_child", step, str(n)]
+            cmd = [
+                sys.executable, "-m", "unroll3d.bench.steps", "--sizes", str(n), "--out", args.out,
+                "--views", str(args.views), "--channels", *map(str, args.channels),
+                "--blocks", str(args.blocks), "--device", args.device,
+                "--repeats", str(args.repeats), "--_child", step, str(n),
+            ]  # fmt: skip
             # glibc returns freed blocks >= 128 kB to the OS, so RSS follows live memory
             env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="262144")
             res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            row = {"n": n, "step": step, "views": args.views, "device": name}
             if res.returncode != 0:
                 err = res.stderr.strip().splitlines()[-1:] or ["?"]
                 status = "oom" if "out of memory" in res.stderr.lower() else f"error: {err[0]}"
-                rows.append({"n": n, "step": step, "time_s": None, "peak_mem_gb": None,
-                             "status": status, "device": name})
+                rows.append({**row, "status": status})
                 print(f"N={n} {step}: {status}", file=sys.stderr)
                 continue
             record = json.loads(res.stdout.strip().splitlines()[-1])
-            rows.append({"n": n, "step": step, **record, "status": "ok", "views": args.views,
-                         "device": name})
-            print(f"N={n} {step}: {record['time_s']:.3f} s, {record['peak_mem_gb']:.3f} GB",
+            rows.append({**row, **record, "status": "ok"})
+            print(f"N={n} {step}: {record['time_s']:.3f} s, {record['peak_memory_gb']:.3f} GB",
                   file=sys.stderr)
-    with atomic_path(args.out) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+    atomic_write_csv(args.out, rows, FIELDS)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
