@@ -72,8 +72,8 @@ def test_train_and_evaluate_rerun_only_for_keys_they_read(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
 
     def planned():
-        res = _run(tmp_path, configfile, "-n", "--quiet", "rules", "--rerun-triggers", "params",
-                   *targets)
+        res = _run(tmp_path, configfile, *targets, "-n", "--rerun-triggers", "params",
+                   "--quiet", "rules")
         assert res.returncode == 0, res.stderr[-2000:]
         return {ln.split()[0] for ln in res.stdout.splitlines()
                 if len(ln.split()) == 2 and ln.split()[1].isdigit()} - {"total", "job"}
