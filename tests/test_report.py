@@ -134,7 +134,7 @@ def write_bench(results: Path) -> None:
         )
     rows[-1].update(status="oom", time_s=None, peak_memory_gb=None)
     pd.DataFrame(rows).to_csv(b / "bench_steps.csv", index=False)
-    rows = [  # the columns benchmarks/bench_partition.py writes (MiB)
+    rows = [  # the columns `unroll3d bench partition` writes (GB)
         {
             "size": n,
             "mode": m,

@@ -11,8 +11,8 @@ rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        json=EVAL_BASE + ".json",
-        slices=EVAL_BASE + ".npz",
+        json=f"{EVAL_BASE}.json",
+        slices=f"{EVAL_BASE}.npz",
     params:
         config=job_config_json,
         normal=normal_arg,

@@ -9,9 +9,9 @@ rule train_sweep:
     input:
         unpack(sweep_train_inputs),
     output:
-        model=SWEEP_MODEL_BASE + ".pt",
-        csv=SWEEP_MODEL_BASE + ".csv",
-        stats=SWEEP_MODEL_BASE + ".json",
+        model=f"{SWEEP_MODEL_BASE}.pt",
+        csv=f"{SWEEP_MODEL_BASE}.csv",
+        stats=f"{SWEEP_MODEL_BASE}.json",
     params:
         config=sweep_config_json,
         variant=SWEEP["variant"],

@@ -14,9 +14,9 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        model=MODEL_BASE + ".pt",
-        csv=MODEL_BASE + ".csv",
-        stats=MODEL_BASE + ".json",
+        model=f"{MODEL_BASE}.pt",
+        csv=f"{MODEL_BASE}.csv",
+        stats=f"{MODEL_BASE}.json",
     params:
         config=job_config_json,
         normal=normal_arg,

@@ -19,7 +19,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "fit-normal": ("unroll3d.cli.fit_normal", "fit the diagonal-circulant approximation H of AᵀA"),
     "train": ("unroll3d.cli.train", "train one variant on one task and setting"),
     "evaluate": ("unroll3d.cli.evaluate", "evaluate one variant on one test volume"),
-    "report": ("unroll3d.report", "render the paper's tables and figures"),
+    "report": ("unroll3d.cli.report", "render the paper's tables and figures"),
     "manifest": ("unroll3d.manifest", "write results/manifest.json (hashes, versions, config)"),
     "bench": ("unroll3d.bench", "memory/speed benchmarks (physics, partition, normal step)"),
     "device": ("unroll3d.devices", "pick a free GPU for a job and run a command on it"),
