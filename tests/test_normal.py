@@ -371,7 +371,9 @@ def test_normal_fit_round_trip_and_cached_operator(tmp_path):
     img_size = (1, 6, 5, 4)
     H = _random_op(img_size)
     path = tmp_path / "fit.pt"
-    save_normal(path, H.fourier_filter, H.spatial_mask, img_size, scaling=3.0, meta={"setting": "v30"})
+    save_normal(
+        path, H.fourier_filter, H.spatial_mask, img_size, scaling=3.0, meta={"setting": "v30"}
+    )
     fit = load_normal(path)
     assert isinstance(fit, NormalFit) and fit.setting == "v30" and fit.scaling == 3.0
     assert torch.equal(fit.fourier_filter, H.fourier_filter)
@@ -410,7 +412,9 @@ def test_cli_and_figure(tmp_path, monkeypatch):
 
     sample = Sample()
     sample.x, sample.physics, sample.meta = x, physics, {"volume": "toy"}
-    monkeypatch.setattr(fit_normal_cli, "_load_physics", lambda path, setting, device: (physics, sample))
+    monkeypatch.setattr(
+        fit_normal_cli, "_load_physics", lambda path, setting, device: (physics, sample)
+    )
     out = tmp_path / "normal" / "v30.pt"
     rc = fit_normal_cli.main(
         [

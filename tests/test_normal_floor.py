@@ -71,9 +71,7 @@ def test_error_floor_bounds_the_fit_from_below():
     zz = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, n) for n in spatial], indexing="ij"))
     m = 1 + 0.6 * torch.cos(3 * zz[0]) * torch.sin(2 * zz[1] + 0.3)
     physics = NormalOnly(lambda x: m * C(m * x), img_size)
-    floor = error_floor(
-        physics, img_size, n_rows=384, n_heldout=128, iterations=6, terms=(1, 2, 8)
-    )
+    floor = error_floor(physics, img_size, n_rows=384, n_heldout=128, iterations=6, terms=(1, 2, 8))
     sums = floor["sum_of_terms_heldout_rel_error"]
     assert sums[1] == pytest.approx(floor["heldout_rel_error"], rel=1e-4)
     assert sums[8] < sums[2] < sums[1]  # more terms, a smaller bound
