@@ -9,7 +9,6 @@ from unroll3d.variants import TASKS, VARIANTS
 
 __all__ = [
     "FIGURES",
-    "STYLE",
     "SWEEP_FIGURE",
     "TABLES",
     "TASKS",
@@ -40,26 +39,6 @@ FIGURES = (
 )
 SWEEP_FIGURE = {"cbct": "fig7_patch_sweep_cbct", "mri": "fig8_patch_sweep_mri"}
 TASK_TITLE = {"cbct": "Walnut-CBCT", "mri": "MC-MRI"}
-
-
-STYLE = {
-    "font.size": 8,
-    "axes.titlesize": 8,
-    "axes.labelsize": 8,
-    "legend.fontsize": 7,
-    "xtick.labelsize": 7,
-    "ytick.labelsize": 7,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "lines.linewidth": 1.4,
-    "lines.markersize": 5,
-    "figure.dpi": 100,
-    "savefig.dpi": 200,
-    "savefig.bbox": "tight",
-    "pdf.fonttype": 42,
-}
 DEFAULT_METRIC_CONVENTION = {
     "cbct": "PSNR/SSIM on the prior-work crop (slices 100–400, [100:400, 100:400]) clipped at 0, "
     "fixed data range (paper.md §10)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
-from unroll3d.report.tables import Table, _text
+from unroll3d.report.tables import Table, cell_text
 
 log = logging.getLogger("unroll3d.report")
 
@@ -66,7 +66,7 @@ def render_latex(table: Table) -> str:
         r"\midrule",
     ]
     for row in table.rows:
-        lines.append(" & ".join(tex_escape(_text(c)) for c in row) + r" \\")
+        lines.append(" & ".join(tex_escape(cell_text(c)) for c in row) + r" \\")
     lines += [
         r"\bottomrule",
         r"\end{tabular}",

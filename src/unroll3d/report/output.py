@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from unroll3d.report.common import TABLES
+from unroll3d.report.csvio import write_rows
 from unroll3d.report.latex import render_latex
+from unroll3d.report.provenance import git_commit
 from unroll3d.report.records import EvalRecord
-from unroll3d.report.tables import _git_commit, build_datastep_table, build_table, render_markdown
+from unroll3d.report.tables import build_datastep_table, build_table, render_markdown
 from unroll3d.utils import atomic_path, atomic_write_text
+
+#: Header of the CSV of a table without data.
+_EMPTY_COLUMNS = ("table", "metric", "ours", "paper", "delta", "text")
 
 
 def write_tables(
@@ -25,10 +30,8 @@ def write_tables(
     ``bench_normal`` is absent) is written with a one-line "no data" note, so the set of output
     files does not depend on the config.
     """
-    import pandas as pd
-
     out_dir = Path(out_dir)
-    commit = commit or _git_commit()
+    commit = commit or git_commit()
     written = []
     for kind in TABLES:
         if kind == "table_datastep":
@@ -40,14 +43,14 @@ def write_tables(
         if table is None:
             note = f"no data: {why}"
             md, tex = f"_{note}_\n", f"% {note}\n"
-            df = pd.DataFrame(columns=["table", "metric", "ours", "paper", "delta", "text"])
+            long: list[dict] = []
         else:
             md, tex = render_markdown(table), render_latex(table)
-            df = pd.DataFrame(table.long)
+            long = table.long
         for ext, text in (("md", md), ("tex", tex)):
             atomic_write_text(out_dir / f"{kind}.{ext}", text)
             written.append(out_dir / f"{kind}.{ext}")
         with atomic_path(out_dir / f"{kind}.csv") as tmp:
-            df.to_csv(tmp, index=False)
+            write_rows(tmp, long, columns=_EMPTY_COLUMNS)
         written.append(out_dir / f"{kind}.csv")
     return written

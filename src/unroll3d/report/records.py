@@ -1,4 +1,5 @@
-"""The one reader of evaluation results: eval JSONs (:func:`read_eval`, :func:`collect_evals`) and the Figs. 7/8 sweep (:func:`collect_sweep`). Paths come from :mod:`unroll3d.paths`."""
+"""The one reader of evaluation results: eval JSONs (:func:`read_eval`, :func:`collect_evals`)
+and the Figs. 7/8 sweep (:func:`collect_sweep`). Every path is built by :mod:`unroll3d.paths`."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from unroll3d import paths
 from unroll3d.report.common import ReportError
 
 log = logging.getLogger("unroll3d.report")
@@ -110,7 +112,8 @@ def _needed_gb(message: str) -> float | None:
     return float(match.group(1)) * scale[match.group(2).lower()]
 
 
-def _mean(values: list[float | None]) -> float | None:
+def mean_or_none(values: list[float | None]) -> float | None:
+    """Mean of the values that are not None; None when there are none."""
     vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals else None
 
@@ -174,6 +177,8 @@ def read_eval(path: str | Path) -> EvalRecord:
         if rec.train_step_s is not None or rec.train_status == "oom":
             break
     stats = data.get("train_stats")
+    if isinstance(stats, dict):
+        rec.extra["train_stats"] = stats
     if rec.train_peak_mem_gb is None and rec.train_status != "oom" and isinstance(stats, dict):
         # CPU runs: no CUDA peak; the training's peak-RSS growth stands in, marked as such
         rss = _as_float(stats.get("peak_rss_growth_gb"), "train_stats.peak_rss_growth_gb", path)
@@ -232,6 +237,11 @@ def setting_value(setting: str) -> float:
     return float(setting[1:])
 
 
+def _eval_dir(root: str, task: str, setting: str, variant: str) -> Path:
+    """The folder of a cell's evaluation files (one ``{volume}.json`` per test volume)."""
+    return Path(paths.eval_json(root, task, setting, variant, "-")).parent
+
+
 def collect_evals(
     results: str | Path, config: dict, allow_missing: bool = False
 ) -> dict[tuple[str, str, str], list[EvalRecord]]:
@@ -241,7 +251,7 @@ def collect_evals(
     least one file, and all variants of a (task, setting) the same test volumes; otherwise a
     :class:`ReportError` lists the missing files (unless ``allow_missing``, which skips them).
     """
-    results = Path(results)
+    root = str(results)
     cells: dict[tuple[str, str, str], list[EvalRecord]] = {}
     problems: list[str] = []
     for task in config.get("tasks", []):
@@ -249,9 +259,9 @@ def collect_evals(
         for setting in task_settings(config, task):
             volumes: dict[str, set[str]] = {}
             for variant in config.get("variants", []):
-                folder = results / "eval" / task / setting / variant
+                folder = _eval_dir(root, task, setting, variant)
                 if wanted is not None:
-                    files = [folder / f"{v}.json" for v in wanted]
+                    files = [Path(paths.eval_json(root, task, setting, variant, v)) for v in wanted]
                     for f in files:
                         if not f.exists():
                             problems.append(f"missing {f} (test volume of {task} in the config)")
@@ -277,10 +287,8 @@ def collect_evals(
                 union = set().union(*volumes.values()) if volumes else set()
                 for variant, vols in volumes.items():
                     for v in sorted(union - vols) if vols else []:
-                        problems.append(
-                            f"missing {results / 'eval' / task / setting / variant / (v + '.json')}"
-                            " (other variants have this test volume)"
-                        )
+                        absent = Path(paths.eval_json(root, task, setting, variant, v))
+                        problems.append(f"missing {absent} (other variants have this test volume)")
     if problems and not allow_missing:
         raise ReportError("evaluation results incomplete:\n  " + "\n  ".join(problems))
     for p in problems:
@@ -314,18 +322,21 @@ def collect_sweep(results: str | Path, config: dict, task: str) -> list[SweepPoi
         return []
     setting = task_settings(config, task)[0]
     points = []
+    root, names = str(results), test_volumes(config, task)
     for patch in sweep.get(task, []):
-        label = "x".join(str(int(p)) for p in patch)
-        folder = Path(results) / "eval" / task / setting / "sweep" / f"p{label}"
-        names = test_volumes(config, task)
-        paths = [folder / f"{v}.json" for v in names] if names else sorted(folder.glob("*.json"))
-        if not paths:
+        label = paths.patch_label(patch)
+        folder = Path(paths.sweep_eval_dir(root, task, setting, label))
+        if names:
+            files = [Path(paths.sweep_eval_json(root, task, setting, label, v)) for v in names]
+        else:
+            files = sorted(folder.glob("*.json"))
+        if not files:
             raise ReportError(f"no sweep evaluation files in {folder}")
         recs, mems, kinds, steps = [], [], set(), []
-        for path in paths:
+        for path in files:
             rec = read_eval(path)
             recs.append(rec)
-            stats = json.loads(path.read_text()).get("train_stats") or {}
+            stats = rec.extra.get("train_stats") or {}
             if stats.get("peak_memory_gb") is not None:
                 mems.append(float(stats["peak_memory_gb"]))
                 kinds.add("GPU peak allocated")
@@ -338,18 +349,14 @@ def collect_sweep(results: str | Path, config: dict, task: str) -> list[SweepPoi
         points.append(
             SweepPoint(
                 patch=tuple(int(p) for p in patch),
-                psnr=_mean([r.psnr for r in ok]) if ok else None,
-                ssim=_mean([r.ssim for r in ok]) if ok else None,
+                psnr=mean_or_none([r.psnr for r in ok]) if ok else None,
+                ssim=mean_or_none([r.ssim for r in ok]) if ok else None,
                 memory_gb=max(mems) if mems else None,
                 memory_kind=" / ".join(sorted(kinds)) or "not recorded",
-                step_s=_mean(steps) if steps else None,
+                step_s=mean_or_none(steps) if steps else None,
                 device=", ".join(sorted({r.device for r in recs if r.device})) or "?",
                 n_volumes=len(recs),
             )
         )
     return points
 
-
-def _patch_text(patch: Sequence[int]) -> str:
-    d, h, w = patch
-    return f"{d}×{h}²" if h == w else f"{d}×{h}×{w}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from unroll3d import paths
 from unroll3d.report.common import TASKS
 from unroll3d.report.figures.fig1_data_vs_network import fig_data_vs_network
 from unroll3d.report.figures.normal_operator import fig_normal
@@ -45,14 +46,15 @@ def write_figures(
     :param bench_partition: partitioned-memory CSV (default ``results/benchmarks/bench_partition.csv``).
     :param normal_dir: folder of ``normal_{task}_{setting}.npz`` (default ``results/figures/data``).
     """
-    results, out_dir = Path(results), Path(out_dir)
-    bench_steps = Path(bench_steps or results / "benchmarks" / "bench_steps.csv")
-    bench_partition = Path(bench_partition or results / "benchmarks" / "bench_partition.csv")
-    normal_dir = Path(normal_dir or results / "figures" / "data")
+    root, out_dir = str(results), Path(out_dir)
+    bench_dir = Path(paths.benchmarks_dir(root))
+    bench_steps = Path(bench_steps or bench_dir / "bench_steps.csv")
+    bench_partition = Path(bench_partition or bench_dir / "bench_partition.csv")
+    normal_dir = Path(normal_dir or paths.illustrations_dir(root))
     bench_on = (config.get("benchmarks") or {}).get("enabled", True)
     off = None if bench_on else f"benchmarks disabled in config {config.get('name')!r}"
-    paths = fig_data_vs_network(bench_steps, out_dir, reason=off)
-    paths += fig_partition_schematic(out_dir)
+    written = fig_data_vs_network(bench_steps, out_dir, reason=off)
+    written += fig_partition_schematic(out_dir)
     for task in TASKS:
         reason = (
             None
@@ -60,16 +62,16 @@ def write_figures(
             else f"task {task} disabled in config {config.get('name')!r}"
         )
         sets = task_settings(config, task) if not reason else []
-        npz = {s: normal_dir / f"normal_{task}_{s}.npz" for s in sets}
-        paths += fig_normal(task, npz, out_dir, reason=reason)
-        paths += fig_slices(task, cells, config, out_dir, reason=reason)
-    paths += fig_psnr_vs_setting(cells, config, out_dir)
-    paths += fig_partition_memory(bench_partition, out_dir, reason=off)
+        npz = {s: normal_dir / Path(paths.illustration(root, task, s)).name for s in sets}
+        written += fig_normal(task, npz, out_dir, reason=reason)
+        written += fig_slices(task, cells, config, out_dir, reason=reason)
+    written += fig_psnr_vs_setting(cells, config, out_dir)
+    written += fig_partition_memory(bench_partition, out_dir, reason=off)
     for task in TASKS:
         off_task = (
             None
             if task in config.get("tasks", [])
             else f"task {task} disabled in config {config.get('name')!r}"
         )
-        paths += fig_patch_sweep(task, results, config, out_dir, reason=off_task)
-    return paths
+        written += fig_patch_sweep(task, results, config, out_dir, reason=off_task)
+    return written

@@ -1,4 +1,5 @@
-"""What every figure shares: the matplotlib handle, empty panels, atomic saving, CSV columns, image helpers."""
+"""What every figure shares: the matplotlib handle, empty panels, atomic saving, benchmark CSVs
+as DataFrames (memory in GB, ``peak_memory_gb``), image helpers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from unroll3d.report.common import ReportError
+from unroll3d.report.csvio import pick_column
 from unroll3d.utils import atomic_path
 
 log = logging.getLogger("unroll3d.report")
@@ -92,14 +94,7 @@ def _read_csv(path: Path):
 
 
 def _col(df, names: Sequence[str], path: Path, required: bool = True):
-    for n in names:
-        if n in df.columns:
-            return n
-    if required:
-        raise ReportError(
-            f"{path}: none of the columns {list(names)} found (has {list(df.columns)})"
-        )
-    return None
+    return pick_column(df.columns, names, path, required)
 
 
 def _size_col(df, path):
@@ -107,9 +102,15 @@ def _size_col(df, path):
 
 
 def _mem_gb(df, path, name: str = "peak_memory_gb"):
-    """A memory column, in GB (10⁹ B) as every benchmark writes it; a clear error names the
-    file and the column when it is missing."""
-    return pd_numeric(df[_col(df, (name,), path)])
+    """A memory column, in GB (10⁹ B) as every benchmark writes it (``peak_memory_gb``,
+    ``*_memory_gb``); no other name or unit is read, and a missing column is an error that names
+    the file and the column."""
+    if name not in df.columns:
+        raise ReportError(
+            f"{path}: missing column {name!r} (memory in GB, as `unroll3d bench` writes it); "
+            f"has {list(df.columns)}"
+        )
+    return pd_numeric(df[name])
 
 
 def pd_numeric(series):

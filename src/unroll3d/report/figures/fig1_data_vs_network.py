@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from unroll3d.report.common import STYLE
 from unroll3d.report.figures.base import (
     _col,
     _devices,
@@ -18,6 +17,7 @@ from unroll3d.report.figures.base import (
     no_data,
     save_figure,
 )
+from unroll3d.report.figures.style import STYLE
 
 log = logging.getLogger("unroll3d.report")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unroll3d.report.common import STYLE, TASK_TITLE, ReportError
+from unroll3d.report.common import TASK_TITLE, ReportError
 from unroll3d.report.figures.base import (
     _imshow,
     _load_npz,
@@ -17,6 +17,7 @@ from unroll3d.report.figures.base import (
     no_data,
     save_figure,
 )
+from unroll3d.report.figures.style import STYLE
 
 log = logging.getLogger("unroll3d.report")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from unroll3d.report.common import STYLE, variant_style
+from unroll3d.report.common import variant_style
 from unroll3d.report.figures.base import (
     _col,
     _devices,
@@ -18,6 +18,7 @@ from unroll3d.report.figures.base import (
     no_data,
     save_figure,
 )
+from unroll3d.report.figures.style import STYLE
 
 log = logging.getLogger("unroll3d.report")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from unroll3d.report.common import STYLE
 from unroll3d.report.figures.base import _plt, save_figure
+from unroll3d.report.figures.style import STYLE
 
 log = logging.getLogger("unroll3d.report")
 

@@ -6,8 +6,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from unroll3d.report.common import STYLE, SWEEP_FIGURE, TASK_TITLE, short_label, variant_style
+from unroll3d.report.common import SWEEP_FIGURE, TASK_TITLE, short_label, variant_style
 from unroll3d.report.figures.base import _plt, no_data, save_figure
+from unroll3d.report.figures.style import STYLE
 from unroll3d.report.records import collect_sweep, task_settings
 
 log = logging.getLogger("unroll3d.report")

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from unroll3d.paper_numbers import paper_value
-from unroll3d.report.common import STYLE, TASK_TITLE, TASKS, short_label, variant_style
+from unroll3d.report.common import TASK_TITLE, TASKS, short_label, variant_style
 from unroll3d.report.figures.base import _plt, no_data, save_figure
+from unroll3d.report.figures.style import STYLE
 from unroll3d.report.records import EvalRecord, setting_value, task_settings
 from unroll3d.report.tables import aggregate
 

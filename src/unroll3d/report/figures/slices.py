@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from unroll3d.report.common import REPORT_DEFAULTS, STYLE, TASK_TITLE, ReportError, short_label
+from unroll3d.report.common import REPORT_DEFAULTS, TASK_TITLE, ReportError, short_label
 from unroll3d.report.figures.base import _imshow, _load_npz, _plt, _to_image, no_data, save_figure
+from unroll3d.report.figures.style import STYLE
 from unroll3d.report.records import EvalRecord, task_settings
 
 log = logging.getLogger("unroll3d.report")
