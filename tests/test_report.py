@@ -29,7 +29,8 @@ VOLUMES = ["vol_a", "vol_b"]
 def write_evals(
     results: Path, config: dict = CONFIG, skip: tuple = (), slices: bool = True
 ) -> None:
-    """Tiny evaluation JSONs in the evaluate schema: PSNR = base + volume offset; `unrolled` OOMs on CBCT."""
+    """Tiny evaluation JSONs in the evaluate schema: PSNR = base + volume offset; `unrolled`
+    OOMs on CBCT."""
     base = {"fdk": 18.0, "postproc": 29.0, "unrolled": 36.0, "partition": 31.0, "partition-H": 31.5}
     for task in config["tasks"]:
         for s in report.task_settings(config, task):
@@ -224,7 +225,9 @@ def test_test_files_follow_the_evaluate_schema(tmp_path):
 
     import jsonschema
 
-    schema = json.loads(resources.files("unroll3d").joinpath("schemas/eval.schema.json").read_text())
+    schema = json.loads(
+        resources.files("unroll3d").joinpath("schemas/eval.schema.json").read_text()
+    )
     write_evals(tmp_path, slices=False)
     files = sorted((tmp_path / "eval").rglob("*.json"))
     assert files
@@ -581,3 +584,88 @@ def test_report_config_keeps_every_key_the_report_reads(tmp_path):
         for ext in ("md", "csv", "tex"):
             a, b = out_full / f"{name}.{ext}", out_cut / f"{name}.{ext}"
             assert a.read_text() == b.read_text(), (name, ext)
+
+
+# ------------------------------------------------------------------------------ structure
+
+
+def test_csv_io_matches_pandas(tmp_path):
+    """The tables' CSV are written without pandas, byte for byte as DataFrame.to_csv wrote them;
+    benchmark CSVs are read with the types pandas gives them."""
+    from unroll3d.report import csvio
+
+    rows = [
+        {"a": "x", "n": 2, "ours": 1.5, "paper": 30, "none": None, "mixed": 3, "q": 'say "hi", ok'},
+        {"a": None, "n": 3, "ours": None, "paper": None, "none": None, "mixed": "t", "q": "é"},
+        {"a": "z", "n": 4, "ours": np.float64(0.1 + 0.2), "paper": 2, "extra": -2.19e-05},
+    ]
+    csvio.write_rows(tmp_path / "ours.csv", rows)
+    pd.DataFrame(rows).to_csv(tmp_path / "pandas.csv", index=False)
+    assert (tmp_path / "ours.csv").read_text() == (tmp_path / "pandas.csv").read_text()
+    csvio.write_rows(tmp_path / "empty.csv", [], columns=("table", "metric"))
+    assert (tmp_path / "empty.csv").read_text() == "table,metric\n"
+
+    (tmp_path / "b.csv").write_text("n,views,it,device\n32,30,2.5,cpu\n128,,4,\n")
+    columns, got = csvio.read_rows(tmp_path / "b.csv")
+    want = pd.read_csv(tmp_path / "b.csv")
+    assert columns == list(want.columns)
+    assert [r["n"] for r in got] == [32, 128] and isinstance(got[0]["views"], float)
+    assert np.isnan(got[1]["views"]) and got[1]["it"] == 4.0 and got[1]["device"] is None
+    assert csvio.read_rows(tmp_path / "absent.csv") is None
+
+
+def test_benchmark_memory_is_read_as_peak_memory_gb_only(tmp_path):
+    """Memory columns are GB with ``_gb`` names; an old MB column is an error naming the file
+    and the expected column, not a silent unit guess."""
+    rows = [{"n": 16, "step": s, "time_s": 0.1, "peak_mem_mb": 10.0} for s in ("data", "network")]
+    pd.DataFrame(rows).to_csv(tmp_path / "bench_steps.csv", index=False)
+    with pytest.raises(report.ReportError, match=r"bench_steps\.csv.*'peak_memory_gb'"):
+        report.write_figures(
+            {},
+            {**CONFIG, "tasks": []},
+            tmp_path,
+            tmp_path / "figures",
+            bench_steps=tmp_path / "bench_steps.csv",
+        )
+
+
+def test_report_layers_import_only_downward():
+    """records/tables never import figures or the illustration; importing the report and its
+    verb loads neither matplotlib nor pandas (nor torch)."""
+    import ast
+    import subprocess
+    import sys
+
+    root = Path(report.__file__).parent
+    lower = ("common", "csvio", "provenance", "records", "tables", "latex", "output")
+    for name in lower:
+        tree = ast.parse((root / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith(
+                    ("unroll3d.report.figures", "unroll3d.report.illustration", "unroll3d.cli")
+                ), (name, node.module)
+                assert node.module.split(".")[0] not in ("matplotlib", "pandas"), name
+            if isinstance(node, ast.Import):
+                assert all(a.name.split(".")[0] not in ("matplotlib", "pandas") for a in node.names)
+    code = (
+        "import sys, unroll3d.report, unroll3d.cli.report; "
+        "print(sorted(m for m in ('matplotlib', 'pandas', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_labels_come_from_the_variant_registry():
+    from unroll3d.report import common
+    from unroll3d.variants import VARIANTS
+
+    for name in ("no-such-variant",):
+        assert common.method_label("cbct", name) == name
+        assert common.short_label("mri", name) == name
+        assert common.ablation_label(name) == name
+    spec = VARIANTS["partition-H"]
+    assert common.method_label("cbct", "partition-H") == spec.label_for("cbct")
+    assert common.variant_style("partition-H") == spec.style
+    for old in ("METHOD_LABEL", "SHORT_LABEL", "ABLATION_LABEL", "VARIANT_STYLE"):
+        assert not hasattr(report, old) and not hasattr(common, old)

@@ -1,4 +1,5 @@
-"""The paper's tables and figures, regenerated from the pipeline's results (verb ``unroll3d report``).
+"""The paper's tables and figures, regenerated from the pipeline's results
+(verb ``unroll3d report``, :mod:`unroll3d.cli.report`).
 
 Reads only small files, so it re-renders in seconds from existing results:
 
@@ -8,7 +9,8 @@ Reads only small files, so it re-renders in seconds from existing results:
 - benchmark CSVs ``{results}/benchmarks/bench_steps.csv`` (Fig. 1),
   ``{results}/benchmarks/bench_partition.csv`` (partitioned memory) and
   ``{results}/benchmarks/bench_normal.csv`` (data-step speed, §6.4);
-- the patch-size sweep (Figs. 7/8) ``{results}/eval/{task}/{setting}/sweep/p{D}x{H}x{W}/{volume}.json``;
+- the patch-size sweep (Figs. 7/8)
+  ``{results}/eval/{task}/{setting}/sweep/p{D}x{H}x{W}/{volume}.json``;
 - normal-operator illustrations ``{results}/figures/data/normal_{task}_{setting}.npz``, computed
   once by ``unroll3d report normal-illustration`` (the only sub-command that touches an operator).
 

@@ -72,7 +72,7 @@ def short_label(task: str, variant: str) -> str:
 def ablation_label(variant: str) -> str:
     """Row label of the ablation table (§6.3)."""
     spec = VARIANTS.get(variant)
-    return (spec.ablation if spec and spec.ablation else variant)
+    return spec.ablation if spec and spec.ablation else variant
 
 
 def variant_style(variant: str, default: tuple[str, str] = ("k", "o")) -> tuple[str, str]:

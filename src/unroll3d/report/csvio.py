@@ -97,9 +97,7 @@ def missing(value: Any) -> bool:
 def _format_column(values: list[Any]) -> list[str]:
     present = [v for v in values if not missing(v)]
     numeric = bool(present) and all(_is_number(v) for v in present)
-    as_float = numeric and (
-        len(present) < len(values) or any(not _is_int(v) for v in present)
-    )
+    as_float = numeric and (len(present) < len(values) or any(not _is_int(v) for v in present))
     out = []
     for v in values:
         if missing(v):

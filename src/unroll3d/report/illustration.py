@@ -1,4 +1,5 @@
-"""The normal-operator illustration's compute step (the one report step that applies an operator): the panels of Figs. 9/10 as a small .npz."""
+"""``unroll3d report normal-illustration``'s compute step, the one report step that applies an
+operator: the panels of Figs. 9/10 as a small ``.npz``."""
 
 from __future__ import annotations
 

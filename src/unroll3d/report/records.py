@@ -119,7 +119,8 @@ def mean_or_none(values: list[float | None]) -> float | None:
 
 
 def read_eval(path: str | Path) -> EvalRecord:
-    """Read one evaluation JSON (``src/unroll3d/schemas/eval.schema.json``) into an :class:`EvalRecord`.
+    """Read one evaluation JSON (``src/unroll3d/schemas/eval.schema.json``) into an
+    :class:`EvalRecord`.
 
     Used keys: ``task``, ``setting``, ``variant``, ``volume`` (from the path
     ``.../{task}/{setting}/{variant}/{volume}.json`` when absent); ``status`` (``ok``, ``oom`` or
@@ -129,7 +130,8 @@ def read_eval(path: str | Path) -> EvalRecord:
     ``train_accumulate``; the training cost from ``train_step`` (``step_time_s``,
     ``peak_memory_gb``, ``status``, ``message``: timed micro-steps of the evaluation), else
     ``train_stats`` (``step_time_mean_s``, ``peak_memory_gb``: the training run), else flat
-    ``train_step_s`` / ``train_peak_mem_gb``; slices from ``slices`` or the ``.npz`` beside the JSON.
+    ``train_step_s`` / ``train_peak_mem_gb``; slices from ``slices`` or the ``.npz`` beside the
+    JSON. ``train_stats`` itself is kept in ``extra["train_stats"]`` (the sweep reads it).
     """
     path = Path(path)
     try:
@@ -359,4 +361,3 @@ def collect_sweep(results: str | Path, config: dict, task: str) -> list[SweepPoi
             )
         )
     return points
-

@@ -200,7 +200,8 @@ def _footnotes(
         notes.append(
             f"{title}: volume size {shape_text} (paper: "
             f"{'501³' if task == 'cbct' else '218×170×256, 12 coils'}); {len(vols)} test "
-            f"volume{'s' if len(vols) != 1 else ''} per cell ({', '.join(vols)}); mean over volumes."
+            f"volume{'s' if len(vols) != 1 else ''} per cell ({', '.join(vols)}); "
+            "mean over volumes."
         )
         conv = sorted({r.metric_convention for r in recs if r.metric_convention})
         notes.append(f"{title} metrics: {'; '.join(conv) or DEFAULT_METRIC_CONVENTION[task]}.")

@@ -43,7 +43,8 @@ def write_figures(
     """Render every figure of :data:`FIGURES` (PNG + PDF) under ``out_dir``.
 
     :param bench_steps: Fig. 1 CSV (default ``results/benchmarks/bench_steps.csv``).
-    :param bench_partition: partitioned-memory CSV (default ``results/benchmarks/bench_partition.csv``).
+    :param bench_partition: partitioned-memory CSV
+        (default ``results/benchmarks/bench_partition.csv``).
     :param normal_dir: folder of ``normal_{task}_{setting}.npz`` (default ``results/figures/data``).
     """
     root, out_dir = str(results), Path(out_dir)

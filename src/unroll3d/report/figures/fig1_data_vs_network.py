@@ -1,4 +1,5 @@
-"""Fig. 1: time and memory of the data step vs the network step against the volume size (bench_steps)."""
+"""Fig. 1: time and memory of the data step vs the network step against the volume size
+(``bench_steps.csv``)."""
 
 from __future__ import annotations
 

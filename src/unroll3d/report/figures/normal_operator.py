@@ -1,4 +1,5 @@
-"""Figs. 9/10: x, AᵀAx, Hx, λ and m of the fitted normal operator (from the normal-illustration .npz)."""
+"""Figs. 9/10: x, AᵀAx, Hx, λ and m of the fitted normal operator (from the .npz of
+``unroll3d report normal-illustration``, :mod:`unroll3d.report.illustration`)."""
 
 from __future__ import annotations
 

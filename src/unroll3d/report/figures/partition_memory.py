@@ -24,7 +24,8 @@ log = logging.getLogger("unroll3d.report")
 
 
 def fig_partition_memory(bench_csv: Path, out_dir: Path, reason: str | None = None) -> list[Path]:
-    """Peak training memory of a partitioned step (fixed patch) vs full-volume unrolling, against N."""
+    """Peak training memory of a partitioned step (fixed patch) vs full-volume unrolling,
+    against N (``peak_memory_gb``, and ``step_memory_gb`` when present)."""
     plt = _plt()
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(3.6, 3.4))

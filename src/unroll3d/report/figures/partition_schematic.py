@@ -37,7 +37,8 @@ def _box(ax, x0, y0, w, h, d, face, edge, alpha=1.0, z=1):
 
 
 def fig_partition_schematic(out_dir: Path) -> list[Path]:
-    """Fig. 2 equivalent: a patch x_patch recovered given the context, with the exact reduced problem."""
+    """Fig. 2 equivalent: a patch x_patch recovered given the context, with the exact reduced
+    problem."""
     plt = _plt()
     with plt.rc_context({**STYLE, "axes.grid": False}):
         fig, ax = plt.subplots(figsize=(6.6, 2.6))
@@ -78,7 +79,8 @@ def fig_partition_schematic(out_dir: Path) -> list[Path]:
             ),
             (
                 "exact reduced operator on the patch:",
-                r"$\tilde{A} = A S^\top,\quad \tilde{y} = \tilde{A} x_{\mathrm{patch}} + \varepsilon$",
+                r"$\tilde{A} = A S^\top,\quad "
+                r"\tilde{y} = \tilde{A} x_{\mathrm{patch}} + \varepsilon$",
             ),
             (
                 "data step on the patch:",

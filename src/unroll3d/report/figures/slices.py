@@ -68,7 +68,8 @@ def read_slices(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def slice_psnr(x: np.ndarray, ref: np.ndarray, data_range: float | None = None) -> float:
-    """PSNR (dB) of a 2D slice against the reference; data range = reference max − min by default."""
+    """PSNR (dB) of a 2D slice against the reference; data range = reference max − min by
+    default."""
     rng = float(data_range) if data_range else float(ref.max() - ref.min())
     mse = float(np.mean((x - ref) ** 2))
     if mse == 0:
@@ -100,7 +101,8 @@ def fig_slices(
     out_dir: Path,
     reason: str | None = None,
 ) -> list[Path]:
-    """Figs. 3/4: axial and vertical slices of the ground truth and each method, PSNR in the corner."""
+    """Figs. 3/4: axial and vertical slices of the ground truth and each method, PSNR in the
+    corner."""
     plt = _plt()
     name = f"fig_slices_{task}"
     rep = {**REPORT_DEFAULTS, **(config.get("report") or {})}
@@ -188,8 +190,8 @@ def fig_slices(
                     )
                     _inset(ax, img, vmin, vmax, rep["inset_center"], rep["inset_size"])
             fig.suptitle(
-                f"{TASK_TITLE[task]}, {setting}, volume {volume} (shared grey scale; PSNR per slice; "
-                "* = the paper's method)",
+                f"{TASK_TITLE[task]}, {setting}, volume {volume} (shared grey scale; "
+                "PSNR per slice; * = the paper's method)",
                 fontsize=8,
             )
         fig.tight_layout(pad=0.3, w_pad=0.2, h_pad=0.4)
