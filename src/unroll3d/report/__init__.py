@@ -17,9 +17,12 @@ Reads only small files, so it re-renders in seconds from existing results:
 Writes ``{results}/tables/<name>.{csv,md,tex}`` (names in :data:`TABLES`) and
 ``{results}/figures/<name>.{png,pdf}`` (names in :data:`FIGURES`).
 
-Layers: :mod:`.common` (names, labels from the variant registry) ← :mod:`.records` (the one
-reader of eval JSON) ← :mod:`.tables` / :mod:`.latex` ← :mod:`.figures` (one module per figure);
-:mod:`.illustration` is the compute step of Figs. 9/10; the verb is :mod:`unroll3d.cli.report`.
+Layers, each importing only the ones above it: :mod:`.common` (names, labels and styles from
+the variant registry :mod:`unroll3d.variants`) and :mod:`.csvio` / :mod:`.provenance`;
+:mod:`.records` (the one reader of eval JSON, paths from :mod:`unroll3d.paths`); :mod:`.tables`
+← :mod:`.latex` ← :mod:`.output`; :mod:`.figures` (one module per figure, rc style in
+:mod:`.figures.style`; the only place matplotlib and pandas are imported). :mod:`.illustration`
+is the compute step of Figs. 9/10; the verb's argparse is :mod:`unroll3d.cli.report`.
 
 Table cells read ``ours / paper (Δ)`` with Δ = ours − paper; the paper's numbers come from
 :mod:`unroll3d.paper_numbers`. A requested cell (task × setting × variant of the config) without
@@ -30,7 +33,7 @@ Usage::
 
     unroll3d report --results results --config config/smoke.yaml
     unroll3d report normal-illustration --normal results/normal/cbct/v30.pt \\
-        --data results/data/cbct/walnut_01.pt --task cbct --setting v30 \\
+        --data results/data/cbct/walnut_01.pt --setting v30 \\
         --out results/figures/data/normal_cbct_v30.npz
 """
 
