@@ -226,3 +226,38 @@ def test_refine_switches():
     assert not core.refine_enabled("mri", {"evaluate": {"refine": True}})
     assert core.refine_enabled("mri", {"evaluate": {"refine": True, "mri_refine": True}})
     assert not core.refine_enabled("cbct", {"evaluate": {"refine": False}})
+
+
+def test_a_new_variant_is_a_registry_entry_and_a_builder(tmp_path, monkeypatch):
+    """Registering a variant (unroll3d.variants) and its kind's builder (models.BUILDERS) is all
+    it takes to train and evaluate it; an iterative method without weights gets ‖A‖² from the
+    training run, and the eval schema accepts the new name."""
+    from deepinv.models import Reconstructor
+
+    from unroll3d import models, variants
+
+    class Landweber(Reconstructor):
+        def __init__(self, lipschitz):
+            super().__init__()
+            self.lipschitz = lipschitz
+
+        def forward(self, y, physics, x_init=None, **kw):
+            x, aty = x_init, physics.A_adjoint(y)
+            for _ in range(20):
+                x = x - (physics.A_adjoint_A(x) - aty) / self.lipschitz
+            return x
+
+    spec = variants.VariantSpec("landweber", "landweber", False, False, False, gpu=False)
+    monkeypatch.setitem(variants.VARIANTS, "landweber", spec)
+    monkeypatch.setitem(models.BUILDERS, "landweber", lambda c: Landweber(c.lipschitz))
+    cfg = toy_config()
+    job = make_job(tmp_path, "landweber", cfg, name="lw")
+    stats = tr.train(job)
+    assert stats["status"] == "ok" and stats["lipschitz"] == pytest.approx(
+        loader("toy0").meta["op_norm_sq"]
+    )
+    res = ev.evaluate_volume(
+        "cbct", "v30", "landweber", cfg, job.out, loader("toy3"), "toy3", torch.device("cpu")
+    )
+    ev.validate_result(res)
+    assert res["status"] == "ok" and res["psnr"] > res["psnr_x0"]

@@ -258,6 +258,10 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         extra = {"lipschitz": None}
         if spec.kind == "tv":
             extra = _select_tv(job, spec, H)
+        elif spec.kind != "analytical":  # an iterative method without weights needs ‖A‖²
+            cache = SampleCache(job.train_paths[:1], job.loader, spec, H)
+            cache.get(0)
+            extra = {"lipschitz": cache.lipschitz}
         payload = {**result, **extra, "status": "ok", "state_dict": None}
         atomic_torch_save(payload, job.out)
         _write_csv(job.csv_path, [])
