@@ -38,6 +38,11 @@ circular scans and for the Walnut data; anything else raises a ``ValueError``.
 
 from __future__ import annotations
 
+import functools
+import importlib
+import types
+import warnings
+
 import numpy as np
 
 __all__ = ["ASTRA_TO_RTK", "RTKConeBeamBackend", "check_vectors", "to_rtk_vectors"]
@@ -65,15 +70,148 @@ def _vol_from_rtk(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr[::-1].transpose(1, 0, 2))
 
 
-def _rtk():
+#: What this module uses from RTK, all for float 3D images: public name -> (SWIG submodule of
+#: the ``itk`` package, SWIG class). These are exactly the classes that ``from itk import RTK``
+#: gives for ``rtk.<name>[itk.Image[itk.F, 3], itk.Image[itk.F, 3]]`` (or ``[itk.Image[itk.F,
+#: 3]]``), as listed in ``itk/Configuration/RTKConfig.py`` of itk 5.4.7 / itk-rtk 2.7.0;
+#: ``tests/test_rtk_loading.py`` checks that they are the same class objects.
+RTK_CLASSES = {
+    "ThreeDCircularProjectionGeometry": (
+        "rtkThreeDCircularProjectionGeometryPython",
+        "rtkThreeDCircularProjectionGeometry",
+    ),
+    "JosephForwardProjectionImageFilter": (
+        "rtkJosephForwardProjectionImageFilterPython",
+        "rtkJosephForwardProjectionImageFilterIF3IF3",
+    ),
+    "JosephBackProjectionImageFilter": (
+        "rtkJosephBackProjectionImageFilterPython",
+        "rtkJosephBackProjectionImageFilterIF3IF3SWMFDF",
+    ),
+    "FDKConeBeamReconstructionFilter": (
+        "rtkFDKConeBeamReconstructionFilterPython",
+        "rtkFDKConeBeamReconstructionFilterIF3",
+    ),
+}
+
+#: The FFT factory RTK's ramp filter needs (``FFTImageFilterInit`` in ITKFFTConfig.py), as
+#: (SWIG submodule, SWIG class).
+_FFT_FACTORY = ("itkVnlFFTImageFilterInitFactoryPython", "itkVnlFFTImageFilterInitFactory")
+
+
+@functools.cache
+def _rtk() -> types.SimpleNamespace:
+    """Load the few RTK classes this module uses; cached, one load per process.
+
+    ``from itk import RTK`` is free (itk loads lazily), but the first attribute access loads
+    the whole ``RTK`` ITK module with every dependency in ``RTKConfig.depends`` (ITKSmoothing,
+    ITKImageNoise, ITKFFT, the IO modules, ... and theirs, e.g. ITKImageIntensity) plus all
+    ImageIO factories: 49 compiled ``_ITK*Python`` libraries. Nearly all of that time is the
+    loading of those libraries (the wheels link ITK statically into each one: 137 MB for
+    ITKImageIntensity, 144 MB for RTK).
+
+    Instead we import only the SWIG submodules that define our classes
+    (``itk.rtkJosephForwardProjectionImageFilterPython`` ...): they need only ``_RTKPython``,
+    ``_ITKCommonPython`` and ``_ITKPyBasePython``. Images come from the public
+    ``itk.image_from_array`` / ``itk.array_from_image`` (itk lazily loads ITKPyBase, ITKCommon
+    and ITKBridgeNumPy for them). FDK's ramp filter needs the FFT object factory that the full
+    load registers through ITKFFT; :func:`_register_fft_factory` registers the same one (loading
+    ``_ITKFFTPython`` only) when :meth:`RTKConeBeamBackend.fdk` first runs. 5 libraries in all.
+
+    Measured with ``/usr/bin/time -v``, fresh processes, itk 5.4.7 / itk-rtk 2.7.0, 2 shared
+    cores, min of 3 (``A + Aᵀ``: ``ConeBeam.circular(8, (16, 16, 16), 60, 30, det_shape=(24,
+    24), backend="rtk")``, of which the Python + torch + ``unroll3d.physics`` import alone is
+    3.0 s, 3.1 s CPU, 824 MB):
+
+    ===========================================  ======  =====  ======
+    fresh process                                wall s  CPU s  RSS MB
+    ===========================================  ======  =====  ======
+    ``import itk; from itk import RTK``            0.14   0.23      37
+    ... + first ``RTK.<attr>`` (the full load)    12.6   12.7    1485
+    this loader, ``_rtk()`` alone                  4.0    4.1     852
+    ``A + Aᵀ`` 16³, full load (before)            13.7   13.8    1680
+    ``A + Aᵀ`` 16³, this loader                    6.7    6.8    1075
+    ``A + Aᵀ + FDK`` 16³, full load (before)      14.4   14.5    1680
+    ``A + Aᵀ + FDK`` 16³, this loader              6.7    6.8    1095
+    ===========================================  ======  =====  ======
+
+    (itk imports torch when it is installed, ~1 s of the 4.0 s.) The numbers are bit for bit
+    those of the full load. If the installed itk lays its wrappers out differently (a submodule
+    or class missing), we warn and fall back to the full ``from itk import RTK``.
+
+    :return: a namespace with the float 3D classes named as in :data:`RTK_CLASSES`, ``fast``
+        (whether the fast path was used) and ``register_fft_factory`` (a no-op after a full
+        load, which registers the factory itself).
+    """
     try:
         import itk  # noqa: F401
-        from itk import RTK as rtk
     except ImportError as exc:  # pragma: no cover - RTK is a core dependency
         raise ImportError(
             "The rtk backend needs the `itk-rtk` wheels (pip install itk-rtk)."
         ) from exc
-    return rtk
+    try:
+        return _rtk_fast()
+    except Exception as exc:  # any layout difference: use the full load
+        warnings.warn(
+            f"unroll3d: the fast loader of RTK's Python wrappers failed ({exc!r}); falling "
+            "back to the full `from itk import RTK` (slower: ~10 s CPU, ~1.5 GB per process).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return _rtk_full()
+
+
+def _rtk_fast() -> types.SimpleNamespace:
+    """Import only the SWIG submodules of :data:`RTK_CLASSES`; raises if any is missing."""
+    found = {}
+    for name, (module, swig_class) in RTK_CLASSES.items():
+        try:
+            found[name] = getattr(importlib.import_module(f"itk.{module}"), swig_class)
+        except (ImportError, AttributeError) as exc:
+            raise ImportError(
+                f"itk.{module}.{swig_class} (for RTK's {name}) is not where itk 5.4 / "
+                f"itk-rtk 2.7 put it: {exc}"
+            ) from exc
+    return types.SimpleNamespace(**found, fast=True, register_fft_factory=_register_fft_factory)
+
+
+def _rtk_full() -> types.SimpleNamespace:
+    """The same classes through the full ``from itk import RTK`` (itk's documented path)."""
+    import itk
+    from itk import RTK as rtk
+
+    image_type = itk.Image[itk.F, 3]
+    found = {
+        "ThreeDCircularProjectionGeometry": rtk.ThreeDCircularProjectionGeometry,
+        "JosephForwardProjectionImageFilter": rtk.JosephForwardProjectionImageFilter[
+            image_type, image_type
+        ],
+        "JosephBackProjectionImageFilter": rtk.JosephBackProjectionImageFilter[
+            image_type, image_type
+        ],
+        "FDKConeBeamReconstructionFilter": rtk.FDKConeBeamReconstructionFilter[image_type],
+    }
+    return types.SimpleNamespace(**found, fast=False, register_fft_factory=lambda: None)
+
+
+@functools.cache
+def _register_fft_factory() -> None:
+    """Register ITK's VNL FFT factory (what itk's ``load_factories("FFTImageFilterInit")`` does
+    when it loads ITKFFT), loading only ``_ITKFFTPython``; once per process. Falls back, with a
+    warning, to the full load (which registers it) if the factory is not where we expect it."""
+    module, swig_class = _FFT_FACTORY
+    try:
+        factory = getattr(importlib.import_module(f"itk.{module}"), swig_class)
+    except (ImportError, AttributeError) as exc:
+        warnings.warn(
+            f"unroll3d: itk.{module}.{swig_class} not found ({exc!r}); registering ITK's FFT "
+            "factory through the full `from itk import RTK` instead.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        _rtk_full()
+        return
+    factory.RegisterOneFactory()
 
 
 def check_vectors(vectors: np.ndarray, rtol: float = 1e-4) -> tuple[float, float]:
@@ -213,17 +351,14 @@ class RTKConeBeamBackend:
         interpolation fall off to zero outside the volume as in ASTRA. Padding and cropping are
         adjoint, so the pair stays exactly adjoint.
         """
-        import itk
-
         rtk = _rtk()
         if tuple(volume.shape) != self.vol_shape:
             raise ValueError(f"volume shape {tuple(volume.shape)} != {self.vol_shape}")
-        image_type = itk.Image[itk.F, 3]
         vol = self._volume_image(_vol_to_rtk(np.pad(np.asarray(volume, np.float32), 1)))
         out = np.empty((self.n_views, *self.det_shape), dtype=np.float32)
         for (a, b), geometry in zip(self.chunks, self._geometries, strict=True):
             proj = self._proj_image(np.zeros((b - a, *self.det_shape), np.float32))
-            flt = rtk.JosephForwardProjectionImageFilter[image_type, image_type].New()
+            flt = rtk.JosephForwardProjectionImageFilter.New()
             flt.SetInput(0, proj)
             flt.SetInput(1, vol)
             flt.SetGeometry(geometry)
@@ -232,18 +367,15 @@ class RTKConeBeamBackend:
 
     def backward(self, proj: np.ndarray) -> np.ndarray:
         """Joseph back projection (exact adjoint of :meth:`forward`)."""
-        import itk
-
         rtk = _rtk()
         expected = (self.n_views, *self.det_shape)
         if tuple(proj.shape) != expected:
             raise ValueError(f"projection shape {tuple(proj.shape)} != {expected}")
-        image_type = itk.Image[itk.F, 3]
         padded = _vol_to_rtk(np.empty(tuple(n + 2 for n in self.vol_shape), np.float32)).shape
         out = np.zeros(padded, dtype=np.float32)
         for (a, b), geometry in zip(self.chunks, self._geometries, strict=True):
             vol = self._volume_image(np.zeros(padded, np.float32))
-            flt = rtk.JosephBackProjectionImageFilter[image_type, image_type].New()
+            flt = rtk.JosephBackProjectionImageFilter.New()
             flt.SetInput(0, vol)
             flt.SetInput(1, self._proj_image(proj[a:b]))
             flt.SetGeometry(geometry)
@@ -255,16 +387,14 @@ class RTKConeBeamBackend:
 
         :param float hann_cut: Hann window cut frequency in (0, 1]; 0 for a pure ramp.
         """
-        import itk
-
         rtk = _rtk()
         expected = (self.n_views, *self.det_shape)
         if tuple(proj.shape) != expected:
             raise ValueError(f"projection shape {tuple(proj.shape)} != {expected}")
-        image_type = itk.Image[itk.F, 3]
+        rtk.register_fft_factory()  # the ramp filter's FFT comes from ITK's object factory
         padded = _vol_to_rtk(np.empty(tuple(n + 2 for n in self.vol_shape), np.float32)).shape
         vol = self._volume_image(np.zeros(padded, np.float32))
-        flt = rtk.FDKConeBeamReconstructionFilter[image_type].New()
+        flt = rtk.FDKConeBeamReconstructionFilter.New()
         flt.SetInput(0, vol)
         flt.SetInput(1, self._proj_image(proj))
         flt.SetGeometry(self._full_geometry)
