@@ -228,3 +228,20 @@ def test_bf16_training_on_cuda(tmp_path, variant):
     job.loader = _cuda_loader
     stats = tr.train(job)
     assert stats["status"] == "ok" and stats["bf16"] and stats["peak_memory_gb"] > 0
+
+
+def test_cli_names_a_misspelt_config_key(tmp_path):
+    """--config is validated against the schema; a misspelt key stops the verb with a one-line
+    error naming it, before any work."""
+    from pathlib import Path
+
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/smoke.yaml").read_text())
+    cfg["train"]["lrr"] = cfg["train"].pop("lr")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    args = ["--task", "cbct", "--setting", "v30", "--variant", "fdk", "--config", str(path)]
+    with pytest.raises(SystemExit, match=r"config key train: Additional properties .*'lrr'"):
+        train_cli.main([*args, "--train", "toy0", "--out", str(tmp_path / "m.pt")])
+    assert not (tmp_path / "m.pt").exists()

@@ -41,10 +41,13 @@ def add_progress_args(p: argparse.ArgumentParser) -> None:
 def read_job_config(args: argparse.Namespace, task: str) -> dict:
     """The job's config section: from ``--config`` (whole file, validated, then cut to the job's
     keys) or ``--config-json`` (already cut by the workflow; defaults filled again)."""
-    from unroll3d.config import job_config, load_config
+    from unroll3d.config import ConfigError, job_config, load_config
 
     if args.config:
-        return job_config(load_config(args.config), task)
+        try:
+            return job_config(load_config(args.config), task)
+        except ConfigError as err:  # a clear one-line error naming the key, no traceback
+            raise SystemExit(f"unroll3d: {err}") from None
     try:
         data = json.loads(args.config_json)
     except json.JSONDecodeError as err:
