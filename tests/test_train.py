@@ -245,3 +245,42 @@ def test_cli_names_a_misspelt_config_key(tmp_path):
     with pytest.raises(SystemExit, match=r"config key train: Additional properties .*'lrr'"):
         train_cli.main([*args, "--train", "toy0", "--out", str(tmp_path / "m.pt")])
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_fit_for_another_setting_or_shape_is_refused(tmp_path, monkeypatch, capsys):
+    """H fitted for R5 (or v50) on an R10 (v30) job, or for another image size, stops the job with
+    one line naming the fit's file and the sample, instead of training with the wrong operator."""
+    import copy
+
+    from unroll3d.normal import NormalFitMismatch, save_normal
+
+    s = loader("toy0")
+    H = toy_H(s)
+    fit = tmp_path / "v50.pt"
+    save_normal(fit, H.fourier_filter, H.spatial_mask, (1, *SHAPE), H.scaling,
+                grid=H.grid, meta={"setting": "v50"})  # fmt: skip
+
+    def load_under(path, setting, device=None):
+        sample = copy.copy(loader(path))
+        sample.meta = {**sample.meta, "setting": setting, "source": f"{path}.pt"}
+        return sample
+
+    monkeypatch.setattr(core, "load_sample", load_under)
+    args = ["--task", "cbct", "--variant", "partition-H", "--config-json", json.dumps(toy_config())]
+    out = tmp_path / "m.pt"
+    rc = train_cli.main(
+        [*args, "--setting", "v30", "--normal", str(fit), "--train", "toy0", "--out", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert rc == 1 and not out.exists()
+    assert f"{fit} was fitted for setting v50, but toy0.pt is used under v30" in err
+    # the right setting trains
+    rc = train_cli.main(
+        [*args, "--setting", "v50", "--normal", str(fit), "--train", "toy0", "--out", str(out)]
+    )
+    assert rc == 0 and out.exists()
+    # a fit for another image size is refused too, naming the shapes
+    small = core.load_H(fit)
+    small.img_size = (1, 8, 8, 8)
+    with pytest.raises(NormalFitMismatch, match=r"shape \(1, 8, 8, 8\), but toy0.pt has shape"):
+        core.physics_for(load_under("toy0", "v50"), variant_spec("unrolled-H"), small, 1.0)

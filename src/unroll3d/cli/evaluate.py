@@ -32,22 +32,27 @@ def main(argv: list[str] | None = None) -> int:
     device = setup_runtime(args)
     from unroll3d.engine.core import default_loader
     from unroll3d.engine.evaluate import evaluate_volume
+    from unroll3d.normal import NormalFitMismatch
     from unroll3d.utils import atomic_write_json
 
     sample = default_loader(args.setting, device)(args.sample)
-    result = evaluate_volume(
-        args.task,
-        args.setting,
-        args.variant,
-        config,
-        args.model,
-        sample,
-        args.volume or Path(args.sample).stem,
-        device,
-        normal_path=args.normal,
-        train_stats_path=args.train_stats,
-        slices_path=args.slices,
-    )
+    try:
+        result = evaluate_volume(
+            args.task,
+            args.setting,
+            args.variant,
+            config,
+            args.model,
+            sample,
+            args.volume or Path(args.sample).stem,
+            device,
+            normal_path=args.normal,
+            train_stats_path=args.train_stats,
+            slices_path=args.slices,
+        )
+    except NormalFitMismatch as err:
+        print(f"unroll3d evaluate: {err}", file=sys.stderr)
+        return 1
     atomic_write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("status", "psnr", "ssim")}), file=sys.stderr)
     return 0

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     config = read_job_config(args, args.task)
     device = setup_runtime(args)
     from unroll3d.engine.train import NonFiniteLoss, TrainJob, train
+    from unroll3d.normal import NormalFitMismatch
 
     job = TrainJob(
         task=args.task,
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         stats = train(job)
-    except NonFiniteLoss as err:
+    except (NonFiniteLoss, NormalFitMismatch) as err:
         print(f"unroll3d train: {err}", file=sys.stderr)
         return 1
     print(json.dumps({k: v for k, v in stats.items() if not isinstance(v, list)}), file=sys.stderr)

@@ -53,6 +53,7 @@ def load_sample(
     except Exception as err:
         raise DataError(f"{path} is not a readable unroll3d sample file: {err}") from err
     meta = dict(data.get("meta", {}))
+    meta["source"] = str(path)  # named in errors about this sample
     task, value = parse_setting(setting)
     if meta.get("task") != task:
         raise DataError(

@@ -19,7 +19,7 @@ import torch
 from unroll3d.config import evaluate_settings, train_settings
 from unroll3d.data.loading import load_sample
 from unroll3d.models import build_variant
-from unroll3d.normal import DiagCirculantWrapper, NormalFit, load_normal
+from unroll3d.normal import DiagCirculantWrapper, NormalFit, check_fit_matches, load_normal
 from unroll3d.partition import PartitionedReconstructor
 from unroll3d.physics import sqnorm
 from unroll3d.variants import VariantSpec
@@ -105,11 +105,20 @@ def h_kwargs(spec: VariantSpec, H: NormalFit | None, img_size: Sequence[int]) ->
 
 
 def physics_for(sample, spec: VariantSpec, H: NormalFit | None, lipschitz: float):
-    """The physics a variant sees: the sample's own, or wrapped with H (``scaling`` = ‖A‖²)."""
+    """The physics a variant sees: the sample's own, or wrapped with H (``scaling`` = ‖A‖²).
+    H must have been fitted for the sample's setting and image size
+    (:func:`unroll3d.normal.check_fit_matches`)."""
     if not spec.use_H:
         return sample.physics
     if H is None:
         raise ValueError(f"variant {spec.name!r} uses H but no normal-operator file was given")
+    meta = getattr(sample, "meta", None) or {}
+    check_fit_matches(
+        H,
+        meta.get("setting"),
+        sample.x.shape[1:],
+        meta.get("source") or f"volume {meta.get('volume', '?')}",
+    )
     return DiagCirculantWrapper(
         sample.physics,
         img_size=tuple(sample.x.shape[1:]),

@@ -8,6 +8,8 @@ from unroll3d.normal.fit import _impulse_filter, fit_normal_operator
 from unroll3d.normal.io import (
     FORMAT_VERSION,
     NormalFit,
+    NormalFitMismatch,
+    check_fit_matches,
     load_normal,
     save_normal,
     write_history_csv,
@@ -28,6 +30,8 @@ __all__ = [
     "DiagCirculant",
     "DiagCirculantWrapper",
     "NormalFit",
+    "NormalFitMismatch",
+    "check_fit_matches",
     "RestrictedDiagCirculant",
     "_impulse_filter",
     "fit_normal_operator",

@@ -13,7 +13,15 @@ import torch
 from unroll3d.normal.operator import DiagCirculant, _check_img_size, _infer_grid
 from unroll3d.utils import atomic_path, atomic_torch_save
 
-__all__ = ["FORMAT_VERSION", "NormalFit", "save_normal", "load_normal", "write_history_csv"]
+__all__ = [
+    "FORMAT_VERSION",
+    "NormalFit",
+    "NormalFitMismatch",
+    "check_fit_matches",
+    "save_normal",
+    "load_normal",
+    "write_history_csv",
+]
 
 FORMAT_VERSION = 1
 _REQUIRED = ("fourier_filter", "spatial_mask", "img_size", "grid", "two_sided", "scaling")
@@ -38,6 +46,7 @@ class NormalFit:
     operator_hash: str | None = None
     history: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None  # the file it was loaded from (named in errors)
     _operators: dict[tuple[int, ...], DiagCirculant] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -150,7 +159,29 @@ def load_normal(
         operator_hash=fit.get("operator_hash"),
         history=dict(fit.get("history") or {}),
         meta=dict(fit.get("meta") or {}),
+        source=str(path),
     )
+
+
+class NormalFitMismatch(ValueError):
+    """A fitted H used for a job it was not fitted for (another setting or image size)."""
+
+
+def check_fit_matches(fit: NormalFit, setting: str | None, img_size, sample: str) -> None:
+    """Raise :class:`NormalFitMismatch` naming the fit's file and ``sample`` when ``fit`` was
+    fitted for another setting (``meta["setting"]``, e.g. an R5 fit on an R10 job) or for images
+    of another shape. A fit recorded without a setting is checked on the shape only."""
+    where = fit.source or "the fitted H"
+    if setting is not None and fit.setting is not None and fit.setting != setting:
+        raise NormalFitMismatch(
+            f"{where} was fitted for setting {fit.setting}, but {sample} is used under {setting}; "
+            f"use the fit of {setting} (results/normal/<task>/{setting}.pt)"
+        )
+    if tuple(int(v) for v in img_size) != tuple(fit.img_size):
+        raise NormalFitMismatch(
+            f"{where} was fitted for images of shape {tuple(fit.img_size)}, but {sample} has "
+            f"shape {tuple(int(v) for v in img_size)} (another geometry); refit H for it"
+        )
 
 
 def write_history_csv(path: str | Path, history: dict[str, Any]) -> None:
