@@ -669,3 +669,31 @@ def test_labels_come_from_the_variant_registry():
     assert common.variant_style("partition-H") == spec.style
     for old in ("METHOD_LABEL", "SHORT_LABEL", "ABLATION_LABEL", "VARIANT_STYLE"):
         assert not hasattr(report, old) and not hasattr(common, old)
+
+
+def test_non_finite_metrics_are_failed_cells_named_in_a_footnote(tmp_path):
+    """A NaN PSNR in one file and an infinite one in another (JSON's NaN/Infinity) do not stop
+    the report and are never tabulated: both cells read "failed", a footnote names each file and
+    its value, and the other cells are rendered as usual."""
+    write_evals(tmp_path, slices=False)
+    nan_file = tmp_path / "eval" / "cbct" / "v30" / "postproc" / "vol_b.json"
+    inf_file = tmp_path / "eval" / "mri" / "R5" / "partition" / "vol_a.json"
+    for path, value in ((nan_file, "NaN"), (inf_file, "Infinity")):
+        text = path.read_text()
+        rec = json.loads(text)
+        path.write_text(text.replace(f'"psnr": {json.dumps(rec["psnr"])}', f'"psnr": {value}'))
+    assert "NaN" in nan_file.read_text() and "Infinity" in inf_file.read_text()
+    cells = report.collect_evals(tmp_path, CONFIG)
+    report.write_tables(cells, CONFIG, tmp_path / "t", commit="x")
+    t1 = (tmp_path / "t" / "table1_cbct.md").read_text()
+    t2 = (tmp_path / "t" / "table2_mri.md").read_text()
+    row1 = next(line for line in t1.splitlines() if line.startswith("| DRUNet[3D]"))
+    cols = row1.split(" | ")
+    assert cols[1].startswith("failed") and cols[3].startswith("failed")  # SSIM, PSNR at v30
+    assert not cols[2].startswith("failed")  # v50: its files are fine
+    row2 = next(line for line in t2.splitlines() if line.startswith("| Unrolled[3D] + partition ("))
+    assert "failed" in row2 and "inf" not in row2.lower()
+    assert f"{nan_file}: non-finite psnr = nan" in t1
+    assert f"{inf_file}: non-finite psnr = inf" in t2
+    fdk = next(line for line in t1.splitlines() if line.startswith("| FDK"))
+    assert "failed" not in fdk

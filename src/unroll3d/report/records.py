@@ -118,6 +118,19 @@ def mean_or_none(values: list[float | None]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+_METRIC_KEYS = ("psnr", "ssim")
+
+
+def _non_finite_metrics(data: dict) -> list[tuple[str, float]]:
+    """The metrics of an eval JSON that are NaN or infinite (JSON's NaN/Infinity literals)."""
+    out = []
+    for key in _METRIC_KEYS:
+        value = _lookup(data, _ALIASES[key])
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            out.append((key, value))
+    return out
+
+
 def read_eval(path: str | Path) -> EvalRecord:
     """Read one evaluation JSON (``src/unroll3d/schemas/eval.schema.json``) into an
     :class:`EvalRecord`.
@@ -152,6 +165,10 @@ def read_eval(path: str | Path) -> EvalRecord:
     if status not in _STATUSES:
         raise ReportError(f"{path}: status must be one of {_STATUSES}, got {status!r}")
     rec = EvalRecord(**ids, status=status, path=str(path))
+    bad = _non_finite_metrics(data)
+    if bad:  # NaN (a diverged run) or ±inf (an exact match): a failed cell, never a number
+        rec.status = "failed"
+        data = {**data, "message": "non-finite " + ", ".join(f"{k} = {v}" for k, v in bad)}
     for name in (
         "psnr",
         "ssim",

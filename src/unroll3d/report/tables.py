@@ -211,6 +211,16 @@ def _footnotes(
                 f"{title}: paper rows not reimplemented here: {', '.join(PAPER_ONLY_ROWS[task])}"
                 f"{extra}."
             )
+    failed = sorted(
+        {(r.path, r.message or "no message") for rs in task_cells.values() for r in rs
+         if r.status == "failed"}
+    )  # fmt: skip
+    if failed:
+        notes.append(
+            "failed = an evaluation without a usable result, left out of every mean: "
+            + "; ".join(f"{path}: {message}" for path, message in failed)
+            + "."
+        )
     devices = sorted({r.device for rs in task_cells.values() for r in rs if r.device})
     notes.append(
         f"Hardware: {', '.join(devices) or 'not recorded'} (paper: one NVIDIA H100 80 GB). "
