@@ -89,3 +89,18 @@ def test_train_and_evaluate_rerun_only_for_keys_they_read(tmp_path):
     config["train"]["tv_grid"] = [0.01]  # read by train (and evaluate, whose model it changes)
     configfile.write_text(yaml.safe_dump(config))
     assert planned() == {"train", "evaluate"}
+
+
+@pytest.mark.parametrize("store_all", [False, True])
+def test_preprocess_stores_only_the_settings_views_unless_asked(tmp_path, store_all):
+    """cbct.store_all_views false: the walnut preprocess command gets --views with the union of
+    the settings' view counts (120 of 1,200 views at 30/50/100 instead of all); true: no --views."""
+    config = yaml.safe_load((ROOT / "config/smoke.yaml").read_text())
+    config["cbct"]["store_all_views"] = store_all
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    res = _run(tmp_path, configfile, "results/data/cbct/walnut1.pt", "-n", "-p")
+    assert res.returncode == 0, res.stderr[-2000:]
+    cmd = next(ln for ln in res.stdout.splitlines() if "data preprocess cbct" in ln)
+    views = " ".join(str(v) for v in config["cbct"]["views"])
+    assert (f"--views {views}" in cmd) != store_all, cmd

@@ -139,7 +139,7 @@ rule preprocess_walnut:
     shell:
         "unroll3d data preprocess cbct --zip {input} --out {output} --volume walnut{wildcards.n}"
         " --orbit {params.orbit} --voxel-mm {params.voxel} --scale {params.scale}"
-        " --log-clip {params.clip} > {log} 2>&1"
+        " --log-clip {params.clip} {params.views} > {log} 2>&1"
 
 
 rule download_mri_mask:
