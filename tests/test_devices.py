@@ -70,3 +70,51 @@ def test_fake_gpus_get_distinct_indices(tmp_path, monkeypatch):
     assert {a.index, b.index} == {0, 1}
     a.release()
     b.release()
+
+
+_CHILD = """
+import signal, sys, time
+from pathlib import Path
+out = Path(sys.argv[1])
+def stop(signum, frame):
+    time.sleep(1.0)  # a job that needs a moment to stop (flush, save)
+    out.write_text(f"stopped by {signum}")
+    sys.exit(3)
+signal.signal(signal.SIGTERM, stop)
+out.with_suffix(".ready").write_text("ready")
+time.sleep(60)
+"""
+
+
+def test_device_run_forwards_sigterm_and_keeps_the_lock_until_the_child_exits(tmp_path):
+    """SIGTERM to `unroll3d device run` reaches the child; the card stays locked while the child
+    shuts down, and the wrapper exits with the child's code (fake-GPU mode)."""
+    import signal
+    import subprocess
+    import sys
+
+    locks, out = tmp_path / "locks", tmp_path / "child.txt"
+    env = dict(os.environ, UNROLL3D_FAKE_GPUS="1")
+    cmd = [sys.executable, "-m", "unroll3d.cli", "device", "run", "--lock-dir", str(locks), "--",
+           sys.executable, "-c", _CHILD, str(out)]  # fmt: skip
+    wrapper = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not out.with_suffix(".ready").exists():
+        assert wrapper.poll() is None and time.monotonic() < deadline, wrapper.stderr.read()
+        time.sleep(0.05)
+    wrapper.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with pytest.raises(TimeoutError):  # the child is still stopping: the card is still taken
+        acquire_gpu(1, locks, timeout=0.2, poll=0.05)
+    assert wrapper.wait(30) == 3
+    assert out.read_text() == f"stopped by {int(signal.SIGTERM)}"
+    lock = acquire_gpu(1, locks, timeout=2)  # released once the child is gone
+    lock.release()
+
+
+def test_bad_fake_gpu_count_is_one_line(monkeypatch, capsys):
+    from unroll3d.devices import main
+
+    monkeypatch.setenv("UNROLL3D_FAKE_GPUS", "two")
+    assert main(["count"]) == 2
+    assert "UNROLL3D_FAKE_GPUS must be a whole number ≥ 0, got 'two'" in capsys.readouterr().err

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -35,7 +36,13 @@ def cuda_device_count() -> int:
     """Number of usable CUDA devices (``UNROLL3D_FAKE_GPUS`` overrides it, for tests)."""
     fake = os.environ.get("UNROLL3D_FAKE_GPUS")
     if fake is not None:
-        return int(fake)
+        try:
+            count = int(fake)
+        except ValueError:
+            count = -1
+        if count < 0:
+            raise ValueError(f"UNROLL3D_FAKE_GPUS must be a whole number ≥ 0, got {fake!r}")
+        return count
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -117,6 +124,36 @@ def job_device(
         lock.release()
 
 
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def run_forwarding_signals(command: list[str], env: dict[str, str]) -> int:
+    """Run ``command`` and wait for it, passing SIGTERM/SIGINT/SIGHUP on to it instead of dying
+    first: the caller (who holds the GPU lock) returns only once the child has exited, so a
+    cancelled job never hands its card to the next one while it still runs. Returns the child's
+    exit code (128 + N when a signal N ended it, as a shell reports it)."""
+    child = subprocess.Popen(command, env=env)
+    previous = {}
+
+    def forward(signum, _frame):
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signum)
+
+    for sig in _FORWARDED:
+        previous[sig] = signal.signal(sig, forward)
+    try:
+        while True:
+            try:
+                code = child.wait()
+                break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries wait() itself
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 - code if code < 0 else code
+
+
 def main(argv: list[str] | None = None) -> int:
     """``unroll3d device run -- CMD...``: run CMD with CUDA_VISIBLE_DEVICES set to a free GPU."""
     parser = argparse.ArgumentParser(prog="unroll3d device", description=main.__doc__)
@@ -127,24 +164,28 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("command", nargs=argparse.REMAINDER)
     sub.add_parser("count", help="print the number of CUDA devices")
     args = parser.parse_args(argv)
+    try:
+        count = cuda_device_count()
+    except ValueError as err:
+        print(f"unroll3d device: {err}", file=sys.stderr)
+        return 2
     if args.action == "count":
-        print(cuda_device_count())
+        print(count)
         return 0
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given after 'run --'")
     env = dict(os.environ)
-    count = cuda_device_count()
     if count == 0:
         print("unroll3d device: no CUDA device, running on the CPU", file=sys.stderr)
         env["CUDA_VISIBLE_DEVICES"] = ""
-        return subprocess.call(command, env=env)
+        return run_forwarding_signals(command, env)
     lock = acquire_gpu(count, args.lock_dir, args.timeout)
     try:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         ids = visible.split(",") if visible else [str(i) for i in range(count)]
         env["CUDA_VISIBLE_DEVICES"] = ids[lock.index]
         print(f"unroll3d device: GPU {ids[lock.index]}", file=sys.stderr)
-        return subprocess.call(command, env=env)
+        return run_forwarding_signals(command, env)
     finally:
-        lock.release()
+        lock.release()  # only after the child has exited
