@@ -284,3 +284,16 @@ def test_a_fit_for_another_setting_or_shape_is_refused(tmp_path, monkeypatch, ca
     small.img_size = (1, 8, 8, 8)
     with pytest.raises(NormalFitMismatch, match=r"shape \(1, 8, 8, 8\), but toy0.pt has shape"):
         core.physics_for(load_under("toy0", "v50"), variant_spec("unrolled-H"), small, 1.0)
+
+
+def test_patch_larger_than_the_volume_is_refused_and_the_trained_patch_recorded(tmp_path):
+    """No silent clamping: a patch that does not fit is an error, and a partitioned run records
+    the patch, stride and grid it really used."""
+    cfg = toy_config(steps=2)
+    stats = tr.train(make_job(tmp_path, "partition", cfg))
+    assert stats["patch_size"] == [8, 8, 8] and stats["stride"] == [4, 4, 4]
+    assert stats["n_patches"] == 27  # 3 corners per axis of 16 with patch 8, stride 4
+    validate_result(json.loads((tmp_path / "m.json").read_text()), "train_stats")
+    cfg["cbct"]["patch_size"] = [8, 8, 32]
+    with pytest.raises(ValueError, match=r"cbct.patch_size \[8, 8, 32\] does not fit"):
+        tr.train(make_job(tmp_path, "partition", cfg, name="big"))

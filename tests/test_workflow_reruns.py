@@ -104,3 +104,22 @@ def test_preprocess_stores_only_the_settings_views_unless_asked(tmp_path, store_
     cmd = next(ln for ln in res.stdout.splitlines() if "data preprocess cbct" in ln)
     views = " ".join(str(v) for v in config["cbct"]["views"])
     assert (f"--views {views}" in cmd) != store_all, cmd
+
+
+@pytest.mark.parametrize(
+    ("key", "edit"),
+    [
+        ("cbct.patch_size", lambda c: c["cbct"].update(patch_size=[8, 16, 32])),
+        ("sweep.mri[1]", lambda c: c["sweep"].update(mri=[[4, 8, 8], [8, 32, 16]])),
+    ],
+)
+def test_a_patch_that_does_not_fit_stops_the_plan(tmp_path, key, edit):
+    """The schema cannot see volume sizes; the plan can (toy sizes from the config, the data
+    sets' from unroll3d.config): a patch larger than the volume stops Snakemake naming the key."""
+    config = yaml.safe_load((ROOT / "config/smoke.yaml").read_text())
+    edit(config)
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    res = _run(tmp_path, configfile, "-n")
+    assert res.returncode != 0
+    assert f"config key {key}: patch" in res.stderr + res.stdout

@@ -29,6 +29,8 @@ __all__ = [
     "job_config",
     "sweep_job_config",
     "report_config",
+    "check_patch_sizes",
+    "volume_shape",
     "dumps",
     "JOB_TASK_KEYS",
 ]
@@ -88,7 +90,43 @@ def validate(config: dict) -> dict:
                 f"config key sweep.variant: {sweep['variant']!r} is not a partitioned variant; "
                 f"choose one of {partitioned}"
             )
+    check_patch_sizes(filled)
     return filled
+
+
+#: volume shapes of the real data sets (datasets.md): Walnut reconstructions 501³; Calgary-Campinas
+#: images (readout, ky, kz) = 256 × 218 × 170.
+REAL_VOLUME_SHAPES = {"cbct": (501, 501, 501), "mri": (256, 218, 170)}
+
+
+def volume_shape(config: dict, task: str) -> tuple[int, int, int]:
+    """The (D, H, W) of the task's volumes: the toy size for ``source: toy``, else the data set's."""
+    section = config.get(task) or {}
+    if section.get("source") == "toy":
+        toy = section.get("toy") or section_defaults(task).get("toy") or {}
+        if task == "cbct":
+            return (int(toy["size"]),) * 3
+        return tuple(int(v) for v in toy["shape"])
+    return REAL_VOLUME_SHAPES[task]
+
+
+def check_patch_sizes(config: dict) -> None:
+    """Every patch the run would train (``<task>.patch_size`` and the sweep's) must fit in the
+    task's volumes; a ConfigError names the key and both shapes (nothing is clamped later)."""
+    sweep = config.get("sweep") or {}
+    for task in config.get("tasks", []):
+        shape = volume_shape(config, task)
+        patches = [(f"{task}.patch_size", (config.get(task) or {}).get("patch_size"))]
+        if sweep.get("enabled"):
+            patches += [(f"sweep.{task}[{i}]", p) for i, p in enumerate(sweep.get(task) or [])]
+        for key, patch in patches:
+            if patch is None:
+                continue
+            if len(patch) != 3 or any(int(p) > n for p, n in zip(patch, shape, strict=False)):
+                raise ConfigError(
+                    f"config key {key}: patch {list(patch)} does not fit in the {task} volumes of "
+                    f"{'×'.join(map(str, shape))} voxels"
+                )
 
 
 def load_config(path: str | Path) -> dict:

@@ -153,10 +153,14 @@ def patch_ranges(spatial: Sequence[int], patch: Sequence[int], margin: Sequence[
 
 
 def make_partitioner(model, task: str, config: dict, img_size: Sequence[int]):
-    """``PartitionedReconstructor`` around ``model`` with the task's patch size and stride."""
+    """``PartitionedReconstructor`` around ``model`` with the task's patch size and stride (a
+    patch larger than the volume is an error, not silently clamped)."""
     tcfg = config.get(task, {})
-    patch = tcfg.get("patch_size", [8, 16, 16])
-    patch = [min(int(p), int(n)) for p, n in zip(patch, img_size[-3:], strict=True)]
+    patch = [int(p) for p in tcfg.get("patch_size", [8, 16, 16])]
+    if any(p > int(n) for p, n in zip(patch, img_size[-3:], strict=True)):  # never clamped
+        raise ValueError(
+            f"{task}.patch_size {patch} does not fit in a volume of {tuple(img_size[-3:])} voxels"
+        )
     stride = tcfg.get("stride")
     margin = train_settings(config).get(f"{task}_patch_margin")
     return PartitionedReconstructor(

@@ -422,6 +422,10 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         "val_psnr_last": vals[-1] if vals else None,
         "bf16": model.bf16,
     }
+    if partitioner is not None:  # what was really trained: patch, stride and the inference grid
+        stats["patch_size"] = list(partitioner.patch_size)
+        stats["stride"] = list(partitioner.stride)
+        stats["n_patches"] = len(partitioner.starts)
     if spec.kind == "unrolled":
         stats["step_sizes"] = model.step_sizes.detach().cpu().tolist()
         stats["sigmas"] = model.sigmas.detach().cpu().tolist()
