@@ -297,3 +297,34 @@ def test_patch_larger_than_the_volume_is_refused_and_the_trained_patch_recorded(
     cfg["cbct"]["patch_size"] = [8, 8, 32]
     with pytest.raises(ValueError, match=r"cbct.patch_size \[8, 8, 32\] does not fit"):
         tr.train(make_job(tmp_path, "partition", cfg, name="big"))
+
+
+def test_only_a_checkpoint_of_the_same_inputs_is_resumed(tmp_path, recwarn, capsys):
+    """A checkpoint written with another H (or config, or input file) is discarded and the run
+    starts from step 0, giving the weights of a fresh run; an unreadable one is discarded with a
+    warning; a finished run leaves no checkpoint."""
+    s = loader("toy0")
+    H = toy_H(s)
+    other = toy_H(s)
+    other.fourier_filter = other.fourier_filter * 1.5
+    cfg = toy_config(steps=6, checkpoint_every=2)
+    stale = make_job(tmp_path / "stale", "partition-H", cfg, H=other)
+    tr.train(stale, stop_at=4)  # killed at step 4 with the other H: a checkpoint at step 4
+    fresh = make_job(tmp_path / "fresh", "partition-H", cfg, H=H)
+    tr.train(fresh)
+    assert not fresh.ckpt_path.exists()  # deleted on success
+    job = make_job(tmp_path / "stale", "partition-H", cfg, H=H)  # same paths, H refitted
+    assert job.ckpt_path.exists()
+    capsys.readouterr()
+    tr.train(job)
+    err = capsys.readouterr().err
+    assert "discarding checkpoint" in err and "resuming" not in err
+    wa = torch.load(fresh.out, weights_only=False)["state_dict"]
+    wb = torch.load(job.out, weights_only=False)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # from step 0, as the fresh run
+    # a truncated checkpoint: a warning, and training from step 0
+    tr.train(make_job(tmp_path / "cut", "partition-H", cfg, H=H), stop_at=2)
+    cut = make_job(tmp_path / "cut", "partition-H", cfg, H=H)
+    cut.ckpt_path.write_bytes(cut.ckpt_path.read_bytes()[:100])
+    stats = tr.train(cut)
+    assert stats["steps"] == 6 and any("unreadable checkpoint" in str(w.message) for w in recwarn)

@@ -123,3 +123,34 @@ def test_a_patch_that_does_not_fit_stops_the_plan(tmp_path, key, edit):
     res = _run(tmp_path, configfile, "-n")
     assert res.returncode != 0
     assert f"config key {key}: patch" in res.stderr + res.stdout
+
+
+@pytest.mark.slow
+def test_refitting_h_retrains_the_h_model_from_step_zero(tmp_path):
+    """Through Snakemake on the toy run: refit H (another normal.lr) -> the partition-H model is
+    retrained, a checkpoint left from before is discarded (never resumed), and its weights differ."""
+    import torch
+
+    config = yaml.safe_load((ROOT / "config/smoke.yaml").read_text())
+    config["tasks"] = ["mri"]
+    config["benchmarks"]["enabled"] = False
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    model = tmp_path / "results/models/mri/R5/partition-H.pt"
+    res = _run(tmp_path, configfile, str(model.relative_to(tmp_path)))
+    assert res.returncode == 0, res.stderr[-3000:]
+    before = torch.load(model, weights_only=False)["state_dict"]
+    ckpt = model.with_name(model.name + ".ckpt")
+    assert not ckpt.exists()  # a finished job leaves no resume state
+    torch.save({"step": 10, "model": {}, "optimizer": {}, "fingerprint": "old"}, ckpt)
+
+    config["normal"]["lr"] = 0.02  # a refit of H
+    configfile.write_text(yaml.safe_dump(config))
+    res = _run(tmp_path, configfile, str(model.relative_to(tmp_path)))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "rule fit_normal" in res.stderr and "rule train" in res.stderr
+    log = (tmp_path / "results/logs/train/mri/R5/partition-H.log").read_text()
+    assert "discarding checkpoint" in log and "resuming" not in log
+    after = torch.load(model, weights_only=False)["state_dict"]
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert not ckpt.exists()

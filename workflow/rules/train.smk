@@ -2,9 +2,11 @@
 # the GPU the device picker hands out; fdk/tv write a small "model" file so the DAG is uniform
 # (tv: the regularisation weight chosen on the validation volumes).
 # The job gets only the config keys it reads (job_config_json), so editing a report or sweep key
-# reruns no training. Outputs: the model, a per-step CSV (loss, lr, step time, peak memory, validation PSNR) and the
-# train stats JSON (peak memory, mean s/step after warm-up, device). A resumable checkpoint
-# `<model>.ckpt` sits beside the model and is picked up when the job is rerun.
+# reruns no training. Outputs: the model, a per-step CSV (loss, lr, step time, peak memory,
+# validation PSNR) and the train stats JSON (peak memory, mean s/step after warm-up, device).
+# The checkpoint `<model>.ckpt` is the job's private resume state: it exists only while the job
+# is unfinished (deleted on success), and a rerun resumes it only if its fingerprint of every
+# input (config section, volumes, H file, code) matches; otherwise it is discarded and logged.
 # CUDA out-of-memory is a result (status "oom" in the model file and the stats), not a failure.
 
 MODEL_BASE = paths.model_base(RESULTS, "{task}", "{setting}", "{variant}")

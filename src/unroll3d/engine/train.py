@@ -9,8 +9,10 @@
 - Every random choice of step ``s`` (which training volume, which patch) comes from a generator
   seeded with ``(seed, s)``, so a run resumed from a checkpoint reaches the same weights as an
   uninterrupted one. Checkpoints (``<out>.ckpt``) are written atomically every
-  ``checkpoint_every`` steps and at the end, and hold the step, model, optimiser, scheduler,
-  RNG states, histories, the config and the operator normalisation.
+  ``checkpoint_every`` steps and hold the step, model, optimiser, scheduler, RNG states,
+  histories, the config and the operator normalisation. A checkpoint is resumed only if its
+  fingerprint (:func:`run_fingerprint`: config section, input files, H, code) matches; otherwise,
+  or when it cannot be read, it is deleted with a log line. It is deleted when the run ends.
 - A NaN/inf loss raises :class:`NonFiniteLoss` naming the step; the last good checkpoint is kept.
 - CUDA out-of-memory is caught and written as the result (``status: oom``, "OOM at volume N³,
   peak X GB"), so the pipeline continues and the tables show OOM.
@@ -31,14 +33,17 @@ import json
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from unroll3d import __version__
 from unroll3d.config import evaluate_settings, train_settings
 from unroll3d.engine.core import (
     Prepared,
@@ -83,6 +88,73 @@ def config_hash(config: dict) -> str:
     sections["model"] = resolve_model_config(config)
     text = json.dumps(sections, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: modules whose code decides what a training step computes (part of the run fingerprint)
+_STEP_CODE = ("engine/train.py", "engine/core.py", "models.py", "partition.py", "normal/operator.py")
+
+
+@cache
+def _code_version() -> str:
+    """Hash of the package version and the source of the modules a training step runs."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256(__version__.encode())
+    for rel in _STEP_CODE:
+        h.update((root / rel).read_bytes())
+    return h.hexdigest()
+
+
+def _file_stamp(path: str | Path | None) -> str:
+    """Size and modification time of an input file (``absent`` when it does not exist)."""
+    if path is None:
+        return "none"
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return "absent"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def run_fingerprint(job: TrainJob) -> str:
+    """What a checkpoint must match to be resumed: the task, setting, variant, the job's config
+    section, every input file (training/validation volumes and H: path, size, mtime), the H
+    tensors when H is given in memory, and the code of the training step."""
+    h = hashlib.sha256()
+    head = {"task": job.task, "setting": job.setting, "variant": job.variant, "config": job.config}
+    h.update(json.dumps(head, sort_keys=True, default=str).encode())
+    for role, paths in (("train", job.train_paths), ("val", job.val_paths)):
+        for p in paths:
+            h.update(f"{role}:{p}:{_file_stamp(p)}\n".encode())
+    h.update(f"normal:{job.normal_path}:{_file_stamp(job.normal_path)}\n".encode())
+    if job.H is not None:
+        for t in (job.H.fourier_filter, job.H.spatial_mask):
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(_code_version().encode())
+    return h.hexdigest()[:32]
+
+
+def _resumable_state(job: TrainJob, fingerprint: str, device) -> dict | None:
+    """The checkpoint's state if it can be resumed, else None; a checkpoint written for other
+    inputs, or one that cannot be read (truncated), is deleted with a log line."""
+    ckpt = job.ckpt_path
+    if not ckpt.exists():
+        return None
+    try:
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        ok = isinstance(state, dict) and {"step", "model", "optimizer"} <= set(state)
+    except Exception as err:  # noqa: BLE001 - any unreadable file: discard, never block a rerun
+        state, ok = None, False
+        warnings.warn(f"discarding unreadable checkpoint {ckpt}: {err}", stacklevel=2)
+    if ok and state.get("fingerprint") == fingerprint:
+        return state
+    if ok:
+        print(
+            f"discarding checkpoint {ckpt}: it was written for other inputs (config, data, H "
+            "file or code); training from step 0",
+            file=sys.stderr,
+        )
+    ckpt.unlink(missing_ok=True)
+    return None
 
 
 def _rss_growth_gb(base_gb: float | None) -> float | None:
@@ -298,19 +370,17 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         )
         start = 0
         chash = config_hash(job.config)
+        fingerprint = run_fingerprint(job)
         ckpt = job.ckpt_path
-        if ckpt.exists():
-            state = torch.load(ckpt, map_location=device, weights_only=False)
-            if state.get("config_hash") == chash and state.get("variant") == job.variant:
-                model.load_state_dict(state["model"])
-                opt.load_state_dict(state["optimizer"])
-                sched.load_state_dict(state["scheduler"])
-                _set_rng_state(state["rng"])
-                rows = list(state["history"])
-                start = int(state["step"])
-                print(f"resuming from {ckpt} at step {start}", file=sys.stderr)
-            else:
-                print(f"ignoring {ckpt}: different config or variant", file=sys.stderr)
+        state = _resumable_state(job, fingerprint, device)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            _set_rng_state(state["rng"])
+            rows = list(state["history"])
+            start = int(state["step"])
+            print(f"resuming from {ckpt} at step {start}", file=sys.stderr)
 
         def save_ckpt(at_step: int) -> None:
             atomic_torch_save(
@@ -318,6 +388,7 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
                     "step": at_step,
                     "variant": job.variant,
                     "config_hash": chash,
+                    "fingerprint": fingerprint,
                     "config": job.config,
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
@@ -441,4 +512,5 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
     atomic_torch_save(payload, job.out)
     _write_csv(job.csv_path, rows)
     atomic_write_json(job.stats_path, stats)
+    job.ckpt_path.unlink(missing_ok=True)  # resume state only lives while the job is unfinished
     return stats
