@@ -261,3 +261,27 @@ def test_a_new_variant_is_a_registry_entry_and_a_builder(tmp_path, monkeypatch):
     )
     ev.validate_result(res)
     assert res["status"] == "ok" and res["psnr"] > res["psnr_x0"]
+
+
+def test_truncated_model_or_h_file_is_one_line_naming_it(trained, tmp_path, capsys):
+    """The verbs print the project's errors as one line naming the file (exit 1), not a
+    traceback: a truncated model file, a truncated H file."""
+    from unroll3d.cli import main as cli_main
+
+    cfg, H, jobs = trained
+    model = tmp_path / "m.pt"
+    model.write_bytes(jobs["partition"].out.read_bytes()[:200])
+    args = ["evaluate", "--task", "cbct", "--setting", "v30", "--config-json", json.dumps(cfg),
+            "--sample", "toy3", "--out", str(tmp_path / "r.json"), "--device", "cpu"]  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(core, "load_sample", lambda path, setting, device=None: loader(path))
+        assert cli_main([*args, "--variant", "partition", "--model", str(model)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"unroll3d evaluate: error: {model} is not a readable model")
+        h = tmp_path / "h.pt"
+        h.write_bytes(b"\x00" * 64)
+        rc = cli_main([*args, "--variant", "partition-H", "--model", str(jobs["partition-H"].out),
+                       "--normal", str(h)])  # fmt: skip
+        assert rc == 1
+        assert f"{h} is not a readable normal-operator file" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()

@@ -45,7 +45,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv or ["--help"])
         return 2
     module = importlib.import_module(VERBS[argv[0]][0])
-    return int(module.main(argv[1:]) or 0)
+    try:
+        return int(module.main(argv[1:]) or 0)
+    except Exception as err:
+        if not is_project_error(err):
+            raise  # a bug: keep the traceback
+        print(f"unroll3d {argv[0]}: error: {err}", file=sys.stderr)
+        return 1
+
+
+def is_project_error(err: BaseException) -> bool:
+    """The project's own error types (DataError, ConfigError, NormalFileError, ModelFileError,
+    ReportError, ...) carry a message naming the file and the problem: the verbs print that one
+    line instead of a traceback. A missing file is reported the same way."""
+    return type(err).__module__.startswith("unroll3d.") or isinstance(err, FileNotFoundError)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from unroll3d.physics import sqnorm
 from unroll3d.variants import VariantSpec
 
 __all__ = [
+    "ModelFileError",
     "Prepared",
     "SampleCache",
     "default_loader",
@@ -46,6 +47,10 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- devices, timing
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be read or was not written by ``unroll3d train``."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -380,7 +385,15 @@ def default_loader(setting: str, device: torch.device) -> Callable:
 
 def load_trained(path: str | Path, task: str, config: dict, device="cpu"):
     """Rebuild a variant from its model file; returns (model or None, payload)."""
-    payload = torch.load(path, map_location=device, weights_only=False)
+    try:
+        payload = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - truncated or foreign file: name it
+        raise ModelFileError(
+            f"{path} is not a readable model file ({type(err).__name__}: {err}); rerun its "
+            "train job"
+        ) from err
+    if not isinstance(payload, dict) or "status" not in payload or "variant" not in payload:
+        raise ModelFileError(f"{path} is not a model file written by unroll3d train")
     if payload.get("status") != "ok":
         return None, payload
     model = build_variant(

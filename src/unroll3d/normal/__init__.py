@@ -7,6 +7,7 @@
 from unroll3d.normal.fit import _impulse_filter, fit_normal_operator
 from unroll3d.normal.io import (
     FORMAT_VERSION,
+    NormalFileError,
     NormalFit,
     NormalFitMismatch,
     check_fit_matches,
@@ -30,6 +31,7 @@ __all__ = [
     "DiagCirculant",
     "DiagCirculantWrapper",
     "NormalFit",
+    "NormalFileError",
     "NormalFitMismatch",
     "check_fit_matches",
     "RestrictedDiagCirculant",

@@ -16,6 +16,7 @@ from unroll3d.utils import atomic_path, atomic_torch_save
 __all__ = [
     "FORMAT_VERSION",
     "NormalFit",
+    "NormalFileError",
     "NormalFitMismatch",
     "check_fit_matches",
     "save_normal",
@@ -25,6 +26,11 @@ __all__ = [
 
 FORMAT_VERSION = 1
 _REQUIRED = ("fourier_filter", "spatial_mask", "img_size", "grid", "two_sided", "scaling")
+
+
+class NormalFileError(ValueError):
+    """A normal-operator file that cannot be used (unreadable, another format, missing keys,
+    fitted for another operator); the message names the file."""
 
 
 @dataclass
@@ -133,18 +139,18 @@ def load_normal(
     try:
         fit = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:
-        raise ValueError(f"{path} is not a readable normal-operator file: {err}") from err
+        raise NormalFileError(f"{path} is not a readable normal-operator file: {err}") from err
     if not isinstance(fit, dict) or fit.get("format") != "unroll3d.normal":
-        raise ValueError(f"{path} is not an unroll3d normal-operator file")
+        raise NormalFileError(f"{path} is not an unroll3d normal-operator file")
     missing = [k for k in _REQUIRED if k not in fit]
     if missing:
-        raise ValueError(f"{path}: normal-operator file has no {', '.join(map(repr, missing))}")
+        raise NormalFileError(f"{path}: normal-operator file has no {', '.join(map(repr, missing))}")
     if fit.get("version") != FORMAT_VERSION:
-        raise ValueError(
+        raise NormalFileError(
             f"{path} has format version {fit.get('version')}, expected {FORMAT_VERSION}"
         )
     if expected_operator_hash is not None and fit.get("operator_hash") != expected_operator_hash:
-        raise ValueError(
+        raise NormalFileError(
             f"{path} was fitted for operator {fit.get('operator_hash')}, but the operator in use "
             f"hashes to {expected_operator_hash} (different geometry, mask or coil maps); "
             "refit H for this operator or pass expected_operator_hash=None to skip the check"
