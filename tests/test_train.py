@@ -328,3 +328,14 @@ def test_only_a_checkpoint_of_the_same_inputs_is_resumed(tmp_path, recwarn, caps
     cut.ckpt_path.write_bytes(cut.ckpt_path.read_bytes()[:100])
     stats = tr.train(cut)
     assert stats["steps"] == 6 and any("unreadable checkpoint" in str(w.message) for w in recwarn)
+
+
+def test_a_nan_validation_volume_names_the_volume_and_the_step(tmp_path, capsys):
+    import copy
+
+    bad = copy.copy(loader("toy1"))
+    bad.x = bad.x * float("nan")
+    job = make_job(tmp_path, "unrolled", toy_config(steps=4, val_every=2), val_paths=["toy9"])
+    job.loader = lambda p: bad if p == "toy9" else loader(p)
+    with pytest.raises(tr.ValidationFailed, match=r"step 2: validation volume toy1: "):
+        tr.train(job)

@@ -30,6 +30,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import random
 import sys
 import time
@@ -72,13 +73,17 @@ from unroll3d.utils import (
 )
 from unroll3d.variants import VariantSpec, variant_spec
 
-__all__ = ["NonFiniteLoss", "TrainJob", "train", "train_step", "validate_psnr", "config_hash"]
+__all__ = ["NonFiniteLoss", "ValidationFailed", "TrainJob", "train", "train_step", "validate_psnr", "config_hash"]
 
 CSV_FIELDS = ["step", "loss", "lr", "step_time_s", "peak_memory_gb", "val_psnr"]
 
 
 class NonFiniteLoss(RuntimeError):
     """Raised when the training loss becomes NaN or inf."""
+
+
+class ValidationFailed(RuntimeError):
+    """The validation PSNR could not be computed (the message names the volume and the step)."""
 
 
 def config_hash(config: dict) -> str:
@@ -286,7 +291,18 @@ def validate_psnr(model, spec, task, config, prepared: list[Prepared], H) -> flo
             x = reconstruct(
                 model, spec, task, config, prep.sample, prep.physics, prep.x0, H, refine=False
             )
-            vals.append(compute_metrics(x, prep.sample.x, conv)["psnr"])
+            meta = getattr(prep.sample, "meta", None) or {}
+            name = meta.get("source") or meta.get("volume", "?")
+            try:
+                psnr = compute_metrics(x, prep.sample.x, conv)["psnr"]
+            except ValueError as err:  # e.g. a NaN volume under a per-volume data range
+                raise ValueError(f"validation volume {name}: {err}") from err
+            if not math.isfinite(psnr):
+                raise ValueError(
+                    f"validation volume {name}: PSNR is {psnr} (NaN in the volume or the "
+                    "reconstruction)"
+                )
+            vals.append(psnr)
     model.train(was_training)
     return float(np.mean(vals)) if vals else float("nan")
 
@@ -443,7 +459,13 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
             }
             if len(val_cache) and ((step + 1) % t["val_every"] == 0 or step + 1 == t["steps"]):
                 prepared = [val_cache.get(i) for i in range(len(val_cache))]
-                row["val_psnr"] = validate_psnr(model, spec, job.task, job.config, prepared, H)
+                try:
+                    row["val_psnr"] = validate_psnr(
+                        model, spec, job.task, job.config, prepared, H
+                    )
+                except ValueError as err:
+                    _write_csv(job.csv_path, rows)
+                    raise ValidationFailed(f"step {step + 1}: {err}") from None
             rows.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
