@@ -196,3 +196,24 @@ def test_challenge_masks_used_when_given(toy_zip, tmp_path):
     with pytest.raises(DataError, match="expected"):
         np.save(tmp_path / "R5_9x9.npy", bank)
         mri.read_challenge_masks(tmp_path / "R5_9x9.npy")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (np.ones((4, 6, 5, 4), np.complex64), r"dtype complex64; expected real floating point"),
+        (np.ones((4, 6, 5, 4), np.int16), r"dtype int16; expected real floating point"),
+        (np.full((4, 6, 5, 4), np.nan, np.float32), r"480 non-finite value"),
+        (np.zeros((4, 6, 5, 4), np.float32), r"all zeros"),
+    ],
+)
+def test_kspace_of_the_wrong_kind_is_refused(tmp_path, data, message):
+    """k-space stored as complex or integers (read as real/imag pairs, it would halve the coil
+    count or misscale), non-finite or empty: a DataError naming the file and the member."""
+    import h5py
+
+    path = tmp_path / "bad.h5"
+    with h5py.File(path, "w") as f:
+        f["kspace"] = data
+    with pytest.raises(DataError, match=rf"bad.h5: 'kspace' .*{message}|{message}"):
+        mri.read_kspace(path)

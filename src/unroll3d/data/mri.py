@@ -125,6 +125,16 @@ def read_kspace(path: str | Path, source: str | None = None) -> np.ndarray:
             f"{source}: 'kspace' has shape {k.shape}; expected (x, ky, kz, 2*coils) with "
             f"interleaved real/imaginary parts"
         )
+    if not np.issubdtype(k.dtype, np.floating):  # complex or integer data would be misread
+        raise DataError(
+            f"{source}: 'kspace' has dtype {k.dtype}; expected real floating point (float32 or "
+            "float64) with real/imaginary parts interleaved along the last axis"
+        )
+    bad = int(np.count_nonzero(~np.isfinite(k)))
+    if bad:
+        raise DataError(f"{source}: 'kspace' has {bad} non-finite value(s) (NaN or inf)")
+    if not np.any(k):
+        raise DataError(f"{source}: 'kspace' is all zeros")
     kc = (k[..., 0::2] + 1j * k[..., 1::2]).astype(np.complex64)
     return np.ascontiguousarray(np.moveaxis(kc, -1, 0))
 
