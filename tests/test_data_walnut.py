@@ -251,6 +251,8 @@ def _tiff(a):
         ("no_scan", "scan_000010.tif"),
         ("tiff_shape", r"scan_000005\.tif.*shape"),
         ("geom_columns", "12"),
+        ("geom_nan", r"scan_geom_corrected.geom: non-finite entry at row 2, column 4"),
+        ("extra_scan", r"1 projection\(s\) beyond the last row"),
         ("no_gt", "full_AGD_50"),
         ("gt_gap", r"full_AGD_50_\*.*missing slice\(s\) \[3\]"),
     ],
@@ -272,6 +274,15 @@ def test_bad_input_clear_error_nothing_written(marker_zip, tmp_path, case, match
             bad,
             replace=("scan_geom_corrected.geom", b"1 2 3 4 5 6 7 8 9 10 11\n" * (NFULL + 1)),
         )
+    elif case == "geom_nan":
+        rows = ["1 2 3 4 5 6 7 8 9 10 11 12"] * (NFULL + 1)
+        rows[2] = "1 2 3 4 nan 6 7 8 9 10 11 12"
+        _rewrite(good, bad, replace=("scan_geom_corrected.geom", "\n".join(rows).encode()))
+    elif case == "extra_scan":
+        _rewrite(good, bad)
+        with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "a") as zout:
+            name = next(n for n in zin.namelist() if n.endswith("scan_000001.tif"))
+            zout.writestr(name.replace("scan_000001", f"scan_{NFULL + 1:06}"), zin.read(name))
     elif case == "gt_gap":
         _rewrite(good, bad, drop=["full_AGD_50_000003.tiff"])
     elif case == "no_gt":
@@ -321,3 +332,15 @@ def test_interrupted_download_resumes(toy_dir, tmp_path, caplog):
     with dl.serve_directory(src) as base:
         got = dl.download(entry, dest, base_url=base, retries=1)
     assert got.read_bytes() == data
+
+
+def test_a_missing_projection_is_found_even_when_its_view_is_not_read(marker_zip, tmp_path):
+    """Storing only the settings' views must not hide an incomplete orbit: every geometry row
+    needs its projection (the counts of the two files must agree)."""
+    good, _ = marker_zip
+    bad = _rewrite(good, tmp_path / "Walnut7.zip", drop=["scan_000003.tif"])
+    out = tmp_path / "out" / "walnut7.pt"
+    with pytest.raises(DataError, match=r"Walnut7.zip: the geometry has .* rows .*scan_000003.tif"):
+        walnut.preprocess_walnut(bad, out, voxel_size_mm=VOX, settings=[2])
+    assert not out.exists()
+

@@ -86,9 +86,13 @@ def parse_geom(text: str | bytes, source: str) -> np.ndarray:
                 f"detector centre, u, v)"
             )
     try:
-        return np.array(rows, dtype=np.float64)
+        geom = np.array(rows, dtype=np.float64)
     except ValueError as err:
         raise DataError(f"{source}: non-numeric entry ({err})") from err
+    bad = np.argwhere(~np.isfinite(geom))
+    if len(bad):
+        raise DataError(f"{source}: non-finite entry at row {bad[0][0]}, column {bad[0][1]}")
+    return geom
 
 
 def project_point(vectors: np.ndarray, point: np.ndarray, det_shape: tuple[int, int]) -> np.ndarray:
@@ -237,6 +241,18 @@ def read_projections(
             f"{wz.path}: geometry has {n_rows} rows; expected n_full + 1 (last = first angle)"
         )
     n_full = n_rows - 1
+    missing = sorted(set(range(n_rows)) - set(wz.scans))
+    extra = sorted(set(wz.scans) - set(range(n_rows)))
+    if missing or extra:  # one projection per geometry row, all of them, whichever views are read
+        names = [f"{wz.proj_dir}scan_{k:06}.tif" for k in missing[:5]]
+        raise DataError(
+            f"{wz.path}: the geometry has {n_rows} rows but the projections do not match them: "
+            + (f"missing member(s) {', '.join(names)}{' ...' if len(missing) > 5 else ''}"
+               if missing else "")
+            + ("; " if missing and extra else "")
+            + (f"{len(extra)} projection(s) beyond the last row (scan_{extra[0]:06}.tif ...)"
+               if extra else "")
+        )  # fmt: skip
     dark_stored = wz.tiff(wz.member("di000000.tif"))
     if dark_stored.ndim != 2:
         raise DataError(f"{wz.path}: dark field has shape {dark_stored.shape}; expected 2D")
