@@ -253,6 +253,8 @@ def _tiff(a):
         ("geom_columns", "12"),
         ("geom_nan", r"scan_geom_corrected.geom: non-finite entry at row 2, column 4"),
         ("extra_scan", r"1 projection\(s\) beyond the last row"),
+        ("nan_scan", r"scan_000004\.tif' has 1 non-finite value"),
+        ("flat_below_dark", r"flat fields .* are not above the dark field"),
         ("no_gt", "full_AGD_50"),
         ("gt_gap", r"full_AGD_50_\*.*missing slice\(s\) \[3\]"),
     ],
@@ -283,6 +285,20 @@ def test_bad_input_clear_error_nothing_written(marker_zip, tmp_path, case, match
         with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "a") as zout:
             name = next(n for n in zin.namelist() if n.endswith("scan_000001.tif"))
             zout.writestr(name.replace("scan_000001", f"scan_{NFULL + 1:06}"), zin.read(name))
+    elif case == "nan_scan":
+        with zipfile.ZipFile(good) as zin:
+            name = next(n for n in zin.namelist() if n.endswith("scan_000004.tif"))
+            import tifffile
+
+            arr = tifffile.imread(io.BytesIO(zin.read(name))).astype(np.float32)
+        arr[0, 0] = np.nan
+        _rewrite(good, bad, replace=("scan_000004.tif", _tiff(arr)))
+    elif case == "flat_below_dark":
+        with zipfile.ZipFile(good) as zin:
+            dark = next(n for n in zin.namelist() if n.endswith("di000000.tif"))
+            dark_bytes = zin.read(dark)
+        tmp = _rewrite(good, tmp_path / "tmp.zip", replace=("io000000.tif", dark_bytes))
+        _rewrite(tmp, bad, replace=("io000001.tif", dark_bytes))
     elif case == "gt_gap":
         _rewrite(good, bad, drop=["full_AGD_50_000003.tiff"])
     elif case == "no_gt":

@@ -186,6 +186,11 @@ class WalnutZip:
             raise DataError(
                 f"{self.path}: member {member!r} has shape {a.shape}; expected {tuple(shape)}"
             )
+        if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+            raise DataError(f"{self.path}: member {member!r} has dtype {a.dtype}; expected real")
+        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+            n = int(np.count_nonzero(~np.isfinite(a)))
+            raise DataError(f"{self.path}: member {member!r} has {n} non-finite value(s)")
         return a
 
     def geometry(self) -> np.ndarray:
@@ -264,6 +269,11 @@ def read_projections(
     ]
     flat = 0.5 * (flats[0] + flats[1])
     denom = flat - dark
+    if np.all(denom <= 0):  # flats at or below the dark field everywhere: swapped or empty files
+        raise DataError(
+            f"{wz.path}: the flat fields (io000000/io000001.tif) are not above the dark field "
+            "(di000000.tif) at any detector pixel; are the files swapped or empty?"
+        )
     if np.any(denom <= 0):
         log.warning("%s: %d detector pixels have flat <= dark", wz.path, int(np.sum(denom <= 0)))
     denom = np.where(denom > 0, denom, np.float32(1.0))
