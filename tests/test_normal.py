@@ -12,7 +12,7 @@ Measured relative errors ‖AᵀAx − Hx‖/‖AᵀAx‖ of fitted H (CPU, seed
 * toy multi-coil MRI (deepinv MultiCoilMRI, 4 coils): held-out 0.05 (two-sided, 600 steps).
 
 Why the cone-beam bound fails: :func:`unroll3d.research.normal_floor.error_floor` builds the best one-sided H
-from exact rows of AᵀA (``benchmarks/bench_normal_floor.py``; 32³, 30 views, 1,536 rows, CPU):
+from exact rows of AᵀA (``unroll3d bench normal_floor``; 32³, 30 views, 1,536 rows, CPU):
 
 =====================================  ===========  =================  ============
 geometry                               floor (m=1)  Adam 2000 steps    phantom
