@@ -162,10 +162,6 @@ def evaluate_settings(config: dict) -> dict:
     return {**section_defaults("evaluate"), **(config.get("evaluate") or {})}
 
 
-def _task_defaults(task: str) -> dict:
-    return section_defaults(task)
-
-
 def job_config(config: dict, task: str) -> dict:
     """The part of ``config`` that ``unroll3d train`` / ``unroll3d evaluate`` read for ``task``:
     ``seed``, ``model``, ``train``, ``evaluate`` and the task's ``K``, ``patch_size`` and
@@ -173,7 +169,7 @@ def job_config(config: dict, task: str) -> dict:
     config's name) never reach these jobs, so changing them reruns none of them."""
     if task not in ("cbct", "mri"):
         raise ConfigError(f"unknown task {task!r}; known: ['cbct', 'mri']")
-    task_cfg = {**_task_defaults(task), **(config.get(task) or {})}
+    task_cfg = {**section_defaults(task), **(config.get(task) or {})}
     model = {**section_defaults("model"), **(config.get("model") or {})}
     return {
         "seed": int(config.get("seed", 0)),

@@ -51,6 +51,7 @@ from unroll3d.engine.core import (
     SampleCache,
     default_loader,
     estimate_pair,
+    lipschitz_of,
     load_H,
     make_partitioner,
     peak_memory_gb,
@@ -347,9 +348,7 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         if spec.kind == "tv":
             extra = _select_tv(job, spec, H)
         elif spec.kind != "analytical":  # an iterative method without weights needs ‖A‖²
-            cache = SampleCache(job.train_paths[:1], job.loader, spec, H)
-            cache.get(0)
-            extra = {"lipschitz": cache.lipschitz}
+            extra = {"lipschitz": lipschitz_of(job.loader(job.train_paths[0]))}
         payload = {**result, **extra, "status": "ok", "state_dict": None}
         atomic_torch_save(payload, job.out)
         _write_csv(job.csv_path, [])
@@ -385,7 +384,6 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
             opt, T_max=t["steps"], eta_min=t["lr_min"]
         )
         start = 0
-        chash = config_hash(job.config)
         fingerprint = run_fingerprint(job)
         ckpt = job.ckpt_path
         state = _resumable_state(job, fingerprint, device)
@@ -403,7 +401,6 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
                 {
                     "step": at_step,
                     "variant": job.variant,
-                    "config_hash": chash,
                     "fingerprint": fingerprint,
                     "config": job.config,
                     "model": model.state_dict(),
