@@ -11,7 +11,7 @@ CORES ?= 2
 PAPER_CONFIG ?= config/smoke.yaml
 IMPORT_CHECK := import torch, torchvision, deepinv, itk, snakemake, pytest, unroll3d; from itk import RTK
 
-.PHONY: setup smoke test lint paper report dryrun clean
+.PHONY: setup smoke test lint paper report dryrun clean gpu-check
 
 # (Re)build the venv when it is missing, broken, or older than pyproject.toml.
 setup: $(STAMP)
@@ -43,6 +43,12 @@ lint: setup
 # Re-render tables and figures from existing results only (seconds; no retraining).
 paper: setup
 	$(BIN)/snakemake --cores 1 --configfile $(PAPER_CONFIG) --allowed-rules tables_figures manifest --forcerun tables_figures --rerun-triggers mtime
+
+# One CUDA card, at most ~8 min: results/benchmarks/gpu/{gpu_check.csv,summary.md} (installs the
+# [gpu] extra, astra-toolbox). `make gpu-check TINY=1` runs the same sections at toy sizes on the CPU.
+gpu-check: setup
+	$(if $(TINY),,$(BIN)/python -m pip install --quiet -e '.[dev,gpu]')
+	$(BIN)/unroll3d bench gpu_check --out-dir results/benchmarks/gpu$(if $(TINY),-tiny --tiny,)
 
 dryrun: setup
 	$(BIN)/snakemake -n --configfile config/config.yaml

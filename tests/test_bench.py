@@ -18,7 +18,9 @@ import yaml
 from unroll3d.bench import BENCHMARKS
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ["steps", "physics", "partition", "normal", "normal_floor"]
+NAMES = ["steps", "physics", "partition", "normal", "normal_floor", "gpu_check"]
+#: the benchmarks the workflow runs (gpu_check is `make gpu-check`, on one CUDA card, not a rule)
+RULE_NAMES = [n for n in NAMES if n != "gpu_check"]
 
 
 def _smoke_argv(name: str, out: str) -> list[str]:
@@ -59,7 +61,7 @@ def _rule_commands() -> dict[str, str]:
     return out
 
 
-def test_registry_lists_the_five_benchmarks():
+def test_registry_lists_the_six_benchmarks():
     assert list(BENCHMARKS) == NAMES
     for name, (module, summary) in BENCHMARKS.items():
         assert module == f"unroll3d.bench.{name}"
@@ -81,7 +83,7 @@ def test_help_lists_every_benchmark_on_one_line_without_loading_torch():
     assert "HEAVY []" in res.stdout
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", RULE_NAMES)
 def test_module_exposes_parser_run_main_and_accepts_smoke_flags(name, tmp_path):
     mod = importlib.import_module(f"unroll3d.bench.{name}")
     assert callable(mod.run) and callable(mod.main)
@@ -91,7 +93,7 @@ def test_module_exposes_parser_run_main_and_accepts_smoke_flags(name, tmp_path):
 
 def test_rules_call_the_verb_with_flags_the_parsers_know():
     commands = _rule_commands()
-    assert sorted(commands) == sorted(NAMES)
+    assert sorted(commands) == sorted(RULE_NAMES)
     for name, cmd in commands.items():
         assert "python benchmarks/" not in cmd
         known = importlib.import_module(f"unroll3d.bench.{name}").build_parser()
@@ -167,3 +169,70 @@ def test_steps_and_partition_column_names():
     assert "cuda_free_drop_gb" in physics.FIELDS
     for fields in (steps.FIELDS, physics.FIELDS, partition.FIELDS):
         assert not [f for f in fields if f.endswith("_mb")]
+
+
+# ---- gpu_check (make gpu-check) -------------------------------------------------------------
+def test_walnut_vectors_are_the_scanner_at_501():
+    """At 501³ the check's geometry is the Walnut scanner: 66.0014 mm source-axis, 199.0062 mm
+    source-detector, 0.1496 mm pixels on 972 × 768, 0.1 mm voxels. As on the real scanner, the
+    field of view is a cylinder of about 17–19 mm radius (768 × 0.1496 mm / magnification 3.015 ≈
+    38 mm across) inside the 50.1 mm grid: points on it land on the detector in every view.
+    Smaller sizes keep the field of view."""
+    import numpy as np
+
+    from unroll3d.bench.gpu_check import walnut_vectors
+    from unroll3d.data.walnut import project_point
+
+    vec, voxel, det = walnut_vectors(30, 501)
+    assert det == (972, 768) and voxel == pytest.approx(0.1)
+    s, d, u, v = vec[:, 0:3], vec[:, 3:6], vec[:, 6:9], vec[:, 9:12]
+    assert np.linalg.norm(s, axis=1) == pytest.approx(66.0014)
+    assert np.linalg.norm(d - s, axis=1) == pytest.approx(199.0062)
+    assert np.linalg.norm(u, axis=1) == pytest.approx(0.1496)
+    assert np.abs((u * v).sum(1)).max() < 1e-12
+    for a in np.linspace(0, 2 * np.pi, 8, endpoint=False):
+        for z in (-14.0, 14.0):
+            rc = project_point(vec, np.array([17 * np.cos(a), 17 * np.sin(a), z]), det)
+            assert (rc >= 0).all() and (rc[:, 0] < det[0]).all() and (rc[:, 1] < det[1]).all()
+    centre = project_point(vec, np.zeros(3), det)
+    assert np.abs(centre - (np.array(det) - 1) / 2).max() < 5  # the 0.5° tilt moves it a little
+    vec16, voxel16, det16 = walnut_vectors(30, 16)
+    assert 16 * voxel16 == pytest.approx(501 * 0.1) and det16 == (31, 25)
+
+
+def test_gpu_check_tiny_runs_every_section(tmp_path):
+    """`make gpu-check TINY=1`: every section of the GPU check at toy sizes on the CPU, rows in
+    the CSV and a summary naming the device; the agreement check reads a reference file."""
+    import csv
+
+    from unroll3d.bench import gpu_check
+
+    ref = tmp_path / "ref.pt"
+    assert gpu_check.main(["--tiny", "--write-reference", str(ref)]) == 0
+    out = tmp_path / "gpu"
+    assert gpu_check.main(["--tiny", "--out-dir", str(out), "--reference", str(ref)]) == 0
+    with open(out / "gpu_check.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["section"] for r in rows} == {
+        "env", "tests", "projector", "normal_step", "train", "inference"
+    }
+    assert not [r for r in rows if r["status"] in ("failed", "skipped") and r["section"] != "tests"]
+    speedup = next(float(r["value"]) for r in rows if r["metric"] == "H / exact speed-up")
+    assert speedup > 1.0
+    trained = {r["case"].split(",")[0] for r in rows if r["metric"] == "time per micro-step"}
+    assert trained == {"unrolled", "partition", "partition-H"}
+    assert (out / "summary.md").read_text().startswith("# GPU check on CPU")
+
+
+def test_gpu_check_refuses_a_reference_of_another_size(tmp_path):
+    """A reference file for another volume is a failed agreement row, not a silent pass."""
+    import torch
+
+    from unroll3d.bench import gpu_check
+
+    rec = gpu_check.Recorder(tmp_path, 60, "tiny")
+    ref = tmp_path / "ref.pt"
+    torch.save({"n": 99, "views": 6}, ref)
+    prof = dict(gpu_check.PROFILES["tiny"])
+    gpu_check._agreement(rec, torch.device("cpu"), "rtk", prof, ref, use_rtk=False)
+    assert rec.rows[-1]["status"] == "failed" and "99³" in rec.rows[-1]["note"]

@@ -58,22 +58,32 @@ def time_steps(
 
 
 def bench_one(
-    n: int, p: int, views: int, iters: int, warmup: int, device: torch.device, backward: bool
+    n: int,
+    p: int,
+    views: int,
+    iters: int,
+    warmup: int,
+    device: torch.device,
+    backward: bool,
+    physics=None,
 ):
+    """Rows for one (volume ``n``³, patch ``p``³): exact and H, on ``physics`` (default: a
+    circular cone beam with ``views`` views and a ``n × 2n`` detector)."""
     import torch
 
     from unroll3d.normal import DiagCirculant, _impulse_filter, padded_grid
     from unroll3d.physics import ConeBeam
 
     img_size = (1, n, n, n)
-    physics = ConeBeam.circular(
-        views,
-        img_size[1:],
-        source_origin=4.0 * n,
-        origin_detector=2.0 * n,
-        det_shape=(n, 2 * n),
-        det_spacing=1.5,
-    ).to(device)
+    if physics is None:
+        physics = ConeBeam.circular(
+            views,
+            img_size[1:],
+            source_origin=4.0 * n,
+            origin_detector=2.0 * n,
+            det_shape=(n, 2 * n),
+            det_spacing=1.5,
+        ).to(device)
     grid = padded_grid(img_size[1:])
     lam = _impulse_filter(physics, img_size, grid, 1.0, device)
     H = DiagCirculant(lam, torch.ones(img_size[1:], device=device), img_size)
