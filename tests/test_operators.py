@@ -56,6 +56,10 @@ OPERATORS = {
     "conebeam-astra": _conebeam("astra"),
 }
 MARKS = {"conebeam-astra": [pytest.mark.gpu]}
+#: ⟨Ax,y⟩ vs ⟨x,Aᵀy⟩ bound, relative to ‖Ax‖‖y‖. astra's ray-driven FP and voxel-driven BP are a
+#: mismatched pair: 1.1–1.3e-2 measured on an H200 (`make gpu-check`, 2026-11-27); the others are
+#: exact adjoints up to rounding.
+ADJOINT_TOL = {"conebeam-astra": 2e-2}
 WRAPPERS = ("plain", "partitioned", "H")
 
 
@@ -120,7 +124,8 @@ def test_adjointness(name, wrap, gen):
     aty = physics.A_adjoint(y)
     lhs = (ax.double() * y.double()).sum()
     rhs = (x.double() * aty.double()).sum()
-    assert float((lhs - rhs).abs() / (ax.double().norm() * y.double().norm())) < 1e-5
+    gap = float((lhs - rhs).abs() / (ax.double().norm() * y.double().norm()))
+    assert gap < ADJOINT_TOL.get(name, 1e-5)
 
 
 @pytest.mark.parametrize(("name", "wrap"), _cases())
