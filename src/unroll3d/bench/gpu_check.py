@@ -369,10 +369,12 @@ def _agreement(rec, device, backend, prof, reference: Path | None, use_rtk: bool
     def rel(a, b):
         return float((a - b).norm() / b.norm())
 
-    tol = 0.02
-    for metric, value in (
-        ("‖A x − A_rtk x‖/‖A_rtk x‖ (phantom)", rel(ax, ref["Ax"])),
-        ("‖Aᵀy − Aᵀ_rtk y‖/‖Aᵀ_rtk y‖ (y = A_rtk x, smooth)", rel(atax, ref["ATAx"])),
+    # Bounds: both forward projectors integrate the same rays (0.18% apart on an H200); astra's
+    # back projector is not the transpose of its own forward one (3.1% adjointness gap at the
+    # Walnut geometry), so its agreement with RTK's exact transpose is bounded above that gap.
+    for metric, value, tol in (
+        ("‖A x − A_rtk x‖/‖A_rtk x‖ (phantom)", rel(ax, ref["Ax"]), 0.02),
+        ("‖Aᵀy − Aᵀ_rtk y‖/‖Aᵀ_rtk y‖ (y = A_rtk x, smooth)", rel(atax, ref["ATAx"]), 0.05),
     ):
         rec.add("projector", case, metric, value, status="ok" if value < tol else "failed",
                 note=f"{how}; tolerance {tol}")
