@@ -25,6 +25,7 @@ TABLE_ITEMS = {
     "table2_mri": ("table2_mri.rst", "Table 2 · MC-MRI (§6.2)"),
     "table_ablation": ("table_ablation.rst", "Ablation (§6.3)"),
     "table_datastep": ("table_datastep.rst", "Data-step speed (§6.4)"),
+    "claims": ("claims.rst", "Claims · does the paper hold in this run?"),
 }
 FIGURE_ITEMS = {
     "fig1_data_vs_network": ("fig1_data_vs_network.rst", "Fig. 1 · data step vs network step"),

@@ -250,7 +250,9 @@ def section_env(rec: Recorder, device, backend: str) -> None:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         rec.add("env", "device", "memory", gb(props.total_memory), "GB")
-    rec.add("env", "software", "versions", f"torch {torch.__version__}, astra {rec.header['astra']}")
+    rec.add(
+        "env", "software", "versions", f"torch {torch.__version__}, astra {rec.header['astra']}"
+    )
 
 
 def section_tests(rec: Recorder, tiny: bool, timeout_s: float) -> None:
@@ -272,8 +274,14 @@ def section_tests(rec: Recorder, tiny: bool, timeout_s: float) -> None:
     atomic_write_text(log, text if isinstance(text, str) else text.decode())
     tail = [ln for ln in text.splitlines() if ln.strip()][-1:] or ["(no output)"]
     status = "ok" if rc == 0 else f"rc {rc}"
-    rec.add("tests", "pytest -m gpu", "summary", tail[0].strip("= "), status=status,
-            note="full log: pytest_gpu.txt")
+    rec.add(
+        "tests",
+        "pytest -m gpu",
+        "summary",
+        tail[0].strip("= "),
+        status=status,
+        note="full log: pytest_gpu.txt",
+    )
     for ln in text.splitlines():
         if ln.startswith(("PASSED", "FAILED", "SKIPPED", "ERROR", "XFAIL")):
             word, _, name = ln.partition(" ")
@@ -289,8 +297,9 @@ def _rtk_reference(n: int, views: int):
     y = torch.rand((1, *physics.meas_shape), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ax = physics.A(x)
-        return dict(n=n, views=views, x=x, y=y, Ax=ax, ATy=physics.A_adjoint(y),
-                    ATAx=physics.A_adjoint(ax))
+        return dict(
+            n=n, views=views, x=x, y=y, Ax=ax, ATy=physics.A_adjoint(y), ATAx=physics.A_adjoint(ax)
+        )
 
 
 def write_reference(path: Path, n: int, views: int) -> None:
@@ -318,9 +327,16 @@ def section_projector(rec, device, backend, prof, reference: Path | None) -> Non
             _free(device)
             t_a, ax = _timed(physics.A, x, prof["repeats"], device)
             t_at, aty = _timed(physics.A_adjoint, y, prof["repeats"], device)
-            lhs, rhs = float((ax.double() * y.double()).sum()), float((x.double() * aty.double()).sum())
-            rec.add("projector", case, "adjointness: relative gap of ⟨Ax,y⟩ and ⟨x,Aᵀy⟩",
-                    abs(lhs - rhs) / abs(lhs))
+            lhs, rhs = (
+                float((ax.double() * y.double()).sum()),
+                float((x.double() * aty.double()).sum()),
+            )
+            rec.add(
+                "projector",
+                case,
+                "adjointness: relative gap of ⟨Ax,y⟩ and ⟨x,Aᵀy⟩",
+                abs(lhs - rhs) / abs(lhs),
+            )
             rec.add("projector", case, "A time", t_a, "s")
             rec.add("projector", case, "Aᵀ time", t_at, "s")
             del ax, aty
@@ -353,9 +369,15 @@ def _agreement(rec, device, backend, prof, reference: Path | None, use_rtk: bool
         if reference is not None and Path(reference).exists():
             ref, how = torch.load(reference, weights_only=True), f"reference file {reference}"
             if (ref.get("n"), ref.get("views")) != (n, views) or "ATAx" not in ref:
-                rec.add("projector", case, "agreement", "", status="failed",
-                        note=f"{reference} is for {ref.get('n')}³/{ref.get('views')} views or "
-                        "predates the smooth-data check: rerun tools/device/prepare.sh")
+                rec.add(
+                    "projector",
+                    case,
+                    "agreement",
+                    "",
+                    status="failed",
+                    note=f"{reference} is for {ref.get('n')}³/{ref.get('views')} views or "
+                    "predates the smooth-data check: rerun tools/device/prepare.sh",
+                )
                 return
     if ref is None:
         rec.add("projector", case, "agreement", "", status="not measured", note=how)
@@ -376,12 +398,24 @@ def _agreement(rec, device, backend, prof, reference: Path | None, use_rtk: bool
         ("‖A x − A_rtk x‖/‖A_rtk x‖ (phantom)", rel(ax, ref["Ax"]), 0.02),
         ("‖Aᵀy − Aᵀ_rtk y‖/‖Aᵀ_rtk y‖ (y = A_rtk x, smooth)", rel(atax, ref["ATAx"]), 0.05),
     ):
-        rec.add("projector", case, metric, value, status="ok" if value < tol else "failed",
-                note=f"{how}; tolerance {tol}")
+        rec.add(
+            "projector",
+            case,
+            metric,
+            value,
+            status="ok" if value < tol else "failed",
+            note=f"{how}; tolerance {tol}",
+        )
     # white-noise y: astra's voxel-driven BP is not the exact adjoint of its ray-driven FP (the
     # adjointness rows above), and RTK's is; the gap shows at high frequencies. Recorded, no bound.
-    rec.add("projector", case, "‖Aᵀy − Aᵀ_rtk y‖/‖Aᵀ_rtk y‖ (y white noise)", rel(aty, ref["ATy"]),
-            status="info", note=f"{how}; mismatched FP/BP pair, no bound")
+    rec.add(
+        "projector",
+        case,
+        "‖Aᵀy − Aᵀ_rtk y‖/‖Aᵀ_rtk y‖ (y white noise)",
+        rel(aty, ref["ATy"]),
+        status="info",
+        note=f"{how}; mismatched FP/BP pair, no bound",
+    )
 
 
 def _impulse_H(physics, img, lipschitz: float, device, setting: str):
@@ -395,8 +429,14 @@ def _impulse_H(physics, img, lipschitz: float, device, setting: str):
     img = (1, img, img, img) if isinstance(img, int) else tuple(img)
     grid = padded_grid(img[1:])
     lam = _impulse_filter(physics, img, grid, lipschitz, device)
-    return NormalFit(lam, torch.ones(img[1:], device=device), img, grid=grid, scaling=lipschitz,
-                     meta={"setting": setting})
+    return NormalFit(
+        lam,
+        torch.ones(img[1:], device=device),
+        img,
+        grid=grid,
+        scaling=lipschitz,
+        meta={"setting": setting},
+    )
 
 
 def section_normal_step(rec, device, backend, prof) -> None:
@@ -407,15 +447,35 @@ def section_normal_step(rec, device, backend, prof) -> None:
         rec.add("normal_step", f"{p}³ in {n}³", "all", "", status="skipped", note="time budget")
         return
     physics = walnut_physics(n, prof["views"], backend, device)
-    rows = bench_one(n, p, prof["views"], iters=prof["repeats"], warmup=1, device=device,
-                     backward=True, physics=physics)
+    rows = bench_one(
+        n,
+        p,
+        prof["views"],
+        iters=prof["repeats"],
+        warmup=1,
+        device=device,
+        backward=True,
+        physics=physics,
+    )
     case = f"{p}³ patch in {n}³, {prof['views']} views, with backward"
     for r in rows:
-        rec.add("normal_step", case, f"{r['method']} data step", r["it_per_s"], "it/s",
-                note="paper §6.4: exact 4.19, H 12.5 it/s")
-    rec.add("normal_step", case, "H / exact speed-up", rows[-1]["speedup_H_vs_exact"], "×",
-            status="ok" if rows[-1]["speedup_H_vs_exact"] >= 3 else "below 3×",
-            note="issue target ≥ 3× (paper 2.98×)")
+        rec.add(
+            "normal_step",
+            case,
+            f"{r['method']} data step",
+            r["it_per_s"],
+            "it/s",
+            note="paper §6.4: exact 4.19, H 12.5 it/s",
+        )
+    rec.add(
+        "normal_step",
+        case,
+        "H / exact speed-up",
+        rows[-1]["speedup_H_vs_exact"],
+        "×",
+        status="ok" if rows[-1]["speedup_H_vs_exact"] >= 3 else "below 3×",
+        note="issue target ≥ 3× (paper 2.98×)",
+    )
     del physics
     _free(device)
 
@@ -503,26 +563,41 @@ def _train_case(rec, variant, task, size, prof, backend, device, config, bf16=Fa
         shape, patch, K = tuple(size), prof["mri_patch"], prof["mri_K"]
     H = None
     if spec.use_H:
-        H = _impulse_H(sample.physics, tuple(sample.x.shape[1:]), lip, device,
-                       sample.meta["setting"])
+        H = _impulse_H(
+            sample.physics, tuple(sample.x.shape[1:]), lip, device, sample.meta["setting"]
+        )
     model = build_variant(variant, task, config, lipschitz=lip, device=device)
     physics = physics_for(sample, spec, H, lip)
     _free(device)
     base = _peak_gb(device)
-    stats = time_train_steps(model, spec, task, config, sample, physics, x0, H,
-                             prof["steps"], device)
+    stats = time_train_steps(
+        model, spec, task, config, sample, physics, x0, H, prof["steps"], device
+    )
     case = f"{variant}, {task} {'×'.join(map(str, shape))}" + (
         f", patch {'×'.join(map(str, patch))}" if spec.partition else ", whole volume"
     )
     precision = "bf16 network" if bf16 and device.type == "cuda" else "fp32"
     note = f"K={K}, DRUNet {prof['channels']}×{prof['blocks']}, {precision}, batch 1"
     if stats["status"] == "ok":
-        rec.add("train", case, "peak memory", stats["peak_memory_gb"], "GB",
-                note=f"{note}; held before the step {base or 0:.2f} GB")
+        rec.add(
+            "train",
+            case,
+            "peak memory",
+            stats["peak_memory_gb"],
+            "GB",
+            note=f"{note}; held before the step {base or 0:.2f} GB",
+        )
         rec.add("train", case, "time per micro-step", stats["step_time_s"], "s", note=note)
     else:
-        rec.add("train", case, "peak memory", stats["peak_memory_gb"], "GB", status="oom",
-                note=f"{note}; {stats['message']}")
+        rec.add(
+            "train",
+            case,
+            "peak memory",
+            stats["peak_memory_gb"],
+            "GB",
+            status="oom",
+            note=f"{note}; {stats['message']}",
+        )
     del H, model, physics, sample, x0
     if task != "cbct" or size != prof["volume"]:
         _SAMPLES.clear()
@@ -540,8 +615,14 @@ def section_train(rec, device, backend, prof) -> None:
             break
     for variant in ("partition", "partition-H"):
         if rec.left() < 40:
-            rec.add("train", f"{variant}, {prof['volume']}³", "all", "", status="skipped",
-                    note="time budget")
+            rec.add(
+                "train",
+                f"{variant}, {prof['volume']}³",
+                "all",
+                "",
+                status="skipped",
+                note="time budget",
+            )
             continue
         _train_case(rec, variant, "cbct", prof["volume"], prof, backend, device, config)
 
@@ -552,8 +633,12 @@ def section_train_mri(rec, device, backend, prof) -> None:
     partition-H with the paper's MRI patch."""
     config = _job_config(prof)
     shape = tuple(prof["mri_shape"])
-    for variant, bf16 in (("unrolled", False), ("unrolled", True), ("partition", False),
-                          ("partition-H", False)):
+    for variant, bf16 in (
+        ("unrolled", False),
+        ("unrolled", True),
+        ("partition", False),
+        ("partition-H", False),
+    ):
         if rec.left() < 30:
             rec.add("train", f"{variant}, mri", "all", "", status="skipped", note="time budget")
             continue
@@ -571,8 +656,14 @@ def section_inference(rec, device, backend, prof, min_left_s: float) -> None:
     n = prof["volume"]
     case = f"partition-H, {n}³, patch {'×'.join(map(str, prof['patch']))}, refinement on"
     if rec.left() < min_left_s:
-        rec.add("inference", case, "all", "", status="skipped",
-                note=f"time budget ({rec.left():.0f} s left, needs ~{min_left_s:.0f} s)")
+        rec.add(
+            "inference",
+            case,
+            "all",
+            "",
+            status="skipped",
+            note=f"time budget ({rec.left():.0f} s left, needs ~{min_left_s:.0f} s)",
+        )
         return
     config = _job_config(prof)
     spec = variant_spec("partition-H")
@@ -599,7 +690,8 @@ def section_inference(rec, device, backend, prof, min_left_s: float) -> None:
 # ----------------------------------------------------------------------------------- driver
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="unroll3d bench gpu_check", description=__doc__.split("\n\n")[0],
+        prog="unroll3d bench gpu_check",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--tiny", action="store_true", help="toy sizes on the CPU (RTK)")
@@ -608,8 +700,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path, help="RTK reference for the agreement check")
     p.add_argument("--write-reference", type=Path, help="write the RTK reference and exit")
     p.add_argument(
-        "--sections", nargs="+", default=["tests", "projector", "normal_step", "train",
-                                          "train_mri", "inference"],
+        "--sections",
+        nargs="+",
+        default=["tests", "projector", "normal_step", "train", "train_mri", "inference"],
         choices=["tests", "projector", "normal_step", "train", "train_mri", "inference"],
     )
     return p
@@ -651,8 +744,14 @@ def run(args: argparse.Namespace) -> int:
                 SECTIONS[name](rec, device, backend, prof, args)
         except Exception as exc:  # noqa: BLE001 - one section's failure must not hide the rest
             failures += 1
-            rec.add(name, "section", "error", "", status="failed",
-                    note=f"{type(exc).__name__}: {exc}"[:300])
+            rec.add(
+                name,
+                "section",
+                "error",
+                "",
+                status="failed",
+                note=f"{type(exc).__name__}: {exc}"[:300],
+            )
             traceback.print_exc()
             _free(device)
         rec.write()

@@ -120,9 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         cells = collect_evals(results, config, allow_missing=args.allow_missing)
         written: list[Path] = []
         if args.only in (None, "tables"):
-            bench_normal = args.bench_normal or results / "benchmarks" / "bench_normal.csv"
+            bench = results / "benchmarks"
             written += write_tables(
-                cells, config, args.tables or results / "tables", label, bench_normal=bench_normal
+                cells,
+                config,
+                args.tables or results / "tables",
+                label,
+                bench_normal=args.bench_normal or bench / "bench_normal.csv",
+                bench_partition=args.bench_partition or bench / "bench_partition.csv",
             )
         if args.only in (None, "figures"):
             written += write_figures(

@@ -24,7 +24,7 @@ __all__ = [
 
 log = logging.getLogger("unroll3d.report")
 
-TABLES = ("table1_cbct", "table2_mri", "table_ablation", "table_datastep")
+TABLES = ("table1_cbct", "table2_mri", "table_ablation", "table_datastep", "claims")
 FIGURES = (
     "fig1_data_vs_network",
     "fig2_partition_schematic",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from unroll3d.report.claims import build_claims_table
 from unroll3d.report.common import TABLES
 from unroll3d.report.csvio import write_rows
 from unroll3d.report.latex import render_latex
@@ -23,12 +24,14 @@ def write_tables(
     config_path: str | None = None,
     commit: str | None = None,
     bench_normal: str | Path | None = None,
+    bench_partition: str | Path | None = None,
 ) -> list[Path]:
     """Write every table as CSV (tidy, one row per cell), Markdown and LaTeX; return the paths.
 
     A table whose task is not in the config (or, for ``table_datastep``, whose benchmark file
     ``bench_normal`` is absent) is written with a one-line "no data" note, so the set of output
-    files does not depend on the config.
+    files does not depend on the config. ``claims`` is always written: a claim the run cannot
+    measure says so in its row.
     """
     out_dir = Path(out_dir)
     commit = commit or git_commit()
@@ -37,6 +40,11 @@ def write_tables(
         if kind == "table_datastep":
             table = build_datastep_table(bench_normal, config, config_path, commit)
             why = f"benchmark file {bench_normal} not available"
+        elif kind == "claims":
+            table = build_claims_table(
+                cells, config, config_path, commit, bench_partition, bench_normal
+            )
+            why = ""
         else:
             table = build_table(kind, cells, config, config_path, commit)
             why = f"{kind} needs a task that configuration {config.get('name')!r} disables"
