@@ -21,6 +21,7 @@ from unroll3d.models import (
 
 torch.set_num_threads(1)
 
+
 class CountingPhysics(LinearPhysics):
     """Wraps a physics and counts calls to the contract's methods."""
 
@@ -171,3 +172,78 @@ def test_postproc_on_x0():
         out = model(s.y, phys)
     assert out.shape == s.x.shape
     assert phys.calls == {"A": 0, "A_adjoint": 0, "A_adjoint_A": 0, "A_dagger": 1}
+
+
+def _saved_bytes_and_grads(model, s):
+    """Bytes the autograd graph keeps for backward during one forward (saved-tensor hooks), and
+    the parameter gradients of a squared-error loss."""
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    model.zero_grad()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(s.y, s.physics)
+    loss = ((out - s.x) ** 2).mean()
+    loss.backward()
+    return sum(saved), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("K", [2, 4])
+def test_checkpointed_iterations_same_gradients_one_iteration_of_memory(K):
+    """Issue 15 item 1: with `checkpoint` the gradients equal the plain ones (1e-5), and the
+    activations kept for backward no longer grow with K: plain keeps K iterations' worth,
+    checkpointed only each iteration's input (here < 1/K of plain + one volume per step)."""
+    s = toy_sample(shape=(16, 16, 16))
+    torch.manual_seed(0)
+    plain = UnrolledPGD(K=K, channels=1, nc=TINY["channels"], nb=1, lipschitz=s.meta["op_norm_sq"])
+    ckpt = UnrolledPGD(
+        K=K, channels=1, nc=TINY["channels"], nb=1, checkpoint=True, lipschitz=s.meta["op_norm_sq"]
+    )
+    ckpt.load_state_dict(plain.state_dict())
+    bytes_plain, g_plain = _saved_bytes_and_grads(plain, s)
+    bytes_ckpt, g_ckpt = _saved_bytes_and_grads(ckpt, s)
+    for a, b in zip(g_plain, g_ckpt, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    volume = s.x.numel() * 4
+    assert bytes_ckpt <= 4 * K * volume  # inputs (x, Aᵀy) of each iteration, not activations
+    assert bytes_plain > 10 * bytes_ckpt
+    with torch.no_grad():  # inference is unchanged
+        assert torch.equal(plain(s.y, s.physics), ckpt(s.y, s.physics))
+
+
+def test_saved_activations_of_plain_unrolling_grow_linearly_in_K():
+    """The estimate behind the MRI memory numbers: K iterations keep K times one iteration."""
+    s = toy_sample(shape=(16, 16, 16))
+    sizes = {}
+    for K in (1, 2, 4):
+        torch.manual_seed(0)
+        m = UnrolledPGD(K=K, channels=1, nc=TINY["channels"], nb=1)
+        sizes[K] = _saved_bytes_and_grads(m, s)[0]
+    per_iteration = sizes[2] - sizes[1]
+    assert per_iteration > 0.5 * sizes[1]
+    assert sizes[4] - sizes[2] == pytest.approx(2 * per_iteration, rel=0.02)
+
+
+def test_checkpoint_mode_picks_the_full_volume_variants():
+    from unroll3d.models import build_variant
+
+    cfg = {
+        "cbct": {"K": 2},
+        "model": {"channels": TINY["channels"], "blocks": 1},
+        "train": {"checkpoint_unrolled": "full-volume"},
+    }
+    picked = {
+        v: build_variant(v, "cbct", cfg).checkpoint
+        for v in ("unrolled", "unrolled-H", "partition", "partition-H")
+    }
+    assert picked == {
+        "unrolled": True,
+        "unrolled-H": True,
+        "partition": False,
+        "partition-H": False,
+    }
+    cfg["train"]["checkpoint_unrolled"] = "none"
+    assert not build_variant("unrolled", "cbct", cfg).checkpoint

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from deepinv.models import Reconstructor
 from torch import nn
 
@@ -208,6 +209,10 @@ class UnrolledPGD(_Tiling, Reconstructor):
     :param float lipschitz: :math:`\|A\|^2` used to normalise the step size.
     :param float sigma_init: initial noise level of every iteration.
     :param bool residual: global skip connection around DRUNet (see :class:`DRUNet3D`).
+    :param bool checkpoint: gradient checkpointing per iteration: during training only each
+        iteration's input is kept and the iteration is recomputed in the backward pass, so the
+        saved activations are one DRUNet call's instead of K (paper.md §6.2: the full-volume MRI
+        baseline on one 80 GB card). Same gradients, about one more forward pass of time.
 
     :Example:
 
@@ -227,6 +232,7 @@ class UnrolledPGD(_Tiling, Reconstructor):
         lipschitz: float = 1.0,
         sigma_init: float = 0.05,
         residual: bool = False,
+        checkpoint: bool = False,
     ):
         super().__init__()
         if K < 1:
@@ -237,6 +243,7 @@ class UnrolledPGD(_Tiling, Reconstructor):
         self.step_raw = nn.Parameter(torch.full((self.K,), _inv_softplus(1.0)))
         self.sigma_raw = nn.Parameter(torch.full((self.K,), _inv_softplus(sigma_init)))
         self.bf16 = False
+        self.checkpoint = bool(checkpoint)
 
     @property
     def step_sizes(self) -> torch.Tensor:
@@ -257,10 +264,19 @@ class UnrolledPGD(_Tiling, Reconstructor):
         aty = physics.A_adjoint(y)
         eta = self.step_sizes
         sig = self.sigmas
+        recompute = self.checkpoint and torch.is_grad_enabled()
         for k in range(self.K):
-            x = x - eta[k] * (physics.A_adjoint_A(x) - aty)
-            x = self._denoise(x, sig[k])
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(
+                    self._iteration, x, aty, eta[k], sig[k], physics, use_reentrant=False
+                )
+            else:
+                x = self._iteration(x, aty, eta[k], sig[k], physics)
         return x
+
+    def _iteration(self, x, aty, eta, sigma, physics) -> torch.Tensor:
+        """One unrolled iteration: data step, then the prior."""
+        return self._denoise(x - eta * (physics.A_adjoint_A(x) - aty), sigma)
 
 
 class PostProcess(_Tiling, Reconstructor):
@@ -365,6 +381,7 @@ class BuildContext:
     train: dict
     lipschitz: float
     alpha: float | None
+    partition: bool = False
 
 
 def _build_analytical(c: BuildContext) -> Reconstructor:
@@ -393,6 +410,7 @@ def _build_postproc(c: BuildContext) -> Reconstructor:
 
 def _build_unrolled(c: BuildContext) -> Reconstructor:
     m = c.model
+    mode = c.train["checkpoint_unrolled"]
     return UnrolledPGD(
         int(c.task_config["K"]),
         c.channels,
@@ -401,6 +419,7 @@ def _build_unrolled(c: BuildContext) -> Reconstructor:
         lipschitz=c.lipschitz,
         sigma_init=m["sigma_init"],
         residual=m["residual"],
+        checkpoint=mode == "all" or (mode == "full-volume" and not c.partition),
     )
 
 
@@ -436,7 +455,9 @@ def build_variant(
         raise ValueError(f"unknown task {task!r}; known: {sorted(TASK_CHANNELS)}")
     builder = BUILDERS.get(spec.kind)
     if builder is None:
-        raise ValueError(f"variant {name!r} has kind {spec.kind!r}, which has no builder in BUILDERS")
+        raise ValueError(
+            f"variant {name!r} has kind {spec.kind!r}, which has no builder in BUILDERS"
+        )
     ctx = BuildContext(
         task=task,
         channels=TASK_CHANNELS[task],
@@ -445,6 +466,7 @@ def build_variant(
         train=train_settings(config),
         lipschitz=lipschitz,
         alpha=alpha,
+        partition=spec.partition,
     )
     model = builder(ctx)
     if device is not None:

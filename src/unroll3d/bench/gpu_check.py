@@ -547,14 +547,18 @@ def _mri_sample(shape, prof, device):
     return Sample(x, y, physics, meta), x0, lip
 
 
-def _train_case(rec, variant, task, size, prof, backend, device, config, bf16=False) -> str:
-    """One training micro-step of ``variant`` on a synthetic ``size`` volume: memory, time."""
+def _train_case(
+    rec, variant, task, size, prof, backend, device, config, bf16=False, checkpoint=False
+) -> str:
+    """One training micro-step of ``variant`` on a synthetic ``size`` volume: memory, time
+    (``checkpoint``: gradient checkpointing per unrolled iteration)."""
     from unroll3d.engine.core import physics_for, time_train_steps
     from unroll3d.models import build_variant
     from unroll3d.variants import variant_spec
 
     spec = variant_spec(variant)
-    config = {**config, "train": {**config["train"], "bf16": bool(bf16)}}
+    train = {"bf16": bool(bf16), "checkpoint_unrolled": "all" if checkpoint else "none"}
+    config = {**config, "train": {**config["train"], **train}}
     if task == "cbct":
         sample, x0, lip = _sample(size, prof, backend, device)
         shape, patch, K = (size,) * 3, prof["patch"], prof["K"]
@@ -577,6 +581,7 @@ def _train_case(rec, variant, task, size, prof, backend, device, config, bf16=Fa
         f", patch {'×'.join(map(str, patch))}" if spec.partition else ", whole volume"
     )
     precision = "bf16 network" if bf16 and device.type == "cuda" else "fp32"
+    precision += ", checkpointed iterations" if checkpoint else ""
     note = f"K={K}, DRUNet {prof['channels']}×{prof['blocks']}, {precision}, batch 1"
     if stats["status"] == "ok":
         rec.add(
@@ -629,20 +634,18 @@ def section_train(rec, device, backend, prof) -> None:
 
 def section_train_mri(rec, device, backend, prof) -> None:
     """MRI at the data set's size (256 × 218 × 170, 12 coils, K = 5): full-volume unrolled in
-    fp32 and with the bf16 network (Table 2: 75.93 GB on an 80 GB card), then partition and
-    partition-H with the paper's MRI patch."""
+    fp32 and with the bf16 network, each without and with gradient checkpointing per iteration
+    (Table 2: 75.93 GB on an 80 GB card), then partition and partition-H with the paper's MRI
+    patch."""
     config = _job_config(prof)
     shape = tuple(prof["mri_shape"])
-    for variant, bf16 in (
-        ("unrolled", False),
-        ("unrolled", True),
-        ("partition", False),
-        ("partition-H", False),
-    ):
+    cases = [("unrolled", bf16, ckpt) for ckpt in (False, True) for bf16 in (False, True)]
+    cases += [("partition", False, False), ("partition-H", False, False)]
+    for variant, bf16, ckpt in cases:
         if rec.left() < 30:
             rec.add("train", f"{variant}, mri", "all", "", status="skipped", note="time budget")
             continue
-        _train_case(rec, variant, "mri", shape, prof, backend, device, config, bf16=bf16)
+        _train_case(rec, variant, "mri", shape, prof, backend, device, config, bf16, ckpt)
 
 
 def section_inference(rec, device, backend, prof, min_left_s: float) -> None:
