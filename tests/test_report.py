@@ -697,3 +697,22 @@ def test_non_finite_metrics_are_failed_cells_named_in_a_footnote(tmp_path):
     assert f"{inf_file}: non-finite psnr = inf" in t2
     fdk = next(line for line in t1.splitlines() if line.startswith("| FDK"))
     assert "failed" not in fdk
+
+
+def test_table1_ssim_is_slice_wise_with_3d_ssim_as_an_extra_column(tmp_path):
+    """Issue 15 item 7: Table 1's SSIM is the mean 2D SSIM over slices (compared with the
+    paper's), the 3D SSIM an extra column without a paper value; Table 2 keeps one SSIM."""
+    write_evals(tmp_path)
+    cells = report.collect_evals(tmp_path, CONFIG)
+    t1 = report.build_table("table1_cbct", cells, CONFIG, commit="x")
+    assert t1.header[1:5] == ["SSIM v30", "SSIM v50", "PSNR (dB) v30", "PSNR (dB) v50"]
+    assert t1.header[5:7] == ["SSIM 3D (extra) v30", "SSIM 3D (extra) v50"]
+    row = t1.rows[VARIANTS.index("postproc")]
+    slices, three_d = row[1], row[5]
+    assert slices.ours == pytest.approx(0.5)  # ssim_slices of the files
+    assert slices.paper == pn.paper_value("cbct", "postproc", "ssim", "v30").value
+    assert three_d.ours == pytest.approx(0.5 + 0.1 * VARIANTS.index("postproc"))
+    assert three_d.paper is None and three_d.diff is None
+    assert any("mean of 2D SSIM over the axial slices" in n for n in t1.footnotes)
+    t2 = report.build_table("table2_mri", cells, CONFIG, commit="x")
+    assert not any("3D" in h for h in t2.header)

@@ -33,7 +33,8 @@ class EvalRecord:
     volume: str
     status: str = "ok"
     psnr: float | None = None
-    ssim: float | None = None
+    ssim: float | None = None  # 3D SSIM
+    ssim_slices: float | None = None  # mean 2D SSIM over axial slices (Table 1's, paper.md §5)
     train_peak_mem_gb: float | None = None
     train_step_s: float | None = None
     train_accumulate: int = 1
@@ -56,6 +57,7 @@ class EvalRecord:
 _ALIASES: dict[str, tuple[str, ...]] = {
     "psnr": ("psnr", "psnr_db"),
     "ssim": ("ssim",),
+    "ssim_slices": ("ssim_slices",),
     "train_peak_mem_gb": ("train_peak_mem_gb", "train_mem_gb", "train_peak_memory_gb"),
     "train_step_s": ("train_step_s", "train_time_per_step_s", "train_s_per_step"),
     "train_accumulate": ("train_accumulate", "accumulate"),
@@ -172,6 +174,7 @@ def read_eval(path: str | Path) -> EvalRecord:
     for name in (
         "psnr",
         "ssim",
+        "ssim_slices",
         "infer_time_s",
         "infer_peak_mem_gb",
         "oom_needed_gb",

@@ -88,8 +88,20 @@ def aggregate_settings(aggs: list[Agg], metric: str) -> Agg:
     )
 
 
-_DIGITS = {"psnr": 2, "ssim": 3, "train_peak_mem_gb": 2, "train_step_s": 2, "speed": 2}
-_PAPER_METRIC = {"train_peak_mem_gb": "train_mem_gb"}
+_DIGITS = {
+    "psnr": 2,
+    "ssim": 3,
+    "ssim_slices": 3,
+    "train_peak_mem_gb": 2,
+    "train_step_s": 2,
+    "speed": 2,
+}
+#: our metric -> the paper's name for it (Table 1's SSIM is the slice-wise one, paper.md §5)
+_PAPER_METRIC = {"train_peak_mem_gb": "train_mem_gb", "ssim_slices": "ssim"}
+#: per task, the SSIM that the paper's table reports, and extra SSIM columns shown without a
+#: paper value (CBCT: Table 1 follows the earlier Walnut protocol, 2D SSIM averaged over slices)
+TABLE_SSIM = {"cbct": ("ssim_slices", ["ssim"]), "mri": ("ssim", [])}
+_COLUMN_NAME = {"ssim": "SSIM", "ssim_slices": "SSIM", "psnr": "PSNR (dB)"}
 
 
 def _fmt(value: float | None, metric: str, accumulate: int = 1) -> str:
@@ -118,10 +130,13 @@ class Cell:
     n: int
 
 
-def make_cell(agg: Agg, task: str, variant: str, metric: str, setting: str, source=None) -> Cell:
-    """``ours / paper (Δ)``; OOM cells state the memory needed when it is known."""
+def make_cell(
+    agg: Agg, task: str, variant: str, metric: str, setting: str, source=None, compare=True
+) -> Cell:
+    """``ours / paper (Δ)``; OOM cells state the memory needed when it is known. With
+    ``compare=False`` the cell has no paper value (a metric the paper does not report)."""
     pm = _PAPER_METRIC.get(metric, metric)
-    paper = paper_value(task, variant, pm, setting, source=source)
+    paper = paper_value(task, variant, pm, setting, source=source) if compare else None
     if agg.status == "oom":
         if metric == "train_peak_mem_gb":
             ours_text = "OOM" + (f" (needs ≥{agg.needed_gb:.1f} GB)" if agg.needed_gb else "")
@@ -205,6 +220,12 @@ def _footnotes(
         )
         conv = sorted({r.metric_convention for r in recs if r.metric_convention})
         notes.append(f"{title} metrics: {'; '.join(conv) or DEFAULT_METRIC_CONVENTION[task]}.")
+        if TABLE_SSIM[task][0] == "ssim_slices":
+            notes.append(
+                f"{title}: SSIM = mean of 2D SSIM over the axial slices, as the earlier Walnut "
+                "protocol that the paper's Table 1 follows (paper.md §5); SSIM 3D (extra) = "
+                "3D SSIM of the volume, which the paper does not report."
+            )
         if PAPER_ONLY_ROWS.get(task):
             extra = f"; {PAPER_MISSING_NOTE[task]}" if task in PAPER_MISSING_NOTE else ""
             notes.append(
@@ -250,15 +271,20 @@ def build_table(
         if task not in config.get("tasks", []):
             return None
         sets = task_settings(config, task)
+        ssim, extra = TABLE_SSIM[task]
+        columns = [(ssim, True), ("psnr", True)] + [(m, False) for m in extra]
         header = ["Method"]
-        header += [f"SSIM {s}" for s in sets] + [f"PSNR (dB) {s}" for s in sets]
+        for metric, compared in columns:
+            name = _COLUMN_NAME[metric] if compared else f"{_COLUMN_NAME[metric]} 3D (extra)"
+            header += [f"{name} {s}" for s in sets]
         header += ["Train VRAM (GB)", "s/step"]
         rows, long = [], []
         for v in variants:
             row: list[Cell | str] = [method_label(task, v)]
-            for metric in ("ssim", "psnr"):
+            for metric, compared in columns:
                 for s in sets:
-                    cell = make_cell(aggregate(cells.get((task, s, v)), metric), task, v, metric, s)
+                    agg = aggregate(cells.get((task, s, v)), metric)
+                    cell = make_cell(agg, task, v, metric, s, compare=compared)
                     row.append(cell)
                     long.append(_long(kind, task, v, s, metric, cell))
             for metric in ("train_peak_mem_gb", "train_step_s"):
