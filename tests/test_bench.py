@@ -18,9 +18,10 @@ import yaml
 from unroll3d.bench import BENCHMARKS
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ["steps", "physics", "partition", "normal", "normal_floor", "gpu_check"]
-#: the benchmarks the workflow runs (gpu_check is `make gpu-check`, on one CUDA card, not a rule)
-RULE_NAMES = [n for n in NAMES if n != "gpu_check"]
+NAMES = ["steps", "physics", "partition", "normal", "normal_floor", "cost", "gpu_check"]
+#: the benchmarks the workflow runs (gpu_check is `make gpu-check` on one CUDA card; cost reads
+#: its output: neither is a rule)
+RULE_NAMES = [n for n in NAMES if n not in ("gpu_check", "cost")]
 
 
 def _smoke_argv(name: str, out: str) -> list[str]:
@@ -61,7 +62,7 @@ def _rule_commands() -> dict[str, str]:
     return out
 
 
-def test_registry_lists_the_six_benchmarks():
+def test_registry_lists_every_benchmark():
     assert list(BENCHMARKS) == NAMES
     for name, (module, summary) in BENCHMARKS.items():
         assert module == f"unroll3d.bench.{name}"
@@ -214,7 +215,12 @@ def test_gpu_check_tiny_runs_every_section(tmp_path):
     with open(out / "gpu_check.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["section"] for r in rows} == {
-        "env", "tests", "projector", "normal_step", "train", "inference"
+        "env",
+        "tests",
+        "projector",
+        "normal_step",
+        "train",
+        "inference",
     }
     assert not [r for r in rows if r["status"] in ("failed", "skipped") and r["section"] != "tests"]
     speedup = next(float(r["value"]) for r in rows if r["metric"] == "H / exact speed-up")
@@ -236,3 +242,36 @@ def test_gpu_check_refuses_a_reference_of_another_size(tmp_path):
     prof = dict(gpu_check.PROFILES["tiny"])
     gpu_check._agreement(rec, torch.device("cpu"), "rtk", prof, ref, use_rtk=False)
     assert rec.rows[-1]["status"] == "failed" and "99³" in rec.rows[-1]["note"]
+
+
+def test_cost_estimate_counts_jobs_and_names_its_sources(tmp_path):
+    """`unroll3d bench cost`: train hours = steps × accumulate × measured s/step; a variant that
+    OOMs costs nothing; without a measurement the paper's s/step is used and said so."""
+    from unroll3d.bench import cost
+
+    gc = tmp_path / "gpu_check.csv"
+    gc.write_text(
+        "section,case,metric,value,unit,status,note\n"
+        'train,"partition, mri 256×218×170, patch 8×128×128",time per micro-step,0.5,s,ok,'
+        '"K=5, DRUNet [64]×4, fp32, batch 1"\n'
+        'train,"unrolled, mri 256×218×170, whole volume",peak memory,150,GB,oom,'
+        '"K=5, DRUNet [64]×4, fp32, batch 1; OOM"\n'
+        'inference,"partition-H, 501³, patch 8×384×384, refinement on",time,100,s,ok,\n'
+    )
+    from unroll3d.config import load_config
+
+    config = load_config(ROOT / "config" / "config.yaml")
+    config["tasks"] = ["mri"]
+    config["variants"] = ["fdk", "postproc", "unrolled", "partition"]
+    config["train"].update(steps=1000, accumulate=2, checkpoint_unrolled="none")
+    config["sweep"]["enabled"] = False
+    rows = cost.estimate(config, cost.read_gpu_check([gc]))
+    train = {(r["setting"], r["variant"]): r for r in rows if r["rule"] == "train"}
+    assert train[("R5", "partition")]["hours"] == pytest.approx(2000 * 0.5 / 3600, abs=1e-3)
+    assert train[("R5", "unrolled")]["hours"] == 0 and "OOM" in train[("R5", "unrolled")]["basis"]
+    assert "paper's s/step" in train[("R5", "postproc")]["basis"]  # no GPU-check row
+    assert len(train) == 2 * 3  # R5, R10 × three learned variants
+    ev = [r for r in rows if r["rule"] == "evaluate"]
+    assert {r["variant"] for r in ev} == {"postproc", "unrolled", "partition"}  # FDK: seconds
+    assert all(r["jobs"] == len(config["mri"]["splits"]["test"]) for r in ev)
+    assert "**total**" in cost.summarise(rows, "unit")

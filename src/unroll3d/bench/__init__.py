@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "unroll3d.bench.normal_floor",
         "error floor of one diagonal-circulant H on cone-beam AᵀA vs the Adam fit",
     ),
+    "cost": ("unroll3d.bench.cost", "estimated GPU hours of a configuration's DAG, per rule"),
     "gpu_check": (
         "unroll3d.bench.gpu_check",
         "make gpu-check: GPU tests, astra, H vs exact, training and inference memory/speed",
