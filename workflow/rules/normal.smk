@@ -28,6 +28,7 @@ rule fit_normal:
         batch=config["normal"]["batch"],
         heldout=config["normal"]["heldout"],
         checkpoint_every=config["normal"]["checkpoint_every"],
+        grid=config["normal"]["grid"],
         seed=config["seed"],
     log:
         f"{LOGS}/fit_normal/{{task}}/{{setting}}.log",
@@ -43,5 +44,6 @@ rule fit_normal:
         " --setting {wildcards.setting} --out {output.fit} --history {output.history}"
         " --steps {params.steps} --lr {params.lr} --lr-schedule {params.lr_schedule}"
         " --batch {params.batch} --heldout {params.heldout} --seed {params.seed}"
-        " --checkpoint-every {params.checkpoint_every} --threads {threads} --device auto"
+        " --checkpoint-every {params.checkpoint_every} --grid {params.grid}"
+        " --threads {threads} --device auto"
         " --no-progress > {log} 2>&1"

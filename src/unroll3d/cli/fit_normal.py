@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="complex m for real/imag (MRI) images (an extension of the paper's real m)",
     )
+    p.add_argument(
+        "--grid",
+        choices=["padded", "circular"],
+        default="padded",
+        help="FFT grid of λ: padded (≥ 2N − 1 per axis, H a linear convolution; default) or "
+        "circular (N per axis, the paper's F on ℝⁿ; 8× less memory for λ in 3D)",
+    )
     p.add_argument("--checkpoint", help="resumable state (default: --out with .ckpt)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     add_runtime_args(p, lock=True)
@@ -94,6 +101,7 @@ def _run(args: argparse.Namespace, device: torch.device) -> int:
         symmetric_kernel=args.symmetric_kernel,
         complex_mask=args.complex_mask,
         lr_schedule=args.lr_schedule,
+        grid=tuple(img_size[1:]) if args.grid == "circular" else None,
         checkpoint=ckpt,
         checkpoint_every=args.checkpoint_every,
         device=device,
