@@ -339,3 +339,48 @@ def test_a_nan_validation_volume_names_the_volume_and_the_step(tmp_path, capsys)
     job.loader = lambda p: bad if p == "toy9" else loader(p)
     with pytest.raises(tr.ValidationFailed, match=r"step 2: validation volume toy1: "):
         tr.train(job)
+
+
+def _mri_sample(seed, device):
+    from unroll3d.data.sample import Sample
+    from unroll3d.physics import MultiCoilMRI3D, poisson_disc_mask
+
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.randn((4, 8, 12, 10), dtype=torch.complex64, generator=g)
+    phys = MultiCoilMRI3D(poisson_disc_mask((12, 10), 2, calib=2, seed=seed), maps, (8, 12, 10))
+    x = torch.randn((1, 2, 8, 12, 10), generator=g)
+    phys, x = phys.to(device), x.to(device)
+    return Sample(x, phys.A(x), phys, {"op_norm_sq": 1.0, "setting": "R2"})
+
+
+@pytest.mark.gpu
+def test_parked_samples_keep_their_coil_maps_on_the_host(monkeypatch):
+    """Issue 15 item 5: with device_cache 0 only the drawn sample's volumes and operator are on
+    the GPU; a parked sample's coil maps wait in host memory, and a drawn one computes as before."""
+    monkeypatch.setattr(core, "HEAVY_PHYSICS_BYTES", 0)  # the toy coil maps count as heavy
+    samples = {f"s{i}": _mri_sample(i, "cuda") for i in range(3)}
+    ref = {k: s.physics.A_adjoint(s.y).cpu() for k, s in samples.items()}
+    cache = core.SampleCache(
+        list(samples), samples.__getitem__, variant_spec("partition"), None, on_device=0
+    )
+    one = None
+    for i in (0, 1, 2, 0):
+        prep = cache.get(i)
+        assert prep.sample.physics.coil_maps.is_cuda and prep.x0.is_cuda
+        got = prep.physics.A_adjoint(prep.sample.y).cpu()
+        assert torch.allclose(got, ref[f"s{i}"], atol=1e-5)
+        parked = [cache._cache[j] for j in cache._cache if j != i]
+        assert all(not p.sample.physics.coil_maps.is_cuda for p in parked)
+        one = one or cache.device_bytes()
+        assert cache.device_bytes() == one  # one sample's worth, however many are cached
+
+
+def test_only_heavy_operators_move_with_a_parked_sample(monkeypatch):
+    """Coil maps move with a parked sample; cone-beam geometry (a few hundred bytes) stays."""
+    from unroll3d.physics import ConeBeam
+
+    cb = ConeBeam.circular(4, (1, 8, 8, 8), 30.0, 10.0, det_shape=(8, 8), backend="rtk")
+    mri = _mri_sample(0, "cpu").physics  # 4 coils × 960 voxels × 8 B ≈ 31 kB of coil maps
+    assert not core._heavy(cb) and not core._heavy(mri)  # both far below the 64 MB default
+    monkeypatch.setattr(core, "HEAVY_PHYSICS_BYTES", 10_000)
+    assert core._heavy(mri) and not core._heavy(cb)
