@@ -44,8 +44,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/snakemake --lint --configfile config/smoke.yaml
-	$(BIN)/snakemake --lint --configfile config/config.yaml
+	for c in smoke mini config reviewer; do $(BIN)/snakemake --lint --configfile config/$$c.yaml || exit 1; done
 
 # Re-render tables and figures from existing results only (seconds; no retraining).
 paper: setup
