@@ -36,7 +36,7 @@ smoke: setup
 # its own folder runs/mini/ (results/, resources/, logs); at most an hour on 2 cores.
 mini: setup
 	$(BIN)/snakemake --cores $(CORES) --directory runs/mini --configfile config/mini.yaml --rerun-incomplete
-	$(BIN)/snakemake --cores 1 --directory runs/mini --configfile config/mini.yaml --report runs/mini/results/report.html
+	$(BIN)/snakemake --cores 1 --directory runs/mini --configfile config/mini.yaml --report results/report.html
 	@echo "mini run done: runs/mini/results/tables/ (claims.md), runs/mini/results/figures/, runs/mini/results/report.html"
 
 test: setup
