@@ -384,3 +384,62 @@ def test_only_heavy_operators_move_with_a_parked_sample(monkeypatch):
     assert not core._heavy(cb) and not core._heavy(mri)  # both far below the 64 MB default
     monkeypatch.setattr(core, "HEAVY_PHYSICS_BYTES", 10_000)
     assert core._heavy(mri) and not core._heavy(cb)
+
+
+@pytest.fixture(scope="module")
+def mri_volume(tmp_path_factory):
+    """One preprocessed toy MRI volume in the real format (Calgary-Campinas h5 → .pt)."""
+    import zipfile
+
+    from unroll3d.data import mri, toy
+
+    d = tmp_path_factory.mktemp("mri")
+    vol = "e00001s3_P00001"
+    toy.write_mri_toy(d, [vol], ["e00002s3_P00002"], (8, 12, 10), n_coils=2, seed=0)
+    zips = [p for p in d.rglob("*.zip") if zipfile.is_zipfile(p)]
+    mri.preprocess_mri(zips[0], vol, d / f"{vol}.pt", partial_fourier=0.85, calib=2)
+    return str(d / f"{vol}.pt")
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_mri_training_draws_a_fresh_seeded_mask_each_time(tmp_path, mri_volume, fresh, monkeypatch):
+    """Issue 15 item 3: with train.fresh_masks each MRI training draw has a new mask (its seed
+    from the step's generator, so a rerun draws the same ones); without, the volume's fixed one."""
+    from unroll3d.data import load_sample
+
+    seeds = []
+
+    def spy(path, setting, device="cpu", **kw):
+        s = load_sample(path, setting, device=device, **kw)
+        seeds.append(s.meta["mask_seed"])
+        return s
+
+    monkeypatch.setattr(core, "load_sample", spy)
+    cfg = toy_config(steps=3)
+    cfg["train"]["fresh_masks"] = fresh
+    cfg["mri"] = {"K": 1, "patch_size": [4, 8, 8], "stride": None}
+
+    def run(name):
+        seeds.clear()
+        job = tr.TrainJob(
+            task="mri",
+            setting="R2",
+            variant="partition",
+            config=cfg,
+            train_paths=[mri_volume],
+            val_paths=[],
+            out=tmp_path / f"{name}.pt",
+            progress=False,
+        )
+        stats = tr.train(job)
+        assert stats["status"] == "ok"
+        return stats, list(seeds)
+
+    stats, first = run("a")
+    _, again = run("b")
+    assert first == again  # deterministic
+    if fresh:
+        assert stats["masks"] == "fresh per draw"
+        assert len(set(first[1:])) == 3  # the cached first load, then one new mask per draw
+    else:
+        assert stats["masks"] == "fixed per volume" and len(set(first)) == 1

@@ -398,6 +398,17 @@ class SampleCache:
         if _heavy(prep.sample.physics):
             prep.sample.physics.to("cpu")
 
+    def fresh(self, i: int, redraw: Callable, seed: int) -> Prepared:
+        """Sample ``i`` drawn again by ``redraw(path, seed)`` (a new MRI mask), with its x0 and
+        the variant's physics; not cached. ‖A‖² stays the one of the first sample (RSS-normalised
+        coil maps: ‖A‖ ≈ 1 whatever the mask)."""
+        if self.lipschitz is None:
+            self.get(0)
+        sample = redraw(self.paths[i], seed)
+        with torch.no_grad():
+            x0 = sample.physics.A_dagger(sample.y).float()
+        return Prepared(sample, physics_for(sample, self.spec, self.H, self.lipschitz), x0)
+
     def device_bytes(self) -> int:
         """Bytes of the cached samples (volumes and operators) on a non-CPU device."""
         total = 0
@@ -412,6 +423,18 @@ def default_loader(setting: str, device: torch.device) -> Callable:
 
     def load(path):
         return load_sample(path, setting, device=device)
+
+    return load
+
+
+def fresh_mask_loader(setting: str, device: torch.device) -> Callable:
+    """``(path, seed) -> Sample``: an MRI volume under ``setting`` with the mask of ``seed`` (a
+    fresh mask per training draw, paper.md §10). The file is memory-mapped, so a draw reads the
+    k-space pages again (from the page cache after the first) instead of keeping every
+    volume's full k-space in memory."""
+
+    def load(path, seed: int):
+        return load_sample(path, setting, device=device, mask_seed=seed)
 
     return load
 

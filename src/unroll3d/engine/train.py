@@ -51,6 +51,7 @@ from unroll3d.engine.core import (
     SampleCache,
     default_loader,
     estimate_pair,
+    fresh_mask_loader,
     lipschitz_of,
     load_H,
     make_partitioner,
@@ -74,7 +75,15 @@ from unroll3d.utils import (
 )
 from unroll3d.variants import VariantSpec, variant_spec
 
-__all__ = ["NonFiniteLoss", "ValidationFailed", "TrainJob", "train", "train_step", "validate_psnr", "config_hash"]
+__all__ = [
+    "NonFiniteLoss",
+    "ValidationFailed",
+    "TrainJob",
+    "train",
+    "train_step",
+    "validate_psnr",
+    "config_hash",
+]
 
 CSV_FIELDS = ["step", "loss", "lr", "step_time_s", "peak_memory_gb", "val_psnr"]
 
@@ -97,7 +106,13 @@ def config_hash(config: dict) -> str:
 
 
 #: modules whose code decides what a training step computes (part of the run fingerprint)
-_STEP_CODE = ("engine/train.py", "engine/core.py", "models.py", "partition.py", "normal/operator.py")
+_STEP_CODE = (
+    "engine/train.py",
+    "engine/core.py",
+    "models.py",
+    "partition.py",
+    "normal/operator.py",
+)
 
 
 @cache
@@ -175,7 +190,9 @@ def _rss_growth_gb(base_gb: float | None) -> float | None:
 
 @dataclass
 class TrainJob:
-    """Everything one training run needs. ``loader(path) -> Sample`` defaults to ``load_sample``."""
+    """Everything one training run needs. ``loader(path) -> Sample`` defaults to ``load_sample``;
+    ``redraw(path, seed) -> Sample`` draws an MRI volume with a fresh mask (``train.fresh_masks``;
+    by default from ``load_sample`` when the default loader is used, else none)."""
 
     task: str
     setting: str
@@ -190,6 +207,7 @@ class TrainJob:
     H: NormalFit | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     loader: Callable | None = None
+    redraw: Callable | None = None
     progress: bool | None = None
     log_every: int = 50
 
@@ -199,6 +217,8 @@ class TrainJob:
         self.stats_path = Path(self.stats_path or self.out.with_suffix(".json"))
         if self.loader is None:
             self.loader = default_loader(self.setting, self.device)
+            if self.task == "mri" and train_settings(self.config)["fresh_masks"]:
+                self.redraw = fresh_mask_loader(self.setting, self.device)
 
     @property
     def ckpt_path(self) -> Path:
@@ -416,7 +436,10 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
 
         def pick(gen: torch.Generator) -> Prepared:
             i = int(torch.randint(len(cache), (1,), generator=gen))
-            return cache.get(i)
+            if job.redraw is None:
+                return cache.get(i)
+            seed = int(torch.randint(2**31 - 1, (1,), generator=gen))  # a fresh mask per draw
+            return cache.fresh(i, job.redraw, seed)
 
         # a bar on a terminal only (disable=None); logs get one line every log_every steps
         bar = tqdm(
@@ -457,9 +480,7 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
             if len(val_cache) and ((step + 1) % t["val_every"] == 0 or step + 1 == t["steps"]):
                 prepared = [val_cache.get(i) for i in range(len(val_cache))]
                 try:
-                    row["val_psnr"] = validate_psnr(
-                        model, spec, job.task, job.config, prepared, H
-                    )
+                    row["val_psnr"] = validate_psnr(model, spec, job.task, job.config, prepared, H)
                 except ValueError as err:
                     _write_csv(job.csv_path, rows)
                     raise ValidationFailed(f"step {step + 1}: {err}") from None
@@ -511,6 +532,7 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         "loss_last": rows[-1]["loss"] if rows else None,
         "val_psnr_last": vals[-1] if vals else None,
         "bf16": model.bf16,
+        "masks": "fresh per draw" if job.redraw is not None else "fixed per volume",
     }
     if partitioner is not None:  # what was really trained: patch, stride and the inference grid
         stats["patch_size"] = list(partitioner.patch_size)
