@@ -9,11 +9,13 @@ from toys import TINY, toy_sample
 
 from unroll3d.models import (
     VARIANTS,
+    Adjoint,
     Analytical,
     DRUNet3D,
     PostProcess,
     TVReconstructor,
     UnrolledPGD,
+    ZeroFilledRSS,
     apply_tiled,
     build_variant,
     variant_spec,
@@ -138,7 +140,7 @@ def test_registry_builds_each_variant():
     config = {"model": TINY, "cbct": {"K": 2}, "train": {"tv_grid": [0.01]}}
     kinds = {
         "fdk": Analytical,
-        "adjoint": Analytical,
+        "adjoint": Adjoint,
         "tv": TVReconstructor,
         "postproc": PostProcess,
         "unrolled": UnrolledPGD,
@@ -149,6 +151,7 @@ def test_registry_builds_each_variant():
     assert set(kinds) == set(VARIANTS)
     for name, cls in kinds.items():
         assert isinstance(build_variant(name, "cbct", config), cls)
+    assert isinstance(build_variant("fdk", "mri", config), ZeroFilledRSS)  # Table 2's row
     assert variant_spec("partition-H").partition and variant_spec("partition-H").use_H
     assert not variant_spec("unrolled").partition
     with pytest.raises(ValueError, match="unknown variant"):
@@ -247,3 +250,30 @@ def test_checkpoint_mode_picks_the_full_volume_variants():
     }
     cfg["train"]["checkpoint_unrolled"] = "none"
     assert not build_variant("unrolled", "cbct", cfg).checkpoint
+
+
+def test_zero_filled_rss_is_the_root_sum_of_squares_of_the_coil_images():
+    """Issue 16: the classical MRI row. Fully sampled, with RSS-normalised coil maps, it returns
+    |x|; undersampled, it is √Σ_c |F⁻¹ M y_c|² computed by hand, and differs from |Aᴴy|."""
+    from unroll3d.physics import MultiCoilMRI3D, poisson_disc_mask, rss_normalize
+
+    g = torch.Generator().manual_seed(0)
+    shape = (6, 8, 10)
+    maps = rss_normalize(torch.randn((3, *shape), dtype=torch.complex64, generator=g)[None])[0]
+    x = torch.randn((1, 2, *shape), generator=g)
+    mag = x.square().sum(1).sqrt()
+    full = MultiCoilMRI3D(torch.ones(8, 10), maps, shape)
+    out = ZeroFilledRSS()(full.A(x), full)
+    assert out.shape == x.shape and torch.all(out[:, 1] == 0)
+    assert torch.allclose(out[:, 0], mag, atol=1e-5)
+    mask = poisson_disc_mask((8, 10), 3, calib=2, seed=0)
+    under = MultiCoilMRI3D(mask, maps, shape)
+    y = under.A(x)
+    # each coil image by hand: the single-coil operator with a unit map, adjoint of that coil's data
+    one = MultiCoilMRI3D(mask, torch.ones((1, *shape), dtype=torch.complex64), shape)
+    coils = [one.A_adjoint(y[:, :, c : c + 1]) for c in range(3)]
+    by_hand = sum(c.square().sum(1) for c in coils).sqrt()
+    got = ZeroFilledRSS()(y, under)[:, 0]
+    assert torch.allclose(got, by_hand, atol=1e-5)
+    aty = Adjoint()(y, under)
+    assert not torch.allclose(got, aty.square().sum(1).sqrt(), atol=1e-3)  # RSS ≠ |Aᴴy|

@@ -308,10 +308,27 @@ class PostProcess(_Tiling, Reconstructor):
 
 
 class Analytical(Reconstructor):
-    """The analytical initial reconstruction ``physics.A_dagger(y)``: FDK (CBCT), adjoint (MRI)."""
+    """The analytical initial reconstruction ``physics.A_dagger(y)`` (FDK for cone beam)."""
 
     def forward(self, y, physics, x_init: torch.Tensor | None = None, **kwargs: Any):
         return physics.A_dagger(y) if x_init is None else x_init
+
+
+class ZeroFilledRSS(Reconstructor):
+    r"""The classical MRI reconstruction: root-sum-of-squares of the zero-filled coil images,
+    :math:`\sqrt{\sum_c |F^{-1} M y_c|^2}` (``MultiCoilMRI3D.rss_zero_filled``), returned as
+    (real, imag) = (RSS, 0) so that the magnitude metrics read it like any MRI estimate."""
+
+    def forward(self, y, physics, x_init: torch.Tensor | None = None, **kwargs: Any):
+        rss = physics.rss_zero_filled(y)
+        return torch.cat([rss, torch.zeros_like(rss)], dim=1)
+
+
+class Adjoint(Reconstructor):
+    """:math:`A^\top y` (CBCT back projection; MRI: the coil-combined zero-filled image Aᴴy)."""
+
+    def forward(self, y, physics, x_init: torch.Tensor | None = None, **kwargs: Any):
+        return physics.A_adjoint(y)
 
 
 class TVReconstructor(Reconstructor):
@@ -385,7 +402,12 @@ class BuildContext:
 
 
 def _build_analytical(c: BuildContext) -> Reconstructor:
-    return Analytical()
+    """The task's classical reconstruction: FDK (CBCT), zero-filled RSS (MRI, paper Table 2)."""
+    return ZeroFilledRSS() if c.task == "mri" else Analytical()
+
+
+def _build_adjoint(c: BuildContext) -> Reconstructor:
+    return Adjoint()
 
 
 def _build_tv(c: BuildContext) -> Reconstructor:
@@ -427,6 +449,7 @@ def _build_unrolled(c: BuildContext) -> Reconstructor:
 #: its registry entry plus its model code and one builder here.
 BUILDERS: dict[str, Callable[[BuildContext], Reconstructor]] = {
     "analytical": _build_analytical,
+    "adjoint": _build_adjoint,
     "tv": _build_tv,
     "postproc": _build_postproc,
     "unrolled": _build_unrolled,

@@ -65,6 +65,7 @@ class VariantSpec:
 #: name -> spec, in table order.
 VARIANTS: dict[str, VariantSpec] = {}
 
+
 def register(spec: VariantSpec) -> VariantSpec:
     """Add ``spec`` to :data:`VARIANTS` (a clear error on a duplicate name). Its ``kind`` must
     have a builder in :data:`unroll3d.models.BUILDERS` (checked when a model is built)."""
@@ -80,12 +81,12 @@ def _both(text: str) -> dict[str, str]:
 
 register(VariantSpec(
     "fdk", "analytical", False, False, False, gpu=False,
-    label={"cbct": "FDK (analytical)", "mri": "Zero-filled (Aᴴy)"},
-    short={"cbct": "FDK", "mri": "Zero-filled"},
+    label={"cbct": "FDK (analytical)", "mri": "Zero-filled RSS"},
+    short={"cbct": "FDK", "mri": "Zero-filled RSS"},
     style=("#7f7f7f", "v"),
 ))  # fmt: skip
 register(VariantSpec(
-    "adjoint", "analytical", False, False, False, gpu=False,
+    "adjoint", "adjoint", False, False, False, gpu=False,
     label={"cbct": "Adjoint Aᵀy", "mri": "Zero-filled (Aᴴy)"},
     short={"cbct": "Aᵀy", "mri": "Zero-filled"},
     style=("#bcbd22", "v"),

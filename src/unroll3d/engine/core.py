@@ -234,8 +234,8 @@ def reconstruct(
     """
     refine = refine_enabled(task, config) if refine is None else refine
     with torch.no_grad():
-        if spec.kind == "analytical":
-            return x0
+        if spec.kind in ("analytical", "adjoint"):  # FDK returns x0; RSS and Aᵀy compute theirs
+            return model(sample.y, sample.physics, x_init=x0)
         if not spec.partition:
             return model(sample.y, physics, x_init=x0)
         partitioner = make_partitioner(model, task, config, sample.x.shape[1:])

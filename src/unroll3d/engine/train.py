@@ -367,7 +367,7 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         extra = {"lipschitz": None}
         if spec.kind == "tv":
             extra = _select_tv(job, spec, H)
-        elif spec.kind != "analytical":  # an iterative method without weights needs ‖A‖²
+        elif spec.kind not in ("analytical", "adjoint"):  # iterative, no weights: needs ‖A‖²
             extra = {"lipschitz": lipschitz_of(job.loader(job.train_paths[0]))}
         payload = {**result, **extra, "status": "ok", "state_dict": None}
         atomic_torch_save(payload, job.out)

@@ -313,6 +313,14 @@ class MultiCoilMRI3D(MultiCoilMRI):
         m = self.mask[0, 0]
         return float(m.numel() / m.sum())
 
+    def rss_zero_filled(self, y: torch.Tensor) -> torch.Tensor:
+        r"""Root-sum-of-squares of the zero-filled coil images, :math:`\sqrt{\sum_c
+        |F^{-1} M y_c|^2}`, shape ``(B, 1, D, H, W)`` (deepinv's ``A_adjoint(y, rss=True)``
+        rejects 3D data)."""
+        my = self.to_torch_complex(self.mask[:, :, None] * y)  # (B, N, D, H, W)
+        coil_images = self.ifft(my, dim=(-3, -2, -1))
+        return coil_images.abs().square().sum(dim=1, keepdim=True).sqrt()
+
     def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
         """Coil-combined zero-filled reconstruction :math:`A^H y` (exact inverse for R = 1 and
         RSS-normalised maps)."""
