@@ -12,6 +12,7 @@ from unroll3d.models import (
     Adjoint,
     Analytical,
     DRUNet3D,
+    DRUNetSlices,
     PostProcess,
     TVReconstructor,
     UnrolledPGD,
@@ -143,6 +144,7 @@ def test_registry_builds_each_variant():
         "adjoint": Adjoint,
         "tv": TVReconstructor,
         "postproc": PostProcess,
+        "postproc2d": PostProcess,
         "unrolled": UnrolledPGD,
         "unrolled-H": UnrolledPGD,
         "partition": UnrolledPGD,
@@ -152,6 +154,8 @@ def test_registry_builds_each_variant():
     for name, cls in kinds.items():
         assert isinstance(build_variant(name, "cbct", config), cls)
     assert isinstance(build_variant("fdk", "mri", config), ZeroFilledRSS)  # Table 2's row
+    assert isinstance(build_variant("postproc2d", "cbct", config).denoiser, DRUNetSlices)
+    assert isinstance(build_variant("postproc", "cbct", config).denoiser, DRUNet3D)
     assert variant_spec("partition-H").partition and variant_spec("partition-H").use_H
     assert not variant_spec("unrolled").partition
     with pytest.raises(ValueError, match="unknown variant"):
@@ -277,3 +281,23 @@ def test_zero_filled_rss_is_the_root_sum_of_squares_of_the_coil_images():
     assert torch.allclose(got, by_hand, atol=1e-5)
     aty = Adjoint()(y, under)
     assert not torch.allclose(got, aty.square().sum(1).sqrt(), atol=1e-3)  # RSS ≠ |Aᴴy|
+
+
+@pytest.mark.parametrize(("channels", "shape"), [(1, (5, 12, 9)), (2, (3, 16, 16))])
+def test_drunet_slices_keeps_shapes_and_slice_order(channels, shape):
+    """Issue 16: DRUNet[2D] post-processing is the 2D network on each axial slice, in order: the
+    volume output equals the network applied to every slice alone (odd sizes padded, cropped)."""
+    torch.manual_seed(0)
+    net = DRUNetSlices(channels, nc=TINY["channels"], nb=1).eval()
+    x = torch.randn(2, channels, *shape)
+    with torch.no_grad():
+        out = net(x, 0.1)
+        assert out.shape == x.shape
+        for d in (0, shape[0] - 1):
+            alone = net(x[:, :, d : d + 1], 0.1)[:, :, 0]
+            assert torch.allclose(out[:, :, d], alone, atol=1e-5)
+        # a change in one slice changes that slice's output only
+        x2 = x.clone()
+        x2[:, :, 1] += 1.0
+        diff = (net(x2, 0.1) - out).abs().amax(dim=(0, 1, 3, 4))
+    assert diff[1] > 0 and torch.all(diff[torch.arange(shape[0]) != 1] == 0)

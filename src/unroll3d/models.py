@@ -115,6 +115,46 @@ class DRUNet3D(nn.Module):
         return out[..., : spatial[0], : spatial[1], : spatial[2]]
 
 
+class DRUNetSlices(nn.Module):
+    """A 2D DRUNet applied to each axial slice of a volume (DRUNet[2D] post-processing):
+    ``(B, C, D, H, W)`` → the D slices ``(B·D, C, H, W)`` in one batch, padded (replicate) to a
+    multiple of 8 in-plane, with the noise-level channel; the slices go back in their order.
+
+    :param int channels: image channels (1 CBCT, 2 = real/imag for MRI).
+    :param Sequence[int] nc: widths of the 4 scales.
+    :param int nb: residual blocks per scale.
+    :param bool residual: return ``x + net(x)``.
+    """
+
+    def __init__(self, channels=1, nc=(64, 128, 256, 512), nb=4, multiple=8, residual=False):
+        super().__init__()
+        from deepinv.models import DRUNet
+
+        if len(nc) != 4:
+            raise ValueError(f"DRUNet needs 4 widths (one per scale), got nc={list(nc)}")
+        self.net = DRUNet(
+            channels, channels, nc=tuple(int(c) for c in nc), nb=int(nb), pretrained=None, dim=2
+        )
+        self.channels, self.multiple, self.residual = channels, multiple, bool(residual)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        if x.ndim != 5 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"DRUNetSlices expects (B, {self.channels}, D, H, W), got {tuple(x.shape)}"
+            )
+        b, c, d, h, w = x.shape
+        s = x.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
+        pad = [(-n) % self.multiple for n in (h, w)]
+        if any(pad):
+            s = F.pad(s, (0, pad[1], 0, pad[0]), mode="replicate")
+        sig = torch.as_tensor(sigma, dtype=s.dtype, device=s.device).reshape(1, 1, 1, 1)
+        out = self.net.forward_unet(torch.cat((s, sig.expand(s.shape[0], 1, *s.shape[2:])), 1))
+        if self.residual:
+            out = out + s
+        out = out[..., :h, :w].reshape(b, d, c, h, w).permute(0, 2, 1, 3, 4)
+        return out.contiguous()
+
+
 def apply_tiled(
     fn: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -280,7 +320,8 @@ class UnrolledPGD(_Tiling, Reconstructor):
 
 
 class PostProcess(_Tiling, Reconstructor):
-    r"""Post-processing baseline: a 3D DRUNet applied to :math:`x_0 = A^\dagger y`.
+    r"""Post-processing baseline: a DRUNet applied to :math:`x_0 = A^\dagger y`, in 3D or
+    (``dim=2``) slice by slice.
 
     Trained on patches (the crop of the global :math:`x_0`, see
     :meth:`unroll3d.partition.PartitionedReconstructor.training_pair`); at inference on the whole
@@ -295,9 +336,13 @@ class PostProcess(_Tiling, Reconstructor):
         sigma_init: float = 0.05,
         lipschitz: float = 1.0,
         residual: bool = False,
+        dim: int = 3,
     ):
         super().__init__()
-        self.denoiser = DRUNet3D(channels, nc, nb, residual=residual)
+        if dim not in (2, 3):
+            raise ValueError(f"dim must be 2 (slice by slice) or 3, got {dim}")
+        net = DRUNet3D if dim == 3 else DRUNetSlices
+        self.denoiser = net(channels, nc, nb, residual=residual)
         self.sigma_raw = nn.Parameter(torch.tensor(_inv_softplus(sigma_init)))
         self.register_buffer("lipschitz", torch.tensor(float(lipschitz)))
         self.bf16 = False
@@ -399,6 +444,7 @@ class BuildContext:
     lipschitz: float
     alpha: float | None
     partition: bool = False
+    net_dim: int = 3
 
 
 def _build_analytical(c: BuildContext) -> Reconstructor:
@@ -427,6 +473,7 @@ def _build_postproc(c: BuildContext) -> Reconstructor:
         sigma_init=m["sigma_init"],
         lipschitz=c.lipschitz,
         residual=m["residual"],
+        dim=c.net_dim,
     )
 
 
@@ -490,6 +537,7 @@ def build_variant(
         lipschitz=lipschitz,
         alpha=alpha,
         partition=spec.partition,
+        net_dim=spec.net_dim,
     )
     model = builder(ctx)
     if device is not None:

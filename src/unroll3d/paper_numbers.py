@@ -150,8 +150,8 @@ PAPER_NUMBERS: tuple[PaperNumber, ...] = tuple(_rows())
 
 #: Rows of the paper's tables that this project does not reimplement (named in the footnotes).
 PAPER_ONLY_ROWS: dict[str, list[str]] = {
-    "cbct": ["INR[3D]", "PnP-αPGD[3D]", "DRUNet[2D]", "DPIR[RAM]"],
-    "mri": ["DRUNet[2D]", "PnP-αPGD", "DPIR[RAM]", "INR"],
+    "cbct": ["INR[3D]", "PnP-αPGD[3D]", "DPIR[RAM]"],
+    "mri": ["PnP-αPGD", "DPIR[RAM]", "INR"],
 }
 
 #: Per task, a note on rows the paper has but whose numbers are not available to us.

@@ -33,7 +33,7 @@ class VariantSpec:
     """What a variant name means.
 
     :param str name: the registry key and the ``{variant}`` wildcard.
-    :param str kind: ``unrolled``, ``postproc``, ``tv`` or ``analytical``.
+    :param str kind: ``unrolled``, ``postproc``, ``tv``, ``analytical`` or ``adjoint``.
     :param bool partition: trained on patches / inferred through ``PartitionedReconstructor``.
     :param bool use_H: the data step uses the fitted diagonal-circulant ``H``.
     :param bool learned: has trainable weights.
@@ -42,6 +42,7 @@ class VariantSpec:
     :param dict short: figure panel / legend label per task.
     :param str | None ablation: row label in the ablation table (§6.3), None if not in it.
     :param tuple style: (colour, marker) shared by every figure.
+    :param int net_dim: the DRUNet's dimension: 3 (on volumes) or 2 (slice by slice).
     """
 
     name: str
@@ -54,6 +55,7 @@ class VariantSpec:
     short: dict[str, str] = field(default_factory=dict)
     ablation: str | None = None
     style: tuple[str, str] = ("k", "o")
+    net_dim: int = 3
 
     def label_for(self, task: str) -> str:
         return self.label.get(task, self.name)
@@ -99,6 +101,11 @@ register(VariantSpec(
     "postproc", "postproc", True, False, True,
     label=_both("DRUNet[3D] (post-processing)"), short=_both("Post-proc. 3D"),
     style=("#1f77b4", "s"),
+))  # fmt: skip
+register(VariantSpec(
+    "postproc2d", "postproc", True, False, True,
+    label=_both("DRUNet[2D] (post-processing)"), short=_both("Post-proc. 2D"),
+    style=("#17becf", "p"), net_dim=2,
 ))  # fmt: skip
 register(VariantSpec(
     "unrolled", "unrolled", False, False, True,
