@@ -370,7 +370,7 @@ class ZeroFilledRSS(Reconstructor):
 
 
 class Adjoint(Reconstructor):
-    """:math:`A^\top y` (CBCT back projection; MRI: the coil-combined zero-filled image Aᴴy)."""
+    r""":math:`A^\top y` (CBCT back projection; MRI: the coil-combined zero-filled image Aᴴy)."""
 
     def forward(self, y, physics, x_init: torch.Tensor | None = None, **kwargs: Any):
         return physics.A_adjoint(y)
