@@ -26,8 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from unroll3d.paper_numbers import paper_value
 from unroll3d.report.common import TASK_TITLE, short_label
 from unroll3d.report.csvio import missing, pick_column, read_rows
@@ -424,8 +422,3 @@ def build_claims_table(
     ]
     return Table("claims", "The paper's claims, checked on this run", COLUMNS, rows, notes, long)
 
-
-def verdict_counts(table: Table) -> dict[str, int]:
-    """How many claims hold / fail / are not measurable (for logs and tests)."""
-    verdicts = [r["verdict"] for r in table.long]
-    return {v: int(np.sum([x == v for x in verdicts])) for v in (HOLDS, FAILS, NOT_MEASURABLE)}
