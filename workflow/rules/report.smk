@@ -17,7 +17,11 @@ REPORT_CONFIG = config.get("report", {})
 # reviewer's record of the run, and runs last).
 REPORT_CONFIG_JSON = u3config.dumps(u3config.report_config(config))
 FULL_CONFIG_JSON = u3config.dumps(config)
-CONFIG_LABEL = " ".join(os.path.relpath(f) for f in workflow.configfiles) or "config/config.yaml"
+# config files named from the repository root (the Snakefile's folder), also under --directory
+CONFIG_LABEL = (
+    " ".join(os.path.relpath(f, workflow.basedir) for f in workflow.configfiles)
+    or "config/config.yaml"
+)
 
 # table -> (caption, category); figure -> (caption, category)
 TABLE_ITEMS = {
