@@ -18,10 +18,19 @@ import yaml
 from unroll3d.bench import BENCHMARKS
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ["steps", "physics", "partition", "normal", "normal_floor", "cost", "gpu_check"]
+NAMES = [
+    "steps",
+    "physics",
+    "partition",
+    "normal",
+    "normal_floor",
+    "normal_transfer",
+    "cost",
+    "gpu_check",
+]
 #: the benchmarks the workflow runs (gpu_check is `make gpu-check` on one CUDA card; cost reads
 #: its output: neither is a rule)
-RULE_NAMES = [n for n in NAMES if n not in ("gpu_check", "cost")]
+RULE_NAMES = [n for n in NAMES if n not in ("gpu_check", "cost", "normal_transfer")]
 
 
 def _smoke_argv(name: str, out: str) -> list[str]:
@@ -275,3 +284,34 @@ def test_cost_estimate_counts_jobs_and_names_its_sources(tmp_path):
     assert {r["variant"] for r in ev} == {"postproc", "unrolled", "partition"}  # FDK: seconds
     assert all(r["jobs"] == len(config["mri"]["splits"]["test"]) for r in ev)
     assert "**total**" in cost.summarise(rows, "unit")
+
+
+def test_normal_transfer_error_is_zero_for_the_exact_H_and_grows_for_another_operator():
+    """`unroll3d bench normal_transfer`: the held-out error of H on a sample's AᵀA is 0 when H is
+    that AᵀA (a circular blur is exactly diagonal-circulant) and not for another operator."""
+    import deepinv as dinv
+    import torch
+
+    from unroll3d.bench.normal_transfer import heldout_error, summary
+    from unroll3d.normal import DiagCirculant
+
+    n = 8
+    g = torch.Generator().manual_seed(0)
+    k = torch.rand((1, 1, 3, 3, 3), generator=g) + 0.5
+    blur = dinv.physics.Blur(filter=k / k.sum(), padding="circular", use_fft=True)
+    e = torch.zeros(1, 1, n, n, n)
+    e[..., 0, 0, 0] = 1.0
+    lam = torch.fft.rfftn(blur.A_adjoint_A(e)[0, 0]).to(torch.complex64)
+    H = DiagCirculant(lam, torch.ones(n, n, n), (1, n, n, n))
+    assert heldout_error(blur, H, (1, n, n, n), 1.0, probes=2) < 1e-5
+    k2 = torch.rand((1, 1, 3, 3, 3), generator=g) + 0.5
+    other = dinv.physics.Blur(filter=k2 / k2.sum(), padding="circular", use_fft=True)
+    assert heldout_error(other, H, (1, n, n, n), 1.0, probes=2) > 1e-3
+    rows = [
+        {"is_fit_volume": True, "mask": "fixed", "rel_error": 0.5},
+        {"is_fit_volume": False, "mask": "fixed", "rel_error": 0.7},
+        {"is_fit_volume": False, "mask": "fresh", "rel_error": 0.8},
+    ]
+    assert summary(rows).endswith(
+        "fit volume 0.500 (1); other volumes, fixed masks 0.700 (1); fresh masks 0.800 (1)"
+    )

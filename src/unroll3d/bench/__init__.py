@@ -23,6 +23,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "unroll3d.bench.normal_floor",
         "error floor of one diagonal-circulant H on cone-beam AᵀA vs the Adam fit",
     ),
+    "normal_transfer": (
+        "unroll3d.bench.normal_transfer",
+        "held-out error of one fitted H on other samples and fresh masks (H per sample?)",
+    ),
     "cost": ("unroll3d.bench.cost", "estimated GPU hours of a configuration's DAG, per rule"),
     "gpu_check": (
         "unroll3d.bench.gpu_check",

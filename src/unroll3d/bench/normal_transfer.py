@@ -1,0 +1,111 @@
+"""How well one fitted H stands for other samples' AᵀA: the held-out error per sample and per mask.
+
+The pipeline fits H once per setting, on one training volume (``normal.reference``), and uses it
+for every volume; with ``train.fresh_masks`` every MRI training draw also has a new mask. This
+measures the relative error ``‖AᵀA x − s H x‖ / ‖AᵀA x‖`` on seeded Gaussian probes x, with
+``s = ‖A‖²`` of the sample, for each given volume under its fixed mask and under ``--fresh``
+fresh masks (issue 15 item 2: is one H per setting enough, or is one per sample needed?).
+
+    unroll3d bench normal_transfer --fit results/normal/mri/R5.pt --setting R5 \\
+        --data results/data/mri/*.pt --fresh 3 --out normal_transfer.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from pathlib import Path
+
+FIELDS = ["volume", "mask", "mask_seed", "is_fit_volume", "rel_error", "probes", "sqnorm"]
+
+
+def heldout_error(physics, H, img_size, sqnorm: float, probes: int, seed: int = 0) -> float:
+    """‖AᵀA x − ‖A‖² H x‖ / ‖AᵀA x‖ summed over ``probes`` seeded Gaussian probes."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    num = den = 0.0
+    with torch.no_grad():
+        for _ in range(probes):
+            x = torch.randn((1, *img_size), generator=g)
+            t = physics.A_adjoint_A(x)
+            r = t - sqnorm * H(x)
+            num += float((r * r).sum())
+            den += float((t * t).sum())
+    return math.sqrt(num / max(den, 1e-30))
+
+
+def measure(fit_path, setting, data, fresh: int, probes: int) -> list[dict]:
+    """One row per (volume, mask): the fixed mask, then ``fresh`` seeded fresh masks."""
+    from unroll3d.data import load_sample
+    from unroll3d.normal import load_normal
+    from unroll3d.physics import sqnorm as op_sqnorm
+
+    fit = load_normal(fit_path)
+    fit_volume = Path(str(fit.meta.get("input", ""))).stem
+    rows = []
+    for path in data:
+        seeds = [None] + [1_000 + k for k in range(fresh)]
+        for seed in seeds:
+            s = load_sample(path, setting, mask_seed=seed)
+            img = tuple(s.x.shape[1:])
+            H = fit.operator(img)
+            sq = op_sqnorm(s.physics, img_size=img)
+            rows.append(
+                {
+                    "volume": s.meta.get("volume", Path(path).stem),
+                    "mask": "fixed" if seed is None else "fresh",
+                    "mask_seed": s.meta.get("mask_seed", ""),
+                    "is_fit_volume": Path(path).stem == fit_volume and seed is None,
+                    "rel_error": heldout_error(s.physics, H, img, sq, probes),
+                    "probes": probes,
+                    "sqnorm": sq,
+                }
+            )
+    return rows
+
+
+def summary(rows: list[dict]) -> str:
+    def mean(sel):
+        vals = [r["rel_error"] for r in rows if sel(r)]
+        return (statistics.mean(vals), len(vals)) if vals else (float("nan"), 0)
+
+    own = mean(lambda r: r["is_fit_volume"])
+    others = mean(lambda r: r["mask"] == "fixed" and not r["is_fit_volume"])
+    fresh = mean(lambda r: r["mask"] == "fresh")
+    return (
+        f"held-out error of H: fit volume {own[0]:.3f} ({own[1]}); other volumes, fixed masks "
+        f"{others[0]:.3f} ({others[1]}); fresh masks {fresh[0]:.3f} ({fresh[1]})"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="unroll3d bench normal_transfer", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--fit", required=True, type=Path, help="fitted H (results/normal/...pt)")
+    p.add_argument("--setting", required=True, help="R5, v30, ...")
+    p.add_argument("--data", required=True, nargs="+", help="preprocessed volumes")
+    p.add_argument("--fresh", type=int, default=0, help="fresh masks per volume (MRI)")
+    p.add_argument("--probes", type=int, default=4)
+    p.add_argument("--out", required=True, type=Path, help="CSV")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from unroll3d.utils import atomic_write_csv
+
+    rows = measure(args.fit, args.setting, args.data, args.fresh, args.probes)
+    atomic_write_csv(args.out, rows, FIELDS)
+    print(summary(rows))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
