@@ -159,3 +159,16 @@ def test_claims_table_is_written_with_the_other_tables(tmp_path):
         rows = list(csv.DictReader(f))
     assert {r["verdict"] for r in rows} <= {cl.HOLDS, cl.FAILS, cl.NOT_MEASURABLE}
     assert len(rows) == len(cl.collect_claims(cells_from(GOOD), CONFIG))
+
+
+@pytest.mark.parametrize(
+    ("h_step", "verdict"), [(0.5, cl.HOLDS), (0.95, cl.NOT_MEASURABLE), (1.3, cl.FAILS)]
+)
+def test_step_time_claim_leaves_timing_noise_undecided(h_step, verdict):
+    """H steps 50 % faster hold, 30 % slower fail; within ±10 % is timing noise, not a verdict."""
+    step = {"partition": 1.0, "partition-H": h_step, "unrolled": 2.0, "postproc": 0.3}
+    claims = cl.collect_claims(cells_from(GOOD, step=step), CONFIG)
+    c = by_claim(claims, "training with H is faster", "MC-MRI")[0]
+    assert c.verdict == verdict
+    if verdict == cl.NOT_MEASURABLE:
+        assert "within timing noise" in c.why

@@ -17,7 +17,8 @@ Claims (paper.md §6):
 - ``memory-flat``: partitioned step memory flat in the volume size at a fixed patch
   (``bench_partition.csv``), while full-volume memory grows;
 - ``datastep``: the H patch data step ≥ 3× faster than the exact one (paper 4.19 → 12.5 it/s);
-- ``H-faster``: ``partition-H`` training steps faster than ``partition`` (paper 1.65 → 1.21 s);
+- ``H-faster``: ``partition-H`` training steps faster than ``partition`` by more than the
+  timing noise (10 %; paper 1.65 → 1.21 s);
 - ``settings``: more views / lower acceleration give higher PSNR, for every method.
 """
 
@@ -41,6 +42,9 @@ PSNR_TOL_DB = 0.5
 FLAT_FACTOR = 1.5
 #: the H data step must be at least this many times faster than the exact one
 SPEEDUP_MIN = 3.0
+#: relative difference of two step times below which neither counts as faster (CPU toy steps
+#: of ~0.01 s vary by this much between runs)
+TIMING_NOISE = 0.10
 
 Cells = dict[tuple[str, str, str], list[EvalRecord]]
 
@@ -298,7 +302,7 @@ def claim_h_faster(cells: Cells, config: dict, task: str) -> Claim:
     """partition-H training micro-steps faster than partition."""
     text = "training with H is faster per step than with the exact operator"
     scope = f"{TASK_TITLE[task]}, s per micro-step"
-    tol = "partition-H < partition"
+    tol = f"partition-H < partition by more than {TIMING_NOISE:.0%} (timing noise)"
     a = _mean_over_settings(cells, config, task, "partition-H", "train_step_s")
     b = _mean_over_settings(cells, config, task, "partition", "train_step_s")
     pa, pb = (_paper(task, v, "train_step_s", "all") for v in ("partition-H", "partition"))
@@ -306,16 +310,14 @@ def claim_h_faster(cells: Cells, config: dict, task: str) -> Claim:
     for agg, name in ((a, "partition-H"), (b, "partition")):
         if agg.status != "ok" or agg.value is None:
             return Claim(text, scope, "—", paper, tol, NOT_MEASURABLE, _why_not(agg, name))
-    holds = a.value < b.value
-    return Claim(
-        text,
-        scope,
-        f"{a.value:.3f} vs {b.value:.3f} s",
-        paper,
-        tol,
-        HOLDS if holds else FAILS,
-        "" if holds else "H steps were not faster",
-    )
+    measured = f"{a.value:.3f} vs {b.value:.3f} s"
+    ratio = a.value / max(b.value, 1e-12)
+    if abs(ratio - 1) <= TIMING_NOISE:
+        why = f"the two differ by {abs(ratio - 1):.0%}, within timing noise"
+        return Claim(text, scope, measured, paper, tol, NOT_MEASURABLE, why)
+    holds = ratio < 1
+    why = "" if holds else f"H steps were {ratio - 1:.0%} slower"
+    return Claim(text, scope, measured, paper, tol, HOLDS if holds else FAILS, why)
 
 
 def claim_settings(cells: Cells, config: dict, task: str) -> Claim:
@@ -421,4 +423,3 @@ def build_claims_table(
         config_footnote(config, config_path, commit),
     ]
     return Table("claims", "The paper's claims, checked on this run", COLUMNS, rows, notes, long)
-
