@@ -401,20 +401,27 @@ def test_load_normal_names_the_missing_key(tmp_path):
         load_normal(path)
 
 
-def test_cli_and_figure(tmp_path, monkeypatch):
-    img_size = (1, 8, 6, 7)
+def _cli_input(monkeypatch, img_size, x=None):
+    """`unroll3d fit-normal` reads this exact operator (and x) whatever --input names."""
     physics = _exact_operator(img_size)
-    x = torch.zeros(1, *img_size)
-    x[..., 2:6, 2:5, 2:5] = 1.0
 
     class Sample:
         pass
 
     sample = Sample()
-    sample.x, sample.physics, sample.meta = x, physics, {"volume": "toy"}
+    sample.x = torch.zeros(1, *img_size) if x is None else x
+    sample.physics, sample.meta = physics, {"volume": "toy"}
     monkeypatch.setattr(
         fit_normal_cli, "_load_physics", lambda path, setting, device: (physics, sample)
     )
+    return physics
+
+
+def test_cli_and_figure(tmp_path, monkeypatch):
+    img_size = (1, 8, 6, 7)
+    x = torch.zeros(1, *img_size)
+    x[..., 2:6, 2:5, 2:5] = 1.0
+    physics = _cli_input(monkeypatch, img_size, x)
     out = tmp_path / "normal" / "v30.pt"
     rc = fit_normal_cli.main(
         [
@@ -560,16 +567,7 @@ def test_cli_circular_grid_is_the_image_grid_and_crops_exactly(tmp_path, monkeyp
     """Issue 15 item 6: `--grid circular` fits λ on the N grid (the paper's F), 8× smaller than
     the padded one in 3D, and its patch restriction still equals the crop of the full H."""
     img_size = (1, 8, 6, 7)
-    physics = _exact_operator(img_size)
-
-    class Sample:
-        pass
-
-    sample = Sample()
-    sample.x, sample.physics, sample.meta = torch.zeros(1, *img_size), physics, {"volume": "toy"}
-    monkeypatch.setattr(
-        fit_normal_cli, "_load_physics", lambda path, setting, device: (physics, sample)
-    )
+    _cli_input(monkeypatch, img_size)
     sizes = {}
     for grid in ("padded", "circular"):
         out = tmp_path / grid / "v30.pt"

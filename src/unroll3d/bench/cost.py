@@ -111,26 +111,13 @@ def estimate(config: dict, gc: dict) -> list[dict]:
         for setting in settings:
             for variant in config.get("variants", []):
                 spec = variant_spec(variant)
+                step, basis = _train_step(gc, task, variant, config) if spec.learned else (0, "")
                 if spec.learned:
-                    step, basis = _train_step(gc, task, variant, config)
-                    if step is not None:
-                        hours = micro * step / 3600
-                        rows.append(
-                            _row(
-                                "train",
-                                task,
-                                setting,
-                                variant,
-                                1,
-                                hours,
-                                f"{micro} micro-steps × {step:.3g} s; {basis}",
-                            )
-                        )
-                    else:
-                        rows.append(_row("train", task, setting, variant, 1, None, basis))
+                    hours = None if step is None else micro * step / 3600
+                    text = basis if step is None else f"{micro} micro-steps × {step:.3g} s; {basis}"
+                    rows.append(_row("train", task, setting, variant, 1, hours, text))
                 scale = VOXELS[task] / VOXELS["cbct"]
                 if spec.learned and infer_cbct is not None:
-                    step, _ = _train_step(gc, task, variant, config)
                     per = infer_cbct * scale + int(ev["timing_steps"]) * (step or 0)
                     basis = f"inference {infer_cbct * scale:.0f} s ({infer_case}"
                     basis += ", scaled by voxels)" if task != "cbct" else ")"

@@ -206,25 +206,27 @@ def claim_memory(cells: Cells, config: dict, task: str) -> Claim:
     )
 
 
+def _bench_rows(path: str | Path | None, needed: tuple[str, ...]) -> list[dict] | None:
+    """The rows of a benchmark CSV (None when absent or empty); a missing column is an error
+    naming the file."""
+    read = read_rows(path) if path else None
+    if not read or not read[1]:
+        return None
+    columns, rows = read
+    for c in needed:
+        pick_column(columns, (c,), path)
+    return rows
+
+
 def claim_memory_flat(bench_partition: str | Path | None) -> Claim:
     """Partitioned step memory flat in the volume size at a fixed patch (bench_partition.csv)."""
     text = "partitioned training memory is flat in the volume size at a fixed patch"
     tol = f"partitioned step memory varies ≤ {FLAT_FACTOR}× across sizes"
     paper = "constant at a fixed patch (§4.3, Figs. 7/8)"
-    read = read_rows(bench_partition) if bench_partition else None
-    if not read or not read[1]:
-        return Claim(
-            text,
-            "benchmark",
-            "—",
-            paper,
-            tol,
-            NOT_MEASURABLE,
-            "bench_partition.csv absent (benchmarks disabled)",
-        )
-    columns, rows = read
-    for c in ("size", "mode", "step_memory_gb"):
-        pick_column(columns, (c,), bench_partition)
+    rows = _bench_rows(bench_partition, ("size", "mode", "step_memory_gb"))
+    if rows is None:
+        return Claim(text, "benchmark", "—", paper, tol, NOT_MEASURABLE,
+                     "bench_partition.csv absent (benchmarks disabled)")  # fmt: skip
 
     def series(mode):
         return sorted(
@@ -258,20 +260,10 @@ def claim_datastep(bench_normal: str | Path | None) -> Claim:
     pe = _paper("cbct", "partition", "data_step_it_s", "all")
     ph = _paper("cbct", "partition-H", "data_step_it_s", "all")
     paper = f"{_f(pe)} → {_f(ph)} it/s ({ph / pe:.2f}×)" if pe and ph else "—"
-    read = read_rows(bench_normal) if bench_normal else None
-    if not read or not read[1]:
-        return Claim(
-            text,
-            "benchmark",
-            "—",
-            paper,
-            tol,
-            NOT_MEASURABLE,
-            "bench_normal.csv absent (benchmarks disabled)",
-        )
-    columns, rows = read
-    for c in ("volume", "patch", "method", "it_per_s"):
-        pick_column(columns, (c,), bench_normal)
+    rows = _bench_rows(bench_normal, ("volume", "patch", "method", "it_per_s"))
+    if rows is None:
+        return Claim(text, "benchmark", "—", paper, tol, NOT_MEASURABLE,
+                     "bench_normal.csv absent (benchmarks disabled)")  # fmt: skip
     rates: dict[tuple, dict[str, float]] = {}
     for r in rows:
         if not missing(r["it_per_s"]):
