@@ -109,7 +109,7 @@ def config_hash(config: dict) -> str:
 _STEP_CODE = (
     "engine/train.py",
     "engine/core.py",
-    "models.py",
+    "models",
     "partition.py",
     "normal/operator.py",
 )
@@ -121,7 +121,9 @@ def _code_version() -> str:
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256(__version__.encode())
     for rel in _STEP_CODE:
-        h.update((root / rel).read_bytes())
+        path = root / rel
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(f.read_bytes())
     return h.hexdigest()
 
 

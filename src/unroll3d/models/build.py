@@ -1,0 +1,157 @@
+"""From a variant name to a model: the builders of each variant kind and ``build_variant``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from deepinv.models import Reconstructor
+from torch import nn
+
+from unroll3d.config import section_defaults, train_settings
+from unroll3d.models.classical import Adjoint, Analytical, TVReconstructor, ZeroFilledRSS
+from unroll3d.models.unrolled import PostProcess, UnrolledPGD
+from unroll3d.variants import variant_spec
+
+__all__ = [
+    "TASK_CHANNELS",
+    "BuildContext",
+    "BUILDERS",
+    "build_variant",
+    "resolve_model_config",
+    "count_parameters",
+]
+
+
+TASK_CHANNELS = {"cbct": 1, "mri": 2}
+
+
+def resolve_model_config(config: dict) -> dict:
+    """The ``model`` config section with every default filled in from the schema."""
+    m = {**section_defaults("model"), **(config.get("model") or {})}
+    return {
+        "channels": [int(c) for c in m["channels"]],
+        "blocks": int(m["blocks"]),
+        "sigma_init": float(m["sigma_init"]),
+        "residual": bool(m["residual"]),
+    }
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a builder gets: the task's image channels, the resolved model section, the task's
+    config section (defaults filled), the training section, ‖A‖² and the TV weight, if any."""
+
+    task: str
+    channels: int
+    model: dict
+    task_config: dict
+    train: dict
+    lipschitz: float
+    alpha: float | None
+    partition: bool = False
+    net_dim: int = 3
+
+
+def _build_analytical(c: BuildContext) -> Reconstructor:
+    """The task's classical reconstruction: FDK (CBCT), zero-filled RSS (MRI, paper Table 2)."""
+    return ZeroFilledRSS() if c.task == "mri" else Analytical()
+
+
+def _build_adjoint(c: BuildContext) -> Reconstructor:
+    return Adjoint()
+
+
+def _build_tv(c: BuildContext) -> Reconstructor:
+    grid = c.train["tv_grid"]
+    a = grid[len(grid) // 2] if c.alpha is None else c.alpha
+    return TVReconstructor(
+        alpha=a, lipschitz=c.lipschitz, iters=c.train["tv_iters"], inner=c.train["tv_inner"]
+    )
+
+
+def _build_postproc(c: BuildContext) -> Reconstructor:
+    m = c.model
+    return PostProcess(
+        c.channels,
+        m["channels"],
+        m["blocks"],
+        sigma_init=m["sigma_init"],
+        lipschitz=c.lipschitz,
+        residual=m["residual"],
+        dim=c.net_dim,
+    )
+
+
+def _build_unrolled(c: BuildContext) -> Reconstructor:
+    m = c.model
+    mode = c.train["checkpoint_unrolled"]
+    return UnrolledPGD(
+        int(c.task_config["K"]),
+        c.channels,
+        m["channels"],
+        m["blocks"],
+        lipschitz=c.lipschitz,
+        sigma_init=m["sigma_init"],
+        residual=m["residual"],
+        checkpoint=mode == "all" or (mode == "full-volume" and not c.partition),
+    )
+
+
+#: variant kind (:attr:`unroll3d.variants.VariantSpec.kind`) -> builder. A new kind of method is
+#: its registry entry plus its model code and one builder here.
+BUILDERS: dict[str, Callable[[BuildContext], Reconstructor]] = {
+    "analytical": _build_analytical,
+    "adjoint": _build_adjoint,
+    "tv": _build_tv,
+    "postproc": _build_postproc,
+    "unrolled": _build_unrolled,
+}
+
+
+def build_variant(
+    name: str,
+    task: str,
+    config: dict,
+    lipschitz: float = 1.0,
+    alpha: float | None = None,
+    device: torch.device | str | None = None,
+) -> Reconstructor:
+    """Build the reconstructor of variant ``name`` for ``task`` from the pipeline config.
+
+    :param str name: a key of :data:`VARIANTS`.
+    :param str task: ``cbct`` or ``mri`` (sets channels and K).
+    :param dict config: the pipeline config (sections ``model``, ``train`` and ``<task>``;
+        missing keys take the schema's defaults).
+    :param float lipschitz: :math:`\\|A\\|^2` of the (unnormalised) operator.
+    :param float alpha: TV weight (``tv`` only); defaults to the middle of the grid.
+    """
+    spec = variant_spec(name)
+    if task not in TASK_CHANNELS:
+        raise ValueError(f"unknown task {task!r}; known: {sorted(TASK_CHANNELS)}")
+    builder = BUILDERS.get(spec.kind)
+    if builder is None:
+        raise ValueError(
+            f"variant {name!r} has kind {spec.kind!r}, which has no builder in BUILDERS"
+        )
+    ctx = BuildContext(
+        task=task,
+        channels=TASK_CHANNELS[task],
+        model=resolve_model_config(config),
+        task_config={**section_defaults(task), **(config.get(task) or {})},
+        train=train_settings(config),
+        lipschitz=lipschitz,
+        alpha=alpha,
+        partition=spec.partition,
+        net_dim=spec.net_dim,
+    )
+    model = builder(ctx)
+    if device is not None:
+        model = model.to(device)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
