@@ -191,6 +191,19 @@ def prepare(x: torch.Tensor, conv: MetricConvention) -> torch.Tensor:
     return v
 
 
+def psnr_under(x: torch.Tensor, target: torch.Tensor, conv: MetricConvention) -> float:
+    """PSNR alone under ``conv`` (the value :func:`compute_metrics` reports, without SSIM)."""
+    if x.shape != target.shape:
+        raise ValueError(
+            f"reconstruction {tuple(x.shape)} and ground truth {tuple(target.shape)} differ"
+        )
+    xp, tp = prepare(x, conv), prepare(target, conv)
+    rng = conv.data_range if conv.data_range is not None else float(tp.max())
+    if not rng > 0:
+        raise ValueError(f"data range must be positive, got {rng}")
+    return psnr(xp, tp, rng)
+
+
 def compute_metrics(x: torch.Tensor, target: torch.Tensor, conv: MetricConvention) -> dict:
     """PSNR, 3D SSIM and slice-mean SSIM under ``conv``, with the data range used."""
     if x.shape != target.shape:

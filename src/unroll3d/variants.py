@@ -33,7 +33,8 @@ class VariantSpec:
     """What a variant name means.
 
     :param str name: the registry key and the ``{variant}`` wildcard.
-    :param str kind: ``unrolled``, ``postproc``, ``tv``, ``analytical`` or ``adjoint``.
+    :param str kind: ``unrolled``, ``postproc``, ``pnp``, ``inr``, ``dpir``, ``tv``,
+        ``analytical`` or ``adjoint``.
     :param bool partition: trained on patches / inferred through ``PartitionedReconstructor``.
     :param bool use_H: the data step uses the fitted diagonal-circulant ``H``.
     :param bool learned: has trainable weights.
@@ -96,6 +97,10 @@ register(VariantSpec(
 register(VariantSpec(
     "tv", "tv", False, False, False,
     label=_both("TV (variational)"), short=_both("TV"), style=("#8c564b", "^"),
+))  # fmt: skip
+register(VariantSpec(
+    "pnp", "pnp", True, False, True,
+    label=_both("PnP-αPGD[3D]"), short=_both("PnP-αPGD"), style=("#9467bd", "P"),
 ))  # fmt: skip
 register(VariantSpec(
     "postproc", "postproc", True, False, True,

@@ -20,7 +20,7 @@ from unroll3d.config import evaluate_settings, train_settings
 from unroll3d.data.loading import load_sample
 from unroll3d.models import build_variant
 from unroll3d.normal import DiagCirculantWrapper, NormalFit, check_fit_matches, load_normal
-from unroll3d.partition import PartitionedReconstructor
+from unroll3d.partition import PartitionedReconstructor, crop_patch, sample_patch_start
 from unroll3d.physics import sqnorm
 from unroll3d.variants import VariantSpec
 
@@ -187,7 +187,13 @@ def estimate_pair(
     partitioner=None,
     H: NormalFit | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(estimate, target) of one training sample: a random patch or the full volume."""
+    """(estimate, target) of one training sample: a random patch or the full volume (PnP: the
+    denoiser on a noisy random patch of the ground truth)."""
+    if spec.kind == "pnp":
+        start = sample_patch_start(
+            partitioner.img_size, partitioner.patch_size, partitioner.train_ranges, generator
+        )
+        return model.denoising_pair(crop_patch(sample.x, start, partitioner.patch_size), generator)
     if spec.partition:
         return partitioner.training_pair(
             sample.y,
@@ -244,7 +250,7 @@ def reconstruct(
             est = model(sample.y, sample.physics, x_init=x0)
         finally:
             model.set_tiling(None)
-        if spec.kind == "postproc" or not refine:
+        if spec.kind != "unrolled" or not refine:  # post-processing, PnP: one pass
             return est
         return partitioner(
             sample.y,
@@ -462,5 +468,7 @@ def load_trained(path: str | Path, task: str, config: dict, device="cpu"):
     )
     if payload.get("state_dict") is not None:
         model.load_state_dict(payload["state_dict"])
+    if payload.get("algo_params"):  # test-time parameters chosen on the validation volumes
+        model.set_algo_params(**payload["algo_params"])
     model.eval()
     return model, payload

@@ -30,7 +30,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import random
 import sys
 import time
@@ -45,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from unroll3d import __version__
-from unroll3d.config import evaluate_settings, train_settings
+from unroll3d.config import train_settings
 from unroll3d.engine.core import (
     Prepared,
     SampleCache,
@@ -56,11 +55,10 @@ from unroll3d.engine.core import (
     load_H,
     make_partitioner,
     peak_memory_gb,
-    reconstruct,
     shape_text,
     sync,
 )
-from unroll3d.metrics import compute_metrics, convention_for
+from unroll3d.engine.tuning import select_pnp, select_tv, validate_psnr
 from unroll3d.models import build_variant, count_parameters, resolve_model_config
 from unroll3d.normal import NormalFit
 from unroll3d.utils import (
@@ -302,56 +300,6 @@ def _base_result(job: TrainJob, spec: VariantSpec) -> dict:
     }
 
 
-def validate_psnr(model, spec, task, config, prepared: list[Prepared], H) -> float:
-    """Mean PSNR (evaluation convention) of full-volume inference on the validation samples
-    (Algorithm 1's first pass only: no per-patch refinement during training)."""
-    conv = convention_for(task, evaluate_settings(config))
-    vals = []
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for prep in prepared:
-            x = reconstruct(
-                model, spec, task, config, prep.sample, prep.physics, prep.x0, H, refine=False
-            )
-            meta = getattr(prep.sample, "meta", None) or {}
-            name = meta.get("source") or meta.get("volume", "?")
-            try:
-                psnr = compute_metrics(x, prep.sample.x, conv)["psnr"]
-            except ValueError as err:  # e.g. a NaN volume under a per-volume data range
-                raise ValueError(f"validation volume {name}: {err}") from err
-            if not math.isfinite(psnr):
-                raise ValueError(
-                    f"validation volume {name}: PSNR is {psnr} (NaN in the volume or the "
-                    "reconstruction)"
-                )
-            vals.append(psnr)
-    model.train(was_training)
-    return float(np.mean(vals)) if vals else float("nan")
-
-
-def _select_tv(job: TrainJob, spec: VariantSpec, H) -> dict:
-    """Choose the TV weight α on the validation volumes (grid search on PSNR)."""
-    t = train_settings(job.config)
-    grid = list(t.get("tv_grid", [0.001, 0.003, 0.01, 0.03, 0.1]))
-    paths = job.val_paths or job.train_paths
-    cache = SampleCache(paths[: max(1, t["val_max"])], job.loader, spec, H)
-    prepared = [cache.get(i) for i in range(len(cache))]
-    scores = []
-    for a in grid:
-        model = build_variant(job.variant, job.task, job.config, cache.lipschitz, alpha=a)
-        model = model.to(job.device)
-        scores.append(validate_psnr(model, spec, job.task, job.config, prepared, H))
-        print(f"tv: alpha={a:g} val PSNR {scores[-1]:.2f} dB", file=sys.stderr)
-    best = int(np.nanargmax(scores))
-    return {
-        "alpha": grid[best],
-        "tv_grid": grid,
-        "tv_val_psnr": scores,
-        "lipschitz": cache.lipschitz,
-    }
-
-
 def train(job: TrainJob, stop_at: int | None = None) -> dict:
     """Run (or resume) the training of ``job``; returns the stats dict also written to JSON.
 
@@ -368,7 +316,9 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
     if not spec.learned:
         extra = {"lipschitz": None}
         if spec.kind == "tv":
-            extra = _select_tv(job, spec, H)
+            val = job.val_paths or job.train_paths
+            cache = SampleCache(val[: max(1, t["val_max"])], job.loader, spec, H)
+            extra = select_tv(job.variant, job.task, job.config, cache, job.device, H)
         elif spec.kind not in ("analytical", "adjoint"):  # iterative, no weights: needs ‖A‖²
             extra = {"lipschitz": lipschitz_of(job.loader(job.train_paths[0]))}
         payload = {**result, **extra, "status": "ok", "state_dict": None}
@@ -502,6 +452,10 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
             if stop_at is not None and step + 1 >= stop_at:
                 return {"stopped_at": step + 1}
         bar.close()
+        tuned = {}
+        if spec.kind == "pnp":  # the test-time parameters, on the validation volumes
+            prepared = [val_cache.get(i) for i in range(len(val_cache))] or [cache.get(0)]
+            tuned = select_pnp(model, job.task, job.config, prepared)
     except torch.OutOfMemoryError:
         peak = peak_memory_gb(device) or 0.0
         msg = f"OOM at volume {volume}, peak {peak:.2f} GB (step {step + 1})"
@@ -540,6 +494,7 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         stats["patch_size"] = list(partitioner.patch_size)
         stats["stride"] = list(partitioner.stride)
         stats["n_patches"] = len(partitioner.starts)
+    stats.update(tuned)
     if spec.kind == "unrolled":
         stats["step_sizes"] = model.step_sizes.detach().cpu().tolist()
         stats["sigmas"] = model.sigmas.detach().cpu().tolist()
@@ -551,6 +506,7 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         "model_config": job.config.get("model", {}),
         "K": job.config.get(job.task, {}).get("K"),
         "steps": len(rows),
+        "algo_params": tuned.get("algo_params"),
     }
     atomic_torch_save(payload, job.out)
     _write_csv(job.csv_path, rows)

@@ -11,6 +11,7 @@ from torch import nn
 
 from unroll3d.config import section_defaults, train_settings
 from unroll3d.models.classical import Adjoint, Analytical, TVReconstructor, ZeroFilledRSS
+from unroll3d.models.pnp import PnPAlphaPGD
 from unroll3d.models.unrolled import PostProcess, UnrolledPGD
 from unroll3d.variants import variant_spec
 
@@ -84,6 +85,19 @@ def _build_postproc(c: BuildContext) -> Reconstructor:
     )
 
 
+def _build_pnp(c: BuildContext) -> Reconstructor:
+    """PnP-αPGD: the post-processing network's size, trained as a Gaussian denoiser."""
+    m = c.model
+    return PnPAlphaPGD(
+        c.channels,
+        m["channels"],
+        m["blocks"],
+        lipschitz=c.lipschitz,
+        residual=m["residual"],
+        sigma_max=c.train["pnp_sigma_max"],
+    )
+
+
 def _build_unrolled(c: BuildContext) -> Reconstructor:
     m = c.model
     mode = c.train["checkpoint_unrolled"]
@@ -106,6 +120,7 @@ BUILDERS: dict[str, Callable[[BuildContext], Reconstructor]] = {
     "adjoint": _build_adjoint,
     "tv": _build_tv,
     "postproc": _build_postproc,
+    "pnp": _build_pnp,
     "unrolled": _build_unrolled,
 }
 
