@@ -313,7 +313,7 @@ def test_tables_values_paper_columns_and_oom(tmp_path):
         "CPU: test",
         "config/unit.yaml",
         "abc123",
-        "INR[3D]",
+        "DPIR[RAM]",
     ):
         assert needle in md, needle
     # column count consistent in every Markdown row

@@ -102,6 +102,12 @@ def _rows() -> list[PaperNumber]:
     per_setting("cbct", "tv", "ssim", cv, [0.799, 0.850, 0.893], t1)
     per_setting("cbct", "tv", "psnr", cv, [27.88, 29.72, 31.63], t1)
     cost("cbct", "tv", "na", "na", t1)
+    per_setting("cbct", "inr", "ssim", cv, [0.805, 0.862, 0.913], t1)
+    per_setting("cbct", "inr", "psnr", cv, [29.97, 32.18, 33.74], t1)
+    cost("cbct", "inr", "na", "na", t1)
+    per_setting("cbct", "pnp", "ssim", cv, [0.803, 0.868, 0.884], t1)
+    per_setting("cbct", "pnp", "psnr", cv, [28.63, 31.69, 33.72], t1)
+    cost("cbct", "pnp", 67.50, 1.39, t1)
     per_setting("cbct", "postproc", "ssim", cv, [0.857, 0.905, 0.931], t1)
     per_setting("cbct", "postproc", "psnr", cv, [29.47, 32.49, 35.22], t1)
     cost("cbct", "postproc", 67.50, 1.39, t1)
@@ -150,14 +156,14 @@ PAPER_NUMBERS: tuple[PaperNumber, ...] = tuple(_rows())
 
 #: Rows of the paper's tables that this project does not reimplement (named in the footnotes).
 PAPER_ONLY_ROWS: dict[str, list[str]] = {
-    "cbct": ["INR[3D]", "PnP-αPGD[3D]", "DPIR[RAM]"],
-    "mri": ["PnP-αPGD", "DPIR[RAM]", "INR"],
+    "cbct": ["DPIR[RAM]"],
+    "mri": ["DPIR[RAM]"],
 }
 
 #: Per task, a note on rows the paper has but whose numbers are not available to us.
 PAPER_MISSING_NOTE: dict[str, str] = {
-    "mri": "the paper's zero-filled RSS and TV rows exist but their numbers are not available "
-    "to us (paper.md §6.2)",
+    "mri": "the paper's zero-filled RSS, TV, DRUNet[2D], PnP-αPGD and INR rows exist but their "
+    "numbers are not available to us (paper.md §6.2)",
 }
 
 _SOURCE_PREFERENCE = {"table1": 0, "table2": 0, "ablation": 1, "text": 2}
