@@ -21,6 +21,7 @@ from unroll3d.models import (
     build_variant,
     variant_spec,
 )
+from unroll3d.models.pnp import PnPAlphaPGD
 
 torch.set_num_threads(1)
 
@@ -149,10 +150,14 @@ def test_registry_builds_each_variant():
         "unrolled-H": UnrolledPGD,
         "partition": UnrolledPGD,
         "partition-H": UnrolledPGD,
+        "pnp": PnPAlphaPGD,
     }
-    assert set(kinds) == set(VARIANTS)
+    pretrained = {"dpir"}  # built only with a checked weights file (tests/test_dpir.py)
+    assert set(kinds) | pretrained == set(VARIANTS)
     for name, cls in kinds.items():
         assert isinstance(build_variant(name, "cbct", config), cls)
+    with pytest.raises(ValueError, match="weights not available"):
+        build_variant("dpir", "cbct", config)
     assert isinstance(build_variant("fdk", "mri", config), ZeroFilledRSS)  # Table 2's row
     assert isinstance(build_variant("postproc2d", "cbct", config).denoiser, DRUNetSlices)
     assert isinstance(build_variant("postproc", "cbct", config).denoiser, DRUNet3D)

@@ -313,7 +313,6 @@ def test_tables_values_paper_columns_and_oom(tmp_path):
         "CPU: test",
         "config/unit.yaml",
         "abc123",
-        "DPIR[RAM]",
     ):
         assert needle in md, needle
     # column count consistent in every Markdown row

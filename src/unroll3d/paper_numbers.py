@@ -156,8 +156,8 @@ PAPER_NUMBERS: tuple[PaperNumber, ...] = tuple(_rows())
 
 #: Rows of the paper's tables that this project does not reimplement (named in the footnotes).
 PAPER_ONLY_ROWS: dict[str, list[str]] = {
-    "cbct": ["DPIR[RAM]"],
-    "mri": ["DPIR[RAM]"],
+    "cbct": [],
+    "mri": [],
 }
 
 #: Per task, a note on rows the paper has but whose numbers are not available to us.

@@ -103,6 +103,10 @@ register(VariantSpec(
     label=_both("PnP-αPGD[3D]"), short=_both("PnP-αPGD"), style=("#9467bd", "P"),
 ))  # fmt: skip
 register(VariantSpec(
+    "dpir", "dpir", False, False, False,
+    label=_both("DPIR[RAM]"), short=_both("DPIR"), style=("#e377c2", "X"),
+))  # fmt: skip
+register(VariantSpec(
     "postproc", "postproc", True, False, True,
     label=_both("DRUNet[3D] (post-processing)"), short=_both("Post-proc. 3D"),
     style=("#1f77b4", "s"),

@@ -155,10 +155,20 @@ def training_volumes(task):
     }
 
 
+def pretrained_weights(variant):
+    """DPIR's weights file as an input when it exists ({"weights": path}); absent, the job
+    records "weights not available"."""
+    path = config.get("train", {}).get("dpir_weights")
+    if VARIANTS[variant].kind == "dpir" and path and Path(path).is_file():
+        return {"weights": path}
+    return {}
+
+
 def train_inputs(wildcards):
     return {
         **training_volumes(wildcards.task),
         **normal_for(wildcards.task, wildcards.setting, wildcards.variant),
+        **pretrained_weights(wildcards.variant),
     }
 
 

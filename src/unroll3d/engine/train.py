@@ -60,6 +60,7 @@ from unroll3d.engine.core import (
 )
 from unroll3d.engine.tuning import select_pnp, select_tv, validate_psnr
 from unroll3d.models import build_variant, count_parameters, resolve_model_config
+from unroll3d.models.dpir import checked_weights
 from unroll3d.normal import NormalFit
 from unroll3d.utils import (
     atomic_torch_save,
@@ -315,16 +316,30 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
 
     if not spec.learned:
         extra = {"lipschitz": None}
-        if spec.kind == "tv":
+        status, message = "ok", None
+        if spec.kind == "dpir":  # pretrained elsewhere: only its weights file is checked
+            weights = checked_weights(t["dpir_weights"], t["dpir_sha256"])
+            if weights is None:
+                status = "unavailable"
+                message = (
+                    f"weights not available: train.dpir_weights = {t['dpir_weights']!r} "
+                    + ("is not set" if not t["dpir_weights"] else "does not exist")
+                    + " (pretrained weights cannot be downloaded here; no others are used)"
+                )
+                print(f"dpir: {message}", file=sys.stderr)
+            else:
+                extra = {"lipschitz": lipschitz_of(job.loader(job.train_paths[0]))}
+                extra["weights_sha256"] = t["dpir_sha256"]
+        elif spec.kind == "tv":
             val = job.val_paths or job.train_paths
             cache = SampleCache(val[: max(1, t["val_max"])], job.loader, spec, H)
             extra = select_tv(job.variant, job.task, job.config, cache, job.device, H)
         elif spec.kind not in ("analytical", "adjoint"):  # iterative, no weights: needs ‖A‖²
             extra = {"lipschitz": lipschitz_of(job.loader(job.train_paths[0]))}
-        payload = {**result, **extra, "status": "ok", "state_dict": None}
+        payload = {**result, **extra, "status": status, "message": message, "state_dict": None}
         atomic_torch_save(payload, job.out)
         _write_csv(job.csv_path, [])
-        stats = {**result, **{k: v for k, v in extra.items()}, "status": "ok", "steps": 0}
+        stats = {**result, **extra, "status": status, "message": message, "steps": 0}
         stats.update(peak_memory_gb=None, step_time_mean_s=None, n_params=0)
         atomic_write_json(job.stats_path, stats)
         return stats

@@ -5,6 +5,8 @@ contract of :class:`deepinv.models.Reconstructor`:
   their patch-wise application;
 - :mod:`~unroll3d.models.unrolled`: unrolled PGD and DRUNet post-processing (learned);
 - :mod:`~unroll3d.models.classical`: FDK / zero-filled RSS, the adjoint, TV;
+- :mod:`~unroll3d.models.pnp`: PnP-αPGD with a learned 3D DRUNet denoiser;
+- :mod:`~unroll3d.models.dpir`: DPIR with a pretrained 2D denoiser, slice by slice;
 - :mod:`~unroll3d.models.build`: the builder of each variant kind and :func:`build_variant`.
 """
 
@@ -17,7 +19,9 @@ from unroll3d.models.build import (
     resolve_model_config,
 )
 from unroll3d.models.classical import Adjoint, Analytical, TVReconstructor, ZeroFilledRSS
+from unroll3d.models.dpir import DPIRSlices
 from unroll3d.models.drunet import DRUNet3D, DRUNetSlices, apply_tiled
+from unroll3d.models.pnp import PnPAlphaPGD
 from unroll3d.models.unrolled import PostProcess, UnrolledPGD
 from unroll3d.variants import VARIANTS, VariantSpec, variant_spec
 
@@ -30,6 +34,8 @@ __all__ = [
     "ZeroFilledRSS",
     "Adjoint",
     "TVReconstructor",
+    "PnPAlphaPGD",
+    "DPIRSlices",
     "VariantSpec",
     "VARIANTS",
     "variant_spec",

@@ -11,6 +11,7 @@ from torch import nn
 
 from unroll3d.config import section_defaults, train_settings
 from unroll3d.models.classical import Adjoint, Analytical, TVReconstructor, ZeroFilledRSS
+from unroll3d.models.dpir import DPIRSlices, SliceDenoiser, checked_weights, load_denoiser2d
 from unroll3d.models.pnp import PnPAlphaPGD
 from unroll3d.models.unrolled import PostProcess, UnrolledPGD
 from unroll3d.variants import variant_spec
@@ -98,6 +99,16 @@ def _build_pnp(c: BuildContext) -> Reconstructor:
     )
 
 
+def _build_dpir(c: BuildContext) -> Reconstructor:
+    """DPIR with the pretrained 2D denoiser of ``train.dpir_weights`` (SHA-256 checked)."""
+    t = c.train
+    weights = checked_weights(t["dpir_weights"], t["dpir_sha256"])
+    if weights is None:
+        raise ValueError(f"DPIR: weights not available ({t['dpir_weights'] or 'not set'})")
+    net = load_denoiser2d(t["dpir_denoiser"], weights)
+    return DPIRSlices(SliceDenoiser(net, t["dpir_denoiser"]), t["dpir_noise_level"], c.lipschitz)
+
+
 def _build_unrolled(c: BuildContext) -> Reconstructor:
     m = c.model
     mode = c.train["checkpoint_unrolled"]
@@ -121,6 +132,7 @@ BUILDERS: dict[str, Callable[[BuildContext], Reconstructor]] = {
     "tv": _build_tv,
     "postproc": _build_postproc,
     "pnp": _build_pnp,
+    "dpir": _build_dpir,
     "unrolled": _build_unrolled,
 }
 

@@ -79,7 +79,7 @@ _TRAIN_SOURCES = (
     ("train_stats", "step_time_mean_s", "peak_memory_gb"),
 )
 _OOM_RE = re.compile(r"peak\s*(?:of\s*)?([0-9.]+)\s*(GB|GiB|MB|MiB)", re.IGNORECASE)
-_STATUSES = ("ok", "oom", "failed")
+_STATUSES = ("ok", "oom", "failed", "unavailable")
 
 
 def _lookup(d: dict, names: Iterable[str]) -> Any:

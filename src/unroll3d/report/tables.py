@@ -49,6 +49,8 @@ def aggregate(records: list[EvalRecord] | None, metric: str) -> Agg:
         return Agg("missing")
     if any(r.status == "failed" for r in records):
         return Agg("failed", n=len(records))
+    if any(r.status == "unavailable" for r in records):
+        return Agg("unavailable", n=len(records))
     train = metric in ("train_peak_mem_gb", "train_step_s")
     if any(r.status == "oom" or (train and r.train_status == "oom") for r in records):
         needed = [r.oom_needed_gb for r in records if r.oom_needed_gb is not None]
@@ -69,6 +71,8 @@ def aggregate_settings(aggs: list[Agg], metric: str) -> Agg:
         return Agg("missing")
     if any(a.status == "failed" for a in aggs):
         return Agg("failed", n=sum(a.n for a in aggs))
+    if any(a.status == "unavailable" for a in aggs):
+        return Agg("unavailable", n=sum(a.n for a in aggs))
     if any(a.status == "oom" for a in aggs):
         needed = [a.needed_gb for a in aggs if a.needed_gb is not None]
         return Agg("oom", n=sum(a.n for a in aggs), needed_gb=max(needed) if needed else None)
@@ -146,6 +150,8 @@ def make_cell(
         ours_text = "—"
     elif agg.status == "failed":
         ours_text = "failed"
+    elif agg.status == "unavailable":
+        ours_text = "weights not available"
     elif agg.cpu_rss and agg.value is not None:
         ours_text = f"{agg.value:.3f} CPU"  # peak-RSS growth: not comparable, so no Δ
     else:
@@ -240,6 +246,17 @@ def _footnotes(
         notes.append(
             "failed = an evaluation without a usable result, left out of every mean: "
             + "; ".join(f"{path}: {message}" for path, message in failed)
+            + "."
+        )
+    unavailable = sorted(
+        {(r.variant, r.message or "no message") for rs in task_cells.values() for r in rs
+         if r.status == "unavailable"}
+    )  # fmt: skip
+    if unavailable:
+        notes.append(
+            "weights not available = a pretrained method whose weights file is absent here (no "
+            "other weights are substituted): "
+            + "; ".join(f"{v}: {message}" for v, message in unavailable)
             + "."
         )
     devices = sorted({r.device for rs in task_cells.values() for r in rs if r.device})

@@ -163,6 +163,11 @@ def fig_slices(
                         if title:
                             ax.set_title(title)
                         continue
+                    if r is not None and r.status == "unavailable":
+                        no_data(ax, "", head="weights not\navailable")
+                        if title:
+                            ax.set_title(title)
+                        continue
                     if v not in slices:
                         no_data(ax, "not evaluated" if r is None else "no slices saved")
                         if title:
