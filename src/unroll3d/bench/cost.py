@@ -79,6 +79,10 @@ def _train_step(gc: dict, task: str, variant: str, config: dict) -> tuple[float 
     p = paper_value(task, variant, "train_step_s", "all")
     if p is not None and p.status == "ok":
         return p.value, "paper's s/step (H100)"
+    if spec.kind == "pnp":  # the post-processing network on the same patches (paper §6.1)
+        p = paper_value(task, "postproc", "train_step_s", "all")
+        if p is not None and p.status == "ok":
+            return p.value, "paper's post-processing s/step (H100; the same network on patches)"
     if p is not None and p.status == "oom":
         return 0.0, "OOM in the paper"
     return None, "no measurement"
@@ -112,12 +116,39 @@ def estimate(config: dict, gc: dict) -> list[dict]:
             for variant in config.get("variants", []):
                 spec = variant_spec(variant)
                 step, basis = _train_step(gc, task, variant, config) if spec.learned else (0, "")
+                scale = VOXELS[task] / VOXELS["cbct"]
+                # PnP: one denoiser pass over the volume ≈ the partition-H inference / (2K)
+                # (Algorithm 1 runs K network calls in each of its two passes)
+                k = int(config[task].get("K", 5))
+                pnp_pass = None if infer_cbct is None else infer_cbct * scale / (2 * k)
+                pnp_iters = max(_pnp_grid(train)["iters"])
                 if spec.learned:
                     hours = None if step is None else micro * step / 3600
                     text = basis if step is None else f"{micro} micro-steps × {step:.3g} s; {basis}"
+                    if spec.kind == "pnp" and hours is not None and pnp_pass is not None:
+                        grid = _pnp_grid(train)
+                        combos = len(grid["alpha"]) * len(grid["stepsize"]) * len(grid["sigma"])
+                        runs = combos * int(train["val_max"])
+                        hours += runs * pnp_iters * pnp_pass / 3600
+                        text += (
+                            f"; + validation grid: {runs} runs × {pnp_iters} iterations × "
+                            f"{pnp_pass:.0f} s per denoiser pass (partition-H inference / 2K)"
+                        )
                     rows.append(_row("train", task, setting, variant, 1, hours, text))
-                scale = VOXELS[task] / VOXELS["cbct"]
-                if spec.learned and infer_cbct is not None:
+                if spec.kind == "pnp" and pnp_pass is not None:
+                    per = pnp_iters * pnp_pass + int(ev["timing_steps"]) * (step or 0)
+                    basis = (
+                        f"≤{pnp_iters} α-PGD iterations × {pnp_pass:.0f} s per denoiser pass "
+                        "(partition-H inference / 2K)"
+                    )
+                    rows.append(_row("evaluate", task, setting, variant, tests, per / 3600, basis))
+                elif spec.kind in ("inr", "dpir"):
+                    why = {
+                        "inr": "per-volume INR fit not measured on a GPU (CPU: benchmarks/bench_inr.py)",
+                        "dpir": "needs the pretrained weights; not measured",
+                    }[spec.kind]
+                    rows.append(_row("evaluate", task, setting, variant, tests, None, why))
+                elif spec.learned and infer_cbct is not None:
                     per = infer_cbct * scale + int(ev["timing_steps"]) * (step or 0)
                     basis = f"inference {infer_cbct * scale:.0f} s ({infer_case}"
                     basis += ", scaled by voxels)" if task != "cbct" else ")"
@@ -165,6 +196,12 @@ def estimate(config: dict, gc: dict) -> list[dict]:
                     )
                 )
     return rows
+
+
+def _pnp_grid(train: dict) -> dict:
+    from unroll3d.config import section_defaults
+
+    return {**section_defaults("train")["pnp_grid"], **(train.get("pnp_grid") or {})}
 
 
 def _row(rule, task, setting, variant, jobs, hours_per_job, basis) -> dict:
