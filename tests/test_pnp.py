@@ -127,12 +127,12 @@ def test_trained_pnp_picks_its_parameters_on_validation_and_evaluation_uses_them
     job = toys.make_job(tmp_path, "pnp", cfg, val_paths=["toy1"])
     stats = tr.train(job)
     assert stats["status"] == "ok" and stats["loss_last"] < stats["loss_first"]
-    scores = stats["pnp_grid_scores"]
+    scores = stats["pnp_grid_scores"]["v30"]
     assert len(scores) == 4  # 2 alphas × 2 iteration counts
     best = max(scores, key=lambda r: r["psnr"])
-    assert stats["algo_params"] == {k: best[k] for k in ("iters", "alpha", "stepsize", "sigma")}
+    assert stats["algo_params"] == {"v30": {k: best[k] for k in ("iters", "alpha", "stepsize", "sigma")}}
     model, _ = load_trained(job.out, "cbct", cfg)
-    assert model.params == stats["algo_params"]
+    assert model.params == stats["algo_params"]["v30"]
     res = ev.evaluate_volume(
         "cbct", "v30", "pnp", cfg, job.out, toys.loader("toy3"), "toy3", torch.device("cpu")
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -443,3 +444,89 @@ def test_mri_training_draws_a_fresh_seeded_mask_each_time(tmp_path, mri_volume, 
         assert len(set(first[1:])) == 3  # the cached first load, then one new mask per draw
     else:
         assert stats["masks"] == "fixed per volume" and len(set(first)) == 1
+
+
+class _Scaled(torch.nn.Module):
+    """c·A of a toy operator (‖cA‖² = c²‖A‖²): a second 'setting' with another norm."""
+
+    def __init__(self, physics, c):
+        super().__init__()
+        self.inner, self.c = physics, c
+
+    def A(self, x, **kw):
+        return self.c * self.inner.A(x)
+
+    def A_adjoint(self, y, **kw):
+        return self.c * self.inner.A_adjoint(y)
+
+    def A_adjoint_A(self, x, **kw):
+        return self.A_adjoint(self.A(x))
+
+    def A_dagger(self, y, **kw):
+        return self.inner.A_dagger(y) / self.c
+
+
+def _two_settings(monkeypatch):
+    """Loaders of two settings of the same toy volumes: v30 as is, v50 with A scaled by 2."""
+    import copy
+
+    def load(setting):
+        def fn(path):
+            s = copy.copy(loader(path))
+            if setting == "v50":
+                s.physics = _Scaled(s.physics, 2.0)
+                s.y = 2.0 * s.y
+                s.meta = {**s.meta, "op_norm_sq": 4.0 * s.meta["op_norm_sq"]}
+            return s
+
+        return fn
+
+    monkeypatch.setattr(tr, "default_loader", lambda setting, device: load(setting))
+
+
+def test_one_model_for_several_settings_normalises_each_draw_by_its_own_norm(tmp_path, monkeypatch):
+    """train.share_across_settings: each micro-step draws a setting, and the step sizes use that
+    setting's ‖A‖²; the model file keeps ‖A‖² per setting, evaluation under a setting uses its
+    own, and a setting the model never saw is an error naming the file."""
+    from unroll3d.engine.core import ModelFileError, load_trained
+
+    _two_settings(monkeypatch)
+    seen = []
+    real = tr.use_lipschitz
+    monkeypatch.setattr(tr, "use_lipschitz", lambda m, L: (seen.append(L), real(m, L)))
+    cfg = toy_config(steps=12)
+    job = tr.TrainJob(
+        task="cbct", setting="all", variant="partition", config=cfg,
+        train_paths=["toy0", "toy1"], val_paths=["toy2"], out=tmp_path / "m.pt",
+        progress=False, settings=["v30", "v50"],
+    )  # fmt: skip
+    stats = tr.train(job)
+    L30 = loader("toy0").meta["op_norm_sq"]
+    assert stats["settings"] == ["v30", "v50"]
+    assert stats["lipschitz_by_setting"] == pytest.approx({"v30": L30, "v50": 4 * L30})
+    assert sorted({round(v / L30, 6) for v in seen}) == [1.0, 4.0]  # both settings drawn
+    model, payload = load_trained(job.out, "cbct", cfg, setting="v50")
+    assert float(model.lipschitz) == pytest.approx(4 * L30) == payload["lipschitz"]
+    eta30 = load_trained(job.out, "cbct", cfg, setting="v30")[0].step_sizes
+    assert torch.allclose(model.step_sizes * 4, eta30)
+    with pytest.raises(ModelFileError, match="trained on settings \\['v30', 'v50'\\], not on v100"):
+        load_trained(job.out, "cbct", cfg, setting="v100")
+
+
+def test_a_shared_h_variant_gets_the_fit_of_each_setting(tmp_path):
+    """With several settings, each H file is matched to its setting by the setting it records;
+    a missing one is an error naming it."""
+    H = toy_H(loader("toy0"))
+    fits = {}
+    for s in ("v30", "v50"):
+        fits[s] = dataclasses.replace(H, meta={"setting": s})
+    job = tr.TrainJob(
+        task="cbct", setting="all", variant="partition-H", config=toy_config(),
+        train_paths=["toy0"], val_paths=[], out=tmp_path / "m.pt", settings=["v30", "v50"],
+        H=fits, loader=loader, progress=False,
+    )  # fmt: skip
+    assert job.normal_fits() == fits
+    assert tr.train(job)["status"] == "ok"  # both settings' caches hold their own H
+    job.H = {"v30": fits["v30"]}
+    with pytest.raises(ValueError, match=r"no fitted H for setting\(s\) \['v50'\]"):
+        job.normal_fits()

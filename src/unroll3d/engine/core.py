@@ -314,13 +314,16 @@ def time_train_steps(
 
 @dataclass
 class Prepared:
-    """A loaded sample with the physics its variant sees and its x0 = A†y."""
+    """A loaded sample with the physics its variant sees, its x0 = A†y, the ‖A‖² of its setting
+    (the unrolled step size's normalisation) and the H of its setting (None without H)."""
 
     sample: Any
     physics: Any
     x0: torch.Tensor
     offloaded: bool = False
     device: Any = None
+    lipschitz: float | None = None
+    H: Any = None
 
 
 def _moved(prep: Prepared, device: torch.device | str) -> Prepared:
@@ -329,7 +332,7 @@ def _moved(prep: Prepared, device: torch.device | str) -> Prepared:
     sample.x = prep.sample.x.to(device, non_blocking=True)
     sample.y = prep.sample.y.to(device, non_blocking=True)
     x0 = prep.x0.to(device, non_blocking=True)
-    return Prepared(sample, prep.physics, x0, prep.offloaded, prep.device)
+    return Prepared(sample, prep.physics, x0, prep.offloaded, prep.device, prep.lipschitz, prep.H)
 
 
 #: an operator whose buffers exceed this many bytes moves with its parked sample (MRI coil maps
@@ -381,7 +384,7 @@ class SampleCache:
             if self.lipschitz is None:
                 self.lipschitz = self.lipschitz_fn(sample, x0)
             phys = physics_for(sample, self.spec, self.H, self.lipschitz)
-            prep = Prepared(sample, phys, x0)
+            prep = Prepared(sample, phys, x0, lipschitz=self.lipschitz, H=self.H)
             full = self.on_device is not None and len(self._cache) >= self.on_device
             if full and x0.device.type != "cpu":
                 prep = _moved(prep, "cpu")
@@ -413,7 +416,8 @@ class SampleCache:
         sample = redraw(self.paths[i], seed)
         with torch.no_grad():
             x0 = sample.physics.A_dagger(sample.y).float()
-        return Prepared(sample, physics_for(sample, self.spec, self.H, self.lipschitz), x0)
+        phys = physics_for(sample, self.spec, self.H, self.lipschitz)
+        return Prepared(sample, phys, x0, lipschitz=self.lipschitz, H=self.H)
 
     def device_bytes(self) -> int:
         """Bytes of the cached samples (volumes and operators) on a non-CPU device."""
@@ -445,8 +449,21 @@ def fresh_mask_loader(setting: str, device: torch.device) -> Callable:
     return load
 
 
-def load_trained(path: str | Path, task: str, config: dict, device="cpu"):
-    """Rebuild a variant from its model file; returns (model or None, payload)."""
+def use_lipschitz(model, lipschitz: float | None) -> None:
+    """Normalise ``model``'s step sizes by ``lipschitz`` (‖A‖² of the sample at hand): one
+    model shared across settings sees operators whose norms differ (30 vs 100 views)."""
+    buf = getattr(model, "lipschitz", None)
+    if lipschitz is not None and isinstance(buf, torch.Tensor):
+        buf.fill_(float(lipschitz))
+
+
+def load_trained(path: str | Path, task: str, config: dict, device="cpu", setting=None):
+    """Rebuild a variant from its model file; returns (model or None, payload).
+
+    A model trained on several settings (``train.share_across_settings``) is set up for
+    ``setting``: its ‖A‖² and, for PnP, the parameters chosen on that setting's validation
+    volumes; a setting it was not trained on is an error. ``payload["lipschitz"]`` is the one
+    used."""
     try:
         payload = torch.load(path, map_location=device, weights_only=False)
     except Exception as err:  # noqa: BLE001 - truncated or foreign file: name it
@@ -458,6 +475,13 @@ def load_trained(path: str | Path, task: str, config: dict, device="cpu"):
         raise ModelFileError(f"{path} is not a model file written by unroll3d train")
     if payload.get("status") != "ok":
         return None, payload
+    trained_on = payload.get("settings")
+    if setting is not None and trained_on and setting not in trained_on:
+        raise ModelFileError(
+            f"{path} was trained on settings {trained_on}, not on {setting}; rerun its train job"
+        )
+    by_setting = payload.get("lipschitz_by_setting") or {}
+    payload = {**payload, "lipschitz": by_setting.get(setting, payload.get("lipschitz"))}
     model = build_variant(
         payload["variant"],
         task,
@@ -468,7 +492,9 @@ def load_trained(path: str | Path, task: str, config: dict, device="cpu"):
     )
     if payload.get("state_dict") is not None:
         model.load_state_dict(payload["state_dict"])
-    if payload.get("algo_params"):  # test-time parameters chosen on the validation volumes
-        model.set_algo_params(**payload["algo_params"])
+        use_lipschitz(model, payload["lipschitz"])  # the buffer saved is the last one trained
+    algo = payload.get("algo_params") or {}  # {setting: the parameters chosen on validation}
+    if algo:
+        model.set_algo_params(**(algo[setting] if setting in algo else next(iter(algo.values()))))
     model.eval()
     return model, payload

@@ -147,7 +147,7 @@ def evaluate_volume(
         "train_stats": _train_stats(train_stats_path),
         "n_params": 0,
     }
-    model, payload = load_trained(model_path, task, config, device=device)
+    model, payload = load_trained(model_path, task, config, device=device, setting=setting)
     if model is None:
         result["status"] = payload.get("status", "failed")
         result["message"] = payload.get("message")

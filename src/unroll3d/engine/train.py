@@ -57,6 +57,7 @@ from unroll3d.engine.core import (
     peak_memory_gb,
     shape_text,
     sync,
+    use_lipschitz,
 )
 from unroll3d.engine.tuning import select_pnp, select_tv, validate_psnr
 from unroll3d.models import build_variant, count_parameters, resolve_model_config
@@ -143,13 +144,17 @@ def run_fingerprint(job: TrainJob) -> str:
     tensors when H is given in memory, and the code of the training step."""
     h = hashlib.sha256()
     head = {"task": job.task, "setting": job.setting, "variant": job.variant, "config": job.config}
+    head["settings"] = job.settings
     h.update(json.dumps(head, sort_keys=True, default=str).encode())
     for role, paths in (("train", job.train_paths), ("val", job.val_paths)):
         for p in paths:
             h.update(f"{role}:{p}:{_file_stamp(p)}\n".encode())
-    h.update(f"normal:{job.normal_path}:{_file_stamp(job.normal_path)}\n".encode())
-    if job.H is not None:
-        for t in (job.H.fourier_filter, job.H.spatial_mask):
+    files = job.normal_path if isinstance(job.normal_path, list) else [job.normal_path]
+    for f in files:
+        h.update(f"normal:{f}:{_file_stamp(f)}\n".encode())
+    fits = job.H.values() if isinstance(job.H, dict) else [job.H]
+    for fit in (f for f in fits if f is not None):
+        for t in (fit.fourier_filter, fit.spatial_mask):
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
     h.update(_code_version().encode())
     return h.hexdigest()[:32]
@@ -191,9 +196,13 @@ def _rss_growth_gb(base_gb: float | None) -> float | None:
 
 @dataclass
 class TrainJob:
-    """Everything one training run needs. ``loader(path) -> Sample`` defaults to ``load_sample``;
-    ``redraw(path, seed) -> Sample`` draws an MRI volume with a fresh mask (``train.fresh_masks``;
-    by default from ``load_sample`` when the default loader is used, else none)."""
+    """Everything one training run needs. ``loader(path) -> Sample`` defaults to ``load_sample``
+    under each setting; ``redraw(path, seed) -> Sample`` draws an MRI volume with a fresh mask
+    (``train.fresh_masks``; by default from ``load_sample`` when the default loader is used,
+    else none). ``settings`` (default ``[setting]``) are the settings one model trains on, drawn
+    uniformly per micro-step (``train.share_across_settings``; ``setting`` is then a label such
+    as ``all``); ``normal_path`` is one H file or one per setting, ``H`` a fit or
+    ``{setting: fit}``."""
 
     task: str
     setting: str
@@ -204,22 +213,65 @@ class TrainJob:
     out: Path
     csv_path: Path | None = None
     stats_path: Path | None = None
-    normal_path: str | None = None
-    H: NormalFit | None = None
+    normal_path: str | list[str] | None = None
+    H: NormalFit | dict[str, NormalFit] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     loader: Callable | None = None
     redraw: Callable | None = None
     progress: bool | None = None
     log_every: int = 50
+    settings: list[str] | None = None
 
     def __post_init__(self):
         self.out = Path(self.out)
         self.csv_path = Path(self.csv_path or self.out.with_suffix(".csv"))
         self.stats_path = Path(self.stats_path or self.out.with_suffix(".json"))
+        self.settings = list(self.settings or [self.setting])
+        fresh = self.task == "mri" and train_settings(self.config)["fresh_masks"]
+        self._defaults: dict[str, tuple] = {}
         if self.loader is None:
-            self.loader = default_loader(self.setting, self.device)
-            if self.task == "mri" and train_settings(self.config)["fresh_masks"]:
-                self.redraw = fresh_mask_loader(self.setting, self.device)
+            self._defaults = {
+                s: (
+                    default_loader(s, self.device),
+                    fresh_mask_loader(s, self.device) if fresh else None,
+                )
+                for s in self.settings
+            }
+            self.loader, self.redraw = self._defaults[self.settings[0]]
+
+    def _own(self, setting: str) -> tuple | None:
+        """The default (loader, redraw) of ``setting``, unless the caller set its own."""
+        own = self._defaults.get(setting)
+        first = self._defaults.get(self.settings[0])
+        return own if own and (self.loader, self.redraw) == first else None
+
+    def loader_for(self, setting: str) -> Callable:
+        own = self._own(setting)
+        return own[0] if own else self.loader
+
+    def redraw_for(self, setting: str) -> Callable | None:
+        own = self._own(setting)
+        return own[1] if own else self.redraw
+
+    def normal_fits(self) -> dict[str, NormalFit | None]:
+        """{setting: H} from ``H`` or the ``normal_path`` file(s) (each fit names its setting);
+        a setting without its fit is an error naming it."""
+        if isinstance(self.H, dict):
+            fits = dict(self.H)
+        elif self.H is not None:
+            fits = dict.fromkeys(self.settings, self.H)
+        else:
+            files = self.normal_path if isinstance(self.normal_path, list) else [self.normal_path]
+            loaded = [load_H(f, self.device) for f in files if f is not None]
+            if len(loaded) == 1 and len(self.settings) == 1:
+                return {self.settings[0]: loaded[0]}
+            fits = {fit.setting: fit for fit in loaded}
+        missing = [s for s in self.settings if fits.get(s) is None]
+        if fits and missing:
+            raise ValueError(
+                f"no fitted H for setting(s) {missing} among the H files given ({self.normal_path})"
+            )
+        return {s: fits.get(s) for s in self.settings}
 
     @property
     def ckpt_path(self) -> Path:
@@ -235,9 +287,9 @@ def train_step(
     accumulate: int,
     grad_clip: float,
     partitioner=None,
-    H=None,
 ) -> float:
-    """One optimiser step with ``accumulate`` micro-batches; returns the mean loss.
+    """One optimiser step with ``accumulate`` micro-batches; returns the mean loss. Each drawn
+    sample brings its setting's ‖A‖² (the step-size normalisation) and H.
 
     Raises :class:`NonFiniteLoss` before touching the weights if the loss is not finite.
     """
@@ -245,8 +297,9 @@ def train_step(
     total = 0.0
     for _ in range(accumulate):
         prep = pick(generator)
+        use_lipschitz(model, prep.lipschitz)
         est, target = estimate_pair(
-            model, spec, prep.sample, prep.physics, prep.x0, generator, partitioner, H
+            model, spec, prep.sample, prep.physics, prep.x0, generator, partitioner, prep.H
         )
         loss = torch.mean((est.float() - target.float()) ** 2)
         if not torch.isfinite(loss):
@@ -311,8 +364,8 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
     seed = int(job.config.get("seed", 0))
     seed_everything(seed)
     result = _base_result(job, spec)
-    H = job.H if job.H is not None else load_H(job.normal_path, job.device)
-    H = H if spec.use_H else None
+    fits = job.normal_fits() if spec.use_H else dict.fromkeys(job.settings)
+    H = fits[job.settings[0]]
 
     if not spec.learned:
         extra = {"lipschitz": None}
@@ -333,7 +386,7 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         elif spec.kind == "tv":
             val = job.val_paths or job.train_paths
             cache = SampleCache(val[: max(1, t["val_max"])], job.loader, spec, H)
-            extra = select_tv(job.variant, job.task, job.config, cache, job.device, H)
+            extra = select_tv(job.variant, job.task, job.config, cache, job.device)
         elif spec.kind not in ("analytical", "adjoint"):  # iterative, no weights: needs ‖A‖²
             extra = {"lipschitz": lipschitz_of(job.loader(job.train_paths[0]))}
         payload = {**result, **extra, "status": status, "message": message, "state_dict": None}
@@ -347,19 +400,26 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
     device = job.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    cache = SampleCache(job.train_paths, job.loader, spec, H, on_device=t["device_cache"])
-    if len(cache) == 0:
+    if not job.train_paths:
         raise ValueError("no training volumes given (--train)")
+    on_device = t["device_cache"] // len(job.settings)  # the volumes kept per setting
+    caches = {
+        s: SampleCache(job.train_paths, job.loader_for(s), spec, fits[s], on_device=on_device)
+        for s in job.settings
+    }
     val_paths = (job.val_paths or [])[: t["val_max"]]
-    val_cache = SampleCache(val_paths, job.loader, spec, H)
+    val_caches = {s: SampleCache(val_paths, job.loader_for(s), spec, fits[s]) for s in job.settings}
     rows: list[dict] = []
     volume = "?"
     step = 0
     try:
-        first = cache.get(0)
+        first = caches[job.settings[0]].get(0)
         volume = shape_text(first.sample.x)
-        lipschitz = cache.lipschitz
-        val_cache.lipschitz = lipschitz
+        by_setting = {}
+        for s in job.settings:  # ‖A‖² per setting, on its first training volume
+            caches[s].get(0)
+            by_setting[s] = val_caches[s].lipschitz = caches[s].lipschitz
+        lipschitz = by_setting[job.settings[0]]
         model = build_variant(job.variant, job.task, job.config, lipschitz, device=device)
         model.bf16 = bool(t["bf16"]) and device.type == "cuda"
         model.train()
@@ -402,11 +462,16 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
             _write_csv(job.csv_path, rows)
 
         def pick(gen: torch.Generator) -> Prepared:
+            s = job.settings[0]
+            if len(job.settings) > 1:  # one model for every setting: a setting per draw
+                s = job.settings[int(torch.randint(len(job.settings), (1,), generator=gen))]
+            cache = caches[s]
             i = int(torch.randint(len(cache), (1,), generator=gen))
-            if job.redraw is None:
+            redraw = job.redraw_for(s)
+            if redraw is None:
                 return cache.get(i)
             seed = int(torch.randint(2**31 - 1, (1,), generator=gen))  # a fresh mask per draw
-            return cache.fresh(i, job.redraw, seed)
+            return cache.fresh(i, redraw, seed)
 
         # a bar on a terminal only (disable=None); logs get one line every log_every steps
         bar = tqdm(
@@ -424,7 +489,7 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
             t0 = time.perf_counter()
             try:
                 loss = train_step(
-                    model, opt, spec, pick, gen, t["accumulate"], t["grad_clip"], partitioner, H
+                    model, opt, spec, pick, gen, t["accumulate"], t["grad_clip"], partitioner
                 )
             except NonFiniteLoss as err:
                 last = int(torch.load(ckpt, weights_only=False)["step"]) if ckpt.exists() else 0
@@ -444,10 +509,10 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
                 "peak_memory_gb": peak_memory_gb(device),
                 "val_psnr": None,
             }
-            if len(val_cache) and ((step + 1) % t["val_every"] == 0 or step + 1 == t["steps"]):
-                prepared = [val_cache.get(i) for i in range(len(val_cache))]
+            if val_paths and ((step + 1) % t["val_every"] == 0 or step + 1 == t["steps"]):
+                prepared = [c.get(i) for c in val_caches.values() for i in range(len(c))]
                 try:
-                    row["val_psnr"] = validate_psnr(model, spec, job.task, job.config, prepared, H)
+                    row["val_psnr"] = validate_psnr(model, spec, job.task, job.config, prepared)
                 except ValueError as err:
                     _write_csv(job.csv_path, rows)
                     raise ValidationFailed(f"step {step + 1}: {err}") from None
@@ -468,9 +533,13 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
                 return {"stopped_at": step + 1}
         bar.close()
         tuned = {}
-        if spec.kind == "pnp":  # the test-time parameters, on the validation volumes
-            prepared = [val_cache.get(i) for i in range(len(val_cache))] or [cache.get(0)]
-            tuned = select_pnp(model, job.task, job.config, prepared)
+        if spec.kind == "pnp":  # the test-time parameters, per setting, on its validation volumes
+            for s in job.settings:
+                c = val_caches[s] if val_paths else caches[s]
+                prepared = [c.get(i) for i in range(len(c) if val_paths else 1)]
+                use_lipschitz(model, by_setting[s])
+                for key, value in select_pnp(model, job.task, job.config, prepared).items():
+                    tuned.setdefault(key, {})[s] = value
     except torch.OutOfMemoryError:
         peak = peak_memory_gb(device) or 0.0
         msg = f"OOM at volume {volume}, peak {peak:.2f} GB (step {step + 1})"
@@ -494,6 +563,8 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         "volume": volume,
         "n_params": count_parameters(model),
         "lipschitz": lipschitz,
+        "lipschitz_by_setting": by_setting,
+        "settings": job.settings,
         "peak_memory_gb": max(peaks) if peaks else None,
         "peak_rss_gb": peak_rss_gb(),
         "peak_rss_growth_gb": _rss_growth_gb(rss_base),
@@ -518,6 +589,8 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         "status": "ok",
         "state_dict": model.state_dict(),
         "lipschitz": lipschitz,
+        "lipschitz_by_setting": by_setting,
+        "settings": job.settings,
         "model_config": job.config.get("model", {}),
         "K": job.config.get(job.task, {}).get("K"),
         "steps": len(rows),

@@ -11,7 +11,13 @@ import numpy as np
 import torch
 
 from unroll3d.config import evaluate_settings, section_defaults, train_settings
-from unroll3d.engine.core import Prepared, SampleCache, make_partitioner, reconstruct
+from unroll3d.engine.core import (
+    Prepared,
+    SampleCache,
+    make_partitioner,
+    reconstruct,
+    use_lipschitz,
+)
 from unroll3d.metrics import convention_for, psnr_under
 from unroll3d.models import build_variant
 from unroll3d.variants import variant_spec
@@ -24,17 +30,19 @@ def _name(prep: Prepared) -> str:
     return meta.get("source") or meta.get("volume", "?")
 
 
-def validate_psnr(model, spec, task, config, prepared: list[Prepared], H) -> float:
-    """Mean PSNR (evaluation convention) of full-volume inference on the validation samples
-    (Algorithm 1's first pass only: no per-patch refinement during training)."""
+def validate_psnr(model, spec, task, config, prepared: list[Prepared]) -> float:
+    """Mean PSNR (evaluation convention) of full-volume inference on the validation samples,
+    each with its setting's ‖A‖² and H (Algorithm 1's first pass only: no per-patch refinement
+    during training)."""
     conv = convention_for(task, evaluate_settings(config))
     vals = []
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for prep in prepared:
+            use_lipschitz(model, prep.lipschitz)
             x = reconstruct(
-                model, spec, task, config, prep.sample, prep.physics, prep.x0, H, refine=False
+                model, spec, task, config, prep.sample, prep.physics, prep.x0, prep.H, refine=False
             )
             try:
                 value = psnr_under(x, prep.sample.x, conv)
@@ -50,7 +58,7 @@ def validate_psnr(model, spec, task, config, prepared: list[Prepared], H) -> flo
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def select_tv(variant, task, config, cache: SampleCache, device, H=None) -> dict:
+def select_tv(variant, task, config, cache: SampleCache, device) -> dict:
     """Choose the TV weight α on the validation volumes of ``cache`` (grid search on PSNR)."""
     spec = variant_spec(variant)
     grid = list(train_settings(config)["tv_grid"])
@@ -58,7 +66,7 @@ def select_tv(variant, task, config, cache: SampleCache, device, H=None) -> dict
     scores = []
     for a in grid:
         model = build_variant(variant, task, config, cache.lipschitz, alpha=a).to(device)
-        scores.append(validate_psnr(model, spec, task, config, prepared, H))
+        scores.append(validate_psnr(model, spec, task, config, prepared))
         print(f"tv: alpha={a:g} val PSNR {scores[-1]:.2f} dB", file=sys.stderr)
     best = int(np.nanargmax(scores))
     return {
