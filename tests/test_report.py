@@ -519,9 +519,15 @@ def test_patch_sweep_points_and_figures(tmp_path):
     gpu = {"peak_memory_gb": 3.0, "peak_rss_growth_gb": 9.0, "step_time_mean_s": 0.4}
     _write_sweep(tmp_path, "cbct", "v30", "4x8x8", [20.0, 22.0], cpu)
     _write_sweep(tmp_path, "cbct", "v30", "8x16x16", [24.0, 26.0], gpu)
+    # one model for both view counts (train.share_across_settings): the PSNR is averaged over
+    # the settings too, as in the paper
+    _write_sweep(tmp_path, "cbct", "v50", "4x8x8", [22.0, 24.0], cpu)
+    _write_sweep(tmp_path, "cbct", "v50", "8x16x16", [26.0, 28.0], gpu)
     points = report.collect_sweep(tmp_path, cfg, "cbct")
     assert [p.patch for p in points] == [(4, 8, 8), (8, 16, 16)]
-    assert [p.psnr for p in points] == [21.0, 25.0]
+    assert [p.psnr for p in points] == [22.0, 26.0] and points[0].n_volumes == 4
+    per_setting = {**cfg, "train": {"share_across_settings": False}}  # first setting only
+    assert [p.psnr for p in report.collect_sweep(tmp_path, per_setting, "cbct")] == [21.0, 25.0]
     assert [p.memory_gb for p in points] == [0.5, 3.0]
     assert points[0].memory_kind == "CPU peak RSS growth"
     assert points[1].memory_kind == "GPU peak allocated" and points[1].step_s == 0.4
@@ -715,3 +721,25 @@ def test_table1_ssim_is_slice_wise_with_3d_ssim_as_an_extra_column(tmp_path):
     assert any("mean of 2D SSIM over the axial slices" in n for n in t1.footnotes)
     t2 = report.build_table("table2_mri", cells, CONFIG, commit="x")
     assert not any("3D" in h for h in t2.header)
+
+
+def test_the_sweep_point_at_the_main_patch_reuses_the_main_evaluations(tmp_path):
+    """The sweep's main patch size is the main model: its point is read from the main
+    evaluations of the sweep variant (every setting), and no sweep file is needed for it."""
+    cfg = {
+        **CONFIG,
+        "cbct": {**CONFIG["cbct"], "patch_size": [8, 16, 16]},
+        "sweep": {"enabled": True, "variant": "partition-H", "cbct": [[4, 8, 8], [8, 16, 16]]},
+    }
+    write_evals(tmp_path, cfg)
+    cpu = {"peak_memory_gb": None, "peak_rss_growth_gb": 0.5, "step_time_mean_s": 0.2}
+    for setting in ("v30", "v50"):
+        _write_sweep(tmp_path, "cbct", setting, "4x8x8", [20.0, 22.0], cpu)
+    points = report.collect_sweep(tmp_path, cfg, "cbct")
+    main = [
+        report.read_eval(tmp_path / "eval" / "cbct" / s / "partition-H" / f"{v}.json").psnr
+        for s in ("v30", "v50")
+        for v in VOLUMES
+    ]
+    assert points[1].patch == (8, 16, 16) and points[1].psnr == pytest.approx(np.mean(main))
+    assert not (tmp_path / "eval" / "cbct" / "v30" / "sweep" / "p8x16x16").exists()

@@ -15,9 +15,22 @@ BIN = Path(sys.executable).parent
 def _run(workdir, configfile, *args):
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
     return subprocess.run(
-        [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory",
-         str(workdir), "--configfile", str(configfile), "--cores", "1", *args],
-        capture_output=True, text=True, cwd=ROOT, env=env,
+        [
+            str(BIN / "snakemake"),
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--configfile",
+            str(configfile),
+            "--cores",
+            "1",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
     )
 
 
@@ -72,11 +85,15 @@ def test_train_and_evaluate_rerun_only_for_keys_they_read(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
 
     def planned():
-        res = _run(tmp_path, configfile, *targets, "-n", "--rerun-triggers", "params",
-                   "--quiet", "rules")
+        res = _run(
+            tmp_path, configfile, *targets, "-n", "--rerun-triggers", "params", "--quiet", "rules"
+        )
         assert res.returncode == 0, res.stderr[-2000:]
-        return {ln.split()[0] for ln in res.stdout.splitlines()
-                if len(ln.split()) == 2 and ln.split()[1].isdigit()} - {"total", "job"}
+        return {
+            ln.split()[0]
+            for ln in res.stdout.splitlines()
+            if len(ln.split()) == 2 and ln.split()[1].isdigit()
+        } - {"total", "job"}
 
     assert planned() == set()  # up to date
 
@@ -154,3 +171,33 @@ def test_refitting_h_retrains_the_h_model_from_step_zero(tmp_path):
     after = torch.load(model, weights_only=False)["state_dict"]
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert not ckpt.exists()
+
+
+def _train_commands(tmp_path, configfile):
+    res = _run(tmp_path, configfile, "-n", "-p")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return [ln for ln in res.stdout.splitlines() if "unroll3d train --task" in ln]
+
+
+def test_paper_plan_trains_one_model_per_task_and_learned_variant(tmp_path):
+    """train.share_across_settings (the paper's protocol): the paper config plans one `train`
+    job per task and learned variant, on every setting with every setting's H; FDK/TV/DPIR stay
+    per setting; false restores one model per setting."""
+    from unroll3d.variants import variant_spec
+
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    main = [c for c in _train_commands(tmp_path, configfile) if "/sweep/" not in c]
+    learned = [v for v in config["variants"] if variant_spec(v).learned]
+    per_setting = [v for v in config["variants"] if not variant_spec(v).learned]
+    n_settings = len(config["cbct"]["views"]) + len(config["mri"]["accelerations"])
+    assert len(main) == 2 * len(learned) + n_settings * len(per_setting)
+    ph = [c for c in main if "--variant partition-H " in c and "--task cbct" in c]
+    assert len(ph) == 1 and "--setting all" in ph[0] and "--settings v30 v50 v100" in ph[0]
+    assert all(f"results/normal/cbct/v{n}.pt" in ph[0] for n in (30, 50, 100))
+
+    config["train"]["share_across_settings"] = False
+    configfile.write_text(yaml.safe_dump(config))
+    main = [c for c in _train_commands(tmp_path, configfile) if "/sweep/" not in c]
+    assert len(main) == n_settings * len(config["variants"])

@@ -56,7 +56,7 @@ def final_targets(wildcards):
 
 wildcard_constraints:
     task="cbct|mri",
-    setting=r"v\d+|R[0-9.]+",
+    setting=r"v\d+|R[0-9.]+|all",
     variant="|".join(v.replace("-", r"\-") for v in config["variants"]),
 
 
@@ -133,9 +133,11 @@ def normal_input(wildcards):
 
 
 def normal_for(task, setting, variant):
-    """The fitted H a variant needs as input ({"normal": path} for the -H variants, else {})."""
+    """The fitted H a variant needs as input ({"normal": path(s)} for the -H variants, else {});
+    a model shared across settings (setting "all") needs every setting's."""
     if needs_H(variant):
-        return {"normal": paths.normal_fit(RESULTS, task, setting)}
+        sets = u3config.model_settings(config, task, setting)
+        return {"normal": [paths.normal_fit(RESULTS, task, s) for s in sets]}
     return {}
 
 
@@ -173,15 +175,28 @@ def train_inputs(wildcards):
 
 
 def normal_arg(wildcards, input):
-    """`--normal FILE` for the variants that use the fitted H, else nothing."""
+    """`--normal FILE...` for the variants that use the fitted H, else nothing."""
     return f"--normal {input.normal}" if "normal" in input.keys() else ""
+
+
+def settings_arg(wildcards):
+    """`--settings v30 v50 ...` for a model shared across settings (setting "all")."""
+    if wildcards.setting != u3config.SHARED_SETTING:
+        return ""
+    return f"--settings {join_values(u3config.task_settings(config, wildcards.task))}"
 
 
 # ---- evaluate stage helpers (used by workflow/rules/evaluate.smk) ----
 
 
+def model_setting(setting, variant):
+    """The {setting} of the model evaluated under `setting` ("all" when shared)."""
+    return u3config.model_setting(config, variant, setting)
+
+
 def evaluate_inputs(wildcards):
-    base = paths.model_base(RESULTS, wildcards.task, wildcards.setting, wildcards.variant)
+    setting = model_setting(wildcards.setting, wildcards.variant)
+    base = paths.model_base(RESULTS, wildcards.task, setting, wildcards.variant)
     return {
         **model_inputs(base, wildcards.task, wildcards.volume),
         **normal_for(wildcards.task, wildcards.setting, wildcards.variant),
@@ -203,15 +218,18 @@ def eval_targets():
 SWEEP = config["sweep"]
 
 
-def sweep_patches(task):
-    if not SWEEP["enabled"] or task not in config["tasks"]:
-        return []
-    return [paths.patch_label(p) for p in SWEEP[task]]
+def sweep_model_setting(task):
+    """The {setting} of the sweep's models: "all" when shared across settings, else the first."""
+    return model_setting(settings(task)[0], SWEEP["variant"])
 
 
-def sweep_setting(task):
-    """The sweep runs on the first setting of the task (views[0] or accelerations[0])."""
-    return settings(task)[0]
+def sweep_trained_patches(task):
+    """Sweep patches that need their own model: the main patch reuses the main model."""
+    return [
+        paths.patch_label(p)
+        for p in (SWEEP[task] if SWEEP["enabled"] and task in config["tasks"] else [])
+        if not u3config.sweep_reuses_main(config, task, p)
+    ]
 
 
 def sweep_config_json(wildcards):
@@ -228,7 +246,8 @@ def sweep_train_inputs(wildcards):
 
 
 def sweep_evaluate_inputs(wildcards):
-    base = paths.sweep_model_base(RESULTS, wildcards.task, wildcards.setting, wildcards.patch)
+    setting = sweep_model_setting(wildcards.task)
+    base = paths.sweep_model_base(RESULTS, wildcards.task, setting, wildcards.patch)
     return {
         **model_inputs(base, wildcards.task, wildcards.volume),
         **normal_for(wildcards.task, wildcards.setting, SWEEP["variant"]),
@@ -237,9 +256,10 @@ def sweep_evaluate_inputs(wildcards):
 
 def sweep_eval_targets():
     return [
-        paths.sweep_eval_json(RESULTS, task, sweep_setting(task), patch, volume)
+        paths.sweep_eval_json(RESULTS, task, setting, patch, volume)
         for task in config["tasks"]
-        for patch in sweep_patches(task)
+        for patch in sweep_trained_patches(task)
+        for setting in u3config.sweep_settings(config, task)
         for volume in volumes(task, "test")
     ]
 

@@ -1,6 +1,8 @@
-# Figs. 7/8: the partitioned variant `sweep.variant` trained and evaluated once per patch size on
-# the first setting of each task. Same commands as train.smk / evaluate.smk; only the task's
-# patch_size in the config they receive differs ({patch} = D x H x W, e.g. 8x16x16).
+# Figs. 7/8: the partitioned variant `sweep.variant` trained once per patch size (one model for
+# every setting when models are shared, else on the first setting) and evaluated under each
+# setting the figure averages. The main patch size reuses the main model and its evaluations
+# (no job here). Same commands as train.smk / evaluate.smk; only the task's patch_size in the
+# config they receive differs ({patch} = D x H x W, e.g. 8x16x16).
 
 SWEEP_MODEL_BASE = paths.sweep_model_base(RESULTS, "{task}", "{setting}", "{patch}")
 
@@ -16,6 +18,7 @@ rule train_sweep:
         config=sweep_config_json,
         variant=SWEEP["variant"],
         normal=normal_arg,
+        settings=settings_arg,
     wildcard_constraints:
         patch=r"\d+x\d+x\d+",
     log:
@@ -31,7 +34,8 @@ rule train_sweep:
         "unroll3d device run -- unroll3d train --task {wildcards.task}"
         " --setting {wildcards.setting} --variant {params.variant}"
         " --config-json '{params.config}' --train {input.train} --val {input.val}"
-        " {params.normal} --out {output.model} --csv {output.csv} --stats {output.stats}"
+        " {params.normal} {params.settings} --out {output.model} --csv {output.csv}"
+        " --stats {output.stats}"
         " --threads {threads} > {log} 2>&1"
 
 

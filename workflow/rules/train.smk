@@ -1,4 +1,6 @@
-# Training of one variant on one task and setting (unroll3d train). Learned variants train on
+# Training of one variant on one task and setting (unroll3d train). Learned variants train one
+# model per task on every setting ({setting} = all, `--settings v30 v50 ...`) under
+# train.share_across_settings (the default), else one per setting. They train on
 # the GPU the device picker hands out; fdk/tv write a small "model" file so the DAG is uniform
 # (tv: the regularisation weight chosen on the validation volumes).
 # The job gets only the config keys it reads (job_config_json), so editing a report or sweep key
@@ -22,6 +24,7 @@ rule train:
     params:
         config=job_config_json,
         normal=normal_arg,
+        settings=settings_arg,
     log:
         f"{LOGS}/train/{{task}}/{{setting}}/{{variant}}.log",
     benchmark:
@@ -35,5 +38,6 @@ rule train:
         "unroll3d device run -- unroll3d train --task {wildcards.task}"
         " --setting {wildcards.setting} --variant {wildcards.variant}"
         " --config-json '{params.config}' --train {input.train} --val {input.val}"
-        " {params.normal} --out {output.model} --csv {output.csv} --stats {output.stats}"
+        " {params.normal} {params.settings} --out {output.model} --csv {output.csv}"
+        " --stats {output.stats}"
         " --threads {threads} > {log} 2>&1"

@@ -16,17 +16,37 @@ from unroll3d.cli.common import (
 from unroll3d.variants import TASKS, VARIANTS
 
 
-def add_job_args(p: argparse.ArgumentParser) -> None:
-    """--task, --setting, --variant, --normal: which job (shared with ``unroll3d evaluate``)."""
+def add_job_args(p: argparse.ArgumentParser, normals: bool = False) -> None:
+    """--task, --setting, --variant, --normal: which job (shared with ``unroll3d evaluate``);
+    ``normals``: one H file per setting of a shared model (``unroll3d train``)."""
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--setting", required=True, help="v30, v50, ... (CBCT) or R5, R10 (MRI)")
     p.add_argument("--variant", required=True, choices=list(VARIANTS))
-    p.add_argument("--normal", default=None, help="fitted H file (variants that use H)")
+    if normals:
+        p.add_argument(
+            "--normal",
+            nargs="+",
+            default=None,
+            help="fitted H file(s), one per setting the model trains on (variants that use H)",
+        )
+    else:
+        p.add_argument("--normal", default=None, help="fitted H file (variants that use H)")
+
+
+def _one_or_several(values):
+    return values[0] if values and len(values) == 1 else values
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unroll3d train", description=__doc__.split("\n")[0])
-    add_job_args(p)
+    add_job_args(p, normals=True)
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        default=None,
+        help="train one model on these settings, one drawn per micro-step "
+        "(train.share_across_settings; --setting is then its label, e.g. all)",
+    )
     add_config_args(p)
     add_runtime_args(p)
     add_progress_args(p)
@@ -56,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         out=args.out,
         csv_path=args.csv,
         stats_path=args.stats,
-        normal_path=args.normal,
+        normal_path=_one_or_several(args.normal),
+        settings=args.settings,
         device=device,
         progress=args.progress,
         log_every=args.log_every,

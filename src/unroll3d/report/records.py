@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from unroll3d import paths
+from unroll3d.config import sweep_reuses_main, sweep_settings, task_settings
 from unroll3d.report.common import ReportError
 
 log = logging.getLogger("unroll3d.report")
@@ -237,13 +238,6 @@ def read_eval(path: str | Path) -> EvalRecord:
     return rec
 
 
-def task_settings(config: dict, task: str) -> list[str]:
-    """Setting names of a task in the config: ``v30``... (CBCT views) or ``R5``... (MRI)."""
-    if task == "cbct":
-        return [f"v{int(n)}" for n in config.get("cbct", {}).get("views", [])]
-    return [f"R{float(r):g}" for r in config.get("mri", {}).get("accelerations", [])]
-
-
 def test_volumes(config: dict, task: str) -> list[str] | None:
     """Test volume ids of a task from ``config[task]["splits"]["test"]`` (as ``data.smk`` names
     them: ``walnut<N>`` for CBCT), or ``None`` when the config has no split (then the volumes
@@ -320,7 +314,8 @@ def collect_evals(
 
 @dataclass
 class SweepPoint:
-    """One patch size of the Figs. 7/8 sweep: means over the test volumes."""
+    """One patch size of the Figs. 7/8 sweep: means over the test volumes and the sweep's
+    settings (:func:`unroll3d.config.sweep_settings`)."""
 
     patch: tuple[int, int, int]
     psnr: float | None
@@ -342,18 +337,28 @@ def collect_sweep(results: str | Path, config: dict, task: str) -> list[SweepPoi
     sweep = config.get("sweep") or {}
     if not sweep.get("enabled") or task not in config.get("tasks", []):
         return []
-    setting = task_settings(config, task)[0]
     points = []
     root, names = str(results), test_volumes(config, task)
+    variant = sweep.get("variant", "partition-H")
     for patch in sweep.get(task, []):
         label = paths.patch_label(patch)
-        folder = Path(paths.sweep_eval_dir(root, task, setting, label))
-        if names:
-            files = [Path(paths.sweep_eval_json(root, task, setting, label, v)) for v in names]
-        else:
-            files = sorted(folder.glob("*.json"))
-        if not files:
-            raise ReportError(f"no sweep evaluation files in {folder}")
+        files = []
+        main = sweep_reuses_main(config, task, patch)  # then: the main model's evaluations
+        for setting in sweep_settings(config, task):
+            if main:
+                found = [
+                    Path(paths.eval_json(root, task, setting, variant, v)) for v in names or []
+                ]
+                folder = Path(paths.eval_base(root, task, setting, variant, "-")).parent
+            else:
+                found = [
+                    Path(paths.sweep_eval_json(root, task, setting, label, v)) for v in names or []
+                ]
+                folder = Path(paths.sweep_eval_dir(root, task, setting, label))
+            found = found or sorted(folder.glob("*.json"))
+            if not found:
+                raise ReportError(f"no sweep evaluation files in {folder}")
+            files += found
         recs, mems, kinds, steps = [], [], set(), []
         for path in files:
             rec = read_eval(path)
