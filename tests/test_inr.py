@@ -247,3 +247,30 @@ def test_reconstructor_fits_under_no_grad(blur_problem):
     assert len(model.history) == 60 and model.history[-1] < model.history[0]
     # measured: 29.2 dB (x_init) -> 37.8 dB after 60 steps
     assert _psnr(vol, x) > _psnr(x0, x) + 5
+
+
+def test_bench_inr_writes_one_row_per_size(tmp_path):
+    import csv
+
+    from unroll3d.bench.inr import FIELDS, main
+
+    out = tmp_path / "bench_inr.csv"
+    main(
+        [
+            "--sizes",
+            "8",
+            "6",
+            "--steps",
+            "3",
+            "--init-steps",
+            "2",
+            "--levels",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
+    rows = list(csv.DictReader(out.open()))
+    assert [r["n"] for r in rows] == ["6", "8"] and list(rows[0]) == FIELDS
+    assert all(r["status"] == "ok" and float(r["psnr_db"]) > 0 for r in rows)
+    assert rows[0]["mem_method"] == "peak RSS growth" and rows[0]["finest_resolution"] == "6"

@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "unroll3d.bench.normal_transfer",
         "held-out error of one fitted H on other samples and fresh masks (H per sample?)",
     ),
+    "inr": ("unroll3d.bench.inr", "INR[3D] baseline: time, memory and PSNR of one hash-grid fit"),
     "cost": ("unroll3d.bench.cost", "estimated GPU hours of a configuration's DAG, per rule"),
     "gpu_check": (
         "unroll3d.bench.gpu_check",

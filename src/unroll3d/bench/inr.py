@@ -1,0 +1,180 @@
+"""INR[3D] (Table 1 baseline): time, memory and PSNR of one per-volume hash-grid INR fit.
+
+For each cubic size N³: a seeded phantom of Gaussian blobs under a masked 3×3×3 blur (a fraction
+``--keep`` of the voxels measured, plus noise), warm-started from x₀ = Aᵀy / ‖A‖², then
+:func:`unroll3d.inr.fit_inr`. Records per size the steps, seconds per step (the whole fit, warm
+start included, over all its steps), total seconds, peak memory (``torch.cuda.max_memory_allocated``
+on a GPU, peak RSS growth on the CPU) and the PSNR of x₀ and of the fit. One CSV row per size.
+
+    unroll3d bench inr --sizes 16 32 --steps 200 --out results/benchmarks/bench_inr.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+#: CSV columns, one row per size; memory in GB (10⁹ B)
+FIELDS = [
+    "n", "steps", "init_steps", "time_per_step_s", "total_s", "peak_memory_gb", "mem_method",
+    "psnr_init_db", "psnr_db", "final_loss", "levels", "log2_table_size", "base_resolution",
+    "finest_resolution", "features", "table_params", "lr", "threads", "device", "status",
+]  # fmt: skip
+
+
+def blobs(n: int, count: int = 4, seed: int = 0):
+    """A smooth phantom on n³: a sum of ``count`` seeded Gaussian blobs, (1, 1, n, n, n)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.meshgrid(*[torch.linspace(0, 1, n)] * 3, indexing="ij")
+    x = torch.zeros(n, n, n)
+    for _ in range(count):
+        c = torch.rand(3, generator=g) * 0.6 + 0.2
+        s = 0.08 + 0.1 * torch.rand(1, generator=g)
+        a = 0.5 + 0.5 * torch.rand(1, generator=g)
+        x = x + a * torch.exp(
+            -sum((gi - ci) ** 2 for gi, ci in zip(grid, c, strict=True)) / (2 * s**2)
+        )
+    return x[None, None]
+
+
+def masked_blur(n: int, keep: float, seed: int = 0, device="cpu"):
+    """A = M ⊙ (k * x): a seeded positive 3×3×3 blur then a random mask keeping ``keep``."""
+    import torch
+    import torch.nn.functional as F
+    from deepinv.physics import LinearPhysics
+
+    g = torch.Generator().manual_seed(seed)
+    k = torch.rand((1, 1, 3, 3, 3), generator=g) + 0.5
+    k = (k / k.sum()).to(device)
+    mask = (torch.rand((1, 1, n, n, n), generator=g) < keep).float().to(device)
+    return LinearPhysics(
+        A=lambda x: mask * F.conv3d(x, k, padding=1),
+        A_adjoint=lambda y: F.conv_transpose3d(mask * y, k, padding=1),
+    )
+
+
+def measure(n: int, args: argparse.Namespace) -> dict:
+    """One fit on n³; the row of the CSV (without n, device, status)."""
+    import gc
+
+    import torch
+
+    from unroll3d.bench.memory import gb, peak_rss_gb, reset_peak_rss, rss_gb
+    from unroll3d.inr import HashGridEncoding, fit_inr
+    from unroll3d.metrics import psnr
+
+    dev = torch.device(args.device)
+    x = blobs(n, seed=args.seed).to(dev)
+    physics = masked_blur(n, args.keep, seed=args.seed, device=dev)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    y = physics.A(x) + args.noise * torch.randn(x.shape, generator=g).to(dev)
+    probe = torch.randn(x.shape, generator=g).to(dev)
+    sq = float(physics.compute_sqnorm(probe, max_iter=300, tol=1e-6, verbose=False))
+    x0 = physics.A_adjoint(y) / sq
+    enc = dict(
+        levels=args.levels,
+        features=args.features,
+        log2_table_size=args.log2_table_size,
+        base_resolution=min(args.base_resolution, n),
+        finest_resolution=args.finest_resolution or n,
+    )
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        reset_peak_rss()
+        base = rss_gb() or 0.0
+    start = time.perf_counter()
+    vol, hist = fit_inr(
+        y, physics, (n, n, n), 1, args.steps, lr=args.lr, seed=args.seed, x_init=x0,
+        init_steps=args.init_steps, hidden=args.hidden, layers=args.layers, **enc,
+    )  # fmt: skip
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    total = time.perf_counter() - start
+    if dev.type == "cuda":
+        peak, method = gb(torch.cuda.max_memory_allocated() - base), "cuda.max_memory_allocated"
+    else:
+        peak, method = max((peak_rss_gb() or 0.0) - base, 0.0), "peak RSS growth"
+    data_range = float(x.max())
+    table = HashGridEncoding(**enc).table.numel()
+    return {
+        "steps": args.steps,
+        "init_steps": args.init_steps,
+        "time_per_step_s": total / max(args.steps + args.init_steps, 1),
+        "total_s": total,
+        "peak_memory_gb": peak,
+        "mem_method": method,
+        "psnr_init_db": psnr(x0, x, data_range),
+        "psnr_db": psnr(vol, x, data_range),
+        "final_loss": hist[-1] if hist else "",
+        **enc,
+        "table_params": table,
+        "lr": args.lr,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unroll3d bench inr", description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[16, 32], help="volume sizes N (N³)")
+    p.add_argument("--steps", type=int, default=200, help="data-fit Adam steps")
+    p.add_argument("--init-steps", type=int, default=30, help="warm-start steps on x₀")
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--levels", type=int, default=8)
+    p.add_argument("--features", type=int, default=2)
+    p.add_argument("--log2-table-size", type=int, default=15)
+    p.add_argument("--base-resolution", type=int, default=2)
+    p.add_argument("--finest-resolution", type=int, default=0, help="0: N (the voxel grid)")
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--keep", type=float, default=0.6, help="fraction of voxels measured")
+    p.add_argument("--noise", type=float, default=0.005)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--out", required=True, help="CSV path")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from unroll3d.utils import atomic_write_csv, device_name
+
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for n in sorted(args.sizes):  # ascending: the RSS high-water mark grows with N
+        row = {"n": n, "device": device_name(args.device)}
+        try:
+            row.update(measure(n, args), status="ok")
+        except torch.OutOfMemoryError:
+            row["status"] = "oom"
+        rows.append(row)
+        if row["status"] == "ok":
+            print(
+                f"N={n}: {row['total_s']:.1f} s ({row['time_per_step_s'] * 1e3:.1f} ms/step), "
+                f"{row['peak_memory_gb']:.3f} GB, PSNR {row['psnr_init_db']:.1f} -> "
+                f"{row['psnr_db']:.1f} dB",
+                file=sys.stderr,
+            )
+        else:
+            print(f"N={n}: {row['status']}", file=sys.stderr)
+    atomic_write_csv(args.out, rows, FIELDS)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
