@@ -21,6 +21,7 @@ from unroll3d.models import (
     build_variant,
     variant_spec,
 )
+from unroll3d.inr import INRReconstructor
 from unroll3d.models.pnp import PnPAlphaPGD
 
 torch.set_num_threads(1)
@@ -151,6 +152,7 @@ def test_registry_builds_each_variant():
         "partition": UnrolledPGD,
         "partition-H": UnrolledPGD,
         "pnp": PnPAlphaPGD,
+        "inr": INRReconstructor,
     }
     pretrained = {"dpir"}  # built only with a checked weights file (tests/test_dpir.py)
     assert set(kinds) | pretrained == set(VARIANTS)

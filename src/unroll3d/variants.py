@@ -99,6 +99,10 @@ register(VariantSpec(
     label=_both("TV (variational)"), short=_both("TV"), style=("#8c564b", "^"),
 ))  # fmt: skip
 register(VariantSpec(
+    "inr", "inr", False, False, False,
+    label=_both("INR[3D]"), short=_both("INR"), style=("#8c6d31", "h"),
+))  # fmt: skip
+register(VariantSpec(
     "pnp", "pnp", True, False, True,
     label=_both("PnP-αPGD[3D]"), short=_both("PnP-αPGD"), style=("#9467bd", "P"),
 ))  # fmt: skip

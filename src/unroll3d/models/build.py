@@ -12,6 +12,7 @@ from torch import nn
 from unroll3d.config import section_defaults, train_settings
 from unroll3d.models.classical import Adjoint, Analytical, TVReconstructor, ZeroFilledRSS
 from unroll3d.models.dpir import DPIRSlices, SliceDenoiser, checked_weights, load_denoiser2d
+from unroll3d.inr import INRReconstructor
 from unroll3d.models.pnp import PnPAlphaPGD
 from unroll3d.models.unrolled import PostProcess, UnrolledPGD
 from unroll3d.variants import variant_spec
@@ -54,6 +55,7 @@ class BuildContext:
     alpha: float | None
     partition: bool = False
     net_dim: int = 3
+    seed: int = 0
 
 
 def _build_analytical(c: BuildContext) -> Reconstructor:
@@ -109,6 +111,12 @@ def _build_dpir(c: BuildContext) -> Reconstructor:
     return DPIRSlices(SliceDenoiser(net, t["dpir_denoiser"]), t["dpir_noise_level"], c.lipschitz)
 
 
+def _build_inr(c: BuildContext) -> Reconstructor:
+    """INR[3D]: a hash-grid INR fitted per volume (``train.inr``, instant-NGP defaults)."""
+    inr = {**section_defaults("train")["inr"], **(c.train.get("inr") or {})}
+    return INRReconstructor(seed=c.seed, **inr)
+
+
 def _build_unrolled(c: BuildContext) -> Reconstructor:
     m = c.model
     mode = c.train["checkpoint_unrolled"]
@@ -133,6 +141,7 @@ BUILDERS: dict[str, Callable[[BuildContext], Reconstructor]] = {
     "postproc": _build_postproc,
     "pnp": _build_pnp,
     "dpir": _build_dpir,
+    "inr": _build_inr,
     "unrolled": _build_unrolled,
 }
 
@@ -172,6 +181,7 @@ def build_variant(
         alpha=alpha,
         partition=spec.partition,
         net_dim=spec.net_dim,
+        seed=int(config.get("seed", 0)),
     )
     model = builder(ctx)
     if device is not None:
