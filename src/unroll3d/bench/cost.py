@@ -5,9 +5,11 @@ of each variant at the data set's size, the projector, the sliding-window infere
 that has no row, from the paper's own s/step (H100, :mod:`unroll3d.paper_numbers`). Every row says
 which. The estimate counts the heavy parts only:
 
-- ``train``: ``steps × accumulate`` micro-steps per job, one job per task × setting × learned
-  variant (a variant whose training OOMs costs nothing: it stops at once);
-- ``train_sweep``: the same per swept patch, scaled by the patch's voxels against the main patch;
+- ``train``: ``steps × accumulate`` micro-steps per job, one job per task × learned variant
+  (``train.share_across_settings``; else per setting too; a variant whose training OOMs costs
+  nothing: it stops at once);
+- ``train_sweep``: the same per swept patch other than the main one (which reuses the main
+  model), scaled by the patch's voxels against the main patch;
 - ``evaluate``: for a learned variant, one inference per test volume (the measured 501³
   ``partition-H`` inference, scaled by the volume's voxels for MRI) plus
   ``evaluate.timing_steps`` micro-steps; for TV, ``tv_iters`` applications of AᵀA; FDK is seconds;
@@ -27,6 +29,7 @@ import math
 import sys
 from pathlib import Path
 
+from unroll3d.config import SHARED_SETTING, shares_settings, sweep_reuses_main
 from unroll3d.paper_numbers import paper_value
 from unroll3d.utils import atomic_write_csv, atomic_write_text
 from unroll3d.variants import variant_spec
@@ -122,19 +125,21 @@ def estimate(config: dict, gc: dict) -> list[dict]:
                 k = int(config[task].get("K", 5))
                 pnp_pass = None if infer_cbct is None else infer_cbct * scale / (2 * k)
                 pnp_iters = max(_pnp_grid(train)["iters"])
-                if spec.learned:
+                shared = shares_settings(config, variant)  # one job for all settings
+                if spec.learned and (not shared or setting == settings[0]):
                     hours = None if step is None else micro * step / 3600
                     text = basis if step is None else f"{micro} micro-steps × {step:.3g} s; {basis}"
                     if spec.kind == "pnp" and hours is not None and pnp_pass is not None:
                         grid = _pnp_grid(train)
                         combos = len(grid["alpha"]) * len(grid["stepsize"]) * len(grid["sigma"])
-                        runs = combos * int(train["val_max"])
+                        runs = combos * int(train["val_max"]) * (len(settings) if shared else 1)
                         hours += runs * pnp_iters * pnp_pass / 3600
                         text += (
                             f"; + validation grid: {runs} runs × {pnp_iters} iterations × "
                             f"{pnp_pass:.0f} s per denoiser pass (partition-H inference / 2K)"
                         )
-                    rows.append(_row("train", task, setting, variant, 1, hours, text))
+                    label = SHARED_SETTING if shared else setting
+                    rows.append(_row("train", task, label, variant, 1, hours, text))
                 if spec.kind == "pnp" and pnp_pass is not None:
                     per = pnp_iters * pnp_pass + int(ev["timing_steps"]) * (step or 0)
                     basis = (
@@ -180,14 +185,14 @@ def estimate(config: dict, gc: dict) -> list[dict]:
             variant = sweep.get("variant", "partition-H")
             step, basis = _train_step(gc, task, variant, config)
             for p in sweep.get(task, []):
-                if step is None:
+                if step is None or sweep_reuses_main(config, task, p):  # the main model
                     continue
                 ratio = math.prod(p) / math.prod(patch)
                 rows.append(
                     _row(
                         "train_sweep",
                         task,
-                        settings[0],
+                        SHARED_SETTING if shares_settings(config, variant) else settings[0],
                         f"{variant} {p}",
                         1,
                         micro * step * ratio / 3600,
