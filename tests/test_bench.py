@@ -277,10 +277,13 @@ def test_cost_estimate_counts_jobs_and_names_its_sources(tmp_path):
     config["sweep"]["enabled"] = False
     rows = cost.estimate(config, cost.read_gpu_check([gc]))
     train = {(r["setting"], r["variant"]): r for r in rows if r["rule"] == "train"}
-    assert train[("R5", "partition")]["hours"] == pytest.approx(2000 * 0.5 / 3600, abs=1e-3)
-    assert train[("R5", "unrolled")]["hours"] == 0 and "OOM" in train[("R5", "unrolled")]["basis"]
-    assert "paper's s/step" in train[("R5", "postproc")]["basis"]  # no GPU-check row
-    assert len(train) == 2 * 3  # R5, R10 × three learned variants
+    assert train[("all", "partition")]["hours"] == pytest.approx(2000 * 0.5 / 3600, abs=1e-3)
+    assert train[("all", "unrolled")]["hours"] == 0 and "OOM" in train[("all", "unrolled")]["basis"]
+    assert "paper's s/step" in train[("all", "postproc")]["basis"]  # no GPU-check row
+    assert len(train) == 3  # one model for R5 and R10 × three learned variants
+    config["train"]["share_across_settings"] = False
+    per = [r for r in cost.estimate(config, cost.read_gpu_check([gc])) if r["rule"] == "train"]
+    assert len(per) == 2 * 3  # R5, R10 × three learned variants
     ev = [r for r in rows if r["rule"] == "evaluate"]
     assert {r["variant"] for r in ev} == {"postproc", "unrolled", "partition"}  # FDK: seconds
     assert all(r["jobs"] == len(config["mri"]["splits"]["test"]) for r in ev)
