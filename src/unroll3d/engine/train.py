@@ -374,10 +374,14 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
             weights = checked_weights(t["dpir_weights"], t["dpir_sha256"])
             if weights is None:
                 status = "unavailable"
+                where = (
+                    "train.dpir_weights is not set"
+                    if not t["dpir_weights"]
+                    else f"{t['dpir_weights']} does not exist"
+                )
                 message = (
-                    f"weights not available: train.dpir_weights = {t['dpir_weights']!r} "
-                    + ("is not set" if not t["dpir_weights"] else "does not exist")
-                    + " (pretrained weights cannot be downloaded here; no others are used)"
+                    f"weights not available: {where} (pretrained weights cannot be downloaded "
+                    "here; no others are used)"
                 )
                 print(f"dpir: {message}", file=sys.stderr)
             else:
