@@ -9,7 +9,9 @@ Layout::
 
     {root}/data/{task}/{volume}.pt                           preprocessed sample
     {root}/normal/{task}/{setting}.pt|.csv                   fitted H and its fitting curve
+    {root}/normal/{task}/{setting}/{volume}.pt|.csv          H of one test volume (per sample)
     {root}/models/{task}/{setting}/{variant}.pt|.csv|.json   model, per-step CSV, train stats
+                                                             ({setting} = all: one model for all)
     {root}/models/{task}/{setting}/sweep/p{patch}.pt|...     Figs. 7/8 patch-size sweep
     {root}/eval/{task}/{setting}/{variant}/{volume}.json|.npz
     {root}/eval/{task}/{setting}/sweep/p{patch}/{volume}.json
@@ -24,6 +26,8 @@ __all__ = [
     "sample",
     "normal_fit",
     "normal_history",
+    "normal_fit_sample",
+    "normal_history_sample",
     "model_base",
     "sweep_model_base",
     "eval_base",
@@ -52,6 +56,15 @@ def normal_fit(root: str, task: str, setting: str) -> str:
 
 def normal_history(root: str, task: str, setting: str) -> str:
     return f"{root}/normal/{task}/{setting}.csv"
+
+
+def normal_fit_sample(root: str, task: str, setting: str, volume: str) -> str:
+    """H fitted to one volume's own operator (``normal.per_sample``)."""
+    return f"{root}/normal/{task}/{setting}/{volume}.pt"
+
+
+def normal_history_sample(root: str, task: str, setting: str, volume: str) -> str:
+    return f"{root}/normal/{task}/{setting}/{volume}.csv"
 
 
 def model_base(root: str, task: str, setting: str, variant: str) -> str:

@@ -132,13 +132,16 @@ def normal_input(wildcards):
 # ---- train stage helpers (used by workflow/rules/train.smk) ----
 
 
-def normal_for(task, setting, variant):
-    """The fitted H a variant needs as input ({"normal": path(s)} for the -H variants, else {});
-    a model shared across settings (setting "all") needs every setting's."""
-    if needs_H(variant):
-        sets = u3config.model_settings(config, task, setting)
-        return {"normal": [paths.normal_fit(RESULTS, task, s) for s in sets]}
-    return {}
+def normal_for(task, setting, variant, volume=None):
+    """The fitted H a variant needs as input ({"normal": path(s)} for the -H variants, else {}):
+    a model shared across settings (setting "all") trains with every setting's; an evaluation
+    on a per-sample task (normal.per_sample) uses the fit of its own test volume."""
+    if not needs_H(variant):
+        return {}
+    if volume is not None and task in config["normal"].get("per_sample", ["mri"]):
+        return {"normal": paths.normal_fit_sample(RESULTS, task, setting, volume)}
+    sets = u3config.model_settings(config, task, setting)
+    return {"normal": [paths.normal_fit(RESULTS, task, s) for s in sets]}
 
 
 def model_inputs(model_base, task, volume):
@@ -199,7 +202,7 @@ def evaluate_inputs(wildcards):
     base = paths.model_base(RESULTS, wildcards.task, setting, wildcards.variant)
     return {
         **model_inputs(base, wildcards.task, wildcards.volume),
-        **normal_for(wildcards.task, wildcards.setting, wildcards.variant),
+        **normal_for(wildcards.task, wildcards.setting, wildcards.variant, wildcards.volume),
     }
 
 
@@ -250,7 +253,7 @@ def sweep_evaluate_inputs(wildcards):
     base = paths.sweep_model_base(RESULTS, wildcards.task, setting, wildcards.patch)
     return {
         **model_inputs(base, wildcards.task, wildcards.volume),
-        **normal_for(wildcards.task, wildcards.setting, SWEEP["variant"]),
+        **normal_for(wildcards.task, wildcards.setting, SWEEP["variant"], wildcards.volume),
     }
 
 

@@ -13,7 +13,8 @@ which. The estimate counts the heavy parts only:
 - ``evaluate``: for a learned variant, one inference per test volume (the measured 501³
   ``partition-H`` inference, scaled by the volume's voxels for MRI) plus
   ``evaluate.timing_steps`` micro-steps; for TV, ``tv_iters`` applications of AᵀA; FDK is seconds;
-- ``fit_normal``: ``normal.steps`` applications of AᵀA (measured A + Aᵀ at the Walnut size);
+- ``fit_normal``: ``normal.steps`` applications of AᵀA (measured A + Aᵀ at the Walnut size), and
+  as many per test volume of a ``normal.per_sample`` task (``fit_normal_sample``);
 - TV's weight search, FDK, data preparation and the report are minutes and are left out.
 
     unroll3d bench cost --config config/config.yaml \\
@@ -180,6 +181,18 @@ def estimate(config: dict, gc: dict) -> list[dict]:
                         "scaled by voxels)",
                     )
                 )
+                if task in normal.get("per_sample", ["mri"]):  # one fit per test volume
+                    rows.append(
+                        _row(
+                            "fit_normal_sample",
+                            task,
+                            setting,
+                            "H",
+                            tests,
+                            per / 3600,
+                            f"{normal['steps']} × AᵀA per test volume (normal.per_sample)",
+                        )
+                    )
         sweep = config.get("sweep") or {}
         if sweep.get("enabled"):
             variant = sweep.get("variant", "partition-H")
