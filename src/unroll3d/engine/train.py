@@ -16,8 +16,14 @@
 - A NaN/inf loss raises :class:`NonFiniteLoss` naming the step; the last good checkpoint is kept.
 - CUDA out-of-memory is caught and written as the result (``status: oom``, "OOM at volume N³,
   peak X GB"), so the pipeline continues and the tables show OOM.
-- Non-learned variants (``fdk``/``adjoint``, ``tv``) write a small model file too (``tv``: the
-  regularisation weight chosen on the validation volumes from ``train.tv_grid``).
+- One model can serve several settings (``TrainJob.settings``, ``train.share_across_settings``):
+  each micro-step draws a setting, then a volume; the sample's setting sets the step sizes'
+  ‖A‖² and its H. The model file keeps ‖A‖² per setting.
+- ``pnp`` trains its denoiser on noisy patches, then chooses α-PGD's parameters per setting on
+  the validation volumes (:mod:`unroll3d.engine.tuning`).
+- Non-learned variants (``fdk``/``adjoint``, ``tv``, ``inr``, ``dpir``) write a small model file
+  too (``tv``: the regularisation weight chosen on the validation volumes from
+  ``train.tv_grid``; ``dpir``: status ``unavailable`` without its checked weights file).
 - Progress: a tqdm bar on a terminal only; otherwise one log line every ``log_every`` steps.
 
 Outputs: ``<out>`` (final model), ``<csv>`` (per step: loss, lr, step time, peak memory,
@@ -109,6 +115,7 @@ def config_hash(config: dict) -> str:
 _STEP_CODE = (
     "engine/train.py",
     "engine/core.py",
+    "engine/tuning.py",
     "models",
     "partition.py",
     "normal/operator.py",
