@@ -85,3 +85,24 @@ def test_slice_denoiser_keeps_slice_order_and_channels():
 
     y = torch.randn(1, 1, 3, 10, 12)
     assert torch.equal(SliceDenoiser(Identity(), "drunet")(y, 0.1), y)
+
+
+def test_ram_weights_load_from_the_checked_file_and_denoise_slices(tmp_path):
+    """The default denoiser, deepinv's RAM, is built from the weights file (random weights
+    saved here in its format: the published file cannot be downloaded) and runs slice by slice
+    as DPIR's prior, keeping the volume's shape (one grey image per slice and channel)."""
+    from deepinv.models import RAM
+
+    from unroll3d.models.dpir import load_denoiser2d
+
+    torch.manual_seed(0)
+    path = tmp_path / "ram.pth.tar"
+    torch.save(RAM(pretrained=False).state_dict(), path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    net = load_denoiser2d("ram", checked_weights(str(path), sha))
+    x = torch.rand(1, 2, 3, 8, 12)
+    with torch.no_grad():
+        out = SliceDenoiser(net, "ram")(x, 0.05)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="unknown DPIR denoiser"):
+        load_denoiser2d("bm3d", str(path))
