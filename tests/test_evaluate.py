@@ -142,6 +142,9 @@ def test_evaluate_each_variant(trained, variant, tmp_path, monkeypatch):
         assert res["train_step"]["step_time_s"] > 0
     if variant == "fdk":
         assert res["psnr"] == pytest.approx(res["psnr_x0"])
+    assert ("normal_fit" in res) == variant.endswith("-H")  # which H it used, when it used one
+    if variant.endswith("-H"):
+        assert res["normal_fit"]["file"] == "h.pt"
     with np.load(tmp_path / "s.npz") as z:
         assert z["rec_axial"].shape == (16, 16) and z["gt_vertical"].shape == (16, 16)
     json.dumps(res, allow_nan=False)

@@ -12,6 +12,7 @@ import pytest
 import unroll3d.cli.report as report_cli
 from unroll3d import paper_numbers as pn
 from unroll3d import report
+from unroll3d.engine.evaluate import validate_result
 from unroll3d.report.illustration import _lam_center_slice
 
 VARIANTS = ["fdk", "postproc", "unrolled", "partition", "partition-H"]
@@ -743,3 +744,27 @@ def test_the_sweep_point_at_the_main_patch_reuses_the_main_evaluations(tmp_path)
     ]
     assert points[1].patch == (8, 16, 16) and points[1].psnr == pytest.approx(np.mean(main))
     assert not (tmp_path / "eval" / "cbct" / "v30" / "sweep" / "p8x16x16").exists()
+
+
+def test_tables_say_which_h_the_h_rows_used_and_its_heldout_error(tmp_path):
+    """An H variant's evaluation records its fit; the footnote says one H per test volume
+    (MRI, normal.per_sample) with the range of held-out errors, or the one fit and its volume."""
+    write_evals(tmp_path, slices=False)
+    for task, setting, per_volume in (("mri", "R5", True), ("cbct", "v30", False)):
+        for k, vol in enumerate(VOLUMES):
+            path = tmp_path / "eval" / task / setting / "partition-H" / f"{vol}.json"
+            rec = json.loads(path.read_text())
+            fitted_on = vol if per_volume else "walnut1"
+            rec["normal_fit"] = {
+                "file": f"results/normal/{task}/{setting}/{fitted_on}.pt",
+                "fitted_on": fitted_on,
+                "heldout_rel_error": 0.5 + 0.1 * k if per_volume else 0.42,
+            }
+            validate_result(rec)
+            path.write_text(json.dumps(rec))
+    cells = report.collect_evals(tmp_path, CONFIG)
+    report.write_tables(cells, CONFIG, tmp_path / "tables", commit="x")
+    mri = (tmp_path / "tables" / "table2_mri.md").read_text()
+    assert "R5: one H per test volume (2 fits), held-out error 0.500–0.600" in mri
+    cbct = (tmp_path / "tables" / "table1_cbct.md").read_text()
+    assert "v30: one H fitted on walnut1, held-out error 0.420" in cbct

@@ -154,6 +154,13 @@ def evaluate_volume(
         return _finish(result, slices_path)
     result["n_params"] = count_parameters(model)
     H = load_H(normal_path, device) if spec.use_H else None
+    if H is not None:  # which fit this evaluation used, and its held-out error (per sample or not)
+        heldout = list((H.history or {}).get("heldout_rel_error") or [])
+        result["normal_fit"] = {
+            "file": str(normal_path),
+            "fitted_on": Path(str(H.meta.get("input", "?"))).stem,
+            "heldout_rel_error": float(heldout[-1]) if heldout else None,
+        }
     try:
         with torch.no_grad():  # warm-up: lazy backend imports (ITK takes ~15 s) and CUDA context
             sample.physics.A_adjoint(sample.y)

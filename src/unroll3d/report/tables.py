@@ -197,6 +197,41 @@ class Table:
     long: list[dict[str, Any]]  # tidy rows for the CSV
 
 
+def _normal_fit_note(recs: list[EvalRecord]) -> str | None:
+    """The H the -H rows used, per setting: one fit (on which volume) or a fit per test volume
+    (``normal.per_sample``), with the held-out error ‖AᵀAx − Hx‖/‖AᵀAx‖ of the fits."""
+    by_setting: dict[str, dict[str, tuple[str, float | None]]] = {}
+    for r in recs:
+        fit = r.extra.get("normal_fit")
+        if isinstance(fit, dict):
+            by_setting.setdefault(r.setting, {})[fit.get("file", "?")] = (
+                str(fit.get("fitted_on", "?")),
+                fit.get("heldout_rel_error"),
+            )
+    parts = []
+    for setting, fits in sorted(by_setting.items()):
+        errors = [e for _, e in fits.values() if e is not None]
+        err = (
+            f"{min(errors):.3f}–{max(errors):.3f}"
+            if len(errors) > 1
+            else (f"{errors[0]:.3f}" if errors else "not recorded")
+        )
+        volumes = {v for v, _ in fits.values()}
+        if len(fits) > 1:
+            parts.append(
+                f"{setting}: one H per test volume ({len(fits)} fits), held-out error {err}"
+            )
+        else:
+            parts.append(f"{setting}: one H fitted on {', '.join(volumes)}, held-out error {err}")
+    if not parts:
+        return None
+    return (
+        "H of the -H rows (held-out relative error ‖AᵀAx − Hx‖/‖AᵀAx‖ on Gaussian probes): "
+        + "; ".join(parts)
+        + "."
+    )
+
+
 def _footnotes(
     task_cells: dict[tuple[str, str, str], list[EvalRecord]],
     config: dict,
@@ -226,6 +261,9 @@ def _footnotes(
         )
         conv = sorted({r.metric_convention for r in recs if r.metric_convention})
         notes.append(f"{title} metrics: {'; '.join(conv) or DEFAULT_METRIC_CONVENTION[task]}.")
+        h_note = _normal_fit_note(recs)
+        if h_note:
+            notes.append(f"{title}: {h_note}")
         if TABLE_SSIM[task][0] == "ssim_slices":
             notes.append(
                 f"{title}: SSIM = mean of 2D SSIM over the axial slices, as the earlier Walnut "
