@@ -43,18 +43,10 @@ def _encoding(init_scale=1.0, **kw):
 
 
 def _blobs(n: int, count: int = 4, seed: int = 0) -> torch.Tensor:
-    """A smooth phantom: a sum of Gaussian blobs on n³, (1, 1, n, n, n)."""
-    g = torch.Generator().manual_seed(seed)
-    grid = torch.meshgrid(*[torch.linspace(0, 1, n)] * 3, indexing="ij")
-    x = torch.zeros(n, n, n)
-    for _ in range(count):
-        c = torch.rand(3, generator=g) * 0.6 + 0.2
-        s = 0.08 + 0.1 * torch.rand(1, generator=g)
-        a = 0.5 + 0.5 * torch.rand(1, generator=g)
-        x = x + a * torch.exp(
-            -sum((gi - ci) ** 2 for gi, ci in zip(grid, c, strict=True)) / (2 * s**2)
-        )
-    return x[None, None]
+    """A smooth phantom: a sum of Gaussian blobs on n³, (1, 1, n, n, n) (the benchmark's)."""
+    from unroll3d.bench.inr import blobs
+
+    return blobs(n, count, seed)
 
 
 def _psnr(x: torch.Tensor, ref: torch.Tensor) -> float:

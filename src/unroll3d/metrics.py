@@ -33,6 +33,7 @@ __all__ = [
     "convention_for",
     "prepare",
     "compute_metrics",
+    "psnr_under",
 ]
 
 
@@ -191,8 +192,8 @@ def prepare(x: torch.Tensor, conv: MetricConvention) -> torch.Tensor:
     return v
 
 
-def psnr_under(x: torch.Tensor, target: torch.Tensor, conv: MetricConvention) -> float:
-    """PSNR alone under ``conv`` (the value :func:`compute_metrics` reports, without SSIM)."""
+def _prepared(x: torch.Tensor, target: torch.Tensor, conv: MetricConvention):
+    """(x, target, data range) as the metrics see them under ``conv``."""
     if x.shape != target.shape:
         raise ValueError(
             f"reconstruction {tuple(x.shape)} and ground truth {tuple(target.shape)} differ"
@@ -201,19 +202,17 @@ def psnr_under(x: torch.Tensor, target: torch.Tensor, conv: MetricConvention) ->
     rng = conv.data_range if conv.data_range is not None else float(tp.max())
     if not rng > 0:
         raise ValueError(f"data range must be positive, got {rng}")
-    return psnr(xp, tp, rng)
+    return xp, tp, rng
+
+
+def psnr_under(x: torch.Tensor, target: torch.Tensor, conv: MetricConvention) -> float:
+    """PSNR alone under ``conv`` (the value :func:`compute_metrics` reports, without SSIM)."""
+    return psnr(*_prepared(x, target, conv))
 
 
 def compute_metrics(x: torch.Tensor, target: torch.Tensor, conv: MetricConvention) -> dict:
     """PSNR, 3D SSIM and slice-mean SSIM under ``conv``, with the data range used."""
-    if x.shape != target.shape:
-        raise ValueError(
-            f"reconstruction {tuple(x.shape)} and ground truth {tuple(target.shape)} differ"
-        )
-    xp, tp = prepare(x, conv), prepare(target, conv)
-    rng = conv.data_range if conv.data_range is not None else float(tp.max())
-    if not rng > 0:
-        raise ValueError(f"data range must be positive, got {rng}")
+    xp, tp, rng = _prepared(x, target, conv)
     s3, win = _ssim_nd(xp, tp, rng, 11, 1.5)
     return {
         "psnr": psnr(xp, tp, rng),
