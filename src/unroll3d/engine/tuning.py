@@ -30,10 +30,30 @@ def _name(prep: Prepared) -> str:
     return meta.get("source") or meta.get("volume", "?")
 
 
+def _inputs(prep: Prepared) -> tuple:
+    """``reconstruct``'s sample, physics, x0 and H of a prepared sample."""
+    return prep.sample, prep.physics, prep.x0, prep.H
+
+
+def _denoised(model, task, config, prep: Prepared) -> torch.Tensor:
+    """PnP's denoiser on a validation volume with seeded noise of σ = sigma_max / 2, patch by
+    patch as at test time."""
+    x = prep.sample.x
+    sigma = model.sigma_max / 2
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(x.device)
+    partitioner = make_partitioner(model, task, config, x.shape[1:])
+    model.set_tiling(lambda fn, v: partitioner.apply_patchwise(fn, v, progress=False))
+    try:
+        return model._denoise(x + sigma * noise, torch.tensor(sigma, device=x.device))
+    finally:
+        model.set_tiling(None)
+
+
 def validate_psnr(model, spec, task, config, prepared: list[Prepared]) -> float:
     """Mean PSNR (evaluation convention) of full-volume inference on the validation samples,
     each with its setting's ‖A‖² and H (Algorithm 1's first pass only: no per-patch refinement
-    during training)."""
+    during training). PnP's is its denoiser's PSNR on the noisy validation volumes (σ =
+    sigma_max / 2): α-PGD itself runs once, in :func:`select_pnp`."""
     conv = convention_for(task, evaluate_settings(config))
     vals = []
     was_training = model.training
@@ -41,8 +61,10 @@ def validate_psnr(model, spec, task, config, prepared: list[Prepared]) -> float:
     with torch.no_grad():
         for prep in prepared:
             use_lipschitz(model, prep.lipschitz)
-            x = reconstruct(
-                model, spec, task, config, prep.sample, prep.physics, prep.x0, prep.H, refine=False
+            x = (
+                _denoised(model, task, config, prep)
+                if spec.kind == "pnp"
+                else reconstruct(model, spec, task, config, *_inputs(prep), refine=False)
             )
             try:
                 value = psnr_under(x, prep.sample.x, conv)
