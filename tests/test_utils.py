@@ -29,16 +29,19 @@ def test_successful_write_has_umask_mode(tmp_path):
 
 
 def test_peak_rss_counts_what_happens_after_a_reset():
-    """reset_peak_rss + peak_rss_gb measure a later allocation (Linux; skipped elsewhere)."""
-    import numpy as np
+    """reset_peak_rss + peak_rss_gb measure a later allocation (Linux; skipped elsewhere). The
+    block is a fresh anonymous mapping, touched page by page: a malloc'd one can reuse pages
+    already resident from earlier tests (seen in a full-suite run) and add nothing."""
+    import mmap
 
     from unroll3d.utils import peak_rss_gb, reset_peak_rss, rss_gb
 
     if not reset_peak_rss():
         pytest.skip("the kernel's peak-RSS counter cannot be reset here")
     base = rss_gb()
-    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
-    del block
+    block = mmap.mmap(-1, 64 * 2**20)  # 64 MiB
+    block.write(b"\x01" * len(block))
+    block.close()
     assert peak_rss_gb() - base >= 0.05  # GB (10⁹ B): 64 MiB = 0.067 GB
 
 
