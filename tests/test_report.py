@@ -579,7 +579,8 @@ def test_report_config_keeps_every_key_the_report_reads(tmp_path):
         "cbct": {**CONFIG["cbct"], "K": 2, "splits": {"train": [1], "test": []}},
     }
     cut = report_config(full)
-    assert "train" not in cut and "model" not in cut and "K" not in cut["cbct"]
+    assert cut["train"] == {"share_across_settings": True}  # where the sweep's points are
+    assert "model" not in cut and "K" not in cut["cbct"] and "steps" not in cut["train"]
     results = tmp_path / "results"
     write_evals(results)
     out_full, out_cut = tmp_path / "full", tmp_path / "cut"
@@ -744,6 +745,10 @@ def test_the_sweep_point_at_the_main_patch_reuses_the_main_evaluations(tmp_path)
     ]
     assert points[1].patch == (8, 16, 16) and points[1].psnr == pytest.approx(np.mean(main))
     assert not (tmp_path / "eval" / "cbct" / "v30" / "sweep" / "p8x16x16").exists()
+    # the report rule gets only report_config(config): it must know the main patch too
+    from unroll3d.config import report_config
+
+    assert report.collect_sweep(tmp_path, report_config(cfg), "cbct") == points
 
 
 def test_tables_say_which_h_the_h_rows_used_and_its_heldout_error(tmp_path):

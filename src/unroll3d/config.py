@@ -197,22 +197,28 @@ def sweep_job_config(config: dict, task: str, patch: list[int]) -> dict:
 
 def report_config(config: dict) -> dict:
     """The part of ``config`` the report (tables and figures) reads: the name, tasks, variants,
-    each task's settings and test split, the sweep, the benchmarks switch and the ``report``
-    section. Training, model and data keys are left out, so editing them does not re-render
-    the report by itself (their effect reaches it through the evaluation files)."""
+    each task's settings, test split and patch size, whether models are shared across settings,
+    the sweep, the benchmarks switch and the ``report`` section (the last four decide where the
+    sweep's points come from). Other training, model and data keys are left out, so editing
+    them does not re-render the report by itself (their effect reaches it through the
+    evaluation files)."""
+    share = bool(train_settings(config)["share_across_settings"])
     out = {
         "name": config.get("name"),
         "tasks": list(config.get("tasks", [])),
         "variants": list(config.get("variants", [])),
+        "train": {"share_across_settings": share},
         "sweep": copy.deepcopy(config.get("sweep") or {}),
         "benchmarks": {"enabled": bool((config.get("benchmarks") or {}).get("enabled", True))},
         "report": copy.deepcopy(config.get("report") or {}),
     }
     for task, key in (("cbct", "views"), ("mri", "accelerations")):
         section = config.get(task) or {}
+        patch = section.get("patch_size") or section_defaults(task)["patch_size"]
         out[task] = {
             key: list(section.get(key, [])),
             "splits": {"test": list((section.get("splits") or {}).get("test", []))},
+            "patch_size": [int(p) for p in patch],
         }
     return out
 
