@@ -770,6 +770,9 @@ def test_tables_say_which_h_the_h_rows_used_and_its_heldout_error(tmp_path):
     cells = report.collect_evals(tmp_path, CONFIG)
     report.write_tables(cells, CONFIG, tmp_path / "tables", commit="x")
     mri = (tmp_path / "tables" / "table2_mri.md").read_text()
-    assert "R5: one H per test volume (2 fits), held-out error 0.500–0.600" in mri
+    assert (
+        "R5: one H per test volume, fitted to its own operator (2 fits), held-out error "
+        "0.500–0.600" in mri
+    )
     cbct = (tmp_path / "tables" / "table1_cbct.md").read_text()
     assert "v30: one H fitted on walnut1, held-out error 0.420" in cbct

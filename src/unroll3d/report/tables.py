@@ -201,13 +201,16 @@ def _normal_fit_note(recs: list[EvalRecord]) -> str | None:
     """The H the -H rows used, per setting: one fit (on which volume) or a fit per test volume
     (``normal.per_sample``), with the held-out error ‖AᵀAx − Hx‖/‖AᵀAx‖ of the fits."""
     by_setting: dict[str, dict[str, tuple[str, float | None]]] = {}
+    own: dict[str, bool] = {}  # every evaluation used the fit of its own test volume
     for r in recs:
         fit = r.extra.get("normal_fit")
         if isinstance(fit, dict):
+            fitted_on = str(fit.get("fitted_on", "?"))
             by_setting.setdefault(r.setting, {})[fit.get("file", "?")] = (
-                str(fit.get("fitted_on", "?")),
+                fitted_on,
                 fit.get("heldout_rel_error"),
             )
+            own[r.setting] = own.get(r.setting, True) and fitted_on == r.volume
     parts = []
     for setting, fits in sorted(by_setting.items()):
         errors = [e for _, e in fits.values() if e is not None]
@@ -217,9 +220,11 @@ def _normal_fit_note(recs: list[EvalRecord]) -> str | None:
             else (f"{errors[0]:.3f}" if errors else "not recorded")
         )
         volumes = {v for v, _ in fits.values()}
-        if len(fits) > 1:
+        if own.get(setting):
+            n = len(fits)
             parts.append(
-                f"{setting}: one H per test volume ({len(fits)} fits), held-out error {err}"
+                f"{setting}: one H per test volume, fitted to its own operator ({n} "
+                f"fit{'s' if n != 1 else ''}), held-out error {err}"
             )
         else:
             parts.append(f"{setting}: one H fitted on {', '.join(volumes)}, held-out error {err}")
