@@ -236,7 +236,9 @@ def reconstruct(
     the whole problem (data steps on the full volume with the exact operator, prior step patch
     by patch), then, when ``refine`` (default: :func:`refine_enabled`), one refinement pass per
     patch with that estimate as context (with H when the variant uses it). ``postproc`` is the
-    DRUNet applied patch by patch to x0 (the same grid and blending).
+    DRUNet applied patch by patch to x0 (the same grid and blending); ``pnp`` runs α-PGD on the
+    whole volume with its denoiser applied the same way; ``inr`` and ``dpir`` reconstruct the
+    whole volume themselves.
     """
     refine = refine_enabled(task, config) if refine is None else refine
     with torch.no_grad():
