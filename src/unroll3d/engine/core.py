@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,17 @@ def make_partitioner(model, task: str, config: dict, img_size: Sequence[int]):
     )
 
 
+@contextmanager
+def tiled(model, partitioner):
+    """Within the block, ``model``'s network runs patch by patch on the partitioner's grid and
+    blending (no-grad inference); restored afterwards, also on an error."""
+    model.set_tiling(lambda fn, v: partitioner.apply_patchwise(fn, v, progress=False))
+    try:
+        yield model
+    finally:
+        model.set_tiling(None)
+
+
 def estimate_pair(
     model,
     spec: VariantSpec,
@@ -247,11 +259,8 @@ def reconstruct(
         if not spec.partition:
             return model(sample.y, physics, x_init=x0)
         partitioner = make_partitioner(model, task, config, sample.x.shape[1:])
-        model.set_tiling(lambda fn, v: partitioner.apply_patchwise(fn, v, progress=False))
-        try:
+        with tiled(model, partitioner):
             est = model(sample.y, sample.physics, x_init=x0)
-        finally:
-            model.set_tiling(None)
         if spec.kind != "unrolled" or not refine:  # post-processing, PnP: one pass
             return est
         return partitioner(

@@ -16,6 +16,7 @@ from unroll3d.engine.core import (
     SampleCache,
     make_partitioner,
     reconstruct,
+    tiled,
     use_lipschitz,
 )
 from unroll3d.metrics import convention_for, psnr_under
@@ -41,12 +42,8 @@ def _denoised(model, task, config, prep: Prepared) -> torch.Tensor:
     x = prep.sample.x
     sigma = model.sigma_max / 2
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(x.device)
-    partitioner = make_partitioner(model, task, config, x.shape[1:])
-    model.set_tiling(lambda fn, v: partitioner.apply_patchwise(fn, v, progress=False))
-    try:
+    with tiled(model, make_partitioner(model, task, config, x.shape[1:])):
         return model._denoise(x + sigma * noise, torch.tensor(sigma, device=x.device))
-    finally:
-        model.set_tiling(None)
 
 
 def validate_psnr(model, spec, task, config, prepared: list[Prepared]) -> float:
@@ -118,22 +115,19 @@ def select_pnp(model, task, config, prepared: list[Prepared]) -> dict:
     counts = sorted({int(n) for n in grid["iters"]})
     was_training = model.training
     model.eval()
+    partitioners = [make_partitioner(model, task, config, p.sample.x.shape[1:]) for p in prepared]
     rows = []
     for alpha, tau, sigma in itertools.product(grid["alpha"], grid["stepsize"], grid["sigma"]):
         model.set_algo_params(iters=counts[-1], alpha=alpha, stepsize=tau, sigma=sigma)
         per_volume = []
-        for prep in prepared:
-            partitioner = make_partitioner(model, task, config, prep.sample.x.shape[1:])
-            model.set_tiling(lambda fn, v, p=partitioner: p.apply_patchwise(fn, v, progress=False))
-            try:
+        for prep, partitioner in zip(prepared, partitioners, strict=True):
+            with tiled(model, partitioner):
                 _, curve = model(
                     prep.sample.y,
                     prep.physics,
                     x_init=prep.x0,
                     iterate_metric=lambda v, x=prep.sample.x: psnr_under(v, x, conv),
                 )
-            finally:
-                model.set_tiling(None)
             per_volume.append([curve[n - 1] for n in counts])
         means = np.nanmean(np.asarray(per_volume, dtype=float), axis=0)
         for n, m in zip(counts, means, strict=True):
