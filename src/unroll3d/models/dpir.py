@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from deepinv.models import Reconstructor
 from deepinv.physics import LinearPhysics
 from torch import nn
 
 from unroll3d.data.download import file_hash
+from unroll3d.models.drunet import apply_slicewise
 
 __all__ = ["DENOISERS", "SliceDenoiser", "DPIRSlices", "load_denoiser2d", "checked_weights"]
 
@@ -78,14 +78,10 @@ class SliceDenoiser(nn.Module):
         return self.net(s, sigma)
 
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        b, c, d, h, w = x.shape
-        s = x.permute(0, 2, 1, 3, 4).reshape(b * d * c, 1, h, w)
-        pad = [(-n) % self.multiple for n in (h, w)]
-        if any(pad):
-            s = F.pad(s, (0, pad[1], 0, pad[0]), mode="replicate")
-        out = torch.cat([self._one_batch(t, sigma) for t in s.split(self.batch)])
-        out = out[..., :h, :w].reshape(b, d, c, h, w).permute(0, 2, 1, 3, 4)
-        return out.contiguous()
+        def net(s):
+            return torch.cat([self._one_batch(t, sigma) for t in s.split(self.batch)])
+
+        return apply_slicewise(net, x, self.multiple, per_channel=True)
 
 
 class DPIRSlices(Reconstructor):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DRUNet3D", "DRUNetSlices", "apply_tiled", "Tiling", "inv_softplus"]
+__all__ = ["DRUNet3D", "DRUNetSlices", "apply_slicewise", "apply_tiled", "Tiling", "inv_softplus"]
 
 
 def inv_softplus(v: float) -> float:
@@ -77,6 +77,24 @@ class DRUNet3D(nn.Module):
         return out[..., : spatial[0], : spatial[1], : spatial[2]]
 
 
+def apply_slicewise(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    multiple: int = 8,
+    per_channel: bool = False,
+) -> torch.Tensor:
+    """Apply a 2D ``fn`` to every axial slice of ``x`` (B, C, D, H, W) in one batch: the slices
+    (B·D, C, H, W), or with ``per_channel`` each channel as its own grey image (B·D·C, 1, H, W),
+    replicate-padded in-plane to a multiple of ``multiple`` and cropped back in their order."""
+    b, c, d, h, w = x.shape
+    s = x.permute(0, 2, 1, 3, 4).reshape(-1, 1 if per_channel else c, h, w)
+    pad = [(-n) % multiple for n in (h, w)]
+    if any(pad):
+        s = F.pad(s, (0, pad[1], 0, pad[0]), mode="replicate")
+    out = fn(s)[..., :h, :w].reshape(b, d, c, h, w).permute(0, 2, 1, 3, 4)
+    return out.contiguous()
+
+
 class DRUNetSlices(nn.Module):
     """A 2D DRUNet applied to each axial slice of a volume (DRUNet[2D] post-processing):
     ``(B, C, D, H, W)`` → the D slices ``(B·D, C, H, W)`` in one batch, padded (replicate) to a
@@ -104,17 +122,13 @@ class DRUNetSlices(nn.Module):
             raise ValueError(
                 f"DRUNetSlices expects (B, {self.channels}, D, H, W), got {tuple(x.shape)}"
             )
-        b, c, d, h, w = x.shape
-        s = x.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
-        pad = [(-n) % self.multiple for n in (h, w)]
-        if any(pad):
-            s = F.pad(s, (0, pad[1], 0, pad[0]), mode="replicate")
-        sig = torch.as_tensor(sigma, dtype=s.dtype, device=s.device).reshape(1, 1, 1, 1)
-        out = self.net.forward_unet(torch.cat((s, sig.expand(s.shape[0], 1, *s.shape[2:])), 1))
-        if self.residual:
-            out = out + s
-        out = out[..., :h, :w].reshape(b, d, c, h, w).permute(0, 2, 1, 3, 4)
-        return out.contiguous()
+
+        def net(s):
+            sig = torch.as_tensor(sigma, dtype=s.dtype, device=s.device).reshape(1, 1, 1, 1)
+            out = self.net.forward_unet(torch.cat((s, sig.expand(s.shape[0], 1, *s.shape[2:])), 1))
+            return out + s if self.residual else out
+
+        return apply_slicewise(net, x, self.multiple)
 
 
 def apply_tiled(
