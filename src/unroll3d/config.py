@@ -159,6 +159,12 @@ def train_settings(config: dict) -> dict:
     return {**section_defaults("train"), **(config.get("train") or {})}
 
 
+def train_object(train: dict, key: str) -> dict:
+    """An object-valued key of the ``train`` section (``pnp_grid``, ``inr``) with the schema's
+    default for every entry left out (sections are merged one level deep only)."""
+    return {**section_defaults("train")[key], **(train.get(key) or {})}
+
+
 def evaluate_settings(config: dict) -> dict:
     """The ``evaluate`` section with every default filled from the schema."""
     return {**section_defaults("evaluate"), **(config.get("evaluate") or {})}

@@ -30,7 +30,7 @@ import math
 import sys
 from pathlib import Path
 
-from unroll3d.config import SHARED_SETTING, shares_settings, sweep_reuses_main
+from unroll3d.config import SHARED_SETTING, shares_settings, sweep_reuses_main, train_object
 from unroll3d.paper_numbers import paper_value
 from unroll3d.utils import atomic_write_csv, atomic_write_text
 from unroll3d.variants import variant_spec
@@ -107,6 +107,9 @@ def estimate(config: dict, gc: dict) -> list[dict]:
     ev = {**section_defaults("evaluate"), **(config.get("evaluate") or {})}
     normal = {**section_defaults("normal"), **(config.get("normal") or {})}
     micro = int(train["steps"]) * int(train["accumulate"])
+    pnp = train_object(train, "pnp_grid")
+    pnp_iters = max(pnp["iters"])
+    pnp_combos = len(pnp["alpha"]) * len(pnp["stepsize"]) * len(pnp["sigma"])
     rows = []
     infer_cbct, infer_case = _metric(gc, "partition-H, 501", "time")
     a_time, _ = _metric(gc, "501³", "A time")
@@ -116,24 +119,21 @@ def estimate(config: dict, gc: dict) -> list[dict]:
         settings = [("v" if task == "cbct" else "R") + str(s) for s in config[task][key]]
         tests = len(config[task]["splits"]["test"])
         patch = config[task]["patch_size"]
+        scale = VOXELS[task] / VOXELS["cbct"]
+        # PnP: one denoiser pass over the volume ≈ the partition-H inference / (2K)
+        # (Algorithm 1 runs K network calls in each of its two passes)
+        k = int(config[task].get("K", 5))
+        pnp_pass = None if infer_cbct is None else infer_cbct * scale / (2 * k)
         for setting in settings:
             for variant in config.get("variants", []):
                 spec = variant_spec(variant)
                 step, basis = _train_step(gc, task, variant, config) if spec.learned else (0, "")
-                scale = VOXELS[task] / VOXELS["cbct"]
-                # PnP: one denoiser pass over the volume ≈ the partition-H inference / (2K)
-                # (Algorithm 1 runs K network calls in each of its two passes)
-                k = int(config[task].get("K", 5))
-                pnp_pass = None if infer_cbct is None else infer_cbct * scale / (2 * k)
-                pnp_iters = max(_pnp_grid(train)["iters"])
                 shared = shares_settings(config, variant)  # one job for all settings
                 if spec.learned and (not shared or setting == settings[0]):
                     hours = None if step is None else micro * step / 3600
                     text = basis if step is None else f"{micro} micro-steps × {step:.3g} s; {basis}"
                     if spec.kind == "pnp" and hours is not None and pnp_pass is not None:
-                        grid = _pnp_grid(train)
-                        combos = len(grid["alpha"]) * len(grid["stepsize"]) * len(grid["sigma"])
-                        runs = combos * int(train["val_max"]) * (len(settings) if shared else 1)
+                        runs = pnp_combos * int(train["val_max"]) * (len(settings) if shared else 1)
                         hours += runs * pnp_iters * pnp_pass / 3600
                         text += (
                             f"; + validation grid: {runs} runs × {pnp_iters} iterations × "
@@ -214,12 +214,6 @@ def estimate(config: dict, gc: dict) -> list[dict]:
                     )
                 )
     return rows
-
-
-def _pnp_grid(train: dict) -> dict:
-    from unroll3d.config import section_defaults
-
-    return {**section_defaults("train")["pnp_grid"], **(train.get("pnp_grid") or {})}
 
 
 def _row(rule, task, setting, variant, jobs, hours_per_job, basis) -> dict:

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import torch
 
-from unroll3d.config import evaluate_settings, section_defaults, train_settings
+from unroll3d.config import evaluate_settings, train_object, train_settings
 from unroll3d.engine.core import (
     Prepared,
     SampleCache,
@@ -96,12 +96,6 @@ def select_tv(variant, task, config, cache: SampleCache, device) -> dict:
     }
 
 
-def pnp_grid(config: dict) -> dict:
-    """``train.pnp_grid`` with the schema's default for every list left out."""
-    given = train_settings(config).get("pnp_grid") or {}
-    return {**section_defaults("train")["pnp_grid"], **given}
-
-
 def select_pnp(model, task, config, prepared: list[Prepared]) -> dict:
     """Choose PnP-αPGD's iteration count, α, step τ and σ on the validation samples.
 
@@ -110,7 +104,7 @@ def select_pnp(model, task, config, prepared: list[Prepared]) -> dict:
     the best mean PSNR wins. Returns the chosen parameters and every score, and leaves them set
     on ``model``.
     """
-    grid = pnp_grid(config)
+    grid = train_object(train_settings(config), "pnp_grid")
     conv = convention_for(task, evaluate_settings(config))
     counts = sorted({int(n) for n in grid["iters"]})
     was_training = model.training

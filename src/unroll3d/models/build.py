@@ -9,7 +9,7 @@ import torch
 from deepinv.models import Reconstructor
 from torch import nn
 
-from unroll3d.config import section_defaults, train_settings
+from unroll3d.config import section_defaults, train_object, train_settings
 from unroll3d.inr import INRReconstructor
 from unroll3d.models.classical import Adjoint, Analytical, TVReconstructor, ZeroFilledRSS
 from unroll3d.models.dpir import DPIRSlices, SliceDenoiser, checked_weights, load_denoiser2d
@@ -113,8 +113,7 @@ def _build_dpir(c: BuildContext) -> Reconstructor:
 
 def _build_inr(c: BuildContext) -> Reconstructor:
     """INR[3D]: a hash-grid INR fitted per volume (``train.inr``, instant-NGP defaults)."""
-    inr = {**section_defaults("train")["inr"], **(c.train.get("inr") or {})}
-    return INRReconstructor(seed=c.seed, **inr)
+    return INRReconstructor(seed=c.seed, **train_object(c.train, "inr"))
 
 
 def _build_unrolled(c: BuildContext) -> Reconstructor:
