@@ -11,7 +11,7 @@ CORES ?= 2
 PAPER_CONFIG ?= config/smoke.yaml
 IMPORT_CHECK := import torch, torchvision, deepinv, itk, snakemake, pytest, unroll3d; from itk import RTK
 
-.PHONY: setup smoke mini test lint paper report dryrun clean gpu-check
+.PHONY: setup smoke mini study test lint paper report dryrun clean gpu-check
 
 # (Re)build the venv when it is missing, broken, or older than pyproject.toml.
 setup: $(STAMP)
@@ -38,6 +38,11 @@ mini: setup
 	$(BIN)/snakemake --cores $(CORES) --directory runs/mini --configfile config/mini.yaml --rerun-incomplete
 	$(BIN)/snakemake --cores 1 --directory runs/mini --configfile config/mini.yaml --report results/report.html
 	@echo "mini run done: runs/mini/results/tables/ (claims.md), runs/mini/results/figures/, runs/mini/results/report.html"
+
+# Accuracy convergence study (issue 23): the ablation's gaps against training length and volume size,
+# config/study.yaml, in runs/study/ (a few CPU hours on 2 cores; reruns only what is missing).
+study: setup
+	$(BIN)/unroll3d bench study --study config/study.yaml
 
 test: setup
 	$(BIN)/python -m pytest

@@ -28,10 +28,22 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "held-out error of one fitted H on other samples and fresh masks (H per sample?)",
     ),
     "inr": ("unroll3d.bench.inr", "INR[3D] baseline: time, memory and PSNR of one hash-grid fit"),
+    "study": (
+        "unroll3d.bench.study",
+        "make study: accuracy gaps of the ablation against training length and volume size",
+    ),
     "cost": ("unroll3d.bench.cost", "estimated GPU hours of a configuration's DAG, per rule"),
     "gpu_check": (
         "unroll3d.bench.gpu_check",
         "make gpu-check: GPU tests, astra, H vs exact, training and inference memory/speed",
+    ),
+    "accuracy": (
+        "unroll3d.bench.accuracy",
+        "where H costs accuracy: exact vs H refinement, H's error on the iterates, α-mixing",
+    ),
+    "gpu_accuracy": (
+        "unroll3d.bench.gpu_accuracy",
+        "make gpu-accuracy: H error/gradient ratio at the paper's size, partition vs partition-H",
     ),
 }
 
