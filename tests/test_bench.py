@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import math
 import re
 import subprocess
 import sys
@@ -29,11 +30,18 @@ NAMES = [
     "study",
     "cost",
     "gpu_check",
+    "accuracy",
+    "gpu_accuracy",
 ]
-#: the benchmarks the workflow runs (gpu_check is `make gpu-check` on one CUDA card; cost reads
-#: its output: neither is a rule; inr is a library-level baseline benchmark, not yet in the workflow;
-#: study is `make study`, which runs the workflow itself)
-RULE_NAMES = [n for n in NAMES if n not in ("gpu_check", "cost", "normal_transfer", "inr", "study")]
+#: the benchmarks the workflow runs (gpu_check and gpu_accuracy are `make gpu-check` and
+#: `make gpu-accuracy` on one CUDA card; cost reads gpu_check's output: none is a rule; inr is a
+#: library-level baseline benchmark, not yet in the workflow; study is `make study`, which runs
+#: the workflow itself)
+RULE_NAMES = [
+    n
+    for n in NAMES
+    if n not in ("gpu_check", "gpu_accuracy", "cost", "normal_transfer", "inr", "study")
+]
 
 
 def _smoke_argv(name: str, out: str) -> list[str]:
@@ -58,6 +66,10 @@ def _smoke_argv(name: str, out: str) -> list[str]:
                          "--rows", str(b["normal_floor"]["rows"]),
                          "--geometries", *b["normal_floor"]["geometries"],
                          "--seed", str(cfg["seed"]), "--threads", "2"],
+        "accuracy": ["--task", "cbct", "--setting", "v30", "--config-json", "{}",
+                     "--partition", "p.pt", "--partition-H", "h.pt", "--normal", "v30.pt",
+                     "--data", "walnut5.pt", "--patches", "4", "--seed", str(cfg["seed"]),
+                     "--summary", "x.md", "--threads", "2"],
     }[name] + ["--out", out]  # fmt: skip
 
 
@@ -321,3 +333,138 @@ def test_normal_transfer_error_is_zero_for_the_exact_H_and_grows_for_another_ope
     assert summary(rows).endswith(
         "fit volume 0.500 (1); other volumes, fixed masks 0.700 (1); fresh masks 0.800 (1)"
     )
+
+
+# ---- accuracy (unroll3d bench accuracy) and gpu_accuracy (make gpu-accuracy) ----------------
+ACCURACY_MEASURES = {
+    ("", "psnr_x0"), ("", "h_rel_error_gt"), ("", "h_grad_ratio_gt"),
+    ("partition", "h_grad_ratio_predicts_harmless"),
+} | {
+    (m, f"psnr_{k}") for m in ("partition", "partition-H")
+    for k in ("first_pass", "exact_refine", "H_refine")
+} | {(m, f"h_{e}_{s}_refine") for m in ("partition", "partition-H")
+     for e in ("rel_error", "grad_ratio") for s in ("exact", "H")}  # fmt: skip
+
+
+def _exact_blur_case(n=16):
+    """A circular blur (AᵀA exactly diagonal × circulant) with its exact H (scaling 1)."""
+    import deepinv as dinv
+    import torch
+    from toys import ToySample, toy_volume
+
+    from unroll3d.normal import NormalFit
+
+    g = torch.Generator().manual_seed(0)
+    k = torch.rand((1, 1, 3, 3, 3), generator=g) + 0.5
+    blur = dinv.physics.Blur(filter=k / k.sum(), padding="circular", use_fft=True)
+    x = toy_volume((n, n, n))
+    y = blur.A(x) + 0.01 * torch.randn(x.shape, generator=g)
+    e = torch.zeros(1, 1, n, n, n)
+    e[..., 0, 0, 0] = 1.0
+    lam = torch.fft.rfftn(blur.A_adjoint_A(e)[0, 0]).to(torch.complex64)
+    H = NormalFit(lam, torch.ones(n, n, n), (1, n, n, n), grid=(n, n, n), scaling=1.0)
+    return ToySample(x, y, blur, {"op_norm_sq": 1.0, "volume": "blur"}), H
+
+
+def test_accuracy_with_an_exact_H_refinements_agree_and_H_error_is_zero():
+    """Where AᵀA is exactly diagonal × circulant, exact and H refinement give the same PSNR for
+    both models, every α gives it too, and H's error on the iterates and at the truth is ~0."""
+    import torch
+    from toys import toy_config
+
+    from unroll3d.bench.accuracy import headline, measure_volume
+    from unroll3d.models import build_variant
+
+    torch.set_num_threads(1)
+    sample, H = _exact_blur_case()
+    cfg = toy_config()
+    torch.manual_seed(0)
+    models = {v: build_variant(v, "cbct", cfg, lipschitz=1.0).eval() for v in MODELS_AH}
+    rows = measure_volume(
+        models, "cbct", "v30", "blur", cfg, sample, H, 1.0, patches=2, alphas=(0, 0.5, 1),
+        log=lambda *a: None,
+    )  # fmt: skip
+    assert {(r["model"], r["measure"]) for r in rows} >= ACCURACY_MEASURES
+    val = {(r["model"], r["measure"], r["k"], r["alpha"]): r["value"] for r in rows}
+    for m in MODELS_AH:
+        assert val[(m, "psnr_exact_refine", "", "")] == pytest.approx(
+            val[(m, "psnr_H_refine", "", "")], abs=1e-4
+        )
+    mix = [r["value"] for r in rows if r["measure"] == "psnr_mix"]
+    assert len(mix) == 3 and max(mix) - min(mix) < 1e-4
+    errors = [r["value"] for r in rows if r["measure"].startswith("h_")
+              and r["measure"] != "h_grad_ratio_predicts_harmless"]  # fmt: skip
+    assert errors and max(errors) < 1e-4
+    h = headline(rows)
+    assert abs(h["h_refine_cost_db"]) < 1e-4 and h["harmless"] is True
+
+
+MODELS_AH = ("partition", "partition-H")
+
+
+def test_accuracy_on_tiny_trained_models_writes_every_row(tmp_path):
+    """Tiny trained partition / partition-H models (a masked blur, fitted H): every row is there
+    and finite, the exact-step iterates reproduce the model's own patch output, the CSV and the
+    summary are written, and the claims table's H row states the measured cause."""
+
+    import torch
+    from toys import loader, make_job, toy_config, toy_H
+
+    import unroll3d.engine.core as core
+    import unroll3d.engine.train as tr
+    from unroll3d.bench import accuracy
+    from unroll3d.partition import PartitionedPhysics
+    from unroll3d.report.claims import FAILS, claim_close, collect_claims
+    from unroll3d.report.records import EvalRecord
+    from unroll3d.utils import atomic_write_csv
+
+    torch.set_num_threads(1)
+    cfg = toy_config(steps=3)
+    sample = loader("toy0")
+    H = toy_H(sample)
+    models = {}
+    for v in MODELS_AH:
+        job = make_job(tmp_path, v, cfg, name=v, H=H if v == "partition-H" else None)
+        assert tr.train(job)["status"] == "ok"
+        models[v], _ = core.load_trained(job.out, "cbct", cfg)
+    alphas = (0.0, 0.3, 1.0)
+    rows = accuracy.measure_volume(
+        models, "cbct", "v30", "toy0", cfg, sample, H, sample.meta["op_norm_sq"], patches=2,
+        alphas=alphas, log=lambda *a: None,
+    )  # fmt: skip
+    assert {(r["model"], r["measure"]) for r in rows} >= ACCURACY_MEASURES
+    assert all(math.isfinite(r["value"]) for r in rows)
+    for m in MODELS_AH:
+        for meas in ("h_rel_error_H_refine", "h_grad_ratio_exact_refine"):
+            ks = sorted(r["k"] for r in rows if r["model"] == m and r["measure"] == meas)
+            assert ks == [0, 1]
+    assert sorted(r["alpha"] for r in rows if r["measure"] == "psnr_mix") == list(alphas)
+    # the diagnostic's exact-step iterates are the model's own on that patch
+    model, img, start, patch = models["partition"], tuple(sample.x.shape[1:]), (4, 0, 8), (8,) * 3
+    x0 = sample.physics.A_dagger(sample.y)
+    op = H.operator(img).restrict(start, patch)
+    _, last = accuracy.iterate_errors(
+        model, sample.physics, img, start, patch, sample.y, sample.x, x0, op, 1.0, "exact"
+    )
+    pp = PartitionedPhysics(sample.physics, img, start, patch, sample.y, sample.x, x_init=x0)
+    with torch.no_grad():
+        assert torch.allclose(last, model(pp.y_tilde, pp), atol=1e-5)
+    # files and the claims table's cause
+    out = tmp_path / "acc.csv"
+    atomic_write_csv(out, rows, accuracy.FIELDS)
+    back = accuracy.read_rows([out, tmp_path / "absent.csv"])
+    assert len(back) == len(rows)
+    text = accuracy.summary(back)
+    assert "Predictor" in text and "α-mixing" in text
+    cells = {
+        ("cbct", "v30", v): [EvalRecord("cbct", "v30", v, "toy0", psnr=p)]
+        for v, p in (("partition", 30.0), ("partition-H", 28.0))
+    }
+    config = {"name": "t", "tasks": ["cbct"], "variants": list(MODELS_AH), "cbct": {"views": [30]}}
+    claim = claim_close(cells, config, "cbct", "partition-H", "partition",
+                        cause=accuracy.cause_text(back, "cbct"))  # fmt: skip
+    assert claim.verdict == FAILS
+    assert "H refinement costs" in claim.why and "error/gradient ratio" in claim.why
+    rows_claims = collect_claims(cells, config, bench_accuracy=[out])
+    h_row = next(c for c in rows_claims if c.claim.startswith("partition-H within"))
+    assert "measured cause" in h_row.why

@@ -126,6 +126,70 @@ rule bench_normal_floor:
         " --seed {params.seed} --threads {threads} --out {output.csv} > {log} 2>&1"
 
 
+# Where H costs accuracy (issue 23): the trained partition and partition-H models of each task on
+# the first test volume of the task's first setting: first pass / exact / H refinement PSNR of
+# both, H's error against the exact patch gradient along the refinement iterates, and the
+# α-mixing curve. The claims table states these numbers when the H-accuracy claim fails.
+ACCURACY_VARIANTS = ("partition", "partition-H")
+
+
+def accuracy_case(task):
+    """(setting, volume) the accuracy diagnostic runs on: the task's first of each."""
+    return settings(task)[0], volumes(task, "test")[0]
+
+
+def accuracy_inputs(wildcards):
+    setting, volume = accuracy_case(wildcards.task)
+    models = {
+        v.replace("-", "_"): paths.model_base(
+            RESULTS, wildcards.task, model_setting(setting, v), v
+        )
+        + ".pt"
+        for v in ACCURACY_VARIANTS
+    }
+    return {
+        **models,
+        "sample": sample_path(wildcards.task, volume),
+        **normal_for(wildcards.task, setting, "partition-H", volume),
+    }
+
+
+def accuracy_targets():
+    """The diagnostic's CSVs, when benchmarks run and both partitioned variants are trained."""
+    if not BENCH_CFG["enabled"] or not set(ACCURACY_VARIANTS) <= set(config["variants"]):
+        return []
+    return [f"{BENCH_OUT}/accuracy/{task}.csv" for task in config["tasks"]]
+
+
+rule bench_accuracy:
+    input:
+        unpack(accuracy_inputs),
+    output:
+        csv=f"{BENCH_OUT}/accuracy/{{task}}.csv",
+        md=f"{BENCH_OUT}/accuracy/{{task}}.md",
+    params:
+        config=job_config_json,
+        setting=lambda wildcards: accuracy_case(wildcards.task)[0],
+        seed=config["seed"],
+    log:
+        f"{LOGS}/bench/bench_accuracy_{{task}}.log",
+    benchmark:
+        f"{BENCH}/bench_accuracy_{{task}}.tsv"
+    threads: 2
+    conda:
+        CONDA_ENV
+    resources:
+        gpu=1,
+    shell:
+        "unroll3d device run -- unroll3d bench accuracy --task {wildcards.task}"
+        " --setting {params.setting} --config-json '{params.config}'"
+        " --partition {input.partition} --partition-H {input.partition_H}"
+        " --normal {input.normal} --data {input.sample} --patches 4 --seed {params.seed}"
+        " --out {output.csv} --summary {output.md} --threads {threads} > {log} 2>&1"
+
+
+FINAL_TARGETS.extend(accuracy_targets())
+
 if BENCH_CFG["enabled"]:
     for bench_rule in (
         rules.bench_steps,

@@ -288,6 +288,8 @@ def report_bench_inputs(wildcards):
             csvs = [f for f in getattr(rules, name).output if str(f).endswith(".csv")]
             if csvs:
                 out[name] = csvs[0]
+    if "bench_accuracy" in defined and accuracy_targets():
+        out["bench_accuracy"] = accuracy_targets()
     return out
 
 
@@ -300,6 +302,8 @@ def report_bench_args(wildcards, input):
         args.append(f"--bench-partition {input.bench_partition}")
     if "bench_normal" in keys:
         args.append(f"--bench-normal {input.bench_normal}")
+    if "bench_accuracy" in keys:
+        args.append(f"--bench-accuracy {input.bench_accuracy}")
     return " ".join(args)
 
 

@@ -99,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--bench-steps", default=None, help="Fig. 1 benchmark CSV")
         p.add_argument("--bench-partition", default=None, help="partitioned-memory benchmark CSV")
         p.add_argument("--bench-normal", default=None, help="data-step speed benchmark CSV (§6.4)")
+        p.add_argument(
+            "--bench-accuracy",
+            nargs="+",
+            default=None,
+            help="accuracy diagnostic CSV(s) (default: RESULTS/benchmarks/accuracy/*.csv)",
+        )
         p.add_argument("--normal-dir", default=None, help="folder of normal_{task}_{setting}.npz")
         p.add_argument("--only", choices=("tables", "figures"), default=None)
         p.add_argument(
@@ -128,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 label,
                 bench_normal=args.bench_normal or bench / "bench_normal.csv",
                 bench_partition=args.bench_partition or bench / "bench_partition.csv",
+                bench_accuracy=args.bench_accuracy or sorted((bench / "accuracy").glob("*.csv")),
             )
         if args.only in (None, "figures"):
             written += write_figures(

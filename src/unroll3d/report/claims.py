@@ -155,8 +155,9 @@ def _paper_mean_psnr(task: str, ours: str, ref: str) -> str:
     return text
 
 
-def claim_close(cells: Cells, config: dict, task: str, ours: str, ref: str):
-    """``ours`` within PSNR_TOL_DB below ``ref`` (mean PSNR over the settings)."""
+def claim_close(cells: Cells, config: dict, task: str, ours: str, ref: str, cause: str = ""):
+    """``ours`` within PSNR_TOL_DB below ``ref`` (mean PSNR over the settings); a failing row
+    adds ``cause``, the measured reason (:func:`accuracy_cause`), when one is given."""
     paper_note = _paper_mean_psnr(task, ours, ref)
     text = f"{ours} within {PSNR_TOL_DB} dB of {ref}"
     scope = f"{TASK_TITLE[task]}, mean over settings"
@@ -169,7 +170,21 @@ def claim_close(cells: Cells, config: dict, task: str, ours: str, ref: str):
     measured = f"{a.value:.2f} vs {b.value:.2f} dB (Δ {d:+.2f})"
     holds = d >= -PSNR_TOL_DB
     why = "" if holds else f"{ours} is {-d:.2f} dB below {ref}"
+    if not holds and cause:
+        why += f"; measured cause: {cause}"
     return Claim(text, scope, measured, paper_note, tol, HOLDS if holds else FAILS, why)
+
+
+def accuracy_cause(bench_accuracy, task: str) -> str:
+    """The measured causes of an H-accuracy gap from ``unroll3d bench accuracy`` CSVs (H
+    refinement's cost on the exact-trained model, the H-trained model's loss with exact steps,
+    H's error-to-gradient ratio); empty without a file for ``task``."""
+    from unroll3d.bench.accuracy import cause_text, read_rows
+
+    if not bench_accuracy:
+        return ""
+    paths = [bench_accuracy] if isinstance(bench_accuracy, str | Path) else list(bench_accuracy)
+    return cause_text(read_rows(paths), task)
 
 
 def claim_memory(cells: Cells, config: dict, task: str) -> Claim:
@@ -358,8 +373,10 @@ def collect_claims(
     config: dict,
     bench_partition: str | Path | None = None,
     bench_normal: str | Path | None = None,
+    bench_accuracy: str | Path | list | None = None,
 ) -> list[Claim]:
-    """Every claim for the tasks of ``config``."""
+    """Every claim for the tasks of ``config``; ``bench_accuracy``: the accuracy diagnostic's
+    CSV(s), whose measured causes a failing H-accuracy claim states."""
     out: list[Claim] = []
     tasks = config.get("tasks", [])
     for task in tasks:
@@ -367,7 +384,8 @@ def collect_claims(
     for task in tasks:
         out.append(claim_close(cells, config, task, "partition", "unrolled"))
     if "cbct" in tasks:
-        out.append(claim_close(cells, config, "cbct", "partition-H", "partition"))
+        cause = accuracy_cause(bench_accuracy, "cbct")
+        out.append(claim_close(cells, config, "cbct", "partition-H", "partition", cause))
     out += [claim_memory(cells, config, t) for t in tasks]
     out.append(claim_memory_flat(bench_partition))
     out.append(claim_datastep(bench_normal))
@@ -386,9 +404,10 @@ def build_claims_table(
     commit: str | None = None,
     bench_partition: str | Path | None = None,
     bench_normal: str | Path | None = None,
+    bench_accuracy: str | Path | list | None = None,
 ) -> Table:
     """The claims as a :class:`Table` (rendered like the paper's tables)."""
-    claims = collect_claims(cells, config, bench_partition, bench_normal)
+    claims = collect_claims(cells, config, bench_partition, bench_normal, bench_accuracy)
     rows = [[c.claim, c.scope, c.measured, c.paper, c.tolerance, c.verdict, c.why] for c in claims]
     long = [
         {

@@ -25,13 +25,15 @@ def write_tables(
     commit: str | None = None,
     bench_normal: str | Path | None = None,
     bench_partition: str | Path | None = None,
+    bench_accuracy: str | Path | list | None = None,
 ) -> list[Path]:
     """Write every table as CSV (tidy, one row per cell), Markdown and LaTeX; return the paths.
 
     A table whose task is not in the config (or, for ``table_datastep``, whose benchmark file
     ``bench_normal`` is absent) is written with a one-line "no data" note, so the set of output
     files does not depend on the config. ``claims`` is always written: a claim the run cannot
-    measure says so in its row.
+    measure says so in its row, and a failing H-accuracy claim states the causes measured by
+    ``bench_accuracy`` (the ``unroll3d bench accuracy`` CSVs) when given.
     """
     out_dir = Path(out_dir)
     commit = commit or git_commit()
@@ -42,7 +44,7 @@ def write_tables(
             why = f"benchmark file {bench_normal} not available"
         elif kind == "claims":
             table = build_claims_table(
-                cells, config, config_path, commit, bench_partition, bench_normal
+                cells, config, config_path, commit, bench_partition, bench_normal, bench_accuracy
             )
             why = ""
         else:
