@@ -61,6 +61,13 @@ gpu-check: setup
 	$(if $(TINY),,$(BIN)/python -m pip install --quiet -e '.[dev,gpu]')
 	$(BIN)/unroll3d bench gpu_check --out-dir results/benchmarks/gpu$(if $(TINY),-tiny --tiny,)
 
+# One CUDA card, at most ~8 min: does H keep its accuracy at the paper's sizes (issue 23)?
+# results/benchmarks/gpu-accuracy/{gpu_accuracy.csv,summary.md}. `make gpu-accuracy TINY=1`: toy
+# sizes on the CPU (< 1 min).
+gpu-accuracy: setup
+	$(if $(TINY),,$(BIN)/python -m pip install --quiet -e '.[dev,gpu]')
+	$(BIN)/unroll3d bench gpu_accuracy --out-dir results/benchmarks/gpu-accuracy$(if $(TINY),-tiny --tiny,)
+
 dryrun: setup
 	$(BIN)/snakemake -n --configfile config/config.yaml
 

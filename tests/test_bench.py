@@ -468,3 +468,30 @@ def test_accuracy_on_tiny_trained_models_writes_every_row(tmp_path):
     rows_claims = collect_claims(cells, config, bench_accuracy=[out])
     h_row = next(c for c in rows_claims if c.claim.startswith("partition-H within"))
     assert "measured cause" in h_row.why
+
+
+def test_gpu_accuracy_tiny_writes_finite_complete_outputs(tmp_path):
+    """`make gpu-accuracy TINY=1`: both sections at toy sizes on the CPU: the ratio along
+    gradient steps for both contexts and at the truth, both variants trained for the same budget
+    and measured with exact and H refinement, every value finite, a summary naming the device."""
+    from unroll3d.bench import gpu_accuracy
+
+    out = tmp_path / "gpu-accuracy-tiny"
+    argv = ["--tiny", "--out-dir", str(out), "--train-s", "1"]
+    assert gpu_accuracy.main(argv) == 0
+    with open(out / "gpu_accuracy.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(math.isfinite(float(r["value"])) for r in rows)
+    assert all(r["device"].startswith("CPU") for r in rows)
+    got = {(r["model"], r["measure"]) for r in rows}
+    ks = gpu_accuracy.PROFILES["tiny"]["ratio_steps"]
+    for context in ("truth context", "FDK context"):
+        steps = [r for r in rows if r["model"] == context and r["measure"] == "h_grad_ratio_steps"]
+        assert sorted(int(r["k"]) for r in steps) == list(range(ks))
+    assert ACCURACY_MEASURES <= got
+    for variant in MODELS_AH:
+        assert {(variant, "train_steps"), (variant, "train_loss_last")} <= got
+    alphas = sorted(float(r["alpha"]) for r in rows if r["measure"] == "psnr_mix")
+    assert alphas == list(gpu_accuracy.ALPHAS)
+    text = (out / "summary.md").read_text()
+    assert text.startswith("# GPU accuracy check on CPU") and "Predictor" in text
