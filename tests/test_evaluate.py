@@ -24,6 +24,7 @@ from unroll3d.metrics import (
     ssim3d,
     ssim_slices,
 )
+from unroll3d.variants import variant_spec
 
 torch.set_num_threads(1)
 
@@ -228,6 +229,14 @@ def test_refine_switches():
     assert core.refine_enabled("cbct", {"evaluate": {"refine": True}})
     assert not core.refine_enabled("mri", {"evaluate": {"refine": True}})
     assert core.refine_enabled("mri", {"evaluate": {"refine": True, "mri_refine": True}})
+    # mri_refine H (the default): only the variants that use H refine, with H (issue 23)
+    ph, p = variant_spec("partition-H"), variant_spec("partition")
+    assert core.refine_enabled("mri", {"evaluate": {"refine": True}}, ph)
+    assert not core.refine_enabled("mri", {"evaluate": {"refine": True}}, p)
+    assert not core.refine_enabled("mri", {"evaluate": {"refine": True, "mri_refine": False}}, ph)
+    assert core.refine_record("mri", {"evaluate": {"refine": True}}, ph) == "H refinement"
+    assert core.refine_record("mri", {"evaluate": {"refine": True}}, p) == "first pass only"
+    assert core.refine_record("cbct", {"evaluate": {"refine": True}}, p) == "exact refinement"
     assert not core.refine_enabled("cbct", {"evaluate": {"refine": False}})
 
 

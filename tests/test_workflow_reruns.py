@@ -196,16 +196,30 @@ def test_paper_plan_trains_one_model_per_task_and_learned_variant(tmp_path):
     ph = [c for c in main if "--variant partition-H " in c and "--task cbct" in c]
     assert len(ph) == 1 and "--setting all" in ph[0] and "--settings v30 v50 v100" in ph[0]
     assert all(f"results/normal/cbct/v{n}.pt" in ph[0] for n in (30, 50, 100))
-    # MRI H per sample (normal.per_sample): each test volume's evaluation uses its own fit
+    # MRI H of each volume's own mask (normal.mri_h: mask, the default): every evaluation takes
+    # only m from its setting's fit; no per-sample fit is planned
     res = _run(tmp_path, configfile, "-n", "-p")
     evals = [ln for ln in res.stdout.splitlines() if "unroll3d evaluate --task mri" in ln
              and "--variant partition-H " in ln and "/sweep/" not in ln]  # fmt: skip
     test = config["mri"]["splits"]["test"]
     assert len(evals) == len(test) * len(config["mri"]["accelerations"])
     for line in evals:
+        setting = line.split("--setting ")[1].split()[0]
+        assert f"--normal results/normal/mri/{setting}.pt --out" in line
+    assert "fit-normal --input" in res.stdout
+    assert not any(f"results/normal/mri/{s}/" in res.stdout for s in ("R5", "R10"))
+    # normal.mri_h: fit (the old behaviour): each test volume's evaluation uses its own fit
+    fit_cfg = {**config, "normal": {**config["normal"], "mri_h": "fit"}}
+    configfile.write_text(yaml.safe_dump(fit_cfg))
+    res = _run(tmp_path, configfile, "-n", "-p")
+    evals = [ln for ln in res.stdout.splitlines() if "unroll3d evaluate --task mri" in ln
+             and "--variant partition-H " in ln and "/sweep/" not in ln]  # fmt: skip
+    assert len(evals) == len(test) * len(config["mri"]["accelerations"])
+    for line in evals:
         volume = line.split("--volume ")[1].split()[0]
         setting = line.split("--setting ")[1].split()[0]
         assert f"--normal results/normal/mri/{setting}/{volume}.pt" in line
+    configfile.write_text(yaml.safe_dump(config))
     cbct = [ln for ln in res.stdout.splitlines() if "unroll3d evaluate --task cbct" in ln
             and "--variant partition-H " in ln]  # fmt: skip
     assert all("--normal results/normal/cbct/v" in ln and ".pt --out" in ln for ln in cbct)

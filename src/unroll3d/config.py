@@ -172,20 +172,25 @@ def evaluate_settings(config: dict) -> dict:
 
 def job_config(config: dict, task: str) -> dict:
     """The part of ``config`` that ``unroll3d train`` / ``unroll3d evaluate`` read for ``task``:
-    ``seed``, ``model``, ``train``, ``evaluate`` and the task's ``K``, ``patch_size`` and
-    ``stride``, defaults filled. Keys outside it (splits, views, report, sweep, benchmarks, the
-    config's name) never reach these jobs, so changing them reruns none of them."""
+    ``seed``, ``model``, ``train``, ``evaluate``, the task's ``K``, ``patch_size`` and
+    ``stride`` and, for MRI, ``normal.mri_h``, defaults filled. Keys outside it (splits, views,
+    report, sweep, benchmarks, the config's name) never reach these jobs, so changing them
+    reruns none of them."""
     if task not in ("cbct", "mri"):
         raise ConfigError(f"unknown task {task!r}; known: ['cbct', 'mri']")
     task_cfg = {**section_defaults(task), **(config.get(task) or {})}
     model = {**section_defaults("model"), **(config.get("model") or {})}
-    return {
+    out = {
         "seed": int(config.get("seed", 0)),
         "model": model,
         "train": _own_task_keys(train_settings(config), task),
         "evaluate": _own_task_keys(evaluate_settings(config), task),
         task: {k: task_cfg.get(k) for k in JOB_TASK_KEYS},
     }
+    if task == "mri":  # which H the MRI H variants use (CBCT jobs never read it)
+        normal = {**section_defaults("normal"), **(config.get("normal") or {})}
+        out["normal"] = {"mri_h": normal["mri_h"]}
+    return out
 
 
 def _own_task_keys(section: dict, task: str) -> dict:

@@ -135,10 +135,16 @@ def normal_input(wildcards):
 def normal_for(task, setting, variant, volume=None):
     """The fitted H a variant needs as input ({"normal": path(s)} for the -H variants, else {}):
     a model shared across settings (setting "all") trains with every setting's; an evaluation
-    on a per-sample task (normal.per_sample) uses the fit of its own test volume."""
+    on a per-sample task (normal.per_sample) uses the fit of its own test volume. MRI under
+    normal.mri_h mask builds each sample's H from its own mask and takes only m from the
+    setting's fit (no per-sample fits); under mask-coils it needs no fit at all."""
     if not needs_H(variant):
         return {}
-    if volume is not None and task in config["normal"].get("per_sample", ["mri"]):
+    mri_h = config["normal"].get("mri_h", "mask") if task == "mri" else "fit"
+    if mri_h == "mask-coils":
+        return {}
+    per_sample = task in config["normal"].get("per_sample", ["mri"]) and mri_h == "fit"
+    if volume is not None and per_sample:
         return {"normal": paths.normal_fit_sample(RESULTS, task, setting, volume)}
     sets = u3config.model_settings(config, task, setting)
     return {"normal": [paths.normal_fit(RESULTS, task, s) for s in sets]}

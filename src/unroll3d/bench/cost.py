@@ -181,7 +181,8 @@ def estimate(config: dict, gc: dict) -> list[dict]:
                         "scaled by voxels)",
                     )
                 )
-                if task in normal.get("per_sample", ["mri"]):  # one fit per test volume
+                mri_h = normal.get("mri_h", "mask") if task == "mri" else "fit"
+                if task in normal.get("per_sample", ["mri"]) and mri_h == "fit":  # per volume
                     rows.append(
                         _row(
                             "fit_normal_sample",

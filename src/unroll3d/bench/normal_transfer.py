@@ -8,6 +8,11 @@ fresh masks (issue 15 item 2: is one H per setting enough, or is one per sample 
 
     unroll3d bench normal_transfer --fit results/normal/mri/R5.pt --setting R5 \\
         --data results/data/mri/*.pt --fresh 3 --out normal_transfer.csv
+
+``--mask`` (MRI) adds the H built from each draw's own mask (:func:`unroll3d.normal.mask_normal`,
+issue 23) on the same probes: the mask's kernel alone with m = 1 (``mask_plain``), the
+coil-coherence-weighted kernel with m from the coil maps (``mask_coils``) and with the fit's m
+(``mask_fit_m``, ``normal.mri_h: mask``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import sys
 from pathlib import Path
 
 FIELDS = ["volume", "mask", "mask_seed", "is_fit_volume", "rel_error", "probes", "sqnorm"]
+MASK_FIELDS = ["mask_plain", "mask_coils", "mask_fit_m"]
 
 
 def heldout_error(physics, H, img_size, sqnorm: float, probes: int, seed: int = 0) -> float:
@@ -37,10 +43,10 @@ def heldout_error(physics, H, img_size, sqnorm: float, probes: int, seed: int = 
     return math.sqrt(num / max(den, 1e-30))
 
 
-def measure(fit_path, setting, data, fresh: int, probes: int) -> list[dict]:
+def measure(fit_path, setting, data, fresh: int, probes: int, mask: bool = False) -> list[dict]:
     """One row per (volume, mask): the fixed mask, then ``fresh`` seeded fresh masks."""
     from unroll3d.data import load_sample
-    from unroll3d.normal import load_normal
+    from unroll3d.normal import load_normal, mask_normal
     from unroll3d.physics import sqnorm as op_sqnorm
 
     fit = load_normal(fit_path)
@@ -64,6 +70,15 @@ def measure(fit_path, setting, data, fresh: int, probes: int) -> list[dict]:
                     "sqnorm": sq,
                 }
             )
+            if mask:  # the mask-built H is AᵀA's own scale (scaling 1)
+                options = {
+                    "mask_plain": {"m": "ones", "kernel": "mask"},
+                    "mask_coils": {"m": "coils"},
+                    "mask_fit_m": {"m": fit.spatial_mask, "grid": fit.grid},
+                }
+                for name, kw in options.items():
+                    own = mask_normal(s.physics, img, **kw).operator(img)
+                    rows[-1][name] = heldout_error(s.physics, own, img, 1.0, probes)
     return rows
 
 
@@ -75,10 +90,15 @@ def summary(rows: list[dict]) -> str:
     own = mean(lambda r: r["is_fit_volume"])
     others = mean(lambda r: r["mask"] == "fixed" and not r["is_fit_volume"])
     fresh = mean(lambda r: r["mask"] == "fresh")
-    return (
+    text = (
         f"held-out error of H: fit volume {own[0]:.3f} ({own[1]}); other volumes, fixed masks "
         f"{others[0]:.3f} ({others[1]}); fresh masks {fresh[0]:.3f} ({fresh[1]})"
     )
+    for name in MASK_FIELDS:
+        vals = [r[name] for r in rows if name in r]
+        if vals:
+            text += f"\n{name} (every draw's own mask): {statistics.mean(vals):.3f} ({len(vals)})"
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, nargs="+", help="preprocessed volumes")
     p.add_argument("--fresh", type=int, default=0, help="fresh masks per volume (MRI)")
     p.add_argument("--probes", type=int, default=4)
+    p.add_argument(
+        "--mask", action="store_true", help="MRI: also the H built from each draw's own mask"
+    )
     p.add_argument("--out", required=True, type=Path, help="CSV")
     return p
 
@@ -97,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from unroll3d.utils import atomic_write_csv
 
-    rows = measure(args.fit, args.setting, args.data, args.fresh, args.probes)
-    atomic_write_csv(args.out, rows, FIELDS)
+    rows = measure(args.fit, args.setting, args.data, args.fresh, args.probes, args.mask)
+    atomic_write_csv(args.out, rows, FIELDS + (MASK_FIELDS if args.mask else []))
     print(summary(rows))
     return 0
 

@@ -21,6 +21,7 @@ from unroll3d.config import evaluate_settings, train_settings
 from unroll3d.data.loading import load_sample
 from unroll3d.models import build_variant
 from unroll3d.normal import DiagCirculantWrapper, NormalFit, check_fit_matches, load_normal
+from unroll3d.normal.mask import mask_normal, probe_error
 from unroll3d.partition import PartitionedReconstructor, crop_patch, sample_patch_start
 from unroll3d.physics import sqnorm
 from unroll3d.variants import VariantSpec
@@ -31,15 +32,20 @@ __all__ = [
     "SampleCache",
     "default_loader",
     "estimate_pair",
+    "h_builder",
     "h_kwargs",
+    "h_record",
     "load_H",
     "load_trained",
     "make_partitioner",
+    "mri_h_mode",
+    "own_normal",
     "patch_ranges",
     "peak_memory_gb",
     "physics_for",
     "reconstruct",
     "refine_enabled",
+    "refine_record",
     "resolve_device",
     "shape_text",
     "sync",
@@ -137,6 +143,73 @@ def physics_for(sample, spec: VariantSpec, H: NormalFit | None, lipschitz: float
     )
 
 
+def mri_h_mode(task: str, config: dict) -> str:
+    """``normal.mri_h`` of an MRI job (``fit`` for CBCT): ``mask`` / ``mask-coils`` build each
+    sample's H from its own mask (:func:`own_normal`), ``fit`` uses the data-free fit files."""
+    if task != "mri":
+        return "fit"
+    from unroll3d.config import section_defaults
+
+    return str((config.get("normal") or {}).get("mri_h") or section_defaults("normal")["mri_h"])
+
+
+def own_normal(sample, reference: NormalFit | None, mode: str) -> NormalFit:
+    """The H of ``sample``'s own operator (issue 23): λ from its Cartesian mask weighted by its
+    coils' coherence (:func:`unroll3d.normal.mask_normal`), m from ``reference`` (the setting's
+    data-free fit, ``mode`` ``mask``) or from the coil maps (``mask-coils``)."""
+    meta = getattr(sample, "meta", None) or {}
+    img = tuple(sample.x.shape[1:])
+    where = meta.get("source") or f"volume {meta.get('volume', '?')}"
+    if mode == "mask":
+        if reference is None:
+            raise ValueError(
+                "normal.mri_h: mask takes m from the setting's data-free fit, but no "
+                "normal-operator file was given (--normal), or use normal.mri_h: mask-coils"
+            )
+        check_fit_matches(reference, meta.get("setting"), img, where)
+        m, grid, m_from = reference.spatial_mask, reference.grid, reference.source or "fit"
+    elif mode == "mask-coils":
+        m, grid, m_from = "coils", None, "coil maps"
+    else:
+        raise ValueError(f"normal.mri_h {mode!r} does not build H from the mask")
+    with torch.no_grad():
+        return mask_normal(
+            sample.physics,
+            img,
+            m=m,
+            grid=grid,
+            meta={
+                "setting": meta.get("setting"),
+                "input": str(meta.get("source") or meta.get("volume", "?")),
+                "m_from": str(m_from),
+                "mask_seed": meta.get("mask_seed"),
+            },
+        )
+
+
+def h_builder(spec: VariantSpec, task: str, config: dict) -> Callable | None:
+    """``(sample, setting_fit) -> H`` for a variant with H under ``normal.mri_h`` mask /
+    mask-coils (MRI), None otherwise (the setting's fit is used as is)."""
+    mode = mri_h_mode(task, config)
+    if not spec.use_H or mode == "fit":
+        return None
+    return lambda sample, reference: own_normal(sample, reference, mode)
+
+
+def h_record(H: NormalFit, sample, probes: int = 4) -> dict:
+    """What an evaluation records about a mask-built H (the eval JSON's ``normal_fit``): its
+    kind, where m came from and its error ‖AᵀAx − Hx‖/‖AᵀAx‖ on seeded Gaussian probes."""
+    meta = getattr(sample, "meta", None) or {}
+    err = probe_error(sample.physics, H.operator(tuple(sample.x.shape[1:])), H.scaling, probes)
+    return {
+        "file": "mask of the volume",
+        "fitted_on": str(meta.get("volume") or Path(str(H.meta.get("input", "?"))).stem),
+        "heldout_rel_error": err,
+        "h": "mask",
+        "m_from": str(H.meta.get("m_from", "?")),
+    }
+
+
 # --------------------------------------------------------------------------- partitioning
 
 
@@ -221,14 +294,29 @@ def estimate_pair(
 # --------------------------------------------------------------------------- inference
 
 
-def refine_enabled(task: str, config: dict) -> bool:
-    """Whether Algorithm 1's refinement pass runs: ``evaluate.refine`` and, for MRI,
-    ``evaluate.mri_refine`` (off by default: the paper finds it adds almost nothing there)."""
+def refine_enabled(task: str, config: dict, spec: VariantSpec | None = None) -> bool:
+    """Whether Algorithm 1's refinement pass runs for ``spec``: ``evaluate.refine`` and, for MRI,
+    ``evaluate.mri_refine``: false = the paper's protocol (first pass only: its data steps are
+    exact, so H never acts), true = every partitioned variant, ``H`` = only the variants that
+    use H (their refinement uses H, so the H rows measure H at test time; issue 23)."""
     ecfg = evaluate_settings(config)
     on = bool(ecfg["refine"])
     if task == "mri":
-        on = on and bool(ecfg["mri_refine"])
+        mode = ecfg["mri_refine"]
+        if mode == "H":
+            return on and spec is not None and spec.use_H
+        on = on and bool(mode)
     return on
+
+
+def refine_record(task: str, config: dict, spec: VariantSpec) -> str:
+    """What a partitioned unrolled variant's test time ran (the eval JSON's ``refinement``):
+    ``first pass only``, ``exact refinement`` or ``H refinement``; ``n/a`` for the others."""
+    if spec.kind != "unrolled" or not spec.partition:
+        return "n/a"
+    if not refine_enabled(task, config, spec):
+        return "first pass only"
+    return "H refinement" if spec.use_H else "exact refinement"
 
 
 def reconstruct(
@@ -252,7 +340,7 @@ def reconstruct(
     whole volume with its denoiser applied the same way; ``inr`` and ``dpir`` reconstruct the
     whole volume themselves.
     """
-    refine = refine_enabled(task, config) if refine is None else refine
+    refine = refine_enabled(task, config, spec) if refine is None else refine
     with torch.no_grad():
         if spec.kind in ("analytical", "adjoint"):  # FDK returns x0; RSS and Aᵀy compute theirs
             return model(sample.y, sample.physics, x_init=x0)
@@ -357,6 +445,8 @@ def _heavy(physics) -> bool:
 
 class SampleCache:
     """Loads samples lazily (``loader(path)``), computes their x0 = A†y once and caches them.
+    With ``h_of`` each sample (and each fresh draw) gets the H of its own operator
+    (:func:`h_builder`), else the setting's ``H``.
 
     The first ``on_device`` samples stay on the device; the others are parked in host memory,
     volumes (x, y, x0) and the sample's own operator (MRI coil maps ≈ 0.9 GB each at
@@ -373,8 +463,10 @@ class SampleCache:
         H: NormalFit | None,
         lipschitz_fn: Callable | None = None,
         on_device: int | None = None,
+        h_of: Callable | None = None,
     ):
         self.paths = list(paths)
+        self.h_of = h_of  # (sample, setting fit) -> the sample's own H (normal.mri_h: mask)
         self.loader = loader
         self.spec = spec
         self.H = H
@@ -394,8 +486,9 @@ class SampleCache:
                 x0 = sample.physics.A_dagger(sample.y).float()
             if self.lipschitz is None:
                 self.lipschitz = self.lipschitz_fn(sample, x0)
-            phys = physics_for(sample, self.spec, self.H, self.lipschitz)
-            prep = Prepared(sample, phys, x0, lipschitz=self.lipschitz, H=self.H)
+            H = self.H if self.h_of is None else self.h_of(sample, self.H)
+            phys = physics_for(sample, self.spec, H, self.lipschitz)
+            prep = Prepared(sample, phys, x0, lipschitz=self.lipschitz, H=H)
             full = self.on_device is not None and len(self._cache) >= self.on_device
             if full and x0.device.type != "cpu":
                 prep = _moved(prep, "cpu")
@@ -427,8 +520,9 @@ class SampleCache:
         sample = redraw(self.paths[i], seed)
         with torch.no_grad():
             x0 = sample.physics.A_dagger(sample.y).float()
-        phys = physics_for(sample, self.spec, self.H, self.lipschitz)
-        return Prepared(sample, phys, x0, lipschitz=self.lipschitz, H=self.H)
+        H = self.H if self.h_of is None else self.h_of(sample, self.H)  # the draw's own mask
+        phys = physics_for(sample, self.spec, H, self.lipschitz)
+        return Prepared(sample, phys, x0, lipschitz=self.lipschitz, H=H)
 
     def device_bytes(self) -> int:
         """Bytes of the cached samples (volumes and operators) on a non-CPU device."""

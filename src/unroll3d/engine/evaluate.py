@@ -18,12 +18,15 @@ import torch
 
 from unroll3d.config import evaluate_settings, train_settings
 from unroll3d.engine.core import (
+    h_builder,
+    h_record,
     lipschitz_of,
     load_H,
     load_trained,
     peak_memory_gb,
     physics_for,
     reconstruct,
+    refine_record,
     shape_text,
     sync,
     time_train_steps,
@@ -154,13 +157,19 @@ def evaluate_volume(
         return _finish(result, slices_path)
     result["n_params"] = count_parameters(model)
     H = load_H(normal_path, device) if spec.use_H else None
-    if H is not None:  # which fit this evaluation used, and its held-out error (per sample or not)
+    build = h_builder(spec, task, config)  # normal.mri_h mask: the test volume's own H
+    if build is not None:
+        H = build(sample, H)
+        result["normal_fit"] = h_record(H, sample)
+    elif H is not None:  # which fit was used, and its held-out error (per sample or not)
         heldout = list((H.history or {}).get("heldout_rel_error") or [])
         result["normal_fit"] = {
             "file": str(normal_path),
             "fitted_on": Path(str(H.meta.get("input", "?"))).stem,
             "heldout_rel_error": float(heldout[-1]) if heldout else None,
+            "h": "fit",
         }
+    result["refinement"] = refine_record(task, config, spec)
     try:
         with torch.no_grad():  # warm-up: lazy backend imports (ITK takes ~15 s) and CUDA context
             sample.physics.A_adjoint(sample.y)

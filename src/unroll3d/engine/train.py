@@ -57,9 +57,11 @@ from unroll3d.engine.core import (
     default_loader,
     estimate_pair,
     fresh_mask_loader,
+    h_builder,
     lipschitz_of,
     load_H,
     make_partitioner,
+    mri_h_mode,
     peak_memory_gb,
     shape_text,
     sync,
@@ -414,12 +416,17 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
     if not job.train_paths:
         raise ValueError("no training volumes given (--train)")
     on_device = t["device_cache"] // len(job.settings)  # the volumes kept per setting
+    h_of = h_builder(spec, job.task, job.config)  # normal.mri_h mask: each draw's own H
     caches = {
-        s: SampleCache(job.train_paths, job.loader_for(s), spec, fits[s], on_device=on_device)
+        s: SampleCache(
+            job.train_paths, job.loader_for(s), spec, fits[s], on_device=on_device, h_of=h_of
+        )
         for s in job.settings
     }
     val_paths = (job.val_paths or [])[: t["val_max"]]
-    val_caches = {s: SampleCache(val_paths, job.loader_for(s), spec, fits[s]) for s in job.settings}
+    val_caches = {
+        s: SampleCache(val_paths, job.loader_for(s), spec, fits[s], h_of=h_of) for s in job.settings
+    }
     rows: list[dict] = []
     volume = "?"
     step = 0
@@ -587,6 +594,12 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         "bf16": model.bf16,
         "masks": "fresh per draw" if job.redraw is not None else "fixed per volume",
     }
+    if spec.use_H:  # which H the data steps used (normal.mri_h, issue 23)
+        stats["normal_h"] = (
+            "the setting's data-free fit"
+            if h_of is None
+            else f"built from each draw's own mask (normal.mri_h: {mri_h_mode(job.task, job.config)})"
+        )
     if partitioner is not None:  # what was really trained: patch, stride and the inference grid
         stats["patch_size"] = list(partitioner.patch_size)
         stats["stride"] = list(partitioner.stride)

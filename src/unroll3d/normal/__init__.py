@@ -1,7 +1,8 @@
 """Diagonal-circulant approximation H = diag(m) F⁻¹ diag(λ) F of a normal operator AᵀA (paper
 §4.5–4.6): the operator and its exact patch restriction (:mod:`.operator`), the physics wrapper
-(:mod:`.wrapper`), the data-free fit (:mod:`.fit`), files (:mod:`.io`) and the figure
-(:mod:`.plot`). The ``unroll3d fit-normal`` verb is :mod:`unroll3d.cli.fit_normal`.
+(:mod:`.wrapper`), the data-free fit (:mod:`.fit`), the MRI H built from a mask (:mod:`.mask`),
+files (:mod:`.io`) and the figure (:mod:`.plot`). The ``unroll3d fit-normal`` verb is
+:mod:`unroll3d.cli.fit_normal`.
 """
 
 from unroll3d.normal.fit import _impulse_filter, fit_normal_operator
@@ -15,6 +16,7 @@ from unroll3d.normal.io import (
     save_normal,
     write_history_csv,
 )
+from unroll3d.normal.mask import mask_normal
 from unroll3d.normal.operator import (
     DiagCirculant,
     RestrictedDiagCirculant,
@@ -38,6 +40,7 @@ __all__ = [
     "_impulse_filter",
     "fit_normal_operator",
     "load_normal",
+    "mask_normal",
     "operator_hash",
     "operator_sqnorm",
     "padded_grid",

@@ -1,0 +1,135 @@
+"""Issue 23 item 3: the MRI H built from each draw's own Cartesian mask (normal.mri_h), and the
+MRI H rows using H at test time (evaluate.mri_refine: H)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import unroll3d.engine.core as core
+from unroll3d.data.sample import Sample
+from unroll3d.normal import fit_normal_operator, mask_normal
+from unroll3d.normal.mask import probe_error
+from unroll3d.physics import MultiCoilMRI3D, poisson_disc_mask, rss_normalize
+from unroll3d.variants import variant_spec
+
+SHAPE = (6, 12, 10)
+
+
+def _maps(n_coils, smooth=True, seed=0):
+    if smooth:
+        from unroll3d.data.toy import simulated_coil_maps
+
+        maps = torch.from_numpy(simulated_coil_maps(SHAPE, n_coils)).to(torch.complex64)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        maps = torch.randn((n_coils, *SHAPE), dtype=torch.complex64, generator=g)
+    return rss_normalize(maps[None])[0]
+
+
+def _physics(n_coils, mask_seed=0, smooth=True):
+    mask = poisson_disc_mask(SHAPE[1:], 3, calib=2, seed=mask_seed)
+    return MultiCoilMRI3D(mask, _maps(n_coils, smooth), SHAPE)
+
+
+@pytest.mark.parametrize("grid", [None, SHAPE])
+def test_mask_built_h_is_exact_for_one_coil(grid):
+    """One coil (a complex map): AᵀA = s̄ F⁻¹MF s is exactly the two-sided H, on the padded grid
+    (linear convolution of the periodic kernel) and on the circular one."""
+    phys = _physics(1, smooth=False)
+    H = mask_normal(phys, (2, *SHAPE), grid=grid)
+    assert H.scaling == 1.0 and H.two_sided
+    assert probe_error(phys, H.operator(), probes=3) < 1e-5
+
+
+def test_mask_built_h_beats_the_fitted_h_on_a_fresh_mask():
+    """Several smooth coils: the coherence-weighted mask H of a draw beats an H fitted
+    (data-free) to the fixed mask, and its plain mask kernel is worse than both."""
+    fixed, fresh = _physics(4, mask_seed=0), _physics(4, mask_seed=7)
+    img = (2, *SHAPE)
+    lam, m, hist = fit_normal_operator(fixed, img, n_steps=150, heldout=2, seed=0, progress=False)
+    from unroll3d.normal import NormalFit
+
+    fit = NormalFit(lam, m, img, grid=tuple(hist["grid"]), two_sided=True, scaling=hist["sqnorm"])
+    fitted = probe_error(fresh, fit.operator(), fit.scaling)
+    own = probe_error(fresh, mask_normal(fresh, img).operator())
+    with_fit_m = probe_error(fresh, mask_normal(fresh, img, m=m, grid=fit.grid).operator())
+    plain = probe_error(fresh, mask_normal(fresh, img, m="ones", kernel="mask").operator())
+    assert own < fitted and with_fit_m < fitted
+    assert plain > own
+    with pytest.raises(ValueError, match="neither the image length"):
+        mask_normal(fresh, img, grid=(8, 20, 16))
+
+
+def _sample(mask_seed, n_coils=4, setting="R3"):
+    phys = _physics(n_coils, mask_seed=mask_seed)
+    g = torch.Generator().manual_seed(mask_seed)
+    x = torch.randn((1, 2, *SHAPE), generator=g) * 0.1 + 0.5
+    meta = {"op_norm_sq": 1.0, "setting": setting, "volume": "v", "mask_seed": mask_seed}
+    return Sample(x, phys.A(x), phys, meta)
+
+
+def test_a_fresh_draw_trains_with_the_h_of_its_own_mask():
+    """normal.mri_h mask: SampleCache.fresh gives each draw the H of its own mask (m from the
+    setting's fit), not the fit's; normal.mri_h fit keeps the setting's fit."""
+    from unroll3d.normal.mask import mask_filter
+
+    spec = variant_spec("partition-H")
+    cfg = {"normal": {"mri_h": "mask-coils"}}
+    reference = mask_normal(_physics(4, mask_seed=99), (2, *SHAPE), meta={"setting": "R3"})
+    cache = core.SampleCache(
+        ["p"], lambda p: _sample(0), spec, reference, h_of=core.h_builder(spec, "mri", cfg)
+    )
+    draws = [cache.fresh(0, lambda p, seed: _sample(seed), seed) for seed in (1, 2)]
+    for seed, prep in zip((1, 2), draws, strict=True):
+        mask = prep.sample.physics.mask[0, 0]
+        own = mask_filter(mask, prep.H.grid, prep.sample.physics.coil_maps[0], prep.H.spatial_mask)
+        assert torch.allclose(prep.H.fourier_filter, own)
+        assert prep.H.meta["mask_seed"] == seed
+        assert prep.physics.normal_op.fourier_filter is prep.H.fourier_filter
+    assert not torch.allclose(draws[0].H.fourier_filter, draws[1].H.fourier_filter)
+    assert not torch.allclose(draws[0].H.fourier_filter, reference.fourier_filter)
+    # mask: m is the setting fit's
+    cfg = {"normal": {"mri_h": "mask"}}
+    m = torch.rand(SHAPE) + 0.5
+    ref = mask_normal(_physics(4, mask_seed=99), (2, *SHAPE), m=m, meta={"setting": "R3"})
+    prep = core.SampleCache(
+        ["p"], lambda p: _sample(0), spec, ref, h_of=core.h_builder(spec, "mri", cfg)
+    ).get(0)  # noqa: E501
+    assert torch.equal(prep.H.spatial_mask, ref.spatial_mask) and prep.H.meta["m_from"]
+    with pytest.raises(ValueError, match="mask-coils"):
+        core.own_normal(_sample(0), None, "mask")
+    assert core.h_builder(spec, "mri", {"normal": {"mri_h": "fit"}}) is None
+    assert core.h_builder(spec, "cbct", cfg) is None
+    assert core.h_builder(variant_spec("partition"), "mri", cfg) is None
+
+
+def test_mri_h_rows_use_h_at_test_time():
+    """mri_refine H: partition-H's MRI reconstruction runs the refinement pass with H; with an
+    exact H (one coil) it equals the exact refinement, with a wrong H it differs."""
+    from toys import TINY
+
+    cfg = {
+        "model": dict(TINY, residual=False),
+        "mri": {"K": 2, "patch_size": [4, 8, 8], "stride": None},
+        "evaluate": {"refine": True, "mri_refine": "H"},
+        "normal": {"mri_h": "mask-coils"},
+    }
+    torch.manual_seed(0)
+    spec = variant_spec("partition-H")
+    model = core.build_variant("partition-H", "mri", cfg, 1.0).eval()
+    sample = _sample(3, n_coils=1)
+    x0 = sample.physics.A_dagger(sample.y)
+    exact_H = core.own_normal(sample, None, "mask-coils")
+    phys = core.physics_for(sample, spec, exact_H, 1.0)
+    first = core.reconstruct(model, spec, "mri", cfg, sample, phys, x0, exact_H, refine=False)
+    with_h = core.reconstruct(model, spec, "mri", cfg, sample, phys, x0, exact_H)
+    exact = core.reconstruct(model, variant_spec("partition"), "mri", cfg, sample,
+                             sample.physics, x0, refine=True)  # fmt: skip
+    assert not torch.allclose(with_h, first, atol=1e-4)  # the refinement ran
+    assert torch.allclose(with_h, exact, atol=1e-4)  # H exact: the exact refinement
+    wrong = mask_normal(sample.physics, (2, *SHAPE), m="ones", kernel="mask")
+    wrong.fourier_filter = wrong.fourier_filter * 0.5
+    bad = core.reconstruct(model, spec, "mri", cfg, sample,
+                           core.physics_for(sample, spec, wrong, 1.0), x0, wrong)  # fmt: skip
+    assert not torch.allclose(bad, exact, atol=1e-4)
