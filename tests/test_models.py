@@ -151,6 +151,7 @@ def test_registry_builds_each_variant():
         "unrolled-H": UnrolledPGD,
         "partition": UnrolledPGD,
         "partition-H": UnrolledPGD,
+        "partition-Ha": UnrolledPGD,
         "pnp": PnPAlphaPGD,
         "inr": INRReconstructor,
     }

@@ -635,3 +635,44 @@ def test_patch_batching_does_not_change_inference(gen):
         for b in (1, 5)
     ]
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+
+
+def test_anchored_normal_is_exact_at_the_anchor_and_moves_with_H(gen):
+    """normal_anchor: S AᵀA Sᵀ a + s H (x − a): exact at the anchor a = S x_init, H's slope
+    elsewhere (so also H's gradient), and equal to the plain H step when H is exact."""
+    size, start, patch = (10, 9, 8), (1, 2, 3), (5, 4, 4)
+    physics = mild_blur(3, torch.float64, gen)
+    x = torch.rand(1, 1, *size, dtype=torch.float64, generator=gen)
+    x0 = x + 0.1 * torch.randn(x.shape, dtype=torch.float64, generator=gen)
+    y = physics.A(x)
+    exact = PartitionedPhysics(physics, (1, *size), start, patch, y, x, x_init=x0)
+
+    def wrong_h(u):  # a deliberately wrong "H": 0.7 × the exact patch normal + a shift
+        return 0.7 * exact.A_adjoint_A(u) + 0.05 * torch.roll(u, 1, dims=-1)
+
+    def pp(anchor):
+        return PartitionedPhysics(physics, (1, *size), start, patch, y, x, x_init=x0,
+                                  normal_op=wrong_h, normal_scaling=2.0, normal_anchor=anchor)  # fmt: skip
+
+    plain, anchored = pp(False), pp(True)
+    a = crop_patch(x0, start, patch)
+    torch.testing.assert_close(anchored.A_adjoint_A(a), exact.A_adjoint_A(a))
+    assert relerr(plain.A_adjoint_A(a), exact.A_adjoint_A(a)) > 0.1
+    u = torch.randn(a.shape, dtype=torch.float64, generator=gen, requires_grad=True)
+    torch.testing.assert_close(
+        anchored.A_adjoint_A(u) - anchored.A_adjoint_A(a), plain.A_adjoint_A(u - a)
+    )
+    g1 = torch.autograd.grad(anchored.A_adjoint_A(u).sum(), u)[0]
+    g2 = torch.autograd.grad(plain.A_adjoint_A(u).sum(), u)[0]
+    torch.testing.assert_close(g1, g2)
+    # near the truth the anchored error is H's error on x − a, far below H's error on x
+    t = crop_patch(x, start, patch)
+    err_anchored = relerr(anchored.A_adjoint_A(t), exact.A_adjoint_A(t))
+    assert err_anchored < 0.5 * relerr(plain.A_adjoint_A(t), exact.A_adjoint_A(t))
+    # an exact H: anchoring changes nothing
+    same = PartitionedPhysics(physics, (1, *size), start, patch, y, x, x_init=x0,
+                              normal_op=exact.A_adjoint_A, normal_anchor=True)  # fmt: skip
+    torch.testing.assert_close(same.A_adjoint_A(u.detach()), exact.A_adjoint_A(u.detach()))
+    with pytest.raises(ValueError, match="normal_anchor needs"):
+        PartitionedPhysics(physics, (1, *size), start, patch, y, x, normal_op=wrong_h,
+                           normal_anchor=True)  # fmt: skip

@@ -39,7 +39,7 @@ def fixed_loss(model, variant, H):
 
 
 @pytest.mark.parametrize(
-    "variant", ["unrolled", "unrolled-H", "partition", "partition-H", "postproc"]
+    "variant", ["unrolled", "unrolled-H", "partition", "partition-H", "partition-Ha", "postproc"]
 )
 def test_training_lowers_loss(tmp_path, variant):
     spec = variant_spec(variant)
@@ -296,7 +296,7 @@ def test_patch_larger_than_the_volume_is_refused_and_the_trained_patch_recorded(
     assert stats["n_patches"] == 27  # 3 corners per axis of 16 with patch 8, stride 4
     validate_result(json.loads((tmp_path / "m.json").read_text()), "train_stats")
     cfg["cbct"]["patch_size"] = [8, 8, 32]
-    with pytest.raises(ValueError, match=r"cbct.patch_size \[8, 8, 32\] does not fit"):
+    with pytest.raises(ValueError, match=r"cbct.patch_size: patch \[8, 8, 32\] does not fit"):
         tr.train(make_job(tmp_path, "partition", cfg, name="big"))
 
 

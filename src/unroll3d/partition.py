@@ -278,6 +278,11 @@ class PartitionedPhysics(LinearPhysics):
     :param normal_op: optional callable (or list of callables) replacing ``S AᵀA Sᵀ``.
     :param normal_scaling: factor applied to ``normal_op`` (e.g. ``‖A‖²`` when H was fitted to
         the normalised operator).
+    :param bool normal_anchor: anchor the approximation at the initial iterate ``a = S x_init``:
+        ``A_adjoint_A(x) = S AᵀA Sᵀ a + s H (x − a)``, exact at ``a`` (one exact normal
+        application per patch instead of one per iteration), so H's error scales with
+        ``x − a`` rather than with ``x``. Needs ``normal_op`` and ``x_init``. An affine map, not
+        a linear one: meant for the data step of an unrolled network.
 
     :Example:
 
@@ -300,6 +305,7 @@ class PartitionedPhysics(LinearPhysics):
         x_init: Tensor | None = None,
         normal_op: Callable | Sequence[Callable] | None = None,
         normal_scaling: float = 1.0,
+        normal_anchor: bool = False,
         **kwargs,
     ):
         spatial, patch = _spatial_sizes(img_size, patch_size)
@@ -353,6 +359,13 @@ class PartitionedPhysics(LinearPhysics):
             self.y_tilde = y_rep - self._global(physics.A, ctx)
             del ctx
             self.x_init_patch = None if x_init is None else self.crop(x_init.detach())
+        self.normal_correction = None
+        if normal_anchor:
+            if normal_op is None or x_init is None:
+                raise ValueError("normal_anchor needs a normal_op and an x_init (the anchor)")
+            with torch.no_grad():  # S AᵀA Sᵀ a − s H a: H's error at the anchor, removed
+                a = self.x_init_patch
+                self.normal_correction = self._normal(a) - self.A_adjoint_A(a)
 
     # -- helpers -------------------------------------------------------------------------------
     @property
@@ -417,7 +430,8 @@ class PartitionedPhysics(LinearPhysics):
         return _linear(y, self._adj, self._fwd)
 
     def A_adjoint_A(self, x: Tensor, **kwargs) -> Tensor:
-        """``S AᵀA Sᵀ x`` exactly, or the restricted approximation ``normal_op`` when given."""
+        """``S AᵀA Sᵀ x`` exactly, or the restricted approximation ``normal_op`` when given
+        (plus, with ``normal_anchor``, its correction at the anchor)."""
         if self.normal_op is None:
             return _linear(x, self._normal, self._normal)
         if len(self.normal_op) == 1:
@@ -426,7 +440,8 @@ class PartitionedPhysics(LinearPhysics):
             out = torch.cat(
                 [op(c) for op, c in zip(self.normal_op, x.split(self.batch), strict=True)], dim=0
             )
-        return out * self.normal_scaling if self.normal_scaling != 1.0 else out
+        out = out * self.normal_scaling if self.normal_scaling != 1.0 else out
+        return out if self.normal_correction is None else out + self.normal_correction
 
     def A_dagger(self, y: Tensor, **kwargs) -> Tensor:
         """The crop ``S x_init`` when ``x_init`` was given, else a least-squares solve."""
@@ -545,7 +560,7 @@ class PartitionedReconstructor(Reconstructor):
         scaling = float(scaling) if scaling is not None else 1.0
         return (lambda st: normal.restrict(st, self.patch_size)), scaling
 
-    def _patch_physics(self, physics, starts, y, context, x0, factory, scaling):
+    def _patch_physics(self, physics, starts, y, context, x0, factory, scaling, anchored=False):
         normal_op = None if factory is None else [factory(st) for st in starts]
         return PartitionedPhysics(
             physics,
@@ -557,6 +572,7 @@ class PartitionedReconstructor(Reconstructor):
             x_init=x0,
             normal_op=normal_op,
             normal_scaling=scaling,
+            normal_anchor=anchored and normal_op is not None,
         )
 
     # -- tiling ----------------------------------------------------------------------------------
@@ -616,14 +632,19 @@ class PartitionedReconstructor(Reconstructor):
         spatial_mask: Tensor | None = None,
         normal=None,
         progress: bool | None = None,
+        anchored: bool = False,
         **kwargs,
     ) -> Tensor:
-        """One pass: reconstruct every patch with ``context`` outside it, then blend."""
+        """One pass: reconstruct every patch with ``context`` outside it, then blend
+        (``anchored``: H's data step anchored at each patch's initial iterate, see
+        :class:`PartitionedPhysics`)."""
         factory, scaling = self._normal_factory(physics, fourier_filter, spatial_mask, normal)
         with torch.no_grad():
 
             def run(starts):
-                pphys = self._patch_physics(physics, starts, y, context, x0, factory, scaling)
+                pphys = self._patch_physics(
+                    physics, starts, y, context, x0, factory, scaling, anchored
+                )
                 return self.base(pphys.y_tilde, pphys, **kwargs)
 
             return self._blend(run, context, progress, "patches")
@@ -640,6 +661,7 @@ class PartitionedReconstructor(Reconstructor):
         x0: Tensor | None = None,
         normal=None,
         progress: bool | None = None,
+        anchored: bool = False,
         **kwargs,
     ) -> Tensor:
         """Reconstruct the full volume from global ``y`` and ``physics`` (runs without grad).
@@ -652,7 +674,8 @@ class PartitionedReconstructor(Reconstructor):
            estimate as context (Algorithm 1, step 2), blended.
 
         With ``fourier_filter``/``spatial_mask`` (or a ``normal`` object with ``restrict``), the
-        patch data step uses the restricted approximation H instead of ``S AᵀA Sᵀ``.
+        patch data step uses the restricted approximation H instead of ``S AᵀA Sᵀ``; with
+        ``anchored``, H anchored at each patch's initial iterate (one exact application per patch).
         Extra keyword arguments go to the base reconstructor.
         """
         n_refine = self.n_refine if n_refine is None else int(n_refine)
@@ -661,6 +684,7 @@ class PartitionedReconstructor(Reconstructor):
             spatial_mask=spatial_mask,
             normal=normal,
             progress=progress,
+            anchored=anchored,
         )
         with torch.no_grad():
             if x0 is None:
@@ -699,6 +723,7 @@ class PartitionedReconstructor(Reconstructor):
         spatial_mask: Tensor | None = None,
         normal=None,
         ranges: Sequence[tuple[int, int] | None] | None = None,
+        anchored: bool = False,
         **kwargs,
     ) -> tuple[Tensor, Tensor]:
         """One partitioned training sample (paper Eq. L_PART).
@@ -730,6 +755,7 @@ class PartitionedReconstructor(Reconstructor):
             x_init=x0,
             normal_op=normal_op,
             normal_scaling=scaling,
+            normal_anchor=anchored and normal_op is not None,
         )
         estimate = self.base(pphys.y_tilde, pphys, **kwargs)
         target = crop_patch(x_true, start, self.patch_size)

@@ -44,6 +44,8 @@ class VariantSpec:
     :param str | None ablation: row label in the ablation table (§6.3), None if not in it.
     :param tuple style: (colour, marker) shared by every figure.
     :param int net_dim: the DRUNet's dimension: 3 (on volumes) or 2 (slice by slice).
+    :param bool anchored_H: the patch data step is H anchored at the patch's initial iterate a,
+        ``S AᵀA Sᵀ a + s H (x − a)`` (ours, beyond the paper; partitioned variants only).
     """
 
     name: str
@@ -57,6 +59,7 @@ class VariantSpec:
     ablation: str | None = None
     style: tuple[str, str] = ("k", "o")
     net_dim: int = 3
+    anchored_H: bool = False
 
     def label_for(self, task: str) -> str:
         return self.label.get(task, self.name)
@@ -143,6 +146,12 @@ register(VariantSpec(
            "mri": "Unrolled[3D] + partition + H"},
     short={"cbct": "Partition + H*", "mri": "Partition + H"},
     ablation="+ Partitioning + Approx", style=("#d62728", "*"),
+))  # fmt: skip
+
+register(VariantSpec(
+    "partition-Ha", "unrolled", True, True, True,
+    label=_both("Unrolled[3D] + partition + anchored H (ours, beyond the paper)"),
+    short=_both("Partition + anchored H"), style=("#e6550d", "*"), anchored_H=True,
 ))  # fmt: skip
 
 

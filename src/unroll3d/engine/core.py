@@ -108,12 +108,14 @@ def load_H(path: str | Path | None, device: torch.device | str = "cpu") -> Norma
 
 def h_kwargs(spec: VariantSpec, H: NormalFit | None, img_size: Sequence[int]) -> dict:
     """Keyword arguments that carry H to a ``PartitionedReconstructor`` call (the
-    :class:`~unroll3d.normal.DiagCirculant`, built once per image size by ``H.operator``)."""
+    :class:`~unroll3d.normal.DiagCirculant`, built once per image size by ``H.operator``, and
+    ``anchored`` for a variant whose H step is anchored at the patch's initial iterate)."""
     if not spec.use_H:
         return {}
     if H is None:
         raise ValueError(f"variant {spec.name!r} uses H but no normal-operator file was given")
-    return {"normal": H.operator(tuple(img_size))}
+    anchored = {"anchored": True} if spec.anchored_H else {}
+    return {"normal": H.operator(tuple(img_size)), **anchored}
 
 
 def physics_for(sample, spec: VariantSpec, H: NormalFit | None, lipschitz: float):
