@@ -18,14 +18,14 @@ def _study(tmp_path):
 def test_point_config_applies_overrides_and_length(tmp_path):
     st = _study(tmp_path)
     cfg = S.point_config(st, "cbct24", 1000)
-    assert cfg["tasks"] == ["cbct"] and cfg["variants"] == ["unrolled", "partition", "partition-H"]
+    assert cfg["tasks"] == ["cbct"] and cfg["variants"] == ["unrolled", "partition", "partition-H", "partition-Ha"]
     assert cfg["cbct"]["toy"]["size"] == 24 and cfg["cbct"]["patch_size"] == [12, 18, 18]
     assert cfg["train"]["steps"] == 1000 and cfg["normal"]["steps"] == 2000
     assert cfg["evaluate"]["mri_refine"] is True and cfg["benchmarks"]["enabled"] is False
     base = yaml.safe_load((S.REPO / st["base"]).read_text())
     assert base["train"]["steps"] != 1000  # the base file itself is untouched
     targets = S.targets(cfg)
-    assert len(targets) == len(cfg["cbct"]["views"]) * 3 * len(cfg["cbct"]["splits"]["test"])
+    assert len(targets) == len(cfg["cbct"]["views"]) * 4 * len(cfg["cbct"]["splits"]["test"])
     assert all(t.startswith("results/eval/cbct/") and t.endswith(".json") for t in targets)
 
 
