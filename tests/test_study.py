@@ -87,3 +87,4 @@ def test_outputs_from_evaluation_files(tmp_path):
     assert (out / "gaps.png").stat().st_size > 0
     md = (out / "gaps.md").read_text()
     assert "partition-H - partition (CBCT)" in md and "+0.04" in md
+    assert "| cbct24 | 100 | partition-H |" in md

@@ -241,6 +241,21 @@ def gaps_markdown(gap_rows: list[dict], study: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def variants_markdown(rows: list[dict]) -> str:
+    """Mean PSNR and training seconds per point, length and variant (the price of each gain)."""
+    lines = ["", "## Mean PSNR (dB) and training time (s) per variant", "",
+             "| point | steps | variant | PSNR | train s |", "|---|---|---|---|---|"]  # fmt: skip
+    keys = list(dict.fromkeys((r["point"], r["steps"], r["variant"]) for r in rows))
+    for point, steps, variant in keys:
+        sel = [r for r in rows if (r["point"], r["steps"], r["variant"]) == (point, steps, variant)]
+        psnr = [r["psnr"] for r in sel if r["psnr"] is not None]
+        secs = [r["train_s"] for r in sel if r["train_s"] is not None]
+        p = f"{statistics.fmean(psnr):.2f}" if psnr else ""
+        t = f"{statistics.fmean(secs):.0f}" if secs else ""
+        lines.append(f"| {point} | {steps} | {variant} | {p} | {t} |")
+    return "\n".join(lines) + "\n"
+
+
 def gaps_figure(gap_rows: list[dict], out: Path) -> None:
     """One panel per comparison: gap (dB) against training steps, one line per point."""
     import matplotlib
@@ -278,7 +293,7 @@ def write_outputs(study: dict) -> Path:
     gap_rows = gaps(study, rows)
     atomic_write_csv(out / "study.csv", rows, ROWS)
     atomic_write_csv(out / "gaps.csv", gap_rows, GAP_ROWS)
-    atomic_write_text(out / "gaps.md", gaps_markdown(gap_rows, study))
+    atomic_write_text(out / "gaps.md", gaps_markdown(gap_rows, study) + variants_markdown(rows))
     gaps_figure(gap_rows, out / "gaps.png")
     return out
 
