@@ -276,21 +276,49 @@ def _sqnorm_ref(physics, img_size):
     return float((x * physics.H(x)).sum())
 
 
-def test_fit_is_deterministic_and_resume_equals_uninterrupted(tmp_path):
+#: (fit settings, step after which the run crashes, step of its last checkpoint). The plateau fit
+#: (patience 2, 20 %) detects its plateau at step 12 and stops at 18: the crash falls in its lr
+#: tail, so the resumed run must restore where the tail began and ends.
+RESUME_CASES = {
+    "cosine": (dict(n_steps=12), 10, 9),
+    "plateau": (
+        dict(
+            n_steps=60,
+            lr_schedule="plateau",
+            plateau_patience=2,
+            plateau_min_improvement=0.2,
+            plateau_decay=0.5,
+        ),
+        16,
+        15,
+    ),
+}
+
+
+@pytest.mark.parametrize("schedule", list(RESUME_CASES))
+def test_fit_is_deterministic_and_resume_equals_uninterrupted(tmp_path, schedule):
     img_size = (1, 8, 7, 6)
     physics = _exact_operator(img_size)
-    kw = dict(n_steps=12, batch=2, lr=1e-2, seed=5, heldout=4, eval_every=4, progress=False)
+    extra, crash_after, saved = RESUME_CASES[schedule]
+    kw = dict(batch=2, lr=1e-2, seed=5, heldout=4, progress=False, **extra)
+    kw["eval_every"] = 4 if schedule == "cosine" else 3
     lam_a, m_a, h_a = fit_normal_operator(physics, img_size, **kw)
     lam_b, m_b, h_b = fit_normal_operator(physics, img_size, **kw)
     assert torch.equal(lam_a, lam_b) and torch.equal(m_a, m_b)
+    if schedule == "plateau":
+        assert h_a["stop_reason"] == "plateau" and h_a["decay_start"] < saved
+        assert h_a["stop_step"] == h_a["step"][-1] < kw["n_steps"]
+    else:
+        assert h_a["stop_reason"] == "max_steps" and h_a["stop_step"] == kw["n_steps"]
+    assert h_a["final_heldout_rel_error"] == h_a["heldout_rel_error"][-1]
     ckpt = tmp_path / "fit.ckpt"
-    # a run that crashes after step 10 (checkpoints at steps 3, 6, 9), then is resumed
+    # a run that crashes after step `crash_after` (checkpoints every 3 steps), then is resumed
     calls = {"n": 0}
     orig = physics.A_adjoint_A
 
     def crashing(x, **k):
         calls["n"] += 1
-        if calls["n"] > 1 + 4 + 10:  # impulse response + 4 held-out probes + 10 steps
+        if calls["n"] > 1 + 4 + crash_after:  # impulse response + 4 held-out probes + steps
             raise KeyboardInterrupt
         return orig(x, **k)
 
@@ -302,16 +330,41 @@ def test_fit_is_deterministic_and_resume_equals_uninterrupted(tmp_path):
     physics.A_adjoint_A = orig
     assert ckpt.exists()
     saved_step = torch.load(ckpt, weights_only=False)["step"]
-    assert saved_step == 9
+    assert saved_step == saved
     lam_c, m_c, h_c = fit_normal_operator(
         physics, img_size, checkpoint=ckpt, checkpoint_every=3, sqnorm=h_a["sqnorm"], **kw
     )
     assert torch.equal(lam_a, lam_c) and torch.equal(m_a, m_c)
     assert h_a["step"] == h_c["step"]
     assert h_a["heldout_rel_error"] == pytest.approx(h_c["heldout_rel_error"], rel=1e-6)
+    for key in ("stop_reason", "stop_step", "decay_start"):
+        assert h_a[key] == h_c[key], key
     # a checkpoint written with other settings is refused
     with pytest.raises(ValueError, match="other settings"):
         fit_normal_operator(physics, img_size, checkpoint=ckpt, **dict(kw, lr=0.5))
+
+
+def test_plateau_fit_stops_early_or_at_the_maximum_and_reports_the_floor():
+    """The plateau schedule stops before the maximum on an exact operator with a coarse
+    threshold, runs its tail to the maximum when no plateau comes (reason max_steps), and
+    records the floor and the gap to it, or that none was computed."""
+    img_size = (1, 8, 7, 6)
+    physics = _exact_operator(img_size)
+    kw = dict(batch=2, seed=5, heldout=4, eval_every=3, progress=False, lr_schedule="plateau")
+    _, _, early = fit_normal_operator(
+        physics, img_size, n_steps=300, plateau_patience=2, plateau_min_improvement=0.2,
+        plateau_decay=0.5, floor=0.0, **kw,
+    )  # fmt: skip
+    assert early["stop_reason"] == "plateau" and early["stop_step"] < 300
+    assert early["stop_step"] == early["decay_start"] + math.ceil(0.5 * early["decay_start"])
+    assert early["floor"] == 0.0 and early["floor_gap"] == early["final_heldout_rel_error"]
+    _, _, capped = fit_normal_operator(physics, img_size, n_steps=20, **kw)
+    assert capped["stop_reason"] == "max_steps" and capped["stop_step"] == 20
+    assert capped["decay_start"] == 16  # floor(20 / 1.25): the tail still ends at the maximum
+    assert capped["floor"] is None and capped["floor_gap"] is None
+    assert "not computed" in capped["floor_note"]
+    with pytest.raises(ValueError, match="lr schedule"):
+        fit_normal_operator(physics, img_size, n_steps=2, lr_schedule="step")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,6 +501,27 @@ def test_cli_and_figure(tmp_path, monkeypatch):
     assert out.with_suffix(".csv").read_text().startswith("step,heldout_rel_error")
     assert not out.with_suffix(".ckpt").exists()
     assert (tmp_path / "fig.png").stat().st_size > 0 and (tmp_path / "fig.pdf").exists()
+
+
+def test_cli_plateau_and_floor(tmp_path, monkeypatch, capsys):
+    """`--lr-schedule plateau --floor-rows N`: the history and the log line give the stopping
+    reason and step, the final held-out error, the floor and the gap to it."""
+    img_size = (1, 6, 5, 4)
+    _cli_input(monkeypatch, img_size)
+    out = tmp_path / "v30.pt"
+    args = ["--input", "unused.pt", "--setting", "v30", "--out", str(out), "--steps", "40"]
+    args += ["--heldout", "2", "--device", "cpu", "--no-progress", "--lr-schedule", "plateau"]
+    args += ["--eval-every", "5", "--floor-rows", "40"]
+    assert fit_normal_cli.main(args) == 0
+    hist = load_normal(out).history
+    assert hist["stop_reason"] in ("plateau", "max_steps") and hist["stop_step"] <= 40
+    assert hist["floor"] is not None and 0.0 <= hist["floor"] < 1.0
+    assert hist["floor_gap"] == pytest.approx(hist["final_heldout_rel_error"] - hist["floor"])
+    assert "40 exact rows" in hist["floor_note"]
+    log = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"floor {hist['floor']:.4f}, gap" in log and "stopped: " in log
+    assert fit_normal_cli.main(args[:-2] + ["--out", str(tmp_path / "b.pt")]) == 0
+    assert "not computed" in load_normal(tmp_path / "b.pt").history["floor_note"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,8 +8,12 @@
 #     fixed seeded mask (training draws fresh masks, which no fixed-mask fit matches).
 #   normal.reference.{cbct,mri} in the config picks another volume id.
 # Outputs: the fit (.pt: λ, m, img_size, grid, scaling = ‖A‖², history, operator hash) and its
-# fitting curve (.csv). A resumable checkpoint `<out>.ckpt` sits beside the output while the job
-# runs and is picked up when the job is rerun; it is deleted on success.
+# fitting curve (.csv). With normal.lr_schedule plateau (the default) normal.steps is the most the
+# fit takes: it stops on the held-out error's plateau; its history records why and where it
+# stopped, the final held-out error and, with normal.floor_rows > 0 (CBCT), the error floor of
+# this operator and the gap to it (also in the log's last line). A resumable checkpoint
+# `<out>.ckpt` sits beside the output while the job runs and is picked up when the job is rerun;
+# it is deleted on success.
 # Per sample (normal.per_sample, default [mri], paper.md §10): the H variants are evaluated with
 # an H fitted to each test volume's own operator (its coil maps and mask), data-free like every
 # fit: results/normal/{task}/{setting}/{volume}.pt. Training keeps the setting's fit.
@@ -17,20 +21,31 @@
 # FINAL_TARGETS here.
 
 
+_NORMAL = {**u3config.section_defaults("normal"), **config["normal"]}
+_PLATEAU = {**u3config.section_defaults("normal")["plateau"], **(_NORMAL["plateau"] or {})}
 NORMAL_PARAMS = dict(
-    steps=config["normal"]["steps"],
-    lr=config["normal"]["lr"],
-    lr_schedule=config["normal"]["lr_schedule"],
-    batch=config["normal"]["batch"],
-    heldout=config["normal"]["heldout"],
-    checkpoint_every=config["normal"]["checkpoint_every"],
-    grid=config["normal"]["grid"],
+    steps=_NORMAL["steps"],
+    lr=_NORMAL["lr"],
+    lr_schedule=_NORMAL["lr_schedule"],
+    plateau_patience=_PLATEAU["patience"],
+    plateau_min_improvement=_PLATEAU["min_improvement"],
+    plateau_decay=_PLATEAU["decay"],
+    eval_every=_NORMAL["eval_every"],
+    floor_rows=_NORMAL["floor_rows"],
+    batch=_NORMAL["batch"],
+    heldout=_NORMAL["heldout"],
+    checkpoint_every=_NORMAL["checkpoint_every"],
+    grid=_NORMAL["grid"],
     seed=config["seed"],
 )
 FIT_NORMAL = (
     "unroll3d device run -- unroll3d fit-normal --input {input}"
     " --setting {wildcards.setting} --out {output.fit} --history {output.history}"
     " --steps {params.steps} --lr {params.lr} --lr-schedule {params.lr_schedule}"
+    " --plateau-patience {params.plateau_patience}"
+    " --plateau-min-improvement {params.plateau_min_improvement}"
+    " --plateau-decay {params.plateau_decay} --eval-every {params.eval_every}"
+    " --floor-rows {params.floor_rows}"
     " --batch {params.batch} --heldout {params.heldout} --seed {params.seed}"
     " --checkpoint-every {params.checkpoint_every} --grid {params.grid}"
     " --threads {threads} --device auto"

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +49,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output fit, e.g. results/normal/cbct/v30.pt")
     p.add_argument("--history", help="history CSV (default: --out with .csv)")
     p.add_argument("--figure", help="optional figure path (PNG + PDF) on the volume's ground truth")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument(
+        "--steps", type=int, default=2000, help="Adam steps (plateau schedule: the maximum)"
+    )
     p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"])
+    p.add_argument(
+        "--lr-schedule",
+        default="cosine",
+        choices=["plateau", "cosine", "constant"],
+        help="plateau: constant lr, stop on the held-out error's plateau after a cosine decay "
+        "(normal.plateau); cosine / constant: exactly --steps steps",
+    )
+    p.add_argument(
+        "--plateau-patience",
+        type=int,
+        default=4,
+        help="held-out evaluations without improvement that make a plateau",
+    )
+    p.add_argument(
+        "--plateau-min-improvement",
+        type=float,
+        default=2e-3,
+        help="relative decrease of the best held-out error that counts as an improvement",
+    )
+    p.add_argument(
+        "--plateau-decay",
+        type=float,
+        default=0.5,
+        help="final cosine decay, as a fraction of the steps before it",
+    )
+    p.add_argument(
+        "--eval-every", type=int, default=None, help="steps between held-out evaluations"
+    )
+    p.add_argument(
+        "--floor-rows",
+        type=int,
+        default=0,
+        help="estimate H's error floor from this many exact rows of AᵀA (real images; "
+        "unroll3d.research.normal_floor.error_floor) and report the fit's gap to it; 0 = not",
+    )
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heldout", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
@@ -79,6 +117,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _floor(
+    physics: LinearPhysics, img_size: tuple[int, ...], rows: int, seed: int, device
+) -> tuple[float | None, str]:
+    """H's error floor for ``physics`` from ``rows`` exact rows of AᵀA (measured on rows / 2
+    others), or None and why it was not computed."""
+    if rows <= 0:
+        return None, "floor not computed (--floor-rows 0)"
+    if img_size[0] != 1:
+        return None, "floor not computed: error_floor handles real images only (not MRI)"
+    from unroll3d.research.normal_floor import error_floor
+
+    n_vox = math.prod(img_size[1:])
+    n_rows = min(int(rows), max(1, (2 * n_vox) // 3))
+    n_held = min(max(1, n_rows // 2), n_vox - n_rows)
+    t0 = time.perf_counter()
+    out = error_floor(physics, img_size, n_rows=n_rows, n_heldout=n_held, seed=seed, device=device)
+    return float(out["heldout_rel_error"]), (
+        f"error_floor from {n_rows} exact rows of AᵀA, measured on {n_held} other rows "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
+
+
 def _run(args: argparse.Namespace, device: torch.device) -> int:
     physics, sample = _load_physics(args.input, args.setting, device)
     img_size = (
@@ -89,6 +149,7 @@ def _run(args: argparse.Namespace, device: torch.device) -> int:
     out = Path(args.out)
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt")
     two_sided = {"auto": None, "yes": True, "no": False}[args.two_sided]
+    floor, floor_note = _floor(physics, img_size, args.floor_rows, args.seed, device)
     lam, m, history = fit_normal_operator(
         physics,
         img_size,
@@ -101,6 +162,12 @@ def _run(args: argparse.Namespace, device: torch.device) -> int:
         symmetric_kernel=args.symmetric_kernel,
         complex_mask=args.complex_mask,
         lr_schedule=args.lr_schedule,
+        plateau_patience=args.plateau_patience,
+        plateau_min_improvement=args.plateau_min_improvement,
+        plateau_decay=args.plateau_decay,
+        floor=floor,
+        floor_note=floor_note,
+        eval_every=args.eval_every,
         grid=tuple(img_size[1:]) if args.grid == "circular" else None,
         checkpoint=ckpt,
         checkpoint_every=args.checkpoint_every,
@@ -132,10 +199,16 @@ def _run(args: argparse.Namespace, device: torch.device) -> int:
     write_history_csv(Path(args.history) if args.history else out.with_suffix(".csv"), history)
     if args.figure and getattr(sample, "x", None) is not None:
         plot_normal(load_normal(out), physics, sample.x, args.figure)
+    gap = (
+        f"floor {history['floor']:.4f}, gap {history['floor_gap']:+.4f}"
+        if history["floor"] is not None
+        else history["floor_note"]
+    )
     print(
         f"fit-normal: held-out relative error {history['heldout_rel_error'][0]:.4f} (init) -> "
-        f"{history['heldout_rel_error'][-1]:.4f} after {history['step'][-1]} steps; "
-        f"‖A‖² = {history['sqnorm']:.6g}; wrote {out}",
+        f"{history['final_heldout_rel_error']:.4f} after {history['stop_step']} steps "
+        f"(stopped: {history['stop_reason'].replace('_', ' ')}); {gap}; "
+        f"‖A‖² = {history['sqnorm']:.6g}; {history['seconds']:.1f} s; wrote {out}",
         file=sys.stderr,
     )
     if ckpt.exists():

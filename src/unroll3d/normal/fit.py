@@ -1,5 +1,6 @@
 """Data-free fit of H to AᵀA/‖A‖²: min over (λ, m) of E‖AᵀAx − Hx‖² on Gaussian probes x (Adam,
-seeded, resumable from a checkpoint, held-out probes for the error curve)."""
+seeded, resumable from a checkpoint, held-out probes for the error curve; a fixed step count or a
+stop on the held-out error's plateau)."""
 
 from __future__ import annotations
 
@@ -64,12 +65,32 @@ def _impulse_filter(
     return torch.fft.rfftn(h, dim=_DIMS).to(torch.complex64)
 
 
-def _lr_factor(step: int, n_steps: int, schedule: str) -> float:
+SCHEDULES = ("cosine", "constant", "plateau")
+
+
+def _cosine(step: int, start: int, end: int) -> float:
+    t = min(max(step - start, 0), max(end - start, 1))
+    return 0.5 * (1.0 + math.cos(math.pi * t / max(end - start, 1)))
+
+
+def _lr_factor(step: int, n_steps: int, schedule: str, stop: dict[str, Any]) -> float:
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, n_steps) / max(n_steps, 1)))
-    raise ValueError(f"unknown lr schedule {schedule!r} (constant or cosine)")
+        return _cosine(step, 0, n_steps)
+    if schedule == "plateau":  # constant, then a cosine tail from decay_start to decay_end
+        if stop["decay_start"] is None:
+            return 1.0
+        return _cosine(step, stop["decay_start"], stop["decay_end"])
+    raise ValueError(f"unknown lr schedule {schedule!r} ({', '.join(SCHEDULES)})")
+
+
+def _start_decay(stop: dict[str, Any], step: int, n_steps: int, decay: float, reason: str) -> None:
+    """Begin the plateau schedule's cosine tail at ``step``: ``decay`` × step more steps, at least
+    one, never past ``n_steps``."""
+    stop["decay_start"] = int(step)
+    stop["decay_end"] = int(min(n_steps, step + max(1, math.ceil(decay * step))))
+    stop["reason"] = reason
 
 
 def fit_normal_operator(
@@ -86,6 +107,11 @@ def fit_normal_operator(
     fit_mask: bool = True,
     complex_mask: bool = False,
     lr_schedule: str = "cosine",
+    plateau_patience: int = 4,
+    plateau_min_improvement: float = 2e-3,
+    plateau_decay: float = 0.25,
+    floor: float | None = None,
+    floor_note: str | None = None,
     grid: Sequence[int] | None = None,
     sqnorm: float | None = None,
     checkpoint: str | Path | None = None,
@@ -105,6 +131,14 @@ def fit_normal_operator(
     resumed from ``checkpoint`` (written atomically every ``checkpoint_every`` steps and at the
     end) gives the same result as an uninterrupted one.
 
+    ``lr_schedule="plateau"`` stops on the held-out error's plateau instead of a fixed count:
+    ``n_steps`` is then the maximum. The lr stays constant until ``plateau_patience``
+    evaluations in a row fail to lower the best held-out error by the relative
+    ``plateau_min_improvement``, at step s; a cosine tail then decays it to 0 over
+    ``plateau_decay`` × s more steps and the fit stops (``stop_reason = "plateau"``). A fit
+    without a plateau by step n_steps / (1 + plateau_decay) starts the same tail there and ends
+    at n_steps (``"max_steps"``). The fixed schedules always end at n_steps (``"max_steps"``).
+
     :param physics: the operator (only ``A_adjoint_A`` is called).
     :param img_size: ``(C, D, H, W)``; C = 2 means real/imag images (complex λ, full FFT).
     :param int n_steps: Adam iterations.
@@ -117,7 +151,16 @@ def fit_normal_operator(
     :param bool fit_mask: learn m (else m = 1).
     :param bool complex_mask: complex m (real/imag images only; lets the two-sided MRI form carry
         a phase, an extension of the paper's real m).
-    :param str lr_schedule: ``"cosine"`` decay to 0 (ours) or ``"constant"``.
+    :param str lr_schedule: ``"cosine"`` decay to 0 over n_steps, ``"constant"``, or
+        ``"plateau"`` (constant, stop on the held-out plateau after a cosine tail; see above).
+    :param int plateau_patience: evaluations without improvement that make a plateau.
+    :param float plateau_min_improvement: relative decrease of the best held-out error that
+        counts as an improvement.
+    :param float plateau_decay: length of the final cosine tail, as a fraction of the steps
+        before it.
+    :param floor: the error floor of this operator if known (e.g.
+        :func:`unroll3d.research.normal_floor.error_floor`); recorded with the gap to it.
+    :param floor_note: why no floor is given (recorded when ``floor`` is None).
     :param grid: FFT grid (default :func:`padded_grid`).
     :param sqnorm: ‖A‖² if known (else the power method).
     :param checkpoint: resumable state file.
@@ -127,7 +170,10 @@ def fit_normal_operator(
     :return: ``(fourier_filter, spatial_mask, history)``; ``history`` holds ``step`` and
         ``heldout_rel_error`` (‖AᵀAx − Hx‖/‖AᵀAx‖ on the held-out probes), ``train_rel_error``
         (running mean over the steps since the previous evaluation), ``sqnorm``, ``grid``,
-        ``two_sided``, ``seconds``.
+        ``two_sided``, ``seconds``, ``stop_reason`` (``plateau`` / ``max_steps``),
+        ``stop_step``, ``decay_start`` (plateau schedule: where the tail began, else None),
+        ``final_heldout_rel_error``, ``floor`` and ``floor_gap`` (final − floor; None without a
+        floor) and ``floor_note``.
     """
     img_size = _check_img_size(img_size)
     complex_images = img_size[0] == 2
@@ -142,6 +188,14 @@ def fit_normal_operator(
         raise ValueError(
             f"need n_steps ≥ 0, batch ≥ 1, heldout ≥ 1, lr > 0 (got {n_steps}, {batch}, "
             f"{heldout}, {lr})"
+        )
+    if lr_schedule not in SCHEDULES:
+        raise ValueError(f"unknown lr schedule {lr_schedule!r} ({', '.join(SCHEDULES)})")
+    plateau = lr_schedule == "plateau"
+    if plateau and (plateau_patience < 1 or plateau_min_improvement < 0 or plateau_decay < 0):
+        raise ValueError(
+            "need plateau_patience ≥ 1, plateau_min_improvement ≥ 0, plateau_decay ≥ 0 (got "
+            f"{plateau_patience}, {plateau_min_improvement}, {plateau_decay})"
         )
     eval_every = max(1, n_steps // 20) if eval_every is None else int(eval_every)
     config = {
@@ -159,6 +213,12 @@ def fit_normal_operator(
         "eval_every": eval_every,
         "n_steps": int(n_steps),
     }
+    if plateau:
+        config["plateau"] = {
+            "patience": int(plateau_patience),
+            "min_improvement": float(plateau_min_improvement),
+            "decay": float(plateau_decay),
+        }
 
     state = None
     if checkpoint is not None and Path(checkpoint).exists():
@@ -209,11 +269,37 @@ def fit_normal_operator(
     }
     step = 0
     running: list[float] = []
+    # where the fit stops: the plateau schedule's tracking (best held-out error, evaluations
+    # without improvement) and its tail [decay_start, decay_end)
+    stop: dict[str, Any] = {
+        "best": math.inf,
+        "bad": 0,
+        "decay_start": None,
+        "decay_end": None,
+        "reason": "max_steps",
+    }
     if state is not None:
         opt.load_state_dict(state["optim"])
         history = state["history"]
         step = int(state["step"])
         running = list(state.get("running", []))
+        stop = dict(state.get("stop", stop))
+    # no plateau by here: the tail starts here and ends at n_steps
+    forced_decay = math.floor(n_steps / (1.0 + plateau_decay)) if plateau else n_steps
+
+    def end_step() -> int:
+        return n_steps if stop["decay_end"] is None else int(stop["decay_end"])
+
+    def track(err: float) -> None:
+        """The plateau test after an evaluation at ``step``."""
+        if not plateau or stop["decay_start"] is not None:
+            return
+        if err < stop["best"] * (1.0 - plateau_min_improvement):
+            stop["best"], stop["bad"] = err, 0
+        else:  # best is kept: small gains add up until one evaluation beats it by enough
+            stop["bad"] += 1
+        if stop["bad"] >= plateau_patience and step > 0:
+            _start_decay(stop, step, n_steps, plateau_decay, "plateau")
 
     def lam_value() -> torch.Tensor:
         return torch.view_as_complex(lam_p) if lam_p.dim() == 4 else lam_p
@@ -251,6 +337,7 @@ def fit_normal_operator(
                 "optim": opt.state_dict(),
                 "history": history,
                 "running": list(running),
+                "stop": dict(stop),
                 "sqnorm": sqnorm,
             },
             checkpoint,
@@ -260,6 +347,7 @@ def fit_normal_operator(
         history["step"].append(0)
         history["heldout_rel_error"].append(evaluate())
         history["train_rel_error"].append(float("nan"))
+        track(history["heldout_rel_error"][-1])
 
     bar = tqdm(
         total=n_steps,
@@ -270,9 +358,12 @@ def fit_normal_operator(
         dynamic_ncols=True,
         disable=None if progress is None else not progress,
     )
-    while step < n_steps:
+    while step < end_step():
+        if plateau and stop["decay_start"] is None and step >= forced_decay:
+            _start_decay(stop, step, n_steps, plateau_decay, "max_steps")
+            stop["decay_end"] = n_steps
         for group in opt.param_groups:
-            group["lr"] = lr * _lr_factor(step, n_steps, lr_schedule)
+            group["lr"] = lr * _lr_factor(step, n_steps, lr_schedule, stop)
         x = torch.cat([_probe((1, *img_size), seed, 0, step * batch + b) for b in range(batch)])
         x = x.to(device)
         with torch.no_grad():
@@ -286,21 +377,40 @@ def fit_normal_operator(
         running.append(math.sqrt(float(loss.detach())))
         bar.update(1)
         bar.set_postfix(rel=f"{running[-1]:.4f}", refresh=False)
-        if step % eval_every == 0 or step == n_steps:
+        last = step == end_step()
+        if step % eval_every == 0 or last:
             history["step"].append(step)
             history["heldout_rel_error"].append(evaluate())
             history["train_rel_error"].append(float(np.mean(running)) if running else float("nan"))
             running = []
+            was_constant = stop["decay_start"] is None
+            track(history["heldout_rel_error"][-1])
             if bar.disable:  # a log, not a terminal: one line per evaluation
+                note = ""
+                if plateau and was_constant and stop["decay_start"] is not None:
+                    note = f"; plateau, lr decays to 0 until step {stop['decay_end']}"
                 print(
                     f"fit H: step {step}/{n_steps}, held-out relative error "
-                    f"{history['heldout_rel_error'][-1]:.4f}",
+                    f"{history['heldout_rel_error'][-1]:.4f}{note}",
                     file=sys.stderr,
                     flush=True,
                 )
-        if step % checkpoint_every == 0 or step == n_steps:
+            last = step == end_step()  # the plateau test may have moved the end
+        if step % checkpoint_every == 0 or last:
             save_state()
     bar.close()
+    final = float(history["heldout_rel_error"][-1])
+    history["stop_reason"] = stop["reason"]
+    history["stop_step"] = int(step)
+    history["decay_start"] = stop["decay_start"]
+    history["final_heldout_rel_error"] = final
+    history["floor"] = None if floor is None else float(floor)
+    history["floor_gap"] = None if floor is None else final - float(floor)
+    history["floor_note"] = (
+        floor_note or "floor not computed"
+        if floor is None
+        else floor_note or "floor given by the caller"
+    )
     history["sqnorm"] = sqnorm
     history["grid"] = list(grid)
     history["two_sided"] = bool(two_sided)
