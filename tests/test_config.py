@@ -50,7 +50,9 @@ def test_bad_configs_name_the_key(smoke, edit, message):
 def test_job_config_holds_only_what_train_and_evaluate_read(smoke):
     cfg = u3config.validate(smoke)
     job = u3config.job_config(cfg, "mri")
-    assert set(job) == {"seed", "model", "train", "evaluate", "mri"}
+    assert set(job) == {"seed", "model", "train", "evaluate", "mri", "normal"}
+    assert job["normal"] == {"mri_h": "mask"}  # which H the MRI H variants use (issue 23)
+    assert "normal" not in u3config.job_config(cfg, "cbct")
     assert set(job["mri"]) == {"K", "patch_size", "stride"}
     assert "cbct_patch_margin" not in job["train"] and "cbct_crop" not in job["evaluate"]
     other = copy.deepcopy(cfg)

@@ -30,6 +30,7 @@ __all__ = [
     "sweep_job_config",
     "report_config",
     "check_patch_sizes",
+    "resolve_patch_size",
     "volume_shape",
     "dumps",
     "JOB_TASK_KEYS",
@@ -112,23 +113,48 @@ def volume_shape(config: dict, task: str) -> tuple[int, int, int]:
     return REAL_VOLUME_SHAPES[task]
 
 
+def resolve_patch_size(patch, shape, key: str = "patch_size") -> list[int]:
+    """``patch`` with each ``-1`` / ``None`` entry replaced by the whole axis of ``shape`` (an MRI
+    readout slab: ``[12, -1, -1]`` spans the whole ky–kz plane); a ConfigError names ``key`` for
+    three entries that are not each ≥ 1 or -1, or that do not fit in ``shape``."""
+    shape = [int(n) for n in shape]
+    if patch is None or len(patch) != 3:
+        raise ConfigError(f"config key {key}: a patch needs 3 entries (D, H, W); got {patch}")
+    out = []
+    for p, n in zip(patch, shape, strict=True):
+        if p is None or (isinstance(p, int) and not isinstance(p, bool) and p == -1):
+            out.append(n)
+        elif isinstance(p, int) and not isinstance(p, bool) and p >= 1:
+            out.append(p)
+        else:
+            raise ConfigError(
+                f"config key {key}: patch entry {p!r} is neither a size ≥ 1 nor -1 (the whole axis)"
+            )
+    if any(p > n for p, n in zip(out, shape, strict=True)):
+        raise ConfigError(
+            f"config key {key}: patch {list(patch)} does not fit in volumes of "
+            f"{'×'.join(map(str, shape))} voxels"
+        )
+    return out
+
+
 def check_patch_sizes(config: dict) -> None:
     """Every patch the run would train (``<task>.patch_size`` and the sweep's) must fit in the
-    task's volumes; a ConfigError names the key and both shapes (nothing is clamped later)."""
+    task's volumes; a ConfigError names the key and both shapes (nothing is clamped later).
+    ``-1`` entries (the whole axis) are resolved here, in place, once for every later reader."""
     sweep = config.get("sweep") or {}
     for task in config.get("tasks", []):
         shape = volume_shape(config, task)
-        patches = [(f"{task}.patch_size", (config.get(task) or {}).get("patch_size"))]
-        if sweep.get("enabled"):
-            patches += [(f"sweep.{task}[{i}]", p) for i, p in enumerate(sweep.get(task) or [])]
-        for key, patch in patches:
-            if patch is None:
-                continue
-            if len(patch) != 3 or any(int(p) > n for p, n in zip(patch, shape, strict=False)):
-                raise ConfigError(
-                    f"config key {key}: patch {list(patch)} does not fit in the {task} volumes of "
-                    f"{'×'.join(map(str, shape))} voxels"
-                )
+        section = config.get(task) or {}
+        if section.get("patch_size") is not None:
+            section["patch_size"] = resolve_patch_size(
+                section["patch_size"], shape, f"{task}.patch_size"
+            )
+        if sweep.get("enabled") and sweep.get(task):
+            sweep[task] = [
+                resolve_patch_size(p, shape, f"sweep.{task}[{i}]")
+                for i, p in enumerate(sweep[task])
+            ]
 
 
 def load_config(path: str | Path) -> dict:

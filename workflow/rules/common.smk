@@ -14,6 +14,7 @@ from unroll3d.variants import VARIANTS, needs_H
 # same file; the registry check of variant names is the library's.
 validate(config, "../../src/unroll3d/schemas/config.schema.yaml")
 u3config.validate(config)
+u3config.check_patch_sizes(config)  # -1 patch entries (the whole axis) resolved once, in place
 
 RESULTS = "results"
 LOGS = paths.logs_dir(RESULTS)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unroll3d.config import evaluate_settings, train_settings
+from unroll3d.config import evaluate_settings, resolve_patch_size, train_settings
 from unroll3d.data.loading import load_sample
 from unroll3d.models import build_variant
 from unroll3d.normal import DiagCirculantWrapper, NormalFit, check_fit_matches, load_normal
@@ -237,11 +237,10 @@ def make_partitioner(model, task: str, config: dict, img_size: Sequence[int]):
     """``PartitionedReconstructor`` around ``model`` with the task's patch size and stride (a
     patch larger than the volume is an error, not silently clamped)."""
     tcfg = config.get(task, {})
-    patch = [int(p) for p in tcfg.get("patch_size", [8, 16, 16])]
-    if any(p > int(n) for p, n in zip(patch, img_size[-3:], strict=True)):  # never clamped
-        raise ValueError(
-            f"{task}.patch_size {patch} does not fit in a volume of {tuple(img_size[-3:])} voxels"
-        )
+    # -1 = the whole axis; a patch larger than the volume is an error, never clamped
+    patch = resolve_patch_size(
+        tcfg.get("patch_size", [8, 16, 16]), img_size[-3:], f"{task}.patch_size"
+    )
     stride = tcfg.get("stride")
     margin = train_settings(config).get(f"{task}_patch_margin")
     return PartitionedReconstructor(

@@ -202,15 +202,16 @@ def _normal_fit_note(recs: list[EvalRecord]) -> str | None:
     (``normal.per_sample``), with the held-out error ‖AᵀAx − Hx‖/‖AᵀAx‖ of the fits."""
     by_setting: dict[str, dict[str, tuple[str, float | None]]] = {}
     own: dict[str, bool] = {}  # every evaluation used the fit of its own test volume
+    built: dict[str, bool] = {}  # every H was built from the test volume's own mask (MRI)
     for r in recs:
         fit = r.extra.get("normal_fit")
         if isinstance(fit, dict):
             fitted_on = str(fit.get("fitted_on", "?"))
-            by_setting.setdefault(r.setting, {})[fit.get("file", "?")] = (
-                fitted_on,
-                fit.get("heldout_rel_error"),
-            )
+            mask = fit.get("h") == "mask"
+            key = f"mask:{r.volume}" if mask else fit.get("file", "?")
+            by_setting.setdefault(r.setting, {})[key] = (fitted_on, fit.get("heldout_rel_error"))
             own[r.setting] = own.get(r.setting, True) and fitted_on == r.volume
+            built[r.setting] = built.get(r.setting, True) and mask
     parts = []
     for setting, fits in sorted(by_setting.items()):
         errors = [e for _, e in fits.values() if e is not None]
@@ -220,7 +221,12 @@ def _normal_fit_note(recs: list[EvalRecord]) -> str | None:
             else (f"{errors[0]:.3f}" if errors else "not recorded")
         )
         volumes = {v for v, _ in fits.values()}
-        if own.get(setting):
+        if built.get(setting):
+            parts.append(
+                f"{setting}: H built from each test volume's own mask (normal.mri_h; training "
+                f"draws likewise), error {err}"
+            )
+        elif own.get(setting):
             n = len(fits)
             parts.append(
                 f"{setting}: one H per test volume, fitted to its own operator ({n} "
@@ -269,6 +275,17 @@ def _footnotes(
         h_note = _normal_fit_note(recs)
         if h_note:
             notes.append(f"{title}: {h_note}")
+        runs = sorted(
+            {(r.variant, r.extra.get("refinement", "n/a")) for r in recs} - {(None, None)}
+        )
+        runs = [(v, what) for v, what in runs if what != "n/a"]
+        if runs:
+            notes.append(
+                f"{title}: test time of the partitioned rows (Algorithm 1; first pass = exact "
+                "full-volume data steps, so H acts only in a refinement with H): "
+                + "; ".join(f"{v}: {what}" for v, what in runs)
+                + "."
+            )
         if TABLE_SSIM[task][0] == "ssim_slices":
             notes.append(
                 f"{title}: SSIM = mean of 2D SSIM over the axial slices, as the earlier Walnut "
