@@ -66,10 +66,11 @@ def _lay(h: torch.Tensor, spatial: Sequence[int], grid: Sequence[int]) -> torch.
 def _autocorr(t: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
     """a(δ) = Σ_x conj(t(x)) t(x − δ) on ``grid`` (summed over leading axes; linear offsets on a
     grid ≥ 2N − 1, circular on the N grid)."""
-    f = torch.fft.fftn(t.to(torch.complex64), s=tuple(grid), dim=_DIMS)
-    power = f.abs().square()
-    while power.dim() > 3:
-        power = power.sum(0)
+    t = t.reshape(-1, *t.shape[-3:])
+    power = None
+    for one in t:  # coil by coil: one padded spectrum at a time (≈ 0.6 GB each at 256×218×170)
+        p = torch.fft.fftn(one.to(torch.complex64), s=tuple(grid), dim=_DIMS).abs().square()
+        power = p if power is None else power.add_(p)
     return torch.fft.ifftn(power.to(torch.complex64), dim=_DIMS).conj()
 
 
