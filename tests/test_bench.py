@@ -341,7 +341,7 @@ ACCURACY_MEASURES = {
     ("partition", "h_grad_ratio_predicts_harmless"),
 } | {
     (m, f"psnr_{k}") for m in ("partition", "partition-H")
-    for k in ("first_pass", "exact_refine", "H_refine")
+    for k in ("first_pass", "exact_refine", "H_refine", "anchored_H_refine")
 } | {(m, f"h_{e}_{s}_refine") for m in ("partition", "partition-H")
      for e in ("rel_error", "grad_ratio") for s in ("exact", "H")}  # fmt: skip
 
@@ -387,9 +387,10 @@ def test_accuracy_with_an_exact_H_refinements_agree_and_H_error_is_zero():
     assert {(r["model"], r["measure"]) for r in rows} >= ACCURACY_MEASURES
     val = {(r["model"], r["measure"], r["k"], r["alpha"]): r["value"] for r in rows}
     for m in MODELS_AH:
-        assert val[(m, "psnr_exact_refine", "", "")] == pytest.approx(
-            val[(m, "psnr_H_refine", "", "")], abs=1e-4
-        )
+        for refine in ("psnr_H_refine", "psnr_anchored_H_refine"):
+            assert val[(m, "psnr_exact_refine", "", "")] == pytest.approx(
+                val[(m, refine, "", "")], abs=1e-4
+            )
     mix = [r["value"] for r in rows if r["measure"] == "psnr_mix"]
     assert len(mix) == 3 and max(mix) - min(mix) < 1e-4
     errors = [r["value"] for r in rows if r["measure"].startswith("h_")
