@@ -25,8 +25,9 @@ def test_point_config_applies_overrides_and_length(tmp_path):
     base = yaml.safe_load((S.REPO / st["base"]).read_text())
     assert base["train"]["steps"] != 1000  # the base file itself is untouched
     targets = S.targets(cfg)
-    assert len(targets) == len(cfg["cbct"]["views"]) * 4 * len(cfg["cbct"]["splits"]["test"])
-    assert all(t.startswith("results/eval/cbct/") and t.endswith(".json") for t in targets)
+    assert len(targets) == len(cfg["cbct"]["views"]) * 4 * len(cfg["cbct"]["splits"]["test"]) + 1
+    assert targets[-1] == "results/benchmarks/accuracy/cbct.csv"
+    assert all(t.startswith("results/eval/cbct/") and t.endswith(".json") for t in targets[:-1])
 
 
 def test_unknown_override_names_the_key(tmp_path):
@@ -74,16 +75,27 @@ def test_outputs_from_evaluation_files(tmp_path):
     run_dir = tmp_path / "study" / "cbct24" / "s100"
     (run_dir).mkdir(parents=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    for i, target in enumerate(S.targets(cfg)):
+    evals = [t for t in S.targets(cfg) if t.endswith(".json")]
+    for i, target in enumerate(evals):
         f = run_dir / target
         f.parent.mkdir(parents=True, exist_ok=True)
         parts = target.split("/")
         ev = {"setting": parts[3], "variant": parts[4], "volume": parts[5][:-5],
               "psnr": 20.0 + i, "ssim": 0.9, "train_stats": {"step_time_mean_s": 0.5}}  # fmt: skip
         f.write_text(json.dumps(ev))
+    acc = run_dir / S.accuracy_target(cfg)
+    acc.parent.mkdir(parents=True)
+    with open(acc, "w") as fh:  # two k of the H-refinement ratio, one PSNR
+        fh.write("task,setting,volume,model,measure,k,alpha,value\n"
+                 "cbct,v30,walnut8,partition,h_grad_ratio_H_refine,0,,2.0\n"
+                 "cbct,v30,walnut8,partition,h_grad_ratio_H_refine,1,,3.0\n"
+                 "cbct,v30,walnut8,partition,psnr_H_refine,,,25.5\n")  # fmt: skip
     out = S.write_outputs(st)
     rows = list(csv.DictReader(open(out / "study.csv")))
-    assert len(rows) == len(S.targets(cfg)) and rows[0]["train_s"] == "50.0"
+    assert len(rows) == len(evals) and rows[0]["train_s"] == "50.0"
+    (acc_row,) = csv.DictReader(open(out / "accuracy.csv"))
+    assert acc_row["partition:h_grad_ratio_H_refine"] == "2.5"
+    assert acc_row["partition:psnr_H_refine"] == "25.5" and acc_row["partition-H:psnr_H_refine"] == ""
     assert (out / "gaps.png").stat().st_size > 0
     md = (out / "gaps.md").read_text()
     assert "partition-H - partition (CBCT)" in md and "+0.04" in md

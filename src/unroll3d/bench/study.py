@@ -31,6 +31,18 @@ import yaml
 from unroll3d import paths
 from unroll3d.utils import atomic_write_csv, atomic_write_text
 
+#: the diagnostic's measures gathered per (point, length): (model, measure), mean over k
+ACCURACY = [
+    ("partition", "psnr_exact_refine"),
+    ("partition", "psnr_H_refine"),
+    ("partition", "psnr_anchored_H_refine"),
+    ("partition-H", "psnr_exact_refine"),
+    ("partition-H", "psnr_H_refine"),
+    ("partition", "h_rel_error_H_refine"),
+    ("partition", "h_grad_ratio_H_refine"),
+    ("", "h_grad_ratio_gt"),
+]
+ACCURACY_VARIANTS = ("partition", "partition-H")
 ROWS = ["point", "task", "steps", "setting", "variant", "volume", "psnr", "ssim", "train_s"]
 GAP_ROWS = ["point", "task", "steps", "comparison", "a", "b", "mean_gap_db", "n"]
 #: shared between the lengths of one point (they do not depend on train.steps)
@@ -92,15 +104,26 @@ def _settings(cfg: dict, task: str) -> list[str]:
     return [f"R{r:g}" for r in cfg["mri"]["accelerations"]]
 
 
+def accuracy_target(cfg: dict) -> str | None:
+    """The point's H-accuracy diagnostic (rule bench_accuracy), when it trains both
+    ``partition`` and ``partition-H``."""
+    if not set(ACCURACY_VARIANTS) <= set(cfg["variants"]):
+        return None
+    return f"{paths.benchmarks_dir('results')}/accuracy/{cfg['tasks'][0]}.csv"
+
+
 def targets(cfg: dict) -> list[str]:
-    """The evaluation files of a point's variants (all that the study asks Snakemake for)."""
+    """What the study asks Snakemake for: the evaluation files of a point's variants, and its
+    H-accuracy diagnostic."""
     task = cfg["tasks"][0]
-    return [
+    evals = [
         paths.eval_json("results", task, s, v, vol)
         for s in _settings(cfg, task)
         for v in cfg["variants"]
         for vol in _volumes(cfg, task)
     ]
+    acc = accuracy_target(cfg)
+    return evals + ([acc] if acc else [])
 
 
 def _link_shared(first: Path, run_dir: Path) -> None:
@@ -159,6 +182,8 @@ def collect(study: dict) -> list[dict]:
             cfg = yaml.safe_load(cfg_path.read_text())
             for target in targets(cfg):
                 f = run_dir / target
+                if not target.endswith(".json"):
+                    continue
                 if not f.exists():
                     continue
                 ev = json.loads(f.read_text())
@@ -256,6 +281,41 @@ def variants_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def collect_accuracy(study: dict) -> list[dict]:
+    """One row per (point, length) with the diagnostic's headline measures (mean over k)."""
+    from unroll3d.bench.accuracy import read_rows
+
+    out = []
+    for name, point in study["points"].items():
+        for steps in study["steps"]:
+            run_dir = REPO / study["out"] / name / f"s{steps}"
+            cfg_path = run_dir / "config.yaml"
+            acc = accuracy_target(yaml.safe_load(cfg_path.read_text())) if cfg_path.exists() else None
+            rows = read_rows([run_dir / acc]) if acc else []
+            if not rows:
+                continue
+            row = {"point": name, "task": point["task"], "steps": steps,
+                   "setting": rows[0]["setting"], "volume": rows[0]["volume"]}  # fmt: skip
+            for model, measure in ACCURACY:
+                vals = [r["value"] for r in rows if (r["model"], r["measure"]) == (model, measure)]
+                row[f"{model or 'gt'}:{measure}"] = round(statistics.fmean(vals), 3) if vals else None
+            out.append(row)
+    return out
+
+
+def accuracy_markdown(acc_rows: list[dict]) -> str:
+    """The diagnostic per point and length (PSNR dB of each refinement; H's error ratios)."""
+    if not acc_rows:
+        return ""
+    cols = [k for k in acc_rows[0] if ":" in k]
+    lines = ["", "## H-accuracy diagnostic (unroll3d bench accuracy, first test volume and setting)",
+             "", "| point | steps | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]  # fmt: skip
+    for r in acc_rows:
+        cells = " | ".join("" if r[c] is None else f"{r[c]:g}" for c in cols)
+        lines.append(f"| {r['point']} | {r['steps']} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
 def gaps_figure(gap_rows: list[dict], out: Path) -> None:
     """One panel per comparison: gap (dB) against training steps, one line per point."""
     import matplotlib
@@ -293,7 +353,11 @@ def write_outputs(study: dict) -> Path:
     gap_rows = gaps(study, rows)
     atomic_write_csv(out / "study.csv", rows, ROWS)
     atomic_write_csv(out / "gaps.csv", gap_rows, GAP_ROWS)
-    atomic_write_text(out / "gaps.md", gaps_markdown(gap_rows, study) + variants_markdown(rows))
+    acc_rows = collect_accuracy(study)
+    if acc_rows:
+        atomic_write_csv(out / "accuracy.csv", acc_rows, list(acc_rows[0]))
+    text = gaps_markdown(gap_rows, study) + variants_markdown(rows) + accuracy_markdown(acc_rows)
+    atomic_write_text(out / "gaps.md", text)
     gaps_figure(gap_rows, out / "gaps.png")
     return out
 
