@@ -130,37 +130,7 @@ rule bench_normal_floor:
 # the first test volume of the task's first setting: first pass / exact / H refinement PSNR of
 # both, H's error against the exact patch gradient along the refinement iterates, and the
 # α-mixing curve. The claims table states these numbers when the H-accuracy claim fails.
-ACCURACY_VARIANTS = ("partition", "partition-H")
-
-
-def accuracy_case(task):
-    """(setting, volume) the accuracy diagnostic runs on: the task's first of each."""
-    return settings(task)[0], volumes(task, "test")[0]
-
-
-def accuracy_inputs(wildcards):
-    setting, volume = accuracy_case(wildcards.task)
-    models = {
-        v.replace("-", "_"): paths.model_base(
-            RESULTS, wildcards.task, model_setting(setting, v), v
-        )
-        + ".pt"
-        for v in ACCURACY_VARIANTS
-    }
-    return {
-        **models,
-        "sample": sample_path(wildcards.task, volume),
-        **normal_for(wildcards.task, setting, "partition-H", volume),
-    }
-
-
-def accuracy_targets():
-    """The diagnostic's CSVs, when benchmarks run and both partitioned variants are trained."""
-    if not BENCH_CFG["enabled"] or not set(ACCURACY_VARIANTS) <= set(config["variants"]):
-        return []
-    return [f"{BENCH_OUT}/accuracy/{task}.csv" for task in config["tasks"]]
-
-
+# Helpers (accuracy_case, accuracy_inputs, accuracy_targets) are in common.smk.
 rule bench_accuracy:
     input:
         unpack(accuracy_inputs),

@@ -274,6 +274,39 @@ def sweep_eval_targets():
     ]
 
 
+# ---- benchmark stage helpers (used by workflow/rules/bench.smk) ----
+
+ACCURACY_VARIANTS = ("partition", "partition-H")
+
+
+def accuracy_case(task):
+    """(setting, volume) the accuracy diagnostic runs on: the task's first of each."""
+    return settings(task)[0], volumes(task, "test")[0]
+
+
+def accuracy_inputs(wildcards):
+    setting, volume = accuracy_case(wildcards.task)
+    models = {
+        v.replace("-", "_"): paths.model_base(
+            RESULTS, wildcards.task, model_setting(setting, v), v
+        )
+        + ".pt"
+        for v in ACCURACY_VARIANTS
+    }
+    return {
+        **models,
+        "sample": sample_path(wildcards.task, volume),
+        **normal_for(wildcards.task, setting, "partition-H", volume),
+    }
+
+
+def accuracy_targets():
+    """The diagnostic's CSVs, when benchmarks run and both partitioned variants are trained."""
+    if not config["benchmarks"]["enabled"] or not set(ACCURACY_VARIANTS) <= set(config["variants"]):
+        return []
+    return [f"{paths.benchmarks_dir(RESULTS)}/accuracy/{task}.csv" for task in config["tasks"]]
+
+
 # ---- report stage helpers (used by workflow/rules/report.smk) ----
 
 
