@@ -11,7 +11,7 @@ CORES ?= 2
 PAPER_CONFIG ?= config/smoke.yaml
 IMPORT_CHECK := import torch, torchvision, deepinv, itk, snakemake, pytest, unroll3d; from itk import RTK
 
-.PHONY: setup smoke mini study test lint paper report dryrun clean gpu-check
+.PHONY: setup smoke mini study test lint paper report dryrun clean gpu-check gpu-accuracy
 
 # (Re)build the venv when it is missing, broken, or older than pyproject.toml.
 setup: $(STAMP)
