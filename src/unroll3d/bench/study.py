@@ -316,8 +316,19 @@ def accuracy_markdown(acc_rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gaps_figure(gap_rows: list[dict], out: Path) -> None:
-    """One panel per comparison: gap (dB) against training steps, one line per point."""
+def _paper_value(text) -> float | None:
+    """The paper's gap as a number, when the study file gives one ("-0.38"), else None."""
+    try:
+        return float(str(text).replace("−", "-"))
+    except ValueError:
+        return None
+
+
+def gaps_figure(gap_rows: list[dict], study: dict, out: Path) -> None:
+    """One panel per comparison: gap (dB) against training steps, one line per point, the
+    paper's gap dashed where it has one."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -326,17 +337,24 @@ def gaps_figure(gap_rows: list[dict], out: Path) -> None:
     comps = list(dict.fromkeys(r["comparison"] for r in gap_rows))
     if not comps:
         return
-    fig, axes = plt.subplots(1, len(comps), figsize=(4.2 * len(comps), 3.4), squeeze=False)
-    for ax, comp in zip(axes[0], comps, strict=True):
+    ncols = min(4, len(comps))
+    nrows = -(-len(comps) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.1 * nrows), squeeze=False)
+    for ax in axes.flat[len(comps):]:
+        ax.set_visible(False)
+    for ax, comp in zip(axes.flat, comps, strict=False):
         rows = [r for r in gap_rows if r["comparison"] == comp]
         for point in dict.fromkeys(r["point"] for r in rows):
             pts = sorted((r["steps"], r["mean_gap_db"]) for r in rows if r["point"] == point)
             ax.plot(*zip(*pts, strict=True), marker="o", label=point)
         ax.axhline(0.0, color="0.6", lw=0.8)
+        paper = _paper_value(study.get("comparisons", {}).get(comp, {}).get("paper"))
+        if paper is not None:
+            ax.axhline(paper, color="k", ls="--", lw=0.8, label="paper")
         ax.set_xscale("log")
         ax.set_xlabel("training steps")
         ax.set_ylabel("PSNR gap (dB)")
-        ax.set_title(f"{rows[0]['a']} − {rows[0]['b']}", fontsize=9)
+        ax.set_title("\n".join(textwrap.wrap(comp, 34)), fontsize=8)
         ax.legend(fontsize=7)
     fig.tight_layout()
     tmp = out.with_name(out.name + ".tmp.png")
@@ -358,7 +376,7 @@ def write_outputs(study: dict) -> Path:
         atomic_write_csv(out / "accuracy.csv", acc_rows, list(acc_rows[0]))
     text = gaps_markdown(gap_rows, study) + variants_markdown(rows) + accuracy_markdown(acc_rows)
     atomic_write_text(out / "gaps.md", text)
-    gaps_figure(gap_rows, out / "gaps.png")
+    gaps_figure(gap_rows, study, out / "gaps.png")
     return out
 
 
