@@ -56,3 +56,13 @@ def toy_normal():
     import toys
 
     return toys.toy_H(toys.loader("toy0"))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny FFTs and convolutions: one torch thread is much faster than several on a shared
+    machine (modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

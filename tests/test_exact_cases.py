@@ -36,12 +36,7 @@ SHAPE = (16, 12, 12)  # patches of 8³ with stride 4: 3 × 2 × 2 of them
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def relerr(a: torch.Tensor, b: torch.Tensor) -> float:

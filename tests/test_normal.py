@@ -53,14 +53,7 @@ from unroll3d.normal import (
     save_normal,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny FFTs: one thread is much faster than several on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _filter_shape(grid, channels):

@@ -14,13 +14,7 @@ from deepinv.physics import LinearPhysics
 from unroll3d.normal import DiagCirculant, fit_normal_operator, padded_grid
 from unroll3d.research.normal_floor import error_floor
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class NormalOnly(LinearPhysics):
