@@ -32,14 +32,14 @@ smoke: setup
 	$(BIN)/snakemake --cores 1 --configfile config/smoke.yaml --report results/report.html
 	@echo "smoke run done: tables in results/tables/, figures in results/figures/, report results/report.html"
 
-# CPU mini-reproduction (issue 17): the whole DAG at 48³ / 32×40×36 with 400 training steps, in
-# its own folder runs/mini/ (results/, resources/, logs); at most an hour on 2 cores.
+# CPU mini-reproduction: the whole DAG at 32³ CBCT / 24×32×28 MRI (4 coils) with 300 training
+# steps, in its own folder runs/mini/ (results/, resources/, logs); about an hour on 2 cores.
 mini: setup
 	$(BIN)/snakemake --cores $(CORES) --directory runs/mini --configfile config/mini.yaml --rerun-incomplete
 	$(BIN)/snakemake --cores 1 --directory runs/mini --configfile config/mini.yaml --report results/report.html
 	@echo "mini run done: runs/mini/results/tables/ (claims.md), runs/mini/results/figures/, runs/mini/results/report.html"
 
-# Accuracy convergence study (issue 23): the ablation's gaps against training length and volume size,
+# Accuracy convergence study: the ablation's gaps against training length and volume size,
 # config/study.yaml, in runs/study/ (a few CPU hours on 2 cores; reruns only what is missing).
 study: setup
 	$(BIN)/unroll3d bench study --study config/study.yaml
@@ -61,7 +61,7 @@ gpu-check: setup
 	$(if $(TINY),,$(BIN)/python -m pip install --quiet -e '.[dev,gpu]')
 	$(BIN)/unroll3d bench gpu_check --out-dir results/benchmarks/gpu$(if $(TINY),-tiny --tiny,)
 
-# One CUDA card, at most ~8 min: does H keep its accuracy at the paper's sizes (issue 23)?
+# One CUDA card, at most ~8 min: does H keep its accuracy at the paper's sizes?
 # results/benchmarks/gpu-accuracy/{gpu_accuracy.csv,summary.md}. `make gpu-accuracy TINY=1`: toy
 # sizes on the CPU (< 1 min).
 gpu-accuracy: setup
