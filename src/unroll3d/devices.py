@@ -6,6 +6,10 @@ card a job should use (snakemake#281). Each GPU job therefore takes an exclusive
 process exits, crash or not, so a killed job never leaves a card blocked. Under SLURM the
 scheduler already restricts ``CUDA_VISIBLE_DEVICES``; the locks then index the visible cards.
 
+``unroll3d device run -- CMD`` finds the cards without torch or CUDA (``/proc/driver/nvidia``,
+``nvidia-smi -L``, ``CUDA_VISIBLE_DEVICES``), locks one and *becomes* CMD (``exec``), handing it
+the lock: a bare interpreter's start-up (~0.1 s, ~15 MB) instead of ``import torch``'s.
+
 :Example:
 
 >>> from unroll3d.devices import job_device
@@ -20,7 +24,7 @@ import argparse
 import contextlib
 import fcntl
 import os
-import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -30,19 +34,75 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_LOCK_DIR = Path(os.environ.get("UNROLL3D_GPU_LOCK_DIR", "/tmp/unroll3d-gpu-locks"))
+PROC_GPUS = Path("/proc/driver/nvidia/gpus")
+
+
+def _fake_gpu_count() -> int | None:
+    """``UNROLL3D_FAKE_GPUS`` (tests): the device count to pretend, or None when unset."""
+    fake = os.environ.get("UNROLL3D_FAKE_GPUS")
+    if fake is None:
+        return None
+    try:
+        count = int(fake)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise ValueError(f"UNROLL3D_FAKE_GPUS must be a whole number ≥ 0, got {fake!r}")
+    return count
+
+
+def driver_gpu_count(proc_gpus: Path = PROC_GPUS) -> int:
+    """Physical NVIDIA cards the driver reports, without CUDA: one folder per card in
+    ``/proc/driver/nvidia/gpus``, else the ``GPU n:`` lines of ``nvidia-smi -L``, else 0."""
+    if proc_gpus.is_dir():
+        return sum(1 for entry in proc_gpus.iterdir() if entry.is_dir())
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    if out.returncode != 0:
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def visible_gpu_ids(physical: int, visible: str | None) -> list[str]:
+    """The ids CUDA would enumerate: ``0..physical-1``, or the entries of ``CUDA_VISIBLE_DEVICES``
+    (``visible``) up to the first one CUDA would reject, as CUDA reads it (an empty value hides
+    every card; an index out of range, a negative one, a repeat or junk ends the list; ``GPU-``/
+    ``MIG-`` UUIDs are taken as given)."""
+    if physical <= 0:
+        return []
+    if visible is None:
+        return [str(i) for i in range(physical)]
+    ids: list[str] = []
+    for entry in (e.strip() for e in visible.split(",")):
+        if entry.startswith(("GPU-", "MIG-")):
+            valid = True
+        else:
+            valid = entry.isdigit() and int(entry) < physical
+        if not valid or entry in ids:
+            break
+        ids.append(entry)
+    return ids
+
+
+def gpu_ids() -> list[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` ids a job may be given, found without importing torch or
+    initialising CUDA (``UNROLL3D_FAKE_GPUS=n`` pretends ``n`` physical cards, for tests)."""
+    fake = _fake_gpu_count()
+    physical = driver_gpu_count() if fake is None else fake
+    return visible_gpu_ids(physical, os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
 def cuda_device_count() -> int:
-    """Number of usable CUDA devices (``UNROLL3D_FAKE_GPUS`` overrides it, for tests)."""
-    fake = os.environ.get("UNROLL3D_FAKE_GPUS")
+    """Number of usable CUDA devices as torch sees them (imports torch; ``UNROLL3D_FAKE_GPUS``
+    overrides it, for tests). The ``device run`` wrapper uses :func:`gpu_ids` instead."""
+    fake = _fake_gpu_count()
     if fake is not None:
-        try:
-            count = int(fake)
-        except ValueError:
-            count = -1
-        if count < 0:
-            raise ValueError(f"UNROLL3D_FAKE_GPUS must be a whole number ≥ 0, got {fake!r}")
-        return count
+        return fake
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -124,68 +184,55 @@ def job_device(
         lock.release()
 
 
-_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-def run_forwarding_signals(command: list[str], env: dict[str, str]) -> int:
-    """Run ``command`` and wait for it, passing SIGTERM/SIGINT/SIGHUP on to it instead of dying
-    first: the caller (who holds the GPU lock) returns only once the child has exited, so a
-    cancelled job never hands its card to the next one while it still runs. Returns the child's
-    exit code (128 + N when a signal N ended it, as a shell reports it)."""
-    child = subprocess.Popen(command, env=env)
-    previous = {}
-
-    def forward(signum, _frame):
-        with contextlib.suppress(ProcessLookupError):
-            child.send_signal(signum)
-
-    for sig in _FORWARDED:
-        previous[sig] = signal.signal(sig, forward)
+def exec_holding_lock(command: list[str], env: dict[str, str], lock: GpuLock | None) -> int:
+    """Replace this process by ``command`` (``os.execvpe``). The lock's file descriptor is
+    handed down (inheritable), so the job itself holds the card's ``flock`` and the kernel frees
+    it when the job exits, crash or signal; signals reach the job directly, no wrapper stays
+    behind. Returns only on failure (the command cannot be run: 127, as a shell reports it)."""
+    if lock is not None:
+        os.set_inheritable(lock._fd, True)
+    sys.stdout.flush()
+    sys.stderr.flush()
     try:
-        while True:
-            try:
-                code = child.wait()
-                break
-            except InterruptedError:  # pragma: no cover - PEP 475 retries wait() itself
-                continue
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return 128 - code if code < 0 else code
+        os.execvpe(command[0], command, env)
+    except OSError as err:
+        print(f"unroll3d device: cannot run {command[0]!r}: {err.strerror}", file=sys.stderr)
+        if lock is not None:
+            lock.release()
+        return 127
+    return 127  # pragma: no cover - execvpe does not return
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``unroll3d device run -- CMD...``: run CMD with CUDA_VISIBLE_DEVICES set to a free GPU."""
+    """``unroll3d device run -- CMD...``: run CMD with CUDA_VISIBLE_DEVICES set to a free GPU.
+
+    Finds the cards without torch or CUDA (:func:`gpu_ids`), locks one and becomes CMD, so it
+    costs a bare interpreter's start-up; CMD does the CUDA work."""
     parser = argparse.ArgumentParser(prog="unroll3d device", description=main.__doc__)
     sub = parser.add_subparsers(dest="action", required=True)
     run = sub.add_parser("run", help="run a command on one free GPU (or the CPU)")
     run.add_argument("--lock-dir", default=str(DEFAULT_LOCK_DIR))
     run.add_argument("--timeout", type=float, default=None)
     run.add_argument("command", nargs=argparse.REMAINDER)
-    sub.add_parser("count", help="print the number of CUDA devices")
+    sub.add_parser("count", help="print the number of CUDA devices a job may be given")
     args = parser.parse_args(argv)
     try:
-        count = cuda_device_count()
+        ids = gpu_ids()
     except ValueError as err:
         print(f"unroll3d device: {err}", file=sys.stderr)
         return 2
     if args.action == "count":
-        print(count)
+        print(len(ids))
         return 0
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given after 'run --'")
     env = dict(os.environ)
-    if count == 0:
+    if not ids:
         print("unroll3d device: no CUDA device, running on the CPU", file=sys.stderr)
         env["CUDA_VISIBLE_DEVICES"] = ""
-        return run_forwarding_signals(command, env)
-    lock = acquire_gpu(count, args.lock_dir, args.timeout)
-    try:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        ids = visible.split(",") if visible else [str(i) for i in range(count)]
-        env["CUDA_VISIBLE_DEVICES"] = ids[lock.index]
-        print(f"unroll3d device: GPU {ids[lock.index]}", file=sys.stderr)
-        return run_forwarding_signals(command, env)
-    finally:
-        lock.release()  # only after the child has exited
+        return exec_holding_lock(command, env, None)
+    lock = acquire_gpu(len(ids), args.lock_dir, args.timeout)
+    env["CUDA_VISIBLE_DEVICES"] = ids[lock.index]
+    print(f"unroll3d device: GPU {ids[lock.index]}", file=sys.stderr)
+    return exec_holding_lock(command, env, lock)

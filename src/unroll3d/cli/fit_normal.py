@@ -8,22 +8,13 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
-from deepinv.physics import LinearPhysics
+from typing import TYPE_CHECKING, Any
 
 from unroll3d.cli.common import add_progress_args, add_runtime_args, setup_runtime
-from unroll3d.data import load_sample
-from unroll3d.devices import job_device
-from unroll3d.normal import (
-    fit_normal_operator,
-    load_normal,
-    operator_hash,
-    plot_normal,
-    save_normal,
-    write_history_csv,
-)
+
+if TYPE_CHECKING:  # torch, deepinv and the fit load when the verb runs, not for --help
+    import torch
+    from deepinv.physics import LinearPhysics
 
 __all__ = ["build_parser", "main"]
 
@@ -32,6 +23,8 @@ def _load_physics(
     path: str | Path, setting: str, device: torch.device
 ) -> tuple[LinearPhysics, Any]:
     """The operator of a preprocessed volume (``unroll3d.data.load_sample``) and its sample."""
+    from unroll3d.data import load_sample
+
     sample = load_sample(path, setting, device=device)
     return sample.physics, sample
 
@@ -140,6 +133,15 @@ def _floor(
 
 
 def _run(args: argparse.Namespace, device: torch.device) -> int:
+    from unroll3d.normal import (
+        fit_normal_operator,
+        load_normal,
+        operator_hash,
+        plot_normal,
+        save_normal,
+        write_history_csv,
+    )
+
     physics, sample = _load_physics(args.input, args.setting, device)
     img_size = (
         tuple(sample.x.shape[1:])
@@ -220,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     """``unroll3d fit-normal``: see :func:`build_parser`."""
     args = build_parser().parse_args(argv)
     if args.device == "lock":  # pick and lock a free GPU here (not under `unroll3d device run`)
+        import torch
+
+        from unroll3d.devices import job_device
+
         if args.threads:
             torch.set_num_threads(args.threads)
         with job_device() as device:
