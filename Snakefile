@@ -22,7 +22,7 @@ include: "workflow/rules/common.smk"
 
 rule all:
     input:
-        final_targets,
+        get_final_output(),
     default_target: True
 
 

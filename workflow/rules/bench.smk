@@ -2,13 +2,12 @@
 # cost (physics), partitioned vs full-volume training memory, and the patch data step with
 # exact ÃᵀÃ vs H (§6.4). Each writes a CSV with the device name in every row; the report plots
 # them. On a GPU box each job locks one card through `unroll3d device run`.
-BENCH_OUT = f"{RESULTS}/benchmarks"
-BENCH_CFG = config["benchmarks"]
+# Paths (BENCH_OUT, BENCH_CSV) and BENCH_CFG are in common.smk, which the report shares.
 
 
 rule bench_steps:
     output:
-        f"{BENCH_OUT}/bench_steps.csv",
+        BENCH_CSV["bench_steps"],
     params:
         sizes=join_values(BENCH_CFG["sizes"]),
         views=BENCH_CFG["views"],
@@ -31,7 +30,7 @@ rule bench_steps:
 
 rule bench_physics:
     output:
-        f"{BENCH_OUT}/bench_physics.csv",
+        BENCH_CSV["bench_physics"],
     params:
         sizes=join_values(BENCH_CFG["sizes"]),
         views=BENCH_CFG["views"],
@@ -51,7 +50,7 @@ rule bench_physics:
 
 rule bench_partition:
     output:
-        f"{BENCH_OUT}/bench_partition.csv",
+        BENCH_CSV["bench_partition"],
     params:
         sizes=join_values(BENCH_CFG["sizes"]),
         patch=BENCH_CFG["patch"],
@@ -76,7 +75,7 @@ rule bench_partition:
 
 rule bench_normal:
     output:
-        f"{BENCH_OUT}/bench_normal.csv",
+        BENCH_CSV["bench_normal"],
     params:
         volume=max(BENCH_CFG["sizes"]),
         patch=BENCH_CFG["patch"],
@@ -100,9 +99,9 @@ rule bench_normal_floor:
     # How far one diagonal-circulant H can go on small cone-beam operators: the best H from
     # exact rows of AᵀA versus the Adam fit (CPU, RTK: no GPU needed at these sizes).
     output:
-        csv=f"{BENCH_OUT}/bench_normal_floor.csv",
+        csv=BENCH_CSV["bench_normal_floor"],
         md=report(
-            f"{BENCH_OUT}/bench_normal_floor.md",
+            BENCH_NORMAL_FLOOR_MD,
             caption="../report/bench_normal_floor.rst",
             category="Normal operator H (§4.5)",
         ),
@@ -157,15 +156,3 @@ rule bench_accuracy:
         " --normal {input.normal} --data {input.sample} --patches 4 --seed {params.seed}"
         " --out {output.csv} --summary {output.md} --threads {threads} > {log} 2>&1"
 
-
-FINAL_TARGETS.extend(accuracy_targets())
-
-if BENCH_CFG["enabled"]:
-    for bench_rule in (
-        rules.bench_steps,
-        rules.bench_physics,
-        rules.bench_partition,
-        rules.bench_normal,
-        rules.bench_normal_floor,
-    ):
-        FINAL_TARGETS.extend(bench_rule.output)

@@ -1,6 +1,9 @@
-# Shared Python for the rules: config validation, wildcard values, path conventions, final targets.
+# Shared Python for the rules: config validation, wildcard values, path conventions, and
+# get_final_output() (the default rule's targets, computed from the config alone). It stands alone;
+# it uses no name defined in the stage files, which are included after it.
 # Rules stay thin: they call `unroll3d <verb>` with explicit inputs and outputs.
 import json
+import os
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -24,8 +27,39 @@ RESOURCES = "resources"
 # Every rule runs in the project's environment (pins identical to pyproject.toml).
 CONDA_ENV = "../../envs/unroll3d.yaml"
 
-# Stage files append the files they want built by `rule all`.
-FINAL_TARGETS = []
+DATA_SPLITS = ("train", "val", "test")
+BENCH_CFG = config["benchmarks"]
+BENCH_OUT = paths.benchmarks_dir(RESULTS)
+# the benchmark rules' CSVs (bench.smk), also read by the report
+BENCH_CSV = {
+    name: f"{BENCH_OUT}/{name}.csv"
+    for name in ("bench_steps", "bench_physics", "bench_partition", "bench_normal", "bench_normal_floor")
+}
+BENCH_NORMAL_FLOOR_MD = f"{BENCH_OUT}/bench_normal_floor.md"
+
+REPORT_TABLES = paths.tables_dir(RESULTS)
+REPORT_FIGURES = paths.figures_dir(RESULTS)
+MANIFEST = f"{RESULTS}/manifest.json"
+# table -> (caption, category); figure -> (caption, category)
+TABLE_ITEMS = {
+    "table1_cbct": ("table1_cbct.rst", "Table 1 · Walnut-CBCT (§6.1)"),
+    "table2_mri": ("table2_mri.rst", "Table 2 · MC-MRI (§6.2)"),
+    "table_ablation": ("table_ablation.rst", "Ablation (§6.3)"),
+    "table_datastep": ("table_datastep.rst", "Data-step speed (§6.4)"),
+    "claims": ("claims.rst", "Claims · does the paper hold in this run?"),
+}
+FIGURE_ITEMS = {
+    "fig1_data_vs_network": ("fig1_data_vs_network.rst", "Fig. 1 · data step vs network step"),
+    "fig2_partition_schematic": ("fig2_partition_schematic.rst", "Fig. 2 · domain partitioning (§4.3)"),
+    "fig_normal_cbct": ("fig_normal.rst", "Figs. 9-10 · normal operator H (§4.5)"),
+    "fig_normal_mri": ("fig_normal.rst", "Figs. 9-10 · normal operator H (§4.5)"),
+    "fig_slices_cbct": ("fig_slices.rst", "Figs. 3-4 · qualitative slices"),
+    "fig_slices_mri": ("fig_slices.rst", "Figs. 3-4 · qualitative slices"),
+    "fig_psnr_vs_setting": ("fig_psnr_vs_setting.rst", "Tables 1-2 · PSNR vs views / acceleration"),
+    "fig_partition_memory": ("fig_partition_memory.rst", "Partitioned memory (§4.3)"),
+    "fig7_patch_sweep_cbct": ("fig_patch_sweep.rst", "Figs. 7-8 · patch-size sweep"),
+    "fig8_patch_sweep_mri": ("fig_patch_sweep.rst", "Figs. 7-8 · patch-size sweep"),
+}
 
 
 def settings(task):
@@ -49,10 +83,6 @@ def job_config_json(wildcards):
 def gpu_for(wildcards):
     """resources: gpu = 1 for the variants that run on a GPU (registry), else 0."""
     return 1 if VARIANTS[wildcards.variant].gpu else 0
-
-
-def final_targets(wildcards):
-    return FINAL_TARGETS
 
 
 wildcard_constraints:
@@ -318,17 +348,11 @@ def report_eval_inputs():
 
 
 def report_bench_inputs(wildcards):
-    """Benchmark CSVs the figures read, for the benchmark rules that exist in this workflow."""
-    if not config["benchmarks"]["enabled"]:
+    """Benchmark CSVs the figures read (bench.smk), when benchmarks run."""
+    if not BENCH_CFG["enabled"]:
         return {}
-    out = {}
-    defined = {r.name for r in workflow.rules}
-    for name in ("bench_steps", "bench_partition", "bench_normal"):
-        if name in defined:
-            csvs = [f for f in getattr(rules, name).output if str(f).endswith(".csv")]
-            if csvs:
-                out[name] = csvs[0]
-    if "bench_accuracy" in defined and accuracy_targets():
+    out = {name: BENCH_CSV[name] for name in ("bench_steps", "bench_partition", "bench_normal")}
+    if accuracy_targets():
         out["bench_accuracy"] = accuracy_targets()
     return out
 
@@ -377,3 +401,40 @@ def report_outputs():
         )
         out[f"{name}_pdf"] = f"{REPORT_FIGURES}/{name}.pdf"
     return out
+
+
+# ---- what `rule all` builds ----
+
+
+def data_targets():
+    """Every preprocessed volume, and the FDK geometry check of the first CBCT test walnut."""
+    out = [sample_path(task, v) for task in config["tasks"] for v in volumes(task, "all")]
+    if "cbct" in config["tasks"] and volumes("cbct", "test"):
+        out.append(f"{RESULTS}/data/cbct/fdk_check/{volumes('cbct', 'test')[0]}.json")
+    return out
+
+
+def bench_targets():
+    """The benchmark rules' outputs (bench.smk), when benchmarks run."""
+    if not BENCH_CFG["enabled"]:
+        return []
+    return [*BENCH_CSV.values(), BENCH_NORMAL_FLOOR_MD]
+
+
+def report_targets():
+    """The tables and figures (tables_figures in report.smk), as plain paths."""
+    return [str(f) for f in report_outputs().values()]
+
+
+def get_final_output(manifest=True):
+    """Every file `rule all` builds, computed from the config. Without `manifest` it is the
+    manifest's own input list: everything else the run produces."""
+    out = [
+        *data_targets(),
+        *eval_targets(),
+        *sweep_eval_targets(),
+        *accuracy_targets(),
+        *bench_targets(),
+        *report_targets(),
+    ]
+    return out + [MANIFEST] if manifest else out

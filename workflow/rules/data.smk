@@ -2,9 +2,6 @@
 # Helpers for other rule files: volumes(task, split) and sample_path(task, volume).
 # Raw files: resources/{task}/raw/; toy sources: resources/{task}/toy/ (served on 127.0.0.1 to pooch).
 
-DATA_SPLITS = ("train", "val", "test")
-
-
 _check_splits()
 
 
@@ -214,10 +211,3 @@ rule fdk_check:
         "unroll3d data fdk-check --zip {input} --orbit {params.orbit} --voxel-mm {params.voxel}"
         " --log-clip {params.clip} --out {output} > {log} 2>&1"
 
-
-for _task in config["tasks"]:
-    FINAL_TARGETS.extend(sample_path(_task, v) for v in volumes(_task, "all"))
-if "cbct" in config["tasks"]:
-    _t = volumes("cbct", "test")
-    if _t:
-        FINAL_TARGETS.append(f"{RESULTS}/data/cbct/fdk_check/{_t[0]}.json")

@@ -34,5 +34,3 @@ rule evaluate:
         " --sample {input.sample} --volume {wildcards.volume} {params.normal}"
         " --out {output.json} --slices {output.slices} --threads {threads} > {log} 2>&1"
 
-
-FINAL_TARGETS.extend(eval_targets())

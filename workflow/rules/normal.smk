@@ -17,8 +17,7 @@
 # Per sample (normal.per_sample, default [mri], paper.md §10): the H variants are evaluated with
 # an H fitted to each test volume's own operator (its coil maps and mask), data-free like every
 # fit: results/normal/{task}/{setting}/{volume}.pt. Training keeps the setting's fit.
-# Downstream rules (train/evaluate of the -H variants) pull these; nothing is appended to
-# FINAL_TARGETS here.
+# Downstream rules (train/evaluate of the -H variants) pull these; `rule all` does not name them.
 
 
 _NORMAL = {**u3config.section_defaults("normal"), **config["normal"]}

@@ -7,10 +7,6 @@
 #   manifest             results/manifest.json: sha256 + producing rule of every file under
 #                        results/, input checksums, software versions, hardware, commit, config
 # Outputs are report() items with captions in workflow/report/, categorised by paper section.
-import os
-
-REPORT_TABLES = paths.tables_dir(RESULTS)
-REPORT_FIGURES = paths.figures_dir(RESULTS)
 ILLUSTRATIONS = paths.illustrations_dir(RESULTS)
 REPORT_CONFIG = config.get("report", {})
 # The report gets only the keys it reads; the manifest records the whole config (it is the
@@ -22,27 +18,6 @@ CONFIG_LABEL = (
     " ".join(os.path.relpath(f, workflow.basedir) for f in workflow.configfiles)
     or "config/config.yaml"
 )
-
-# table -> (caption, category); figure -> (caption, category)
-TABLE_ITEMS = {
-    "table1_cbct": ("table1_cbct.rst", "Table 1 · Walnut-CBCT (§6.1)"),
-    "table2_mri": ("table2_mri.rst", "Table 2 · MC-MRI (§6.2)"),
-    "table_ablation": ("table_ablation.rst", "Ablation (§6.3)"),
-    "table_datastep": ("table_datastep.rst", "Data-step speed (§6.4)"),
-    "claims": ("claims.rst", "Claims · does the paper hold in this run?"),
-}
-FIGURE_ITEMS = {
-    "fig1_data_vs_network": ("fig1_data_vs_network.rst", "Fig. 1 · data step vs network step"),
-    "fig2_partition_schematic": ("fig2_partition_schematic.rst", "Fig. 2 · domain partitioning (§4.3)"),
-    "fig_normal_cbct": ("fig_normal.rst", "Figs. 9-10 · normal operator H (§4.5)"),
-    "fig_normal_mri": ("fig_normal.rst", "Figs. 9-10 · normal operator H (§4.5)"),
-    "fig_slices_cbct": ("fig_slices.rst", "Figs. 3-4 · qualitative slices"),
-    "fig_slices_mri": ("fig_slices.rst", "Figs. 3-4 · qualitative slices"),
-    "fig_psnr_vs_setting": ("fig_psnr_vs_setting.rst", "Tables 1-2 · PSNR vs views / acceleration"),
-    "fig_partition_memory": ("fig_partition_memory.rst", "Partitioned memory (§4.3)"),
-    "fig7_patch_sweep_cbct": ("fig_patch_sweep.rst", "Figs. 7-8 · patch-size sweep"),
-    "fig8_patch_sweep_mri": ("fig_patch_sweep.rst", "Figs. 7-8 · patch-size sweep"),
-}
 
 
 rule normal_illustration:
@@ -96,18 +71,14 @@ rule tables_figures:
         " --normal-dir {params.illustrations} {params.bench} > {log} 2>&1"
 
 
-FINAL_TARGETS.extend(rules.tables_figures.output)
 
 # Everything else the run produces is an input, so the manifest is written last and lists it.
-MANIFEST_INPUTS = list(FINAL_TARGETS)
-
-
 rule manifest:
     input:
-        MANIFEST_INPUTS,
+        get_final_output(manifest=False),
     output:
         report(
-            f"{RESULTS}/manifest.json",
+            MANIFEST,
             caption="../report/manifest.rst",
             category="Reviewer artifact",
         ),
@@ -129,8 +100,6 @@ rule manifest:
         " --inputs {params.inputs} --exclude report.html benchmarks/rules/report/manifest.tsv"
         " > {log} 2>&1"
 
-
-FINAL_TARGETS.extend(rules.manifest.output)
 
 localrules:
     tables_figures,

@@ -67,5 +67,3 @@ rule evaluate_sweep:
         " --sample {input.sample} --volume {wildcards.volume} {params.normal}"
         " --out {output.json} --threads {threads} > {log} 2>&1"
 
-
-FINAL_TARGETS.extend(sweep_eval_targets())
