@@ -1,4 +1,4 @@
-"""INR[3D] baseline (unroll3d.inr): the hash index against a reference instant-NGP hash, trilinear
+"""INR[3D] baseline (unroll3d.models.inr): the hash index against a reference instant-NGP hash, trilinear
 interpolation (vertices, linearity along axes, gradient support, continuity), chunked rendering,
 and a fit through a masked-blur operator that beats its warm start. CPU, seeded, small."""
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from toys import ToyBlur
 
-from unroll3d.inr import (
+from unroll3d.models.inr import (
     PRIMES,
     HashGridEncoding,
     HashGridINR,

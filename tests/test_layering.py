@@ -23,7 +23,6 @@ LAYERS = {
     "data": 2,
     "partition": 2,
     "models": 2,
-    "inr": 2,
     "normal": 2,
     "engine": 3,
     "research": 3,

@@ -7,7 +7,6 @@ import torch
 from deepinv.physics import LinearPhysics
 from toys import TINY, toy_sample
 
-from unroll3d.inr import INRReconstructor
 from unroll3d.models import (
     VARIANTS,
     Adjoint,
@@ -22,6 +21,7 @@ from unroll3d.models import (
     build_variant,
     variant_spec,
 )
+from unroll3d.models.inr import INRReconstructor
 from unroll3d.models.pnp import PnPAlphaPGD
 
 torch.set_num_threads(1)

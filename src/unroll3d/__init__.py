@@ -31,7 +31,7 @@ _EXPORTS = {
     "UnrolledPGD": "unroll3d.models",
     "PnPAlphaPGD": "unroll3d.models",
     "DPIRSlices": "unroll3d.models",
-    "INRReconstructor": "unroll3d.inr",
+    "INRReconstructor": "unroll3d.models.inr",
     "VARIANTS": "unroll3d.variants",
     "VariantSpec": "unroll3d.variants",
     "variant_spec": "unroll3d.variants",

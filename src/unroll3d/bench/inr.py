@@ -2,7 +2,7 @@
 
 For each cubic size N³: a seeded phantom of Gaussian blobs under a masked 3×3×3 blur (a fraction
 ``--keep`` of the voxels measured, plus noise), warm-started from x₀ = Aᵀy / ‖A‖², then
-:func:`unroll3d.inr.fit_inr`. Records per size the steps, seconds per step (the whole fit, warm
+:func:`unroll3d.models.inr.fit_inr`. Records per size the steps, seconds per step (the whole fit, warm
 start included, over all its steps), total seconds, peak memory (``torch.cuda.max_memory_allocated``
 on a GPU, peak RSS growth on the CPU) and the PSNR of x₀ and of the fit. One CSV row per size.
 
@@ -63,8 +63,8 @@ def measure(n: int, args: argparse.Namespace) -> dict:
     import torch
 
     from unroll3d.bench.memory import gb, peak_rss_gb, reset_peak_rss, rss_gb
-    from unroll3d.inr import HashGridEncoding, fit_inr
     from unroll3d.metrics import psnr
+    from unroll3d.models.inr import HashGridEncoding, fit_inr
 
     dev = torch.device(args.device)
     x = blobs(n, seed=args.seed).to(dev)

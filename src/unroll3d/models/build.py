@@ -10,9 +10,9 @@ from deepinv.models import Reconstructor
 from torch import nn
 
 from unroll3d.config import section_defaults, train_object, train_settings
-from unroll3d.inr import INRReconstructor
 from unroll3d.models.classical import Adjoint, Analytical, TVReconstructor, ZeroFilledRSS
 from unroll3d.models.dpir import DPIRSlices, SliceDenoiser, checked_weights, load_denoiser2d
+from unroll3d.models.inr import INRReconstructor
 from unroll3d.models.pnp import PnPAlphaPGD
 from unroll3d.models.unrolled import PostProcess, UnrolledPGD
 from unroll3d.variants import variant_spec
