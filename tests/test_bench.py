@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from unroll3d.bench import BENCHMARKS
+from unroll3d.physics import initial_reconstruction
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = [
@@ -442,7 +443,7 @@ def test_accuracy_on_tiny_trained_models_writes_every_row(tmp_path):
     assert sorted(r["alpha"] for r in rows if r["measure"] == "psnr_mix") == list(alphas)
     # the diagnostic's exact-step iterates are the model's own on that patch
     model, img, start, patch = models["partition"], tuple(sample.x.shape[1:]), (4, 0, 8), (8,) * 3
-    x0 = sample.physics.A_dagger(sample.y)
+    x0 = initial_reconstruction(sample.physics, sample.y)
     op = H.operator(img).restrict(start, patch)
     _, last = accuracy.iterate_errors(
         model, sample.physics, img, start, patch, sample.y, sample.x, x0, op, 1.0, "exact"

@@ -19,6 +19,7 @@ from unroll3d.models.inr import (
     fit_inr,
     hash_index,
 )
+from unroll3d.physics import initial_reconstruction
 
 torch.set_num_threads(1)
 
@@ -62,7 +63,7 @@ def blur_problem():
     probe = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
     physics.sqnorm = float(physics.compute_sqnorm(probe, max_iter=300, tol=1e-6, verbose=False))
     y = physics.A(x) + 0.005 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
-    return x, y, physics, physics.A_dagger(y)
+    return x, y, physics, initial_reconstruction(physics, y)
 
 
 # ------------------------------------------------------------------------------------ index
@@ -322,7 +323,7 @@ def test_fit_inr_recovers_a_smooth_phantom_from_its_own_cone_beam_projections():
     x = torch.exp(-sum(g**2 for g in grids) / 0.3)[None, None]  # one smooth Gaussian blob
     x = x + 0.5 * torch.exp(-((grids[0] - 0.3) ** 2 + grids[1] ** 2 + (grids[2] + 0.3) ** 2) / 0.05)
     y = phys.A(x)
-    fdk = phys.A_dagger(y)
+    fdk = phys.fdk(y)
     vol, history = fit_inr(
         y, phys, (n, n, n), 1, steps=200, lr=1e-2, levels=6, base_resolution=2,
         finest_resolution=12, log2_table_size=14, seed=0,

@@ -10,7 +10,12 @@ import unroll3d.engine.core as core
 from unroll3d.data.sample import Sample
 from unroll3d.normal import fit_normal_operator, mask_normal
 from unroll3d.normal.mask import probe_error
-from unroll3d.physics import MultiCoilMRI3D, poisson_disc_mask, rss_normalize
+from unroll3d.physics import (
+    MultiCoilMRI3D,
+    initial_reconstruction,
+    poisson_disc_mask,
+    rss_normalize,
+)
 from unroll3d.variants import variant_spec
 
 SHAPE = (6, 12, 10)
@@ -119,7 +124,7 @@ def test_mri_h_rows_use_h_at_test_time():
     spec = variant_spec("partition-H")
     model = core.build_variant("partition-H", "mri", cfg, 1.0).eval()
     sample = _sample(3, n_coils=1)
-    x0 = sample.physics.A_dagger(sample.y)
+    x0 = initial_reconstruction(sample.physics, sample.y)
     exact_H = core.own_normal(sample, None, "mask-coils")
     phys = core.physics_for(sample, spec, exact_H, 1.0)
     first = core.reconstruct(model, spec, "mri", cfg, sample, phys, x0, exact_H, refine=False)

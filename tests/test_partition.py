@@ -21,6 +21,7 @@ from unroll3d.partition import (
     patch_grid,
     sample_patch_start,
 )
+from unroll3d.physics import initial_reconstruction
 
 # --------------------------------------------------------------------------------------------
 # fixtures and helpers
@@ -47,7 +48,8 @@ class AdjointBase(torch.nn.Module):
 
 
 class LeastSquaresBase(torch.nn.Module):
-    """Base reconstructor solving min ‖Ã x − ỹ‖² by CG on the normal equations, from A_dagger."""
+    """Base reconstructor solving min ‖Ã x − ỹ‖² by CG on the normal equations, from the
+    initial reconstruction."""
 
     def __init__(self, tol=1e-13, max_iter=400):
         super().__init__()
@@ -55,7 +57,7 @@ class LeastSquaresBase(torch.nn.Module):
 
     def forward(self, y, physics, **kw):
         b = physics.A_adjoint(y)
-        x = physics.A_dagger(y)
+        x = initial_reconstruction(physics, y)
         r = b - physics.A_adjoint_A(x)
         d, rs = r.clone(), (r * r).sum()
         for _ in range(self.max_iter):
@@ -85,7 +87,7 @@ class TinyUnrolled(torch.nn.Module):
 
     def forward(self, y, physics, **kw):
         aty = physics.A_adjoint(y)
-        x = physics.A_dagger(y)
+        x = initial_reconstruction(physics, y)
         for _ in range(self.K):
             x = x - self.eta * (physics.A_adjoint_A(x) - aty)
             x = x + self.prior(x)
@@ -269,7 +271,9 @@ def test_batched_patches_match_single(gen):
         torch.testing.assert_close(big.y_tilde[sl], one.y_tilde)
         torch.testing.assert_close(big.A(u)[sl], one.A(u[sl]))
         torch.testing.assert_close(big.A_adjoint_A(u)[sl], one.A_adjoint_A(u[sl]))
-        torch.testing.assert_close(big.A_dagger(big.y_tilde)[sl], crop_patch(x, st, (4, 4, 4)))
+        torch.testing.assert_close(
+            big.initial_reconstruction(big.y_tilde)[sl], crop_patch(x, st, (4, 4, 4))
+        )
 
 
 def test_partitioned_physics_rejects_bad_inputs(gen):
@@ -407,7 +411,7 @@ class _RefPatchPhysics(dinv.physics.LinearPhysics):
     def A_adjoint(self, y, **kw):
         return crop_patch(self.g.A_adjoint(y), self.start, self.patch)
 
-    def A_dagger(self, y, **kw):
+    def initial_reconstruction(self, y, **kw):
         return self.x0
 
 
@@ -460,10 +464,72 @@ def test_context_and_measurements_get_no_gradient(gen):
     ctx = x.clone().requires_grad_(True)
     pphys = PartitionedPhysics(physics, (1, 10, 10, 10), (2, 2, 2), (4, 4, 4), y, ctx, x_init=ctx)
     assert not pphys.y_tilde.requires_grad
-    assert not pphys.A_dagger(pphys.y_tilde).requires_grad
+    assert not pphys.initial_reconstruction(pphys.y_tilde).requires_grad
     out = TinyUnrolled()(pphys.y_tilde, pphys)
     out.sum().backward()
     assert y.grad is None and ctx.grad is None
+
+
+@pytest.mark.parametrize("starts", [(2, 3, 1), [(2, 3, 1), (0, 4, 5)]], ids=["one", "two"])
+def test_second_derivative_matches_global_autograd(starts, gen):
+    """Double backward through Ã, Ãᵀ and ÃᵀÃ (graph-free) equals plain autograd through the
+    global blur on the embedded patch: the Hessian-vector product of a non-quadratic loss."""
+    physics = mild_blur(3, torch.float64, gen)
+    size, patch = (1, 9, 9, 9), (4, 4, 4)
+    x = torch.rand((1, *size), generator=gen, dtype=torch.float64)
+    pphys = PartitionedPhysics(physics, size, starts, patch, physics.A(x), x)
+    n = len(pphys.starts)
+    u = torch.randn((n, 1, *patch), generator=gen, dtype=torch.float64)
+    v = torch.randn_like(u)
+
+    def loss(fwd, adj, normal, t):
+        return torch.sin(fwd(t)).sum() + adj(fwd(t)).pow(3).sum() + normal(t).pow(2).sum()
+
+    def hvp(fn):
+        t = u.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(fn(t), t, create_graph=True)
+        (h,) = torch.autograd.grad((g * v).sum(), t)
+        return g.detach(), h
+
+    def glob_fwd(t):  # A Sᵀ per patch, with plain autograd through the blur
+        chunks = zip(t.split(1), pphys.starts, strict=True)
+        return torch.cat([physics.A(embed_patch(c, st, size[1:])) for c, st in chunks])
+
+    def glob_adj(w):  # S Aᵀ per patch
+        chunks = zip(w.split(1), pphys.starts, strict=True)
+        return torch.cat([crop_patch(physics.A_adjoint(c), st, patch) for c, st in chunks])
+
+    ref_g, ref_h = hvp(lambda t: loss(glob_fwd, glob_adj, lambda w: glob_adj(glob_fwd(w)), t))
+    g, h = hvp(lambda t: loss(pphys.A, pphys.A_adjoint, pphys.A_adjoint_A, t))
+    torch.testing.assert_close(g, ref_g)
+    torch.testing.assert_close(h, ref_h)
+
+
+def test_y_tilde_is_a_buffer(gen):
+    """ỹ travels with the operator: in ``state_dict()`` (another context loads it and then
+    reconstructs the same), through ``clone()`` and ``.to(dtype)``; vmap maps over patch-major
+    batches."""
+    physics = mild_blur(3, torch.float32, gen)
+    size, patch, starts = (1, 9, 9, 9), (4, 4, 4), [(2, 3, 1), (0, 4, 5)]
+    x, other = (torch.rand((1, *size), generator=gen) for _ in range(2))
+    pp = PartitionedPhysics(physics, size, starts, patch, physics.A(x), x, x_init=x)
+    pq = PartitionedPhysics(physics, size, starts, patch, physics.A(x), other, x_init=x)
+    assert relerr(pq.y_tilde, pp.y_tilde) > 1e-2
+    assert "y_tilde" in pp.state_dict()
+    pq.load_state_dict(pp.state_dict())
+    torch.testing.assert_close(pq.y_tilde, pp.y_tilde, rtol=0, atol=0)
+    net = TinyUnrolled()
+    torch.testing.assert_close(net(pq.y_tilde, pq), net(pp.y_tilde, pp), rtol=0, atol=0)
+    twin = pp.clone()
+    assert twin.y_tilde.data_ptr() != pp.y_tilde.data_ptr()
+    torch.testing.assert_close(twin.y_tilde, pp.y_tilde, rtol=0, atol=0)
+    assert pp.clone().to(torch.float64).y_tilde.dtype == torch.float64
+    xs = torch.randn((3, len(starts), 1, *patch), generator=gen)
+    ref = torch.stack([pp.A(t) for t in xs])
+    torch.testing.assert_close(torch.func.vmap(pp.A)(xs), ref)
+    torch.testing.assert_close(
+        torch.func.vmap(pp.A_adjoint)(ref), torch.stack([pp.A_adjoint(t) for t in ref])
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -192,9 +192,7 @@ def test_state_dict_copy_and_norm(circ, tmp_path):
     x = torch.rand(1, 1, N, N, N)
     assert torch.allclose(fresh.A(x), circ.A(x) / norm, rtol=1e-5, atol=1e-6)
     # FDK undoes the scale
-    assert torch.allclose(
-        fresh.A_dagger(fresh.A(x)), circ.A_dagger(circ.A(x)), rtol=1e-4, atol=1e-5
-    )
+    assert torch.allclose(fresh.fdk(fresh.A(x)), circ.fdk(circ.A(x)), rtol=1e-4, atol=1e-5)
     # deepinv's power method agrees (it returns the squared norm)
     torch.manual_seed(0)
     sq = circ.compute_sqnorm(torch.zeros(1, 1, N, N, N), max_iter=100, tol=1e-4, verbose=False)
@@ -250,7 +248,7 @@ def test_fdk_psnr_360_vs_30_views():
     psnr = {}
     for n_views in (360, 30):
         physics = ConeBeam.circular(n_views, (M, M, M), 200.0, 100.0, backend="rtk")
-        rec = physics.A_dagger(physics.A(phantom))
+        rec = physics.fdk(physics.A(phantom))
         mse = ((rec - phantom)[..., c, c, c] ** 2).mean()
         psnr[n_views] = float(10 * torch.log10(phantom.max() ** 2 / mse))
     print(f"FDK PSNR (central region): 360 views {psnr[360]:.2f} dB, 30 views {psnr[30]:.2f} dB")
@@ -276,7 +274,7 @@ def test_fdk_detector_conventions(variant):
         vecs[:, 3:6] += 2.3 * vecs[:, 6:9] + 1.7 * vecs[:, 9:12]
     ball = (2.0 * _smooth_ball((0, 0, 0), 0.35 * M, 1.0))[None, None]
     physics = ConeBeam(vecs, (M, M, M), det_shape=(57, 71), backend="rtk")
-    rec = physics.A_dagger(physics.A(ball))
+    rec = physics.fdk(physics.A(ball))
     c = slice(M // 8, M - M // 8)
     mse = ((rec - ball)[..., c, c, c] ** 2).mean()
     assert float(10 * torch.log10(4.0 / mse)) > 35.0
@@ -315,7 +313,7 @@ def test_rtk_and_astra_agree():
     circ_kw = dict(n_views=180, img_size=(M, M, M), source_origin=200.0, origin_detector=100.0)
     for backend in ("rtk", "astra"):
         op = ConeBeam.circular(**circ_kw, backend=backend)
-        rec = op.A_dagger(op.A(ball)).cpu()
+        rec = op.fdk(op.A(ball)).cpu()
         assert rec[
             0, 0, M // 2 - 4 : M // 2 + 4, M // 2 - 4 : M // 2 + 4, M // 2 - 4 : M // 2 + 4
         ].mean().item() == pytest.approx(2.0, rel=1e-2)

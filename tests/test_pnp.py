@@ -8,6 +8,7 @@ import torch
 from toys import ToyBlur, toy_sample
 
 from unroll3d.models.pnp import AlphaPGDIteration, PnPAlphaPGD
+from unroll3d.physics import initial_reconstruction
 
 torch.set_num_threads(1)
 
@@ -60,7 +61,7 @@ def test_alpha_one_is_plain_pgd():
     torch.manual_seed(0)
     model = PnPAlphaPGD(1, (4, 8, 8, 8), 1, lipschitz=s.meta["op_norm_sq"], iters=1, sigma=0.05)
     model.eval()
-    x0 = s.physics.A_dagger(s.y)
+    x0 = initial_reconstruction(s.physics, s.y)
     out = model(s.y, s.physics, x_init=x0)
     gamma = 1.0 / s.meta["op_norm_sq"]
     with torch.no_grad():

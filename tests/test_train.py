@@ -13,6 +13,7 @@ import unroll3d.cli.train as train_cli
 import unroll3d.engine.core as core
 import unroll3d.engine.train as tr
 from unroll3d.engine.evaluate import validate_result
+from unroll3d.physics import initial_reconstruction
 from unroll3d.variants import variant_spec
 
 torch.set_num_threads(1)
@@ -24,7 +25,7 @@ def fixed_loss(model, variant, H):
     s = loader("toy0")
     lip = s.meta["op_norm_sq"]
     phys = core.physics_for(s, spec, H, lip)
-    x0 = s.physics.A_dagger(s.y)
+    x0 = initial_reconstruction(s.physics, s.y)
     with torch.no_grad():
         if not spec.partition:
             return float(((model(s.y, phys, x_init=x0) - s.x) ** 2).mean())

@@ -29,6 +29,8 @@ from deepinv.physics import LinearPhysics
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from unroll3d.physics.initial import initial_reconstruction
+
 __all__ = [
     "patch_grid",
     "blend_window",
@@ -220,20 +222,36 @@ def sample_patch_start(
 
 
 class _GraphFreeLinear(torch.autograd.Function):
-    """``op(x)`` for a linear ``op`` evaluated without autograd; backward is ``adj(grad)``.
+    """``op(x)`` for a linear ``op`` evaluated without autograd; its derivative is ``adj``.
 
     Nothing is saved for backward, so a global operator applied to a patch costs no graph memory.
+    The backward is this function again with ``op`` and ``adj`` swapped, so double backward
+    (``create_graph=True``) and the ``torch.func`` transforms (``vjp``, ``grad``, ``jvp``,
+    ``vmap``) get the exact derivatives of the linear map.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, op: Callable, adj: Callable) -> Tensor:  # noqa: D102
-        ctx.adj = adj
+    def forward(x: Tensor, op: Callable, adj: Callable) -> Tensor:  # noqa: D102
         return op(x)
 
     @staticmethod
+    def setup_context(ctx, inputs, output):  # noqa: D102
+        ctx.op, ctx.adj = inputs[1], inputs[2]
+
+    @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: D102
-        with torch.no_grad():
-            return ctx.adj(grad), None, None
+        return _GraphFreeLinear.apply(grad, ctx.adj, ctx.op), None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: Tensor, *_):  # noqa: D102
+        return _GraphFreeLinear.apply(x_tangent, ctx.op, ctx.adj)
+
+    @staticmethod
+    def vmap(info, in_dims, x: Tensor, op: Callable, adj: Callable):  # noqa: D102
+        # one call per slice: the batch axis of x is patch-major and must not absorb the vmap axis
+        bdim = in_dims[0]
+        slices = [_GraphFreeLinear.apply(s, op, adj) for s in x.unbind(bdim)]
+        return torch.stack(slices), 0
 
 
 def _linear(x: Tensor, op: Callable, adj: Callable) -> Tensor:
@@ -257,8 +275,8 @@ class PartitionedPhysics(LinearPhysics):
       (a restricted normal-operator approximation, e.g. ``DiagCirculant.restrict(start, patch)``);
     - ``y_tilde = y − A S⊥ᵀ S⊥ x_context``, computed once without gradient as
       ``y − A(x_context with the patch zeroed)``;
-    - ``A_dagger(y)`` returns the crop ``S x_init`` when ``x_init`` is given (the patch network's
-      initial iterate), else deepinv's least-squares solve.
+    - ``A_dagger(y)`` is deepinv's least-squares solve on the patch; ``initial_reconstruction(y)``
+      (the patch network's first iterate) is the crop ``S x_init`` when ``x_init`` is given.
 
     Global operators never build an autograd graph; gradients w.r.t. the patch variable are
     obtained through the adjoint (``Ãᵀ`` for ``Ã``, ``Ã`` for ``Ãᵀ``, ``ÃᵀÃ`` for itself).
@@ -274,7 +292,8 @@ class PartitionedPhysics(LinearPhysics):
     :param y: global measurements ``(B, ...)``.
     :param x_context: global volume ``(B, C, *spatial)`` whose values outside the patch are the
         context (values inside the patch are ignored).
-    :param x_init: optional global initial volume; its crop is returned by ``A_dagger``.
+    :param x_init: optional global initial volume; its crop is returned by
+        ``initial_reconstruction``.
     :param normal_op: optional callable (or list of callables) replacing ``S AᵀA Sᵀ``.
     :param normal_scaling: factor applied to ``normal_op`` (e.g. ``‖A‖²`` when H was fitted to
         the normalised operator).
@@ -356,7 +375,8 @@ class PartitionedPhysics(LinearPhysics):
                 if len(starts) == 1
                 else y.detach().repeat(len(starts), *([1] * (y.ndim - 1)))
             )
-            self.y_tilde = y_rep - self._global(physics.A, ctx)
+            # a buffer: state_dict() and .to() carry it
+            self.register_buffer("y_tilde", y_rep - self._global(physics.A, ctx))
             del ctx
             self.x_init_patch = None if x_init is None else self.crop(x_init.detach())
         self.normal_correction = None
@@ -443,11 +463,12 @@ class PartitionedPhysics(LinearPhysics):
         out = out * self.normal_scaling if self.normal_scaling != 1.0 else out
         return out if self.normal_correction is None else out + self.normal_correction
 
-    def A_dagger(self, y: Tensor, **kwargs) -> Tensor:
-        """The crop ``S x_init`` when ``x_init`` was given, else a least-squares solve."""
+    def initial_reconstruction(self, y: Tensor, **kwargs) -> Tensor:
+        """The patch network's first iterate: the crop ``S x_init`` when ``x_init`` was given,
+        else ``A_dagger(y)`` (deepinv's least-squares solve)."""
         if self.x_init_patch is not None:
             return self.x_init_patch
-        return super().A_dagger(y, **kwargs)
+        return self.A_dagger(y, **kwargs)
 
 
 def _is_corner(start) -> bool:
@@ -463,8 +484,8 @@ def _is_corner(start) -> bool:
 class PartitionedReconstructor(Reconstructor):
     """Wrap any reconstructor ``base(y, physics) -> x`` for patch-wise training and inference.
 
-    The base reconstructor only sees :class:`PartitionedPhysics` and uses ``physics.A_dagger``
-    for its initial iterate, ``physics.A_adjoint(y)`` and ``physics.A_adjoint_A(x)``.
+    The base reconstructor only sees :class:`PartitionedPhysics` and uses
+    :func:`unroll3d.physics.initial_reconstruction` for its initial iterate, ``physics.A_adjoint(y)`` and ``physics.A_adjoint_A(x)``.
 
     :param base_reconstructor: the patch reconstructor (e.g. an unrolled network).
     :param img_size: ``(C, *spatial)`` or ``spatial`` of the global volume.
@@ -472,8 +493,9 @@ class PartitionedReconstructor(Reconstructor):
     :param stride: inference stride, default half overlap ``max(1, p // 2)``.
     :param blend: ``"uniform"`` (count-map average, default) or ``"triangular"``.
     :param patch_batch: number of patch positions reconstructed together at inference.
-    :param first_pass: when no ``x_init`` is given, run one patch-wise pass with the ``A_dagger``
-        estimate as context before refinement (else ``A_dagger(y)`` itself is the first estimate).
+    :param first_pass: when no ``x_init`` is given, run one patch-wise pass with the initial
+        reconstruction (FDK, zero-filled) as context before refinement (else that initial
+        reconstruction itself is the first estimate).
     :param n_refine: refinement passes run when ``refine=True``.
     :param train_ranges: per spatial axis, inclusive bounds ``(lo, hi)`` on the training patch
         corner, or ``None`` (whole axis) — see :func:`sample_patch_start`.
@@ -666,7 +688,7 @@ class PartitionedReconstructor(Reconstructor):
     ) -> Tensor:
         """Reconstruct the full volume from global ``y`` and ``physics`` (runs without grad).
 
-        1. ``x0 = physics.A_dagger(y)`` (unless given): its crops are the patch networks' initial
+        1. ``x0 = initial_reconstruction(physics, y)`` (FDK, zero-filled; unless given): its crops are the patch networks' initial
            iterates (paper §10 default).
         2. First estimate: ``x_init`` when given; else a patch-wise pass with ``x0`` as context
            (``first_pass=True``), or ``x0`` itself.
@@ -688,8 +710,8 @@ class PartitionedReconstructor(Reconstructor):
         )
         with torch.no_grad():
             if x0 is None:
-                x0 = physics.A_dagger(y)
-            self._check_volume(x0, "A_dagger(y)")
+                x0 = initial_reconstruction(physics, y)
+            self._check_volume(x0, "initial_reconstruction(physics, y)")
             if x_init is not None:
                 self._check_volume(x_init, "x_init")
                 est = x_init
@@ -731,7 +753,7 @@ class PartitionedReconstructor(Reconstructor):
         Draws a patch corner (or uses ``start``), builds ``ỹ = y − A S⊥ᵀ S⊥ x*`` from the
         ground-truth context, runs the base reconstructor on the patch problem and returns
         ``(R̃(ỹ, Ã), S x*)``; the loss ``‖estimate − target‖²`` backpropagates only through the
-        patch. ``x0`` (default ``physics.A_dagger(y)``, no grad) gives the initial iterate
+        patch. ``x0`` (default ``initial_reconstruction(physics, y)``, no grad) gives the initial iterate
         ``S x0``. The corner used is stored in ``self.last_start``.
         """
         self._check_volume(x_true, "x_true")
@@ -743,7 +765,7 @@ class PartitionedReconstructor(Reconstructor):
         factory, scaling = self._normal_factory(physics, fourier_filter, spatial_mask, normal)
         if x0 is None:
             with torch.no_grad():
-                x0 = physics.A_dagger(y)
+                x0 = initial_reconstruction(physics, y)
         normal_op = None if factory is None else factory(start)
         pphys = PartitionedPhysics(
             physics,

@@ -114,7 +114,7 @@ def iterate_errors(model, physics, img_size, start, patch, y, context, x0, h_pat
         raise ValueError(f"steps must be 'exact' or 'H', got {steps!r}")
     with torch.no_grad():
         pp = PartitionedPhysics(physics, img_size, start, patch, y, context, x_init=x0)
-        x = pp.A_dagger(pp.y_tilde).float()
+        x = pp.initial_reconstruction(pp.y_tilde).float()
         b = pp.A_adjoint(pp.y_tilde)
         eta, sig = model.step_sizes, model.sigmas
         out = []
@@ -172,12 +172,13 @@ def measure_volume(
     from unroll3d.config import evaluate_settings
     from unroll3d.engine.core import lipschitz_of, make_partitioner, physics_for, reconstruct
     from unroll3d.metrics import convention_for, psnr_under
+    from unroll3d.physics import initial_reconstruction
     from unroll3d.variants import variant_spec
 
     conv = convention_for(task, evaluate_settings(config))
     img = tuple(sample.x.shape[1:])
     with torch.no_grad():
-        x0 = sample.physics.A_dagger(sample.y).float()
+        x0 = initial_reconstruction(sample.physics, sample.y).float()
     lip = float(lipschitz) if lipschitz else lipschitz_of(sample, x0)
     s = h_scaling(H, lip)
     H_op = H.operator(img)

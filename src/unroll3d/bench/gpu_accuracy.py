@@ -114,7 +114,7 @@ def masked_blur(n: int, device, seed: int = 0):
         def A_adjoint(self, y, **kw):
             return self.blur.A_adjoint(self.mask * y)
 
-        def A_dagger(self, y, **kw):
+        def initial_reconstruction(self, y, **kw):
             return self.A_adjoint(y)  # an FDK stand-in: the back projection
 
     return MaskedBlur().to(device)
@@ -322,12 +322,13 @@ def section_ratio(rec: Recorder, prof: dict, tiny: bool, device, seed: int) -> N
     from unroll3d.bench.accuracy import gt_errors, iterate_errors
     from unroll3d.engine.core import patch_ranges
     from unroll3d.partition import sample_patch_start
+    from unroll3d.physics import initial_reconstruction
 
     n, patch = prof["ratio_volume"], tuple(prof["ratio_patch"])
     physics, lip, setting = operator(n, prof, tiny, device)
     sample = make_sample(n, seed, physics, lip, setting, device, noise=NOISE)
     with torch.no_grad():
-        x0 = physics.A_dagger(sample.y).float()
+        x0 = initial_reconstruction(physics, sample.y).float()
     t0 = time.perf_counter()
     H, heldout = fit_H(physics, n, lip, prof["ratio_fit_steps"], setting, device)
     volume = f"{n}³, patch {'×'.join(map(str, patch))}"
@@ -428,6 +429,7 @@ def section_train(rec: Recorder, prof: dict, tiny: bool, device, seed: int, trai
 
     from unroll3d.bench.accuracy import measure_volume
     from unroll3d.engine.core import physics_for
+    from unroll3d.physics import initial_reconstruction
     from unroll3d.variants import variant_spec
 
     n = prof["train_volume"]
@@ -447,7 +449,7 @@ def section_train(rec: Recorder, prof: dict, tiny: bool, device, seed: int, trai
     ]
     test = make_sample(n, seed + 100, physics, lip, setting, device, noise=NOISE)
     with torch.no_grad():
-        x0s = [physics.A_dagger(s.y).float() for s in samples]
+        x0s = [initial_reconstruction(physics, s.y).float() for s in samples]
     models = {}
     for variant in ("partition", "partition-H"):
         spec = variant_spec(variant)

@@ -341,7 +341,7 @@ def section_projector(rec, device, backend, prof, reference: Path | None) -> Non
             rec.add("projector", case, "Aᵀ time", t_at, "s")
             del ax, aty
             t0 = time.perf_counter()
-            rec_fdk = physics.A_dagger(physics.A(x))
+            rec_fdk = physics.fdk(physics.A(x))
             _sync(device)
             rec.add("projector", case, "A then FDK time", time.perf_counter() - t0, "s")
             del rec_fdk
@@ -510,7 +510,7 @@ def _sample(n, prof, backend, device):
     x = ball_phantom(n, device)
     with torch.no_grad():
         y = physics.A(x)
-        x0 = physics.A_dagger(y)
+        x0 = physics.fdk(y)
     lip = sqnorm(physics, img_size=(1, n, n, n), device=device, rtol=1e-3, max_iter=30)
     meta = {"setting": f"v{prof['views']}", "op_norm_sq": lip, "volume": "synthetic"}
     _SAMPLES[key] = (Sample(x, y, physics, meta), x0, lip)

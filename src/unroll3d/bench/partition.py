@@ -115,6 +115,8 @@ def _build_model(K: int, nc: list[int], nb: int, lipschitz: float):
         import torch
         from deepinv.models import DRUNet
 
+        from unroll3d.physics import initial_reconstruction
+
         class _PGD(torch.nn.Module):
             def __init__(self):
                 super().__init__()
@@ -122,7 +124,7 @@ def _build_model(K: int, nc: list[int], nb: int, lipschitz: float):
                 self.eta = torch.nn.Parameter(torch.tensor(1.0 / lipschitz))
 
             def forward(self, y, physics, x_init=None, **kw):
-                x = physics.A_dagger(y) if x_init is None else x_init
+                x = initial_reconstruction(physics, y) if x_init is None else x_init
                 aty = physics.A_adjoint(y)
                 for _ in range(K):
                     x = x - self.eta * (physics.A_adjoint_A(x) - aty)
@@ -147,7 +149,7 @@ def measure(args: dict) -> dict:
     x = torch.rand(1, 1, n, n, n, device=dev)
     with torch.no_grad():
         y = physics.A(x)
-        x0 = physics.A_dagger(y) if args["op"] == "conebeam" else physics.A_adjoint(y)
+        x0 = physics.fdk(y) if args["op"] == "conebeam" else physics.A_adjoint(y)
         lipschitz = 1.0
         if args["op"] == "conebeam":  # ‖A‖² by a few power iterations, so η ≈ 1/‖A‖²
             lipschitz = float(

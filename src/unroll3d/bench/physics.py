@@ -107,7 +107,7 @@ def bench_conebeam(sizes, views, backends, repeats, threads):
                 for op, fn, arg in [
                     ("A", physics.A, x),
                     ("A_adjoint", physics.A_adjoint, y),
-                    ("fdk", physics.A_dagger, y),
+                    ("fdk", physics.fdk, y),
                 ]:
                     with torch.no_grad():
                         m = measure(fn, arg, repeats, cuda)

@@ -4,7 +4,7 @@ The one interface the rest of the project uses is :func:`load_sample`::
 
     from unroll3d.data import load_sample
     s = load_sample("results/data/cbct/walnut3.pt", "v30")
-    x0 = s.physics.A_dagger(s.y)
+    x0 = initial_reconstruction(s.physics, s.y)  # from unroll3d.physics; FDK or zero-filled
 
 A preprocessed file holds the full measurement (all views of the orbit; fully sampled k-space)
 and the ground truth; the sparse-view subset or the undersampling mask of a ``setting`` is

@@ -23,7 +23,7 @@ from unroll3d.models import build_variant
 from unroll3d.normal import DiagCirculantWrapper, NormalFit, check_fit_matches, load_normal
 from unroll3d.normal.mask import mask_normal, probe_error
 from unroll3d.partition import PartitionedReconstructor, crop_patch, sample_patch_start
-from unroll3d.physics import sqnorm
+from unroll3d.physics import initial_reconstruction, sqnorm
 from unroll3d.variants import VariantSpec
 
 __all__ = [
@@ -484,7 +484,7 @@ class SampleCache:
         if i not in self._cache:
             sample = self.loader(self.paths[i])
             with torch.no_grad():
-                x0 = sample.physics.A_dagger(sample.y).float()
+                x0 = initial_reconstruction(sample.physics, sample.y).float()
             if self.lipschitz is None:
                 self.lipschitz = self.lipschitz_fn(sample, x0)
             H = self.H if self.h_of is None else self.h_of(sample, self.H)
@@ -520,7 +520,7 @@ class SampleCache:
             self.get(0)
         sample = redraw(self.paths[i], seed)
         with torch.no_grad():
-            x0 = sample.physics.A_dagger(sample.y).float()
+            x0 = initial_reconstruction(sample.physics, sample.y).float()
         H = self.H if self.h_of is None else self.h_of(sample, self.H)  # the draw's own mask
         phys = physics_for(sample, self.spec, H, self.lipschitz)
         return Prepared(sample, phys, x0, lipschitz=self.lipschitz, H=H)

@@ -33,6 +33,7 @@ from unroll3d.engine.core import (
 )
 from unroll3d.metrics import compute_metrics, convention_for
 from unroll3d.models import count_parameters
+from unroll3d.physics import initial_reconstruction
 from unroll3d.utils import atomic_path, device_name
 from unroll3d.variants import variant_spec
 
@@ -179,7 +180,7 @@ def evaluate_volume(
         sync(device)
         t0 = time.perf_counter()
         with torch.no_grad():
-            x0 = sample.physics.A_dagger(sample.y).float()
+            x0 = initial_reconstruction(sample.physics, sample.y).float()
         lip = payload.get("lipschitz") or lipschitz_of(sample, x0)
         physics = physics_for(sample, spec, H, lip)
         rec = reconstruct(model, spec, task, config, sample, physics, x0, H)

@@ -7,14 +7,17 @@ from typing import Any
 import torch
 from deepinv.models import Reconstructor
 
+from unroll3d.physics import initial_reconstruction
+
 __all__ = ["Analytical", "ZeroFilledRSS", "Adjoint", "TVReconstructor"]
 
 
 class Analytical(Reconstructor):
-    """The analytical initial reconstruction ``physics.A_dagger(y)`` (FDK for cone beam)."""
+    """The analytical initial reconstruction ``initial_reconstruction(physics, y)`` (FDK for cone beam,
+    zero-filled Aᴴy for MRI)."""
 
     def forward(self, y, physics, x_init: torch.Tensor | None = None, **kwargs: Any):
-        return physics.A_dagger(y) if x_init is None else x_init
+        return initial_reconstruction(physics, y) if x_init is None else x_init
 
 
 class ZeroFilledRSS(Reconstructor):
@@ -59,7 +62,7 @@ class TVReconstructor(Reconstructor):
     def forward(self, y, physics, x_init: torch.Tensor | None = None, **kwargs: Any):
         from deepinv.optim import FISTA, L2, TVPrior
 
-        x0 = physics.A_dagger(y) if x_init is None else x_init
+        x0 = initial_reconstruction(physics, y) if x_init is None else x_init
         L = float(self.lipschitz)
         prior = TVPrior(n_it_max=self.inner)
         algo = FISTA(

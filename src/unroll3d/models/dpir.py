@@ -21,6 +21,7 @@ from torch import nn
 
 from unroll3d.data.download import file_hash
 from unroll3d.models.drunet import apply_slicewise
+from unroll3d.physics import initial_reconstruction
 
 __all__ = ["DENOISERS", "SliceDenoiser", "DPIRSlices", "load_denoiser2d", "checked_weights"]
 
@@ -106,7 +107,7 @@ class DPIRSlices(Reconstructor):
         normalised = LinearPhysics(
             A=lambda v: physics.A(v) / s, A_adjoint=lambda v: physics.A_adjoint(v) / s
         )
-        x0 = (physics.A_dagger(y) if x_init is None else x_init).float()
+        x0 = (initial_reconstruction(physics, y) if x_init is None else x_init).float()
         algo = DPIR(sigma=self.noise_level, denoiser=self.denoiser, device=x0.device)
         with torch.no_grad():
             return algo(y / s, normalised, init=x0)

@@ -27,6 +27,7 @@ from deepinv.optim import L2, BaseOptim, PnP
 from deepinv.optim.optim_iterators import OptimIterator
 
 from unroll3d.models.drunet import DRUNet3D, Tiling
+from unroll3d.physics import initial_reconstruction
 
 __all__ = ["AlphaPGDIteration", "PnPAlphaPGD", "ALGO_PARAMS"]
 
@@ -108,10 +109,10 @@ class PnPAlphaPGD(Tiling, Reconstructor):
         iterate_metric: Callable[[torch.Tensor], float] | None = None,
         **kwargs: Any,
     ):
-        """Run α-PGD from ``x_init`` (default ``A†y``). With ``iterate_metric(x) -> float``,
+        """Run α-PGD from ``x_init`` (default ``initial_reconstruction(physics, y)``). With ``iterate_metric(x) -> float``,
         returns ``(x, [metric of x_1, ..., x_n])`` (the validation grid's per-iteration score)."""
         p = self.params
-        x0 = (physics.A_dagger(y) if x_init is None else x_init).float()
+        x0 = (initial_reconstruction(physics, y) if x_init is None else x_init).float()
         prior = PnP(denoiser=lambda v, s: self._denoise(v, torch.as_tensor(s)))
         algo = BaseOptim(
             AlphaPGDIteration(),

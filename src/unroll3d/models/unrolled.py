@@ -3,7 +3,7 @@
 Every model follows the ``(y, physics)`` contract of :class:`deepinv.models.Reconstructor`
 and touches the operator only through
 
-- ``physics.A_dagger(y)`` for the initial iterate :math:`x_0` (skipped when ``x_init`` is given),
+- ``initial_reconstruction(physics, y)`` (FDK, zero-filled Aᴴy) for the initial iterate :math:`x_0` (skipped when ``x_init`` is given),
 - ``physics.A_adjoint(y)`` once,
 - ``physics.A_adjoint_A(x)`` once per iteration,
 
@@ -29,6 +29,7 @@ from deepinv.models import Reconstructor
 from torch import nn
 
 from unroll3d.models.drunet import DRUNet3D, DRUNetSlices, Tiling, inv_softplus
+from unroll3d.physics import initial_reconstruction
 
 __all__ = ["UnrolledPGD", "PostProcess"]
 
@@ -104,8 +105,9 @@ class UnrolledPGD(Tiling, Reconstructor):
     def forward(
         self, y: torch.Tensor, physics, x_init: torch.Tensor | None = None, **kwargs: Any
     ) -> torch.Tensor:
-        """Run the K iterations; ``x_init`` replaces ``physics.A_dagger(y)`` when given."""
-        x = physics.A_dagger(y) if x_init is None else x_init
+        """Run the K iterations; ``x_init`` replaces ``initial_reconstruction(physics, y)`` when
+        given."""
+        x = initial_reconstruction(physics, y) if x_init is None else x_init
         x = x.float()
         aty = physics.A_adjoint(y)
         eta = self.step_sizes
@@ -154,5 +156,5 @@ class PostProcess(Tiling, Reconstructor):
         self.bf16 = False
 
     def forward(self, y, physics, x_init: torch.Tensor | None = None, **kwargs: Any):
-        x0 = physics.A_dagger(y) if x_init is None else x_init
+        x0 = initial_reconstruction(physics, y) if x_init is None else x_init
         return self._denoise(x0.float(), F.softplus(self.sigma_raw))

@@ -17,6 +17,7 @@ from unroll3d.normal.operator import (
     _check_img_size,
     operator_hash,
 )
+from unroll3d.physics import initial_reconstruction
 
 __all__ = ["DiagCirculantWrapper"]
 
@@ -24,7 +25,8 @@ __all__ = ["DiagCirculantWrapper"]
 class DiagCirculantWrapper(LinearPhysics):
     r"""Any :class:`deepinv.physics.LinearPhysics` with its normal operator replaced by H.
 
-    ``A``, ``A_adjoint`` and ``A_dagger`` are the wrapped physics' (exact); ``A_adjoint_A`` is
+    ``A``, ``A_adjoint``, ``A_dagger`` and ``initial_reconstruction`` are the wrapped physics'
+    (exact); ``A_adjoint_A`` is
     ``scaling · H x``. H was fitted to :math:`A^\top A / \|A\|^2`, so pass
     ``scaling = ‖A‖²`` (the ``scaling`` stored by :func:`save_normal`) for an unnormalised A.
     The parameters can be given here or at call time
@@ -144,6 +146,11 @@ class DiagCirculantWrapper(LinearPhysics):
         kwargs.pop("fourier_filter", None)
         kwargs.pop("spatial_mask", None)
         return self.physics.A_dagger(y, **kwargs)
+
+    def initial_reconstruction(self, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """The wrapped physics' first estimate (FDK, zero-filled), see
+        :func:`unroll3d.physics.initial_reconstruction`."""
+        return initial_reconstruction(self.physics, y, **kwargs)
 
     def A_adjoint_A(
         self,

@@ -1,8 +1,10 @@
-"""Measurement operators: cone-beam CT (RTK on CPU, astra on CUDA), FDK, 3D multi-coil MRI, and
-the power-method norms ‖A‖ / ‖A‖² shared by all of them."""
+"""Measurement operators: cone-beam CT (RTK on CPU, astra on CUDA), FDK, 3D multi-coil MRI, the
+models' initial reconstruction (:func:`initial_reconstruction`), and the power-method norms
+‖A‖ / ‖A‖² shared by all of them."""
 
 from .conebeam import ConeBeam, circular_vectors, cuda_astra_available
 from .fdk import fdk
+from .initial import initial_reconstruction
 from .mri import (
     MultiCoilMRI3D,
     estimate_coil_maps,
@@ -20,6 +22,7 @@ __all__ = [
     "cuda_astra_available",
     "estimate_coil_maps",
     "fdk",
+    "initial_reconstruction",
     "kspace_scale",
     "operator_norm",
     "partial_kz_mask",

@@ -108,26 +108,61 @@ def _default_det_shape(vectors: np.ndarray, vol_shape, voxel_size: float) -> tup
     return 2 * math.ceil(max_r) + 1, 2 * math.ceil(max_c) + 1
 
 
+def _vmap_by_loop(fn, in_dims, t, op):
+    """vmap rule of a projector: apply ``fn`` to each slice along the vmapped dimension."""
+    bdim = in_dims[0]
+    if bdim is None:  # only a non-tensor argument is batched: nothing to map over
+        return fn(t, op), None
+    return torch.stack([fn(s, op) for s in t.unbind(bdim)]), 0
+
+
 class _Project(torch.autograd.Function):
+    """``A x`` (raw projector, no graph); its derivative is :class:`_BackProject`, so
+    ``backward``, double backward and the ``torch.func`` transforms all use the exact adjoint."""
+
     @staticmethod
-    def forward(ctx, x, op):
-        ctx.op = op
+    def forward(x, op):
         return op._forward_raw(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.op = inputs[1]
 
     @staticmethod
     def backward(ctx, grad):
         return _BackProject.apply(grad, ctx.op), None
 
+    @staticmethod
+    def jvp(ctx, x_tangent, _):
+        return _Project.apply(x_tangent, ctx.op)
+
+    @staticmethod
+    def vmap(info, in_dims, x, op):
+        return _vmap_by_loop(_Project.apply, in_dims, x, op)
+
 
 class _BackProject(torch.autograd.Function):
+    """``Aᵀ y`` (raw back projector, no graph); its derivative is :class:`_Project`."""
+
     @staticmethod
-    def forward(ctx, y, op):
-        ctx.op = op
+    def forward(y, op):
         return op._adjoint_raw(y)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.op = inputs[1]
 
     @staticmethod
     def backward(ctx, grad):
         return _Project.apply(grad, ctx.op), None
+
+    @staticmethod
+    def jvp(ctx, y_tangent, _):
+        return _BackProject.apply(y_tangent, ctx.op)
+
+    @staticmethod
+    def vmap(info, in_dims, y, op):
+        return _vmap_by_loop(_BackProject.apply, in_dims, y, op)
 
 
 class ConeBeam(LinearPhysics):
@@ -136,7 +171,9 @@ class ConeBeam(LinearPhysics):
     :math:`A` is the Joseph projector (rtk backend, CPU) or astra's ray-driven projector (astra
     backend, CUDA); :math:`s` is a scale (1 unless :meth:`normalize_` was called) stored as a
     buffer together with the geometry vectors. ``A`` and ``A_adjoint`` are differentiable
-    (autograd's gradient of one is the other), ``A_dagger`` is FDK.
+    (autograd's gradient of one is the other, also under ``torch.func`` transforms).
+    ``A_dagger`` is deepinv's least-squares pseudo-inverse (``solver=``, ``max_iter=``, ``tol=``);
+    :meth:`fdk` is the analytical reconstruction, the pipeline's initial estimate.
 
     :param vectors: ``(n_views, 12)`` ASTRA ``cone_vec`` geometry, in the unit of ``voxel_size``.
     :param tuple img_size: ``(1, D, H, W)`` or ``(D, H, W)``.
@@ -314,11 +351,15 @@ class ConeBeam(LinearPhysics):
         """Back projection (exact adjoint of :meth:`A` on rtk)."""
         return _BackProject.apply(y, self)
 
-    def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
-        """FDK reconstruction, see :func:`unroll3d.physics.fdk`."""
+    def fdk(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        """FDK reconstruction (no gradient), see :func:`unroll3d.physics.fdk`."""
         from .fdk import fdk
 
         return fdk(y, self, **kwargs)
+
+    def initial_reconstruction(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The models' first estimate: :meth:`fdk` (``A_dagger`` is the least-squares one)."""
+        return self.fdk(y, **kwargs)
 
     def operator_norm(self, **kwargs) -> float:
         """Spectral norm ‖sA‖ (power method), see :func:`operator_norm`."""

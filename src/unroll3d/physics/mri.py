@@ -14,8 +14,10 @@ FFT (``ifftshift → fftn(norm="ortho") → fftshift`` over the last three axes)
 * coil sensitivities from the calibration region (:func:`estimate_coil_maps`: low-resolution coil
   images from a Hann-windowed centre of k-space, divided by their root-sum-of-squares, a
   published simple alternative to ESPIRiT that needs no extra dependency);
-* ``A_dagger`` = the coil-combined zero-filled adjoint :math:`A^H y`, and a k-space scale helper
-  (:func:`kspace_scale`).
+* the zero-filled reconstructions (:meth:`MultiCoilMRI3D.zero_filled`, the coil-combined
+  :math:`A^H y`, the models' first estimate; :meth:`MultiCoilMRI3D.rss_zero_filled`, the
+  root-sum-of-squares magnitude) and a k-space scale helper (:func:`kspace_scale`). ``A_dagger``
+  stays deepinv's least-squares (SENSE) solve.
 """
 
 from __future__ import annotations
@@ -238,7 +240,7 @@ def estimate_coil_maps(
 def kspace_scale(y: torch.Tensor, physics, quantile: float = 0.99) -> float:
     """Scale factor such that the zero-filled reconstruction of ``y / scale`` has its
     ``quantile`` magnitude at 1 (a per-volume normalisation; store it with the data)."""
-    x = physics.A_dagger(y)
+    x = physics.zero_filled(y)
     mag = torch.sqrt((x**2).sum(1)).flatten()
     if mag.numel() > 2**24:
         mag = mag[torch.randperm(mag.numel(), generator=torch.Generator().manual_seed(0))[: 2**24]]
@@ -257,8 +259,8 @@ class MultiCoilMRI3D(MultiCoilMRI):
     :param tuple img_size: ``(2, D, H, W)`` or ``(D, H, W)``.
     :param device: torch device.
 
-    x is ``(B, 2, D, H, W)``; y is ``(B, 2, N, D, H, W)``; ``A_dagger`` is the coil-combined
-    zero-filled adjoint.
+    x is ``(B, 2, D, H, W)``; y is ``(B, 2, N, D, H, W)``; ``A_dagger`` is deepinv's least-squares
+    (SENSE) solve; :meth:`zero_filled` (:math:`A^H y`) is the models' first estimate.
 
     :Example:
 
@@ -303,6 +305,17 @@ class MultiCoilMRI3D(MultiCoilMRI):
             **kwargs,
         )
 
+    @staticmethod
+    def to_torch_complex(x: torch.Tensor) -> torch.Tensor:
+        """``(B, 2, ...)`` real → ``(B, ...)`` complex: deepinv's values, built without
+        ``view_as_complex`` so that ``torch.func.vmap`` runs through the operator."""
+        return torch.complex(x[:, 0], x[:, 1])
+
+    @staticmethod
+    def from_torch_complex(x: torch.Tensor) -> torch.Tensor:
+        """``(B, ...)`` complex → ``(B, 2, ...)`` real (vmap-able, as :meth:`to_torch_complex`)."""
+        return torch.stack([x.real, x.imag], dim=1)
+
     @property
     def n_coils(self) -> int:
         return int(self.coil_maps.shape[1])
@@ -321,7 +334,12 @@ class MultiCoilMRI3D(MultiCoilMRI):
         coil_images = self.ifft(my, dim=(-3, -2, -1))
         return coil_images.abs().square().sum(dim=1, keepdim=True).sqrt()
 
-    def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Coil-combined zero-filled reconstruction :math:`A^H y` (exact inverse for R = 1 and
-        RSS-normalised maps)."""
+    def zero_filled(self, y: torch.Tensor) -> torch.Tensor:
+        """Coil-combined zero-filled reconstruction :math:`A^H y`, ``(B, 2, D, H, W)`` (the exact
+        inverse for R = 1 and RSS-normalised maps)."""
         return self.A_adjoint(y)
+
+    def initial_reconstruction(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The models' first estimate: :meth:`zero_filled` (``A_dagger`` is the least-squares
+        one)."""
+        return self.zero_filled(y)
