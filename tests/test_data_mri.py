@@ -175,29 +175,6 @@ def test_real_split_lists_in_config():
     assert not set(s["train"]) & set(s["test"]) and not set(s["val"]) & set(s["test"])
 
 
-def test_challenge_masks_used_when_given(toy_zip, tmp_path):
-    src, _ = toy_zip
-    rng = np.random.default_rng(0)
-    bank = (rng.random((3, SHAPE[1], SHAPE[2])) < 0.3).astype(bool)
-    np.save(tmp_path / "R5_20x18.npy", bank)
-    np.save(tmp_path / "R10_30x18.npy", bank[:, :1].repeat(30, axis=1))  # other size: ignored
-    vol = TRAIN[0]
-    masks = [tmp_path / "R5_20x18.npy", tmp_path / "R10_30x18.npy"]
-    meta = mri.preprocess_mri(
-        src / "train_val_12_channel.zip", vol, tmp_path / "v.pt", calib=3, challenge_masks=masks
-    )
-    assert meta["mask_source"].startswith("challenge") and "R5_20x18.npy" in meta["input_sha256"]
-    s = load_sample(tmp_path / "v.pt", "R5", mask_seed=4)
-    assert s.meta["mask"] == "challenge R5 #1"
-    expected = torch.from_numpy(bank[1].astype(np.float32))
-    expected[:, 16:] = 0  # partial Fourier
-    torch.testing.assert_close(s.physics.mask.reshape(-1, *SHAPE)[0, 0], expected)
-    assert load_sample(tmp_path / "v.pt", "R10").meta["mask"] == "seeded"
-    with pytest.raises(DataError, match="expected"):
-        np.save(tmp_path / "R5_9x9.npy", bank)
-        mri.read_challenge_masks(tmp_path / "R5_9x9.npy")
-
-
 @pytest.mark.parametrize(
     ("data", "message"),
     [

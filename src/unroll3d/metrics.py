@@ -113,6 +113,13 @@ def ssim_slices(
     return _ssim_nd(x4, t4, data_range, win, sigma)[0]
 
 
+#: MRI ground truths (``evaluate.mri_ground_truth``), as the tables name them.
+REFERENCES = {
+    "coil-combined": "the coil-combined image",
+    "rss": "RSS of the fully sampled coil images (the CC challenge's reference)",
+}
+
+
 @dataclass(frozen=True)
 class MetricConvention:
     """How a task's volumes are prepared before PSNR/SSIM.
@@ -122,6 +129,7 @@ class MetricConvention:
     :param bool clip_zero: clip both volumes at 0.
     :param tuple crop: central fraction (lo, hi) of every spatial axis, or None.
     :param float data_range: fixed range, or None for the per-volume ground-truth maximum.
+    :param str reference: MRI ground truth, ``coil-combined`` or ``rss``; None for CBCT.
     """
 
     task: str
@@ -129,9 +137,12 @@ class MetricConvention:
     clip_zero: bool
     crop: tuple[float, float] | None
     data_range: float | None
+    reference: str | None = None
 
     def describe(self) -> str:
         parts = []
+        if self.reference is not None:
+            parts.append(f"ground truth = {REFERENCES[self.reference]}")
         if self.magnitude:
             parts.append("magnitude of the real/imag channels")
         if self.clip_zero:
@@ -160,7 +171,14 @@ def convention_for(task: str, evaluate_config: dict | None = None) -> MetricConv
             data_range=float(cfg.get("cbct_data_range", 1.0)),
         )
     if task == "mri":
-        return MetricConvention("mri", magnitude=True, clip_zero=False, crop=None, data_range=None)
+        reference = cfg.get("mri_ground_truth", "coil-combined")
+        if reference not in REFERENCES:
+            raise ValueError(
+                f"evaluate.mri_ground_truth must be one of {sorted(REFERENCES)}, got {reference!r}"
+            )
+        return MetricConvention(
+            "mri", magnitude=True, clip_zero=False, crop=None, data_range=None, reference=reference
+        )
     raise ValueError(f"unknown task {task!r}; known: ['cbct', 'mri']")
 
 

@@ -10,6 +10,8 @@ from snakemake.utils import validate
 
 import unroll3d.config as u3config
 from unroll3d import paths
+from unroll3d.data.masks import challenge_mask_files
+from unroll3d.data.weights import DOWNLOAD as DPIR_DOWNLOAD, weights_file as dpir_weights_file
 from unroll3d.variants import VARIANTS, needs_H
 
 
@@ -141,9 +143,12 @@ def _stored_views():
 
 
 def _challenge_masks():
+    """The challenge's mask files of every grid size for each acceleration (mask_source
+    challenge; a volume uses the file of its own ky×kz size), else none."""
     if config["mri"].get("mask_source", "seeded") != "challenge":
         return []
-    return [f"{RESOURCES}/mri/raw/R{r:g}_218x170.npy" for r in config["mri"]["accelerations"]]
+    names = challenge_mask_files(config["mri"]["accelerations"])  # R without masks: stops here
+    return [f"{RESOURCES}/mri/raw/{name}" for name in names]
 
 
 # ---- normal stage helpers (used by workflow/rules/normal.smk) ----
@@ -197,11 +202,25 @@ def training_volumes(task):
     }
 
 
+def dpir_download():
+    """The weights file that train.dpir_weights: download fetches (rule download_dpir_weights),
+    else None."""
+    t = config.get("train", {})
+    if t.get("dpir_weights") != DPIR_DOWNLOAD:
+        return None
+    return dpir_weights_file(DPIR_DOWNLOAD, t.get("dpir_denoiser", "ram"), f"{RESOURCES}/weights")
+
+
 def pretrained_weights(variant):
-    """DPIR's weights file as an input when it exists ({"weights": path}); absent, the job
-    records "weights not available"."""
+    """DPIR's weights file as an input ({"weights": path}): the downloaded one, or a hand-placed
+    one when it exists; absent, the job records "weights not available"."""
+    if VARIANTS[variant].kind != "dpir":
+        return {}
+    downloaded = dpir_download()
+    if downloaded:  # with the SHA-256 record the download writes next to it
+        return {"weights": downloaded, "weights_record": f"{downloaded}.sha256"}
     path = config.get("train", {}).get("dpir_weights")
-    if VARIANTS[variant].kind == "dpir" and path and Path(path).is_file():
+    if path and Path(path).is_file():
         return {"weights": path}
     return {}
 

@@ -1,4 +1,6 @@
-# Data stage: toy raw files (smoke) -> checksummed download -> one preprocessed .pt per volume.
+# Data stage: toy raw files (smoke) -> checksummed download -> one preprocessed .pt per volume;
+# the challenge's mask files (mri.mask_source: challenge) and DPIR's pretrained weights
+# (train.dpir_weights: download) are downloaded here too.
 # Helpers for other rule files: volumes(task, split) and sample_path(task, volume).
 # Raw files: resources/{task}/raw/; toy sources: resources/{task}/toy/ (served on 127.0.0.1 to pooch).
 
@@ -12,6 +14,7 @@ localrules:
     download_walnut,
     download_mri,
     download_mri_mask,
+    download_dpir_weights,
 
 
 rule toy_cbct:
@@ -141,22 +144,44 @@ rule preprocess_walnut:
 
 rule download_mri_mask:
     output:
-        f"{RESOURCES}/mri/raw/R{{r}}_218x{{nz}}.npy",
+        f"{RESOURCES}/mri/raw/R{{r}}_{{ny}}x{{nz}}.npy",
     wildcard_constraints:
         r=r"\d+",
+        ny=r"\d+",
         nz=r"\d+",
     params:
         outdir=lambda wildcards, output: Path(output[0]).parent,
+        retries=config["mri"]["download_retries"],
     log:
-        f"{LOGS}/download/R{{r}}_218x{{nz}}.log",
+        f"{LOGS}/download/R{{r}}_{{ny}}x{{nz}}.log",
     benchmark:
-        f"{BENCH}/download/R{{r}}_218x{{nz}}.tsv"
+        f"{BENCH}/download/R{{r}}_{{ny}}x{{nz}}.tsv"
     threads: 1
     conda:
         CONDA_ENV
     shell:
-        "unroll3d data download --task mri --file R{wildcards.r}_218x{wildcards.nz}.npy"
-        " --dest {params.outdir} > {log} 2>&1"
+        "unroll3d data download --task mri --file R{wildcards.r}_{wildcards.ny}x{wildcards.nz}.npy"
+        " --dest {params.outdir} --retries {params.retries} > {log} 2>&1"
+
+
+rule download_dpir_weights:
+    output:
+        weights=f"{RESOURCES}/weights/{{file}}",
+        record=f"{RESOURCES}/weights/{{file}}.sha256",
+    wildcard_constraints:
+        file=r"[A-Za-z0-9_.-]+(?<!\.sha256)",
+    params:
+        outdir=lambda wildcards, output: Path(output.weights).parent,
+    log:
+        f"{LOGS}/download/weights/{{file}}.log",
+    benchmark:
+        f"{BENCH}/download/weights/{{file}}.tsv"
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "unroll3d data download --task weights --file {wildcards.file} --dest {params.outdir}"
+        " --retries 3 > {log} 2>&1"
 
 
 rule preprocess_mri:

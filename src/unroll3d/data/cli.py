@@ -12,6 +12,7 @@ from pathlib import Path
 from unroll3d.data.download import (
     DataError,
     download,
+    download_recorded,
     freeze_registry,
     package_registry,
     read_registry,
@@ -49,6 +50,10 @@ def _download(a) -> int:
     hint = (
         MANUAL_HINT
         if a.task == "mri" and a.file == RAW_ZIP
+        else f"Download {entry.url} by hand and place it at {a.dest}/{a.file} (its SHA-256 is "
+        "recorded on the next run), or set train.dpir_weights to a weights file and "
+        "train.dpir_sha256 to its SHA-256."
+        if a.task == "weights"
         else (
             f"Download {a.file} by hand from https://doi.org/{entry.url[4:].rsplit('/', 1)[0]} and place it "
             f"in {a.dest}/; its checksum is verified on the next run."
@@ -56,11 +61,12 @@ def _download(a) -> int:
             else None
         )
     )
+    fetch = download_recorded if a.task == "weights" else download
     if a.serve:
         with serve_directory(a.serve) as base:
-            path = download(entry, a.dest, base_url=base, retries=a.retries, manual_hint=hint)
+            path = fetch(entry, a.dest, base_url=base, retries=a.retries, manual_hint=hint)
     else:
-        path = download(
+        path = fetch(
             entry,
             a.dest,
             base_url=a.base_url,
@@ -68,7 +74,7 @@ def _download(a) -> int:
             manual_hint=hint,
             verify_tls=not a.insecure,
         )
-    print(f"{path} ({entry.hash or 'checksum not pinned'})")
+    print(f"{path} ({entry.hash or 'checksum not pinned in the registry'})")
     return 0
 
 
@@ -175,7 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="action", required=True)
 
     d = sub.add_parser("download", help="download one raw file (checksummed, retried)")
-    d.add_argument("--task", choices=["cbct", "mri"], required=True)
+    d.add_argument(
+        "--task",
+        choices=["cbct", "mri", "weights"],
+        required=True,
+        help="which package registry (weights: DPIR's pretrained denoisers)",
+    )
     d.add_argument("--file", required=True, help="file name as listed in the registry")
     d.add_argument("--dest", required=True, type=Path, help="raw-data folder")
     d.add_argument("--registry", type=Path, help="registry CSV (default: the package's)")

@@ -44,8 +44,15 @@ class RegistryEntry:
 
 
 def package_registry(task: str) -> Path:
-    """Path of the registry shipped with the package for ``task`` ("cbct" or "mri")."""
-    name = {"cbct": "walnut_registry.csv", "mri": "mri_registry.csv"}[task]
+    """Path of the registry shipped with the package for ``task`` ("cbct", "mri" or "weights")."""
+    names = {
+        "cbct": "walnut_registry.csv",
+        "mri": "mri_registry.csv",
+        "weights": "weights_registry.csv",
+    }
+    if task not in names:
+        raise DataError(f"no package registry for {task!r}; known: {sorted(names)}")
+    name = names[task]
     return Path(str(resources.files("unroll3d.data").joinpath(name)))
 
 
@@ -264,6 +271,53 @@ def download(
             file_hash(dest, "sha256"),
         )
     return dest
+
+
+def hash_record_path(path: str | Path) -> Path:
+    """The file next to ``path`` that records its SHA-256 (``<file>.sha256``)."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def read_hash_record(path: str | Path) -> tuple[str, bool] | None:
+    """``(sha256 hex, pinned)`` recorded next to ``path`` by :func:`download_recorded`, or ``None``.
+
+    :raises DataError: a record that does not start with ``sha256:<64 hex>``.
+    """
+    rec = hash_record_path(path)
+    if not rec.is_file():
+        return None
+    words = rec.read_text().split()
+    alg, value = split_hash(words[0]) if words else ("", "")
+    if alg != "sha256" or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise DataError(f"{rec}: not a checksum record (expected 'sha256:<64 hex digits> ...')")
+    return value, words[1:2] == ["pinned"]
+
+
+def download_recorded(entry: RegistryEntry, dest_dir: str | Path, **kwargs) -> Path:
+    """:func:`download`, then record the file's SHA-256 next to it (``<file>.sha256``).
+
+    An entry without a pinned hash is trusted on its first download only: the record says
+    ``unpinned`` and every later run checks the file (and any new download) against it, so a
+    file that changes upstream is refused instead of used silently. ``kwargs`` go to
+    :func:`download`.
+    """
+    dest = Path(dest_dir) / entry.file
+    record = read_hash_record(dest)
+    if entry.hash is None and record is not None:
+        entry = RegistryEntry(entry.file, entry.url, f"sha256:{record[0]}", entry.note)
+    path = download(entry, dest_dir, **kwargs)
+    if record is None:
+        pinned = entry.hash is not None
+        sha = file_hash(path, "sha256")
+        how = "pinned in the registry" if pinned else "unpinned: recorded at the first download"
+        with atomic_path(hash_record_path(path)) as tmp:
+            tmp.write_text(
+                f"sha256:{sha} {'pinned' if pinned else 'unpinned'} ({how}; {entry.url})\n"
+            )
+        if not pinned:
+            log.warning("%s: UNPINNED; sha256:%s recorded in %s", path, sha, hash_record_path(path))
+    return path
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -20,7 +20,9 @@ Preprocessing:
    three_d=True)`` with a full mask and the true maps reproduces the data;
 5. coil maps from the centred calibration disc of radius ``calib`` in ky-kz (all x), normalised
    by their root-sum-of-squares (:func:`unroll3d.physics.estimate_coil_maps`);
-6. ground truth = the coil-combined complex image ``sum_c conj(S_c) I_c / sum_c |S_c|^2``.
+6. ground truth = the coil-combined complex image ``sum_c conj(S_c) I_c / sum_c |S_c|^2``; the
+   challenge's reference, the root-sum-of-squares of the fully sampled (partial-Fourier) coil
+   images, is stored next to it (``x_rss``, :func:`rss_reference`, ``evaluate.mri_ground_truth``).
 
 Intensity normalisation happens at load time (it depends on the mask): ``x`` and ``y`` are divided
 by the 99.5th percentile of ``|A^H y|`` (paper.md §10; no ground-truth leakage).
@@ -43,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from unroll3d.data.download import DataError, file_hash
+from unroll3d.data.masks import draw_mask, select_banks
 
 log = logging.getLogger("unroll3d.data")
 
@@ -149,24 +152,6 @@ def _find_member(zf: zipfile.ZipFile, volume: str, zip_path: Path) -> str:
     return hits[0]
 
 
-def read_challenge_masks(path: str | Path) -> tuple[float, np.ndarray]:
-    """Read a challenge mask file ``R<r>_<ny>x<nz>.npy`` -> ``(r, masks (n, ny, nz) uint8)``."""
-    path = Path(path)
-    m = re.fullmatch(r"R(\d+)_(\d+)x(\d+)\.npy", path.name)
-    if not m:
-        raise DataError(f"{path}: not a challenge mask file name (expected R<r>_<ny>x<nz>.npy)")
-    try:
-        masks = np.load(path)
-    except Exception as err:
-        raise DataError(f"{path}: cannot read the mask array: {err}") from err
-    shape = (int(m.group(2)), int(m.group(3)))
-    if masks.ndim != 3 or masks.shape[1:] != shape:
-        raise DataError(
-            f"{path}: masks have shape {masks.shape}; expected (n, {shape[0]}, {shape[1]})"
-        )
-    return float(m.group(1)), (masks != 0).astype(np.uint8)
-
-
 def preprocess_mri(
     zip_path: str | Path,
     volume: str,
@@ -178,9 +163,10 @@ def preprocess_mri(
 ) -> dict:
     """Preprocess one volume of ``train_val_12_channel.zip`` into ``out`` (atomically).
 
-    ``challenge_masks``: optional ``R<r>_<ny>x<nz>.npy`` files of the CC challenge; those of this
-    volume's (ky, kz) size are stored in the sample and then used instead of the seeded generator
-    (mask ``seed % n_masks``).
+    ``challenge_masks``: optional ``R<r>_<ny>x<nz>.npy`` files of the CC challenge
+    (:mod:`unroll3d.data.masks`); for each R the bank of this volume's (ky, kz) size is stored in
+    the sample and then used instead of the seeded generator (mask ``seed % n_masks``); an R
+    without a bank of this size is an error.
     """
     import torch
 
@@ -250,12 +236,12 @@ def preprocess_mri(
     x = torch.sum(maps.conj() * coil_images, dim=0) / torch.clamp(
         torch.sum(maps.abs() ** 2, dim=0), min=1e-12
     )
-    masks = {}
-    for mp in challenge_masks or []:
-        r, arr = read_challenge_masks(mp)
-        if arr.shape[1:] == (ny, nz):
-            masks[f"{r:g}"] = torch.from_numpy(arr)
-            member_hashes_extra[Path(mp).name] = file_hash(mp, "sha256")
+    x_rss = torch.sqrt(torch.sum(coil_images.abs() ** 2, dim=0)).float()  # challenge reference
+    del coil_images
+    banks = select_banks(challenge_masks or [], ny, nz, volume)
+    masks = {r: torch.from_numpy(arr) for r, (_, arr) in banks.items()}
+    for mp, _ in banks.values():
+        member_hashes_extra[mp.name] = file_hash(mp, "sha256")
     meta = {
         "format": FORMAT,
         "task": "mri",
@@ -282,6 +268,7 @@ def preprocess_mri(
             "kspace": kspace.to(torch.complex64).contiguous(),
             "coil_maps": maps.contiguous(),
             "x": x.to(torch.complex64).contiguous(),
+            "x_rss": x_rss.contiguous(),
             "pf_mask": torch.from_numpy(pf_mask),
             "challenge_masks": masks,
             "meta": meta,
@@ -319,9 +306,15 @@ def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed:
     challenge = data.get("challenge_masks") or {}
     key = f"{acceleration:g}"
     if key in challenge:
-        bank = challenge[key]
-        mask2d = bank[seed % bank.shape[0]].float() * data["pf_mask"]
-        source = f"challenge R{key} #{seed % bank.shape[0]}"
+        index, mask = draw_mask(challenge[key], seed)
+        mask2d = mask.float() * data["pf_mask"]
+        source = f"challenge R{key} #{index}"
+    elif challenge:
+        raise DataError(
+            f"volume {meta.get('volume')}: preprocessed with the challenge masks for R "
+            f"{', '.join(sorted(challenge, key=float))}, not R{key}; preprocess it again with "
+            f"this acceleration in mri.accelerations"
+        )
     else:
         mask2d = sampling_mask((ny, nz), acceleration, calib, seed) * data["pf_mask"]
         source = "seeded"
@@ -346,3 +339,26 @@ def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed:
         "scale": scale,
     }
     return Sample(x=x * scale, y=y * scale, physics=physics, meta=meta)
+
+
+def rss_reference(sample):
+    """The challenge's reference for a loaded MRI sample: the RSS of the fully sampled coil images
+    (stored by :func:`preprocess_mri`), scaled like ``sample.x``, as ``(1, 2, x, y, z)`` with a
+    zero imaginary channel (so that its magnitude is the RSS)."""
+    import torch
+
+    path = sample.meta.get("source")
+    if not path:
+        raise DataError("rss_reference: the sample does not name its file (meta['source'])")
+    data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    if "x_rss" not in data:
+        raise DataError(
+            f"{path} has no RSS reference (preprocessed by an older version); delete it and "
+            "preprocess the volume again"
+        )
+    rss = data["x_rss"].float()[None, None] * float(sample.meta["scale"])
+    if rss.shape[-3:] != sample.x.shape[-3:]:
+        raise DataError(
+            f"{path}: x_rss has shape {tuple(rss.shape[-3:])}, x {tuple(sample.x.shape[-3:])}"
+        )
+    return torch.cat([rss, torch.zeros_like(rss)], dim=1)

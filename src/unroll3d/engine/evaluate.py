@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from unroll3d.config import evaluate_settings, train_settings
+from unroll3d.data.mri import rss_reference
 from unroll3d.engine.core import (
     h_builder,
     h_record,
@@ -192,7 +193,8 @@ def evaluate_volume(
         result["status"] = "oom"
         result["message"] = f"OOM at volume {shape_text(sample.x)} (inference), peak {peak:.2f} GB"
         return _finish(result, slices_path)
-    m = compute_metrics(rec, sample.x, conv)
+    target = sample.x if conv.reference != "rss" else rss_reference(sample).to(sample.x.device)
+    m = compute_metrics(rec, target, conv)
     result.update(
         psnr=m["psnr"],
         ssim=m["ssim"],
@@ -200,7 +202,7 @@ def evaluate_volume(
         data_range=m["data_range"],
         ssim_window=m["ssim_window"],
         metric_shape=m["metric_shape"],
-        psnr_x0=compute_metrics(x0, sample.x, conv)["psnr"],
+        psnr_x0=compute_metrics(x0, target, conv)["psnr"],
     )
     bad = {k: result[k] for k in ("psnr", "ssim", "ssim_slices", "psnr_x0")}
     bad = {k: v for k, v in bad.items() if v is not None and not math.isfinite(v)}
@@ -220,7 +222,7 @@ def evaluate_volume(
         save_slices(
             Path(slices_path),
             rec,
-            sample.x,
+            target,
             task,
             {
                 "task": task,

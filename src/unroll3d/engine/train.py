@@ -69,7 +69,7 @@ from unroll3d.engine.core import (
 )
 from unroll3d.engine.tuning import select_pnp, select_tv, validate_psnr
 from unroll3d.models import build_variant, count_parameters, resolve_model_config
-from unroll3d.models.dpir import checked_weights
+from unroll3d.models.dpir import checked_weights, expected_sha256, weights_file
 from unroll3d.normal import NormalFit
 from unroll3d.utils import (
     atomic_torch_save,
@@ -380,22 +380,23 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         extra = {"lipschitz": None}
         status, message = "ok", None
         if spec.kind == "dpir":  # pretrained elsewhere: only its weights file is checked
-            weights = checked_weights(t["dpir_weights"], t["dpir_sha256"])
+            weights = checked_weights(t["dpir_weights"], t["dpir_sha256"], t["dpir_denoiser"])
             if weights is None:
                 status = "unavailable"
                 where = (
                     "train.dpir_weights is not set"
                     if not t["dpir_weights"]
-                    else f"{t['dpir_weights']} does not exist"
+                    else f"{weights_file(t['dpir_weights'], t['dpir_denoiser'])} does not exist"
                 )
                 message = (
-                    f"weights not available: {where} (pretrained weights cannot be downloaded "
-                    "here; no others are used)"
+                    f"weights not available: {where} (train.dpir_weights: download fetches "
+                    "deepinv's published file; no others are used)"
                 )
                 print(f"dpir: {message}", file=sys.stderr)
             else:
                 extra = {"lipschitz": lipschitz_of(job.loader(job.train_paths[0]))}
-                extra["weights_sha256"] = t["dpir_sha256"]
+                sha, how = expected_sha256(weights, t["dpir_sha256"])
+                extra.update(weights=weights, weights_sha256=sha, weights_checked_against=how)
         elif spec.kind == "tv":
             val = job.val_paths or job.train_paths
             cache = SampleCache(val[: max(1, t["val_max"])], job.loader, spec, H)

@@ -104,7 +104,7 @@ def _build_pnp(c: BuildContext) -> Reconstructor:
 def _build_dpir(c: BuildContext) -> Reconstructor:
     """DPIR with the pretrained 2D denoiser of ``train.dpir_weights`` (SHA-256 checked)."""
     t = c.train
-    weights = checked_weights(t["dpir_weights"], t["dpir_sha256"])
+    weights = checked_weights(t["dpir_weights"], t["dpir_sha256"], t["dpir_denoiser"])
     if weights is None:
         raise ValueError(f"DPIR: weights not available ({t['dpir_weights'] or 'not set'})")
     net = load_denoiser2d(t["dpir_denoiser"], weights)

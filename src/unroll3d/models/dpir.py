@@ -4,8 +4,10 @@ deepinv's :class:`~deepinv.optim.DPIR` (half-quadratic splitting, 8 iterations, 
 denoiser noise level) runs on the normalised operator :math:`A/\|A\|` with its
 :class:`~deepinv.optim.PnP` prior: a pretrained 2D denoiser (RAM, deepinv's "Reconstruct Anything
 Model", or a DRUNet) on every axial slice. Nothing is trained here: the weights file is given in
-the config and checked against its SHA-256 by the training job (``unroll3d train``), which
-records "weights not available" instead of substituting other weights.
+the config (a hand-placed file with its SHA-256, or ``download``: the workflow fetches deepinv's
+published file, see ``unroll3d/data/weights_registry.csv``) and checked against its SHA-256 by
+the training job (``unroll3d train``), which records "weights not available" instead of
+substituting other weights.
 """
 
 from __future__ import annotations
@@ -20,32 +22,35 @@ from deepinv.physics import LinearPhysics
 from torch import nn
 
 from unroll3d.data.download import file_hash
+from unroll3d.data.weights import DENOISERS, expected_sha256, weights_file
 from unroll3d.models.drunet import apply_slicewise
 from unroll3d.physics import initial_reconstruction
 
-__all__ = ["DENOISERS", "SliceDenoiser", "DPIRSlices", "load_denoiser2d", "checked_weights"]
+__all__ = [
+    "DENOISERS",
+    "SliceDenoiser",
+    "DPIRSlices",
+    "load_denoiser2d",
+    "checked_weights",
+    "expected_sha256",
+    "weights_file",
+]
 
-#: 2D denoisers DPIR can use, by config name.
-DENOISERS = ("ram", "drunet")
 
-
-def checked_weights(path: str | None, sha256: str | None) -> str | None:
+def checked_weights(path: str | None, sha256: str | None, denoiser: str = "ram") -> str | None:
     """The weights file if it is given and present, ``None`` if not (DPIR is then "weights not
-    available"); a file whose SHA-256 differs from ``sha256`` (or without one) is an error:
-    other weights are never used silently."""
+    available"); a file whose SHA-256 differs from the expected one (:func:`expected_sha256`), or
+    without one, is an error: other weights are never used silently. ``path`` may be
+    ``download`` (:func:`weights_file`)."""
+    path = weights_file(path, denoiser)
     if not path or not Path(path).is_file():
         return None
-    if not sha256:
-        raise ValueError(
-            f"train.dpir_sha256 is not set for the weights file {path}: set it to the file's "
-            "published SHA-256 (the weights are checked, never trusted)"
-        )
-    want = str(sha256).lower().removeprefix("sha256:")
+    want, how = expected_sha256(path, sha256)
     got = file_hash(path, "sha256")
     if got != want:
         raise ValueError(
-            f"{path}: SHA-256 {got} does not match train.dpir_sha256 {want}; refusing to run DPIR "
-            "with other weights"
+            f"{path}: SHA-256 {got} does not match {want} ({how}); refusing to run DPIR with "
+            "other weights"
         )
     return str(path)
 
