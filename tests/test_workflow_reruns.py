@@ -103,6 +103,10 @@ def test_train_and_evaluate_rerun_only_for_keys_they_read(tmp_path):
     configfile.write_text(yaml.safe_dump(config))
     assert planned() == set()
 
+    config["evaluate"]["mri_ground_truth"] = "rss"  # read by the evaluations only
+    configfile.write_text(yaml.safe_dump(config))
+    assert planned() == {"evaluate"}
+
     config["train"]["tv_grid"] = [0.01]  # read by train (and evaluate, whose model it changes)
     configfile.write_text(yaml.safe_dump(config))
     assert planned() == {"train", "evaluate"}

@@ -82,6 +82,19 @@ def job_config_json(wildcards):
     return u3config.dumps(u3config.job_config(config, wildcards.task))
 
 
+def _training_view(job_cfg):
+    """A job config without evaluate.mri_ground_truth: training never reads it (its validation
+    and the TV/PnP choice score the coil-combined image it trains on), so switching the MRI
+    reference reruns only the evaluations."""
+    job_cfg.get("evaluate", {}).pop("mri_ground_truth", None)
+    return u3config.dumps(job_cfg)
+
+
+def train_config_json(wildcards):
+    """job_config_json as the train rule gets it (_training_view)."""
+    return _training_view(u3config.job_config(config, wildcards.task))
+
+
 def gpu_for(wildcards):
     """resources: gpu = 1 for the variants that run on a GPU (registry), else 0."""
     return 1 if VARIANTS[wildcards.variant].gpu else 0
@@ -295,6 +308,12 @@ def sweep_config_json(wildcards):
     """job_config_json with the task's patch size replaced by the {patch} wildcard."""
     patch = paths.parse_patch_label(wildcards.patch)
     return u3config.dumps(u3config.sweep_job_config(config, wildcards.task, patch))
+
+
+def sweep_train_config_json(wildcards):
+    """sweep_config_json as the train_sweep rule gets it (_training_view)."""
+    patch = paths.parse_patch_label(wildcards.patch)
+    return _training_view(u3config.sweep_job_config(config, wildcards.task, patch))
 
 
 def sweep_train_inputs(wildcards):

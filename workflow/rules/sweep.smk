@@ -15,7 +15,7 @@ rule train_sweep:
         csv=f"{SWEEP_MODEL_BASE}.csv",
         stats=f"{SWEEP_MODEL_BASE}.json",
     params:
-        config=sweep_config_json,
+        config=sweep_train_config_json,
         variant=SWEEP["variant"],
         normal=normal_arg,
         settings=settings_arg,

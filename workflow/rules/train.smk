@@ -22,7 +22,7 @@ rule train:
         csv=f"{MODEL_BASE}.csv",
         stats=f"{MODEL_BASE}.json",
     params:
-        config=job_config_json,
+        config=train_config_json,
         normal=normal_arg,
         settings=settings_arg,
     log:
