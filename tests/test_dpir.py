@@ -106,3 +106,12 @@ def test_ram_weights_load_from_the_checked_file_and_denoise_slices(tmp_path):
     assert out.shape == x.shape and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="unknown DPIR denoiser"):
         load_denoiser2d("bm3d", str(path))
+    # as deepinv loads its published file: extra tensors are ignored, a missing one is an error
+    state = torch.load(path, weights_only=True)
+    extra = tmp_path / "extra.pth"
+    torch.save({**state, "unused.weight": torch.zeros(2)}, extra)
+    assert torch.equal(load_denoiser2d("ram", str(extra)).fact_realign, net.fact_realign)
+    first = next(iter(state))
+    torch.save({k: v for k, v in state.items() if k != first}, tmp_path / "short.pth")
+    with pytest.raises(ValueError, match=rf"short.pth: not RAM weights.*1 of its tensors.*{first}"):
+        load_denoiser2d("ram", str(tmp_path / "short.pth"))

@@ -12,6 +12,7 @@ substituting other weights.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from unroll3d.data.download import file_hash
 from unroll3d.data.weights import DENOISERS, expected_sha256, weights_file
 from unroll3d.models.drunet import apply_slicewise
 from unroll3d.physics import initial_reconstruction
+
+log = logging.getLogger("unroll3d.models")
 
 __all__ = [
     "DENOISERS",
@@ -59,8 +62,21 @@ def load_denoiser2d(kind: str, weights: str, device="cpu") -> nn.Module:
     """The pretrained 2D denoiser ``kind`` with its weights read from the file ``weights``."""
     from deepinv.models import RAM, DRUNet
 
-    if kind == "ram":
-        return RAM(pretrained=str(weights), device=device).eval()
+    if kind == "ram":  # as deepinv loads its published file (strict=False), but every tensor
+        # of the network must come from the file: missing ones are an error, extras are ignored
+        net = RAM(pretrained=False, device=device)
+        state = torch.load(weights, map_location=device, weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"{weights}: not a state dict (got {type(state).__name__})")
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing:
+            raise ValueError(
+                f"{weights}: not RAM weights for deepinv's RAM: {len(missing)} of its tensors are "
+                f"missing (e.g. {', '.join(missing[:3])})"
+            )
+        if unexpected:
+            log.info("%s: %d tensors RAM does not use, ignored", weights, len(unexpected))
+        return net.eval()
     if kind == "drunet":
         return DRUNet(in_channels=1, out_channels=1, pretrained=str(weights), device=device).eval()
     raise ValueError(f"unknown DPIR denoiser {kind!r}; known: {list(DENOISERS)}")
