@@ -103,11 +103,12 @@ print(f"patch solved from raw y (no context): relative error {naive_error:.4f}")
 # -------------------------------------
 # ``PartitionedReconstructor`` runs a base reconstructor ``base(y_tilde, patch_physics)`` on
 # overlapping 32 × 32 windows (stride 16) and averages the overlaps. A base that returns its
-# initial patch (``A_dagger`` of the patch physics is the crop of ``x0``) must give ``x0`` back.
+# initial patch (``initial_reconstruction`` of the patch physics is the crop of ``x0``) must give
+# ``x0`` back.
 
 
 def initial_patch(y, physics, **kwargs):
-    return physics.A_dagger(y)
+    return physics.initial_reconstruction(y)
 
 
 partitioner = PartitionedReconstructor(initial_patch, (1, n, n), (32, 32), progress=False)

@@ -62,7 +62,7 @@ def problem(n, seed):
     physics = Inpainting(img_size=(1, n, n, n), mask=mask) * Blur(kernel, padding="constant")
     x = blobs(n, seed)
     y = physics.A(x) + 0.01 * torch.randn(x.shape, generator=g)
-    x0 = physics.A_adjoint(y)  # a cheap initial estimate (the operator has no fast A†)
+    x0 = physics.A_adjoint(y)  # a cheap initial estimate, passed explicitly below
     return x, y, physics, x0
 
 
@@ -90,7 +90,7 @@ train_partitioner = PartitionedReconstructor(model, (1, n_train, n_train, n_trai
 
 x_test, y_test, physics_test, x0_test = problem(n_test, seed=99)
 identity = PartitionedReconstructor(
-    lambda y, physics, **kw: physics.A_dagger(y), (1, n_test, n_test, n_test), patch
+    lambda y, physics, **kw: physics.initial_reconstruction(y), (1, n_test, n_test, n_test), patch
 )
 identity_error = float(
     (identity(y_test, physics_test, x0=x0_test) - x0_test).norm() / x0_test.norm()

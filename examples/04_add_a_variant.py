@@ -39,14 +39,16 @@ from unroll3d.config import validate
 from unroll3d.data.sample import Sample
 from unroll3d.engine.evaluate import evaluate_volume
 from unroll3d.engine.train import TrainJob, train
-from unroll3d.physics import sqnorm
+from unroll3d.physics import initial_reconstruction, sqnorm
 
 torch.manual_seed(0)
 
 # %%
 # 1. The method
 # -------------
-# A ``Reconstructor`` with the engine's calling convention ``model(y, physics, x_init=x0)``.
+# A ``Reconstructor`` with the engine's calling convention ``model(y, physics, x_init=x0)``;
+# without ``x_init`` it starts from :func:`unroll3d.physics.initial_reconstruction` (the
+# operator's own cheap estimate, else deepinv's least-squares ``A_dagger``).
 # Two attributes let the engine drive it: a ``lipschitz`` buffer (‖A‖², refreshed per sample)
 # and ``set_tiling`` (partitioned variants run their network patch by patch at test time; this
 # method has no network, so it ignores it).
@@ -62,7 +64,7 @@ class LearnedLandweber(Reconstructor):
         return self
 
     def forward(self, y, physics, x_init=None, **kwargs):
-        x = physics.A_dagger(y) if x_init is None else x_init
+        x = initial_reconstruction(physics, y) if x_init is None else x_init
         aty = physics.A_adjoint(y)
         for eta in F.softplus(self.step_raw) / self.lipschitz:
             x = x - eta * (physics.A_adjoint_A(x) - aty)
@@ -118,7 +120,9 @@ print(f"config validated; variants: {config['variants']}")
 # 4. Data: a loader returning ``Sample(x, y, physics, meta)``
 # -----------------------------------------------------------
 # The engine asks a loader for each volume name. Here: a 3D blur followed by a random mask,
-# on a 16³ volume of smooth noise; ``A_dagger`` is the cheap initial estimate ``Aᵀy / ‖A‖²``.
+# on a 16³ volume of smooth noise. ``initial_reconstruction`` is the cheap first estimate
+# ``Aᵀy / ‖A‖²`` that the engine starts every method from (``A_dagger`` stays deepinv's
+# least-squares pseudo-inverse).
 
 
 class MaskedBlur(LinearPhysics):
@@ -135,7 +139,7 @@ class MaskedBlur(LinearPhysics):
     def A_adjoint(self, y, **kwargs):
         return F.conv_transpose3d(self.mask * y, self.kernel, padding=1)
 
-    def A_dagger(self, y, **kwargs):
+    def initial_reconstruction(self, y, **kwargs):
         return self.A_adjoint(y) / self.norm_sq
 
 
@@ -156,7 +160,7 @@ def load(name: str) -> Sample:
 # ----------------------------------------
 # ``train`` writes the model file, a per-step CSV and a JSON of statistics; ``evaluate_volume``
 # rebuilds the model from its file (through the builder) and returns the evaluation record,
-# with the PSNR of the method and of its initial estimate ``x0 = A_dagger(y)``.
+# with the PSNR of the method and of its initial estimate ``x0``.
 
 with tempfile.TemporaryDirectory() as tmp:
     job = TrainJob(
@@ -186,7 +190,7 @@ with tempfile.TemporaryDirectory() as tmp:
 
 untrained = LearnedLandweber(K=8, lipschitz=test.meta["op_norm_sq"])
 with torch.no_grad():
-    x_untrained = untrained(test.y, test.physics, x_init=test.physics.A_dagger(test.y))
+    x_untrained = untrained(test.y, test.physics)
 psnr_untrained = float(-10 * torch.log10(torch.mean((x_untrained - test.x) ** 2)))
 
 print(
