@@ -221,7 +221,9 @@ def test_deepinv_adjointness_and_norm(name, wrap, gen):
     dev = _device(physics)
     x = _rand((1, *img_size), gen, dev)
     torch.manual_seed(0)  # adjointness_test and compute_norm draw from the global generator
-    assert float(physics.adjointness_test(x).abs()) < ADJOINT_TOL.get(name, 1e-5)
+    # deepinv's bound (1e-3): its one-sample estimate divides by a random |vᵀAu|, so it is looser
+    # than test_adjointness's; measured 2e-7 (MRI) to 6e-6 (cone beam RTK) on these cases
+    assert float(physics.adjointness_test(x).abs()) < ADJOINT_TOL.get(name, 1e-3)
     if wrap == "H":  # compute_norm is of the wrapper's AᵀA = s·H, not of A (see test_norm)
         return
     norm = float(physics.compute_norm(x, max_iter=300, tol=1e-6, verbose=False, squared=False))
