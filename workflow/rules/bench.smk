@@ -151,7 +151,7 @@ rule bench_accuracy:
         gpu=1,
     shell:
         "unroll3d device run -- unroll3d bench accuracy --task {wildcards.task}"
-        " --setting {params.setting} --config-json '{params.config}'"
+        " --setting {params.setting} --config-json {params.config:q}"
         " --partition {input.partition} --partition-H {input.partition_H}"
         " --normal {input.normal} --data {input.sample} --patches 4 --seed {params.seed}"
         " --out {output.csv} --summary {output.md} --threads {threads} > {log} 2>&1"

@@ -4,6 +4,7 @@
 # Rules stay thin: they call `unroll3d <verb>` with explicit inputs and outputs.
 import json
 import os
+import shlex
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -74,6 +75,13 @@ def settings(task):
 def join_values(values):
     """Space-separated command-line form of a config list."""
     return " ".join(str(v) for v in values)
+
+
+def shell_words(values):
+    """Space-separated, shell-quoted form of strings or paths (shlex.quote: a name or path with
+    an apostrophe, a space or `$(...)` reaches the command as one literal word). Whole params
+    are quoted in the shell lines with Snakemake's `{params.x:q}`, which is shlex.quote too."""
+    return " ".join(shlex.quote(str(v)) for v in values)
 
 
 def job_config_json(wildcards):
@@ -248,7 +256,10 @@ def train_inputs(wildcards):
 
 def normal_arg(wildcards, input):
     """`--normal FILE...` for the variants that use the fitted H, else nothing."""
-    return f"--normal {input.normal}" if "normal" in input.keys() else ""
+    if "normal" not in input.keys():
+        return ""
+    normal = input.normal
+    return f"--normal {shell_words([normal] if isinstance(normal, str) else normal)}"
 
 
 def settings_arg(wildcards):

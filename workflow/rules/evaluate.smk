@@ -30,7 +30,7 @@ rule evaluate:
     shell:
         "unroll3d device run -- unroll3d evaluate --task {wildcards.task}"
         " --setting {wildcards.setting} --variant {wildcards.variant}"
-        " --config-json '{params.config}' --model {input.model} --train-stats {input.stats}"
+        " --config-json {params.config:q} --model {input.model} --train-stats {input.stats}"
         " --sample {input.sample} --volume {wildcards.volume} {params.normal}"
         " --out {output.json} --slices {output.slices} --threads {threads} > {log} 2>&1"
 

@@ -14,10 +14,10 @@ REPORT_CONFIG = config.get("report", {})
 REPORT_CONFIG_JSON = u3config.dumps(u3config.report_config(config))
 FULL_CONFIG_JSON = u3config.dumps(config)
 # config files named from the repository root (the Snakefile's folder), also under --directory
-CONFIG_LABEL = (
-    " ".join(os.path.relpath(f, workflow.basedir) for f in workflow.configfiles)
-    or "config/config.yaml"
-)
+CONFIG_FILES = [os.path.relpath(f, workflow.basedir) for f in workflow.configfiles] or [
+    "config/config.yaml"
+]
+CONFIG_LABEL = " ".join(CONFIG_FILES)
 
 
 rule normal_illustration:
@@ -66,8 +66,8 @@ rule tables_figures:
     conda:
         CONDA_ENV
     shell:
-        "unroll3d report --results {params.results} --config-json '{params.config}'"
-        " --config-label '{params.label}' --tables {params.tables} --figures {params.figures}"
+        "unroll3d report --results {params.results} --config-json {params.config:q}"
+        " --config-label {params.label:q} --tables {params.tables} --figures {params.figures}"
         " --normal-dir {params.illustrations} {params.bench} > {log} 2>&1"
 
 
@@ -84,9 +84,9 @@ rule manifest:
         ),
     params:
         results=lambda wildcards, output: Path(output[0]).parent,
-        configfiles=CONFIG_LABEL,
+        configfiles=CONFIG_FILES,
         config=FULL_CONFIG_JSON,
-        inputs=join_values(REPORT_CONFIG.get("input_checksums", [RESOURCES])),
+        inputs=REPORT_CONFIG.get("input_checksums", [RESOURCES]),
     log:
         f"{LOGS}/report/manifest.log",
     benchmark:
@@ -95,9 +95,9 @@ rule manifest:
     conda:
         CONDA_ENV
     shell:
-        "unroll3d manifest --results {params.results} --out {output} --config {params.configfiles}"
-        " --config-json '{params.config}'"
-        " --inputs {params.inputs} --exclude report.html benchmarks/rules/report/manifest.tsv"
+        "unroll3d manifest --results {params.results} --out {output} --config {params.configfiles:q}"
+        " --config-json {params.config:q}"
+        " --inputs {params.inputs:q} --exclude report.html benchmarks/rules/report/manifest.tsv"
         " > {log} 2>&1"
 
 

@@ -33,7 +33,7 @@ rule train_sweep:
     shell:
         "unroll3d device run -- unroll3d train --task {wildcards.task}"
         " --setting {wildcards.setting} --variant {params.variant}"
-        " --config-json '{params.config}' --train {input.train} --val {input.val}"
+        " --config-json {params.config:q} --train {input.train} --val {input.val}"
         " {params.normal} {params.settings} --out {output.model} --csv {output.csv}"
         " --stats {output.stats}"
         " --threads {threads} > {log} 2>&1"
@@ -63,7 +63,7 @@ rule evaluate_sweep:
     shell:
         "unroll3d device run -- unroll3d evaluate --task {wildcards.task}"
         " --setting {wildcards.setting} --variant {params.variant}"
-        " --config-json '{params.config}' --model {input.model} --train-stats {input.stats}"
+        " --config-json {params.config:q} --model {input.model} --train-stats {input.stats}"
         " --sample {input.sample} --volume {wildcards.volume} {params.normal}"
         " --out {output.json} --threads {threads} > {log} 2>&1"
 

@@ -37,7 +37,7 @@ rule train:
     shell:
         "unroll3d device run -- unroll3d train --task {wildcards.task}"
         " --setting {wildcards.setting} --variant {wildcards.variant}"
-        " --config-json '{params.config}' --train {input.train} --val {input.val}"
+        " --config-json {params.config:q} --train {input.train} --val {input.val}"
         " {params.normal} {params.settings} --out {output.model} --csv {output.csv}"
         " --stats {output.stats}"
         " --threads {threads} > {log} 2>&1"
