@@ -30,6 +30,10 @@ __all__ = [
     "sweep_job_config",
     "report_config",
     "check_patch_sizes",
+    "check_values",
+    "read_yaml",
+    "validate_partial",
+    "job_config_from_json",
     "resolve_patch_size",
     "volume_shape",
     "dumps",
@@ -94,6 +98,7 @@ def validate(config: dict) -> dict:
                 f"choose one of {partitioned}"
             )
     check_patch_sizes(filled)
+    check_values(filled)
     return filled
 
 
@@ -157,15 +162,29 @@ def check_patch_sizes(config: dict) -> None:
             ]
 
 
-def load_config(path: str | Path) -> dict:
-    """Read a YAML config file, validate it and fill its defaults."""
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document of ``path``; a one-line ConfigError naming the file (and the line) for
+    a missing, unreadable or malformed file."""
     import yaml
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} cannot be read ({err})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file {path}:{where} is not valid YAML ({problem})") from None
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config file, validate it and fill its defaults."""
+    path = Path(path)
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     try:
@@ -309,3 +328,237 @@ def sweep_reuses_main(config: dict, task: str, patch) -> bool:
     return variant in config.get("variants", []) and [int(p) for p in patch] == [
         int(p) for p in main
     ]
+
+
+# ---- values that pass the schema's types but cannot be meant (checked when a config is loaded)
+
+#: projections of one orbit of the real Walnut scans (datasets.md)
+REAL_FULL_ORBIT = 1200
+
+
+def _fail(key: str, problem: str) -> None:
+    raise ConfigError(f"config key {key}: {problem}")
+
+
+def _enabled_tasks(config: dict) -> list[str]:
+    """The config's tasks, or (a section cut from a config) the task sections it carries."""
+    if config.get("tasks"):
+        return [t for t in config["tasks"] if isinstance(config.get(t), dict)]
+    return [t for t in ("cbct", "mri") if isinstance(config.get(t), dict)]
+
+
+def _with_defaults(config: dict, name: str) -> dict | None:
+    """Section ``name`` with the schema's defaults, or None when the config does not carry it."""
+    section = config.get(name)
+    return {**section_defaults(name), **section} if isinstance(section, dict) else None
+
+
+def _task_volumes(section: dict, task: str) -> dict[str, list[str]]:
+    splits = section.get("splits") or {}
+    return {
+        name: [f"walnut{v}" if task == "cbct" else str(v) for v in splits.get(name) or []]
+        for name in ("train", "val", "test")
+    }
+
+
+def _check_stride(config: dict, task: str) -> None:
+    """Each stride entry ≤ the patch's, for the task's patch and every patch the sweep trains
+    (a larger stride leaves voxels between patches that are never reconstructed)."""
+    section = config[task]
+    stride = section.get("stride")
+    if stride is None:
+        return
+    if len(stride) != 3:
+        _fail(f"{task}.stride", f"a stride needs 3 entries (D, H, W); got {stride}")
+    patches = [(f"{task}.patch_size", section.get("patch_size"))]
+    sweep = config.get("sweep") or {}
+    if sweep.get("enabled"):
+        patches += [(f"sweep.{task}[{i}]", p) for i, p in enumerate(sweep.get(task) or [])]
+    for key, patch in patches:
+        fixed = [p if isinstance(p, int) and p >= 1 else None for p in patch or []]
+        if any(p is not None and s > p for s, p in zip(stride, fixed, strict=False)):
+            _fail(
+                f"{task}.stride",
+                f"stride {list(stride)} is larger than the patch {list(patch)} of {key} on some "
+                "axis (each entry must be ≤ the patch's, or voxels between patches are never "
+                "reconstructed)",
+            )
+
+
+def _calib_samples(radius: float, ny: int, nz: int) -> int:
+    """Samples of the centred calibration disc on a ny × nz grid (physics.mri._calib_region)."""
+    r2, n = float(radius) ** 2, 0
+    for ky in range(ny):
+        for kz in range(nz):
+            n += (ky - ny // 2) ** 2 + (kz - nz // 2) ** 2 <= r2
+    return n
+
+
+def _check_settings(config: dict, task: str) -> None:
+    """Settings once each (a repeat is a duplicated table column), CBCT views within the orbit,
+    an MRI calibration disc within each acceleration's sample budget."""
+    section = config[task]
+    key = "cbct.views" if task == "cbct" else "mri.accelerations"
+    labels = task_settings(config, task)
+    repeated = sorted({s for s in labels if labels.count(s) > 1})
+    if repeated:
+        _fail(key, f"settings {repeated} appear more than once (each would be a second column)")
+    if "source" not in section:  # a section cut from a config: sizes unknown here
+        return
+    toy = section.get("source") == "toy"
+    if task == "cbct" and section.get("views"):
+        toy_cfg = {**section_defaults("cbct")["toy"], **(section.get("toy") or {})}
+        n_full = int(toy_cfg["n_full"]) if toy else REAL_FULL_ORBIT
+        over = [v for v in section["views"] if int(v) > n_full]
+        if over:
+            _fail(key, f"{over} views out of a full orbit of only {n_full} projections")
+    if task == "mri" and section.get("accelerations") and section.get("mask_source") != "challenge":
+        toy_cfg = {**section_defaults("mri")["toy"], **(section.get("toy") or {})}
+        ny, nz = (int(s) for s in toy_cfg["shape"][1:]) if toy else REAL_VOLUME_SHAPES["mri"][1:]
+        calib = section.get("calib", section_defaults("mri")["calib"])
+        n_calib = _calib_samples(calib, ny, nz)
+        for r in section["accelerations"]:
+            budget = int(round(ny * nz / float(r)))
+            if n_calib > budget:
+                _fail(
+                    "mri.calib",
+                    f"a calibration disc of radius {calib} holds {n_calib} samples, more than "
+                    f"the {budget} of R={r:g} on the {ny}×{nz} ky–kz grid; use a smaller calib",
+                )
+
+
+def _check_splits(config: dict, task: str) -> None:
+    section = config[task]
+    seen: dict[str, str] = {}
+    for name, vols in _task_volumes(section, task).items():
+        for v in vols:
+            if v in seen:
+                _fail(f"{task}.splits", f"volume {v!r} is in both {seen[v]} and {name}")
+            seen[v] = name
+    normal = config.get("normal") or {}
+    ref = (normal.get("reference") or {}).get(task)
+    if ref is not None and seen and ref not in seen:
+        _fail(f"normal.reference.{task}", f"{ref!r} is not a volume of {task}.splits")
+
+
+def _check_ranges(config: dict) -> None:
+    """Pairs that must come in order, and counts that must fit inside other counts."""
+    evaluate = config.get("evaluate") or {}
+    crop = evaluate.get("cbct_crop")
+    if crop is not None and not crop[0] < crop[1]:
+        _fail("evaluate.cbct_crop", f"[lo, hi) must have lo < hi; got {list(crop)}")
+    train = _with_defaults(config, "train")
+    if train is not None:
+        if train["lr_min"] > train["lr"]:
+            _fail("train.lr_min", f"{train['lr_min']} is above train.lr {train['lr']}")
+        inr = train_object(train, "inr")
+        if inr["base_resolution"] > inr["finest_resolution"]:
+            _fail(
+                "train.inr.base_resolution",
+                f"{inr['base_resolution']} is above finest_resolution {inr['finest_resolution']}",
+            )
+        if train.get("dpir_weights") and not train.get("dpir_sha256"):
+            _fail("train.dpir_sha256", "required with train.dpir_weights (checked before use)")
+    bench = _with_defaults(config, "benchmarks")
+    if bench is not None and bench.get("enabled") and "sizes" in (config.get("benchmarks") or {}):
+        if bench["patch"] > max(bench["sizes"]):
+            _fail(
+                "benchmarks.patch", f"{bench['patch']} is larger than every size {bench['sizes']}"
+            )
+        floor = {**section_defaults("benchmarks")["normal_floor"], **bench["normal_floor"]}
+        if floor["rows"] > floor["size"] ** 3:
+            _fail(
+                "benchmarks.normal_floor.rows",
+                f"{floor['rows']} rows of AᵀA out of a {floor['size']}³ volume "
+                f"({floor['size'] ** 3} voxels)",
+            )
+
+
+def _check_sweep(config: dict) -> None:
+    sweep = config.get("sweep") or {}
+    if not sweep.get("enabled"):
+        return
+    for task in _enabled_tasks(config):
+        patches = [[int(p) if p is not None else -1 for p in q] for q in sweep.get(task) or []]
+        for i, p in enumerate(patches):
+            if p in patches[:i]:
+                _fail(f"sweep.{task}[{i}]", f"patch {p} is listed twice")
+
+
+def _check_report(config: dict, tasks: list[str]) -> None:
+    """A qualitative setting / volume must exist in every task the report draws it for."""
+    report = config.get("report") or {}
+    setting, volume = report.get("qualitative_setting"), report.get("qualitative_volume")
+    for task in tasks:
+        section = config[task]
+        if setting is not None and ("views" in section or "accelerations" in section):
+            if setting not in task_settings(config, task):
+                _fail(
+                    "report.qualitative_setting",
+                    f"{setting!r} is not a setting of {task} ({task_settings(config, task)})",
+                )
+        test = _task_volumes(section, task)["test"]
+        if volume is not None and test and volume not in test:
+            _fail("report.qualitative_volume", f"{volume!r} is not a test volume of {task} {test}")
+
+
+def check_values(config: dict) -> None:
+    """Refuse values that pass the schema's types but cannot be meant: strides larger than the
+    patch, repeated settings or sweep patches, ranges in the wrong order, counts beyond what
+    they count from, volumes named that the splits lack. A ConfigError names the key. Works on
+    a whole config and on a section cut from one (``--config-json``): checks whose keys are
+    absent are skipped."""
+    tasks = _enabled_tasks(config)
+    for task in tasks:
+        _check_stride(config, task)
+        _check_settings(config, task)
+        _check_splits(config, task)
+    _check_ranges(config)
+    _check_sweep(config)
+    _check_report(config, tasks)
+
+
+@cache
+def _schema_without_required() -> dict:
+    """The schema with every ``required`` list removed: validates a section cut from a config."""
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k != "required"}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return strip(schema())
+
+
+def validate_partial(data: Any, where: str) -> None:
+    """Check a part of a config (the job section the rules pass as ``--config-json``, or the
+    report's) against the schema's types and :func:`check_values`; a ConfigError names
+    ``where`` and the key."""
+    import jsonschema
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object of config keys, got {type(data).__name__}")
+    errors = sorted(
+        jsonschema.Draft202012Validator(_schema_without_required()).iter_errors(data),
+        key=lambda e: list(e.path),
+    )
+    if errors:
+        key = ".".join(str(p) for p in errors[0].path) or "(top level)"
+        raise ConfigError(f"{where}: config key {key}: {errors[0].message}")
+    try:
+        check_values(data)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def job_config_from_json(text: str, task: str) -> dict:
+    """:func:`job_config` of the JSON text a rule passes as ``--config-json``, after
+    :func:`validate_partial` (a negative lr stops here, not in torch)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--config-json is not valid JSON ({err})") from None
+    validate_partial(data, "--config-json")
+    return job_config(data, task)

@@ -142,3 +142,97 @@ def device_name(device: Any) -> str:
     if device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(device)
     return f"CPU: {cpu_name()}"
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count that must be ≥ 1 (``--threads 0`` is refused, not ignored)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {value}")
+    return value
+
+
+def check_device(name: str) -> str:
+    """``name`` if it names a device this machine has (``auto``, ``lock``, ``cpu``, ``cuda``,
+    ``cuda:N``); else a ValueError in one line (``--device cuda`` without CUDA stops here, not
+    in a torch traceback). Also an argparse type."""
+    import argparse
+
+    if name in ("auto", "lock", "cpu"):
+        return name
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            f"{name!r} is not a device (auto, cpu, cuda or cuda:N)"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(
+                f"{name}: CUDA is not available on this machine; use --device cpu or auto"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{name!r} is not a device (auto, cpu, cuda or cuda:N)")
+    return name
+
+
+class OutputPathError(ValueError):
+    """An output that cannot be written (a folder above it is a file, or not writable)."""
+
+
+#: command-line options that name an output file or folder, checked before any verb's work
+OUTPUT_OPTIONS = (
+    "--out",
+    "--dest",
+    "--csv",
+    "--stats",
+    "--history",
+    "--figure",
+    "--slices",
+    "--summary",
+    "--checkpoint",
+    "--tables",
+    "--figures",
+)
+
+
+def check_output_path(path: str | os.PathLike, option: str = "output") -> None:
+    """Fail in one line, before any work, when ``path`` cannot be written: the nearest existing
+    folder above it is a file, or is not writable (folders still missing are created later)."""
+    path = Path(path)
+    above = path.parent
+    while not above.exists() and above != above.parent:
+        if above.is_symlink():  # a dangling link: writing through it fails
+            break
+        above = above.parent
+    if not above.is_dir():
+        raise OutputPathError(f"{option} {path}: {above} is a file, not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{option} {path}: folder {above} is not writable")
+
+
+def check_output_args(argv: list[str]) -> None:
+    """:func:`check_output_path` for every output option in a verb's ``argv`` (``--out X`` and
+    ``--out=X``; nothing after ``--``, which is another command's)."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return
+        name, eq, value = arg.partition("=")
+        if name not in OUTPUT_OPTIONS:
+            continue
+        if not eq:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                continue
+            value = argv[i + 1]
+        check_output_path(value, name)

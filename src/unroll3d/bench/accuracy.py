@@ -44,6 +44,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from unroll3d.utils import check_device, positive_int
+
 FIELDS = ["task", "setting", "volume", "model", "measure", "k", "alpha", "value"]
 #: the exact-data-step model and the H-trained model
 MODELS = ("partition", "partition-H")
@@ -454,19 +456,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alphas", type=float, nargs="+", default=list(DEFAULT_ALPHAS))
     p.add_argument("--out", required=True, type=Path, help="long-format CSV")
     p.add_argument("--summary", type=Path, default=None, help="Markdown (default: CSV's .md)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", type=check_device, default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     return p
 
 
 def job_config_of(args: argparse.Namespace) -> dict:
     """The job's config from ``--config`` (a pipeline YAML) or ``--config-json``."""
-    import json
+    from unroll3d.config import job_config, job_config_from_json, load_config
 
-    from unroll3d.config import job_config, load_config
-
-    data = load_config(args.config) if args.config else json.loads(args.config_json)
-    return job_config(data, args.task)
+    if args.config:
+        return job_config(load_config(args.config), args.task)
+    return job_config_from_json(args.config_json, args.task)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,6 +15,8 @@ import argparse
 import sys
 import time
 
+from unroll3d.utils import check_device, positive_int
+
 #: CSV columns, one row per size; memory in GB (10⁹ B)
 FIELDS = [
     "n", "steps", "init_steps", "time_per_step_s", "total_s", "peak_memory_gb", "mem_method",
@@ -136,8 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=float, default=0.6, help="fraction of voxels measured")
     p.add_argument("--noise", type=float, default=0.005)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", type=check_device, default="auto", help="auto, cpu or cuda")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (≥ 1; default: torch's)",
+    )
     p.add_argument("--out", required=True, help="CSV path")
     return p
 

@@ -19,7 +19,7 @@ import argparse
 import time
 from typing import TYPE_CHECKING
 
-from unroll3d.utils import device_name
+from unroll3d.utils import check_device, device_name, positive_int
 
 if TYPE_CHECKING:
     import torch
@@ -127,9 +127,7 @@ def bench_one(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="unroll3d bench normal", description=__doc__.split("\n\n")[0]
-    )
+    ap = argparse.ArgumentParser(prog="unroll3d bench normal", description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--volumes", "--sizes", type=int, nargs="+", default=[32], help="volume sizes n (n³)"
     )
@@ -138,8 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--backward", action="store_true", help="also back-propagate (training)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    ap.add_argument(
+        "--device", type=check_device, default="auto", help="auto, cpu, cuda, cuda:1 ..."
+    )
     ap.add_argument("--out", required=True, help="CSV output")
     return ap
 

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from unroll3d.utils import atomic_write_csv, atomic_write_text, device_name
+from unroll3d.utils import atomic_write_csv, atomic_write_text, device_name, positive_int
 
 if TYPE_CHECKING:
     import torch
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--terms", type=int, nargs="*", default=[8, 64], help="K of the sum-of-terms bounds"
     )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     ap.add_argument("--out", required=True, help="CSV output (a .md table is written beside it)")
     return ap
 

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from unroll3d.bench.memory import gb, peak_rss_gb, reset_peak_rss, rss_gb
-from unroll3d.utils import device_name
+from unroll3d.utils import check_device, device_name, positive_int
 
 FIELDS = [
     "size",
@@ -292,8 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--nb", "--blocks", dest="nb", type=int, default=1, help="DRUNet blocks per scale"
     )
     ap.add_argument("--repeats", type=int, default=1, help="measured steps after one warm-up step")
-    ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    ap.add_argument(
+        "--device", type=check_device, default="auto", help="auto (cuda if available), cpu or cuda"
+    )
+    ap.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (≥ 1; default: torch's)",
+    )
     ap.add_argument("--out", type=Path, default=Path("results/benchmarks/bench_partition.csv"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     return ap

@@ -21,7 +21,7 @@ import sys
 import time
 
 from unroll3d.bench.memory import gb, peak_rss_gb, reset_peak_rss, rss_gb
-from unroll3d.utils import device_name
+from unroll3d.utils import device_name, positive_int
 
 FIELDS = [
     "modality",
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--coils", type=int, default=4, help="MRI coils (0 skips MRI)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="ITK threads for rtk")
+    parser.add_argument("--threads", type=positive_int, default=None, help="ITK threads for rtk")
     parser.add_argument("--out", required=True, help="output CSV path")
     return parser
 

@@ -19,7 +19,7 @@ import sys
 import time
 
 from unroll3d.bench.memory import gb, peak_rss_gb, reset_peak_rss, rss_gb
-from unroll3d.utils import device_name
+from unroll3d.utils import check_device, device_name
 
 #: CSV columns, one row per (N, step); memory in GB (10⁹ B)
 FIELDS = ["n", "step", "time_s", "peak_memory_gb", "mem_method", "status", "views", "device"]
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--views", type=int, default=30)
     parser.add_argument("--channels", type=int, nargs=4, default=[64, 128, 256, 512])
     parser.add_argument("--blocks", type=int, default=4)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--device", type=check_device, default="auto", help="auto, cpu or cuda")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", required=True, help="CSV path")
     parser.add_argument("--_child", nargs=2, metavar=("STEP", "N"), help=argparse.SUPPRESS)

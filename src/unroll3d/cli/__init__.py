@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from unroll3d import __version__
+from unroll3d.utils import check_output_args
 
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(VERBS[argv[0]][0])
     try:
+        check_output_args(argv[1:])  # an --out under a file fails before the work
         return int(module.main(argv[1:]) or 0)
     except Exception as err:
         if not is_project_error(err):

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from unroll3d.utils import positive_int
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -23,7 +24,7 @@ def add_runtime_args(p: argparse.ArgumentParser, lock: bool = False) -> None:
     if lock:
         help_text += " | lock (pick and lock a free GPU here)"
     p.add_argument("--device", default="auto", help=help_text)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (≥ 1)")
 
 
 def add_progress_args(p: argparse.ArgumentParser) -> None:
@@ -40,19 +41,16 @@ def add_progress_args(p: argparse.ArgumentParser) -> None:
 
 def read_job_config(args: argparse.Namespace, task: str) -> dict:
     """The job's config section: from ``--config`` (whole file, validated, then cut to the job's
-    keys) or ``--config-json`` (already cut by the workflow; defaults filled again)."""
-    from unroll3d.config import ConfigError, job_config, load_config
+    keys) or ``--config-json`` (already cut by the workflow; validated against the schema's
+    types and values again, defaults filled)."""
+    from unroll3d.config import ConfigError, job_config, job_config_from_json, load_config
 
-    if args.config:
-        try:
-            return job_config(load_config(args.config), task)
-        except ConfigError as err:  # a clear one-line error naming the key, no traceback
-            raise SystemExit(f"unroll3d: {err}") from None
     try:
-        data = json.loads(args.config_json)
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"--config-json is not valid JSON: {err}") from None
-    return job_config(data, task)
+        if args.config:
+            return job_config(load_config(args.config), task)
+        return job_config_from_json(args.config_json, task)
+    except ConfigError as err:  # a clear one-line error naming the key, no traceback
+        raise SystemExit(f"unroll3d: {err}") from None
 
 
 def setup_runtime(args: argparse.Namespace):
@@ -61,6 +59,6 @@ def setup_runtime(args: argparse.Namespace):
 
     from unroll3d.engine.core import resolve_device
 
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     return resolve_device(args.device)

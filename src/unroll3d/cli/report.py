@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from unroll3d.cli.common import add_runtime_args, setup_runtime
-from unroll3d.config import report_config
+from unroll3d.config import read_yaml, report_config, validate_partial
 from unroll3d.report.common import TASKS, ReportError
 from unroll3d.report.figures import write_figures
 from unroll3d.report.illustration import normal_illustration
@@ -25,15 +25,12 @@ log = logging.getLogger("unroll3d.report")
 def load_config(path: str | Path) -> dict:
     """Read a workflow config YAML and keep the keys the report reads
     (:func:`unroll3d.config.report_config`). The workflow validates the whole file against the
-    schema; here only the report's keys are checked, so a partial config renders too."""
-    import yaml
-
+    schema; here the keys present are checked against it (types and values, none required), so
+    a partial config renders too."""
     path = Path(path)
-    try:
-        config = yaml.safe_load(path.read_text())
-    except FileNotFoundError as err:
-        raise ReportError(f"config file {path} not found") from err
+    config = read_yaml(path)
     _check_config(config, path)
+    validate_partial(config, str(path))
     return report_config(config)
 
 
@@ -120,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             except json.JSONDecodeError as err:
                 raise ReportError(f"--config-json is not valid JSON ({err})") from err
             _check_config(config, "--config-json")
+            validate_partial(config, "--config-json")
         else:
             config = load_config(args.config)
         label = args.config_label or args.config

@@ -18,6 +18,7 @@ from unroll3d.data.download import (
     read_registry,
     serve_directory,
 )
+from unroll3d.utils import check_device
 
 
 def prior_work_split(
@@ -243,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--log-clip", type=float, default=1e-6)
     c.add_argument(
         "--device",
+        type=check_device,
         default="auto",
         help="auto (a free GPU via unroll3d.devices, else CPU), cpu, cuda",
     )

@@ -85,6 +85,10 @@ def read_rows(path: str | Path) -> tuple[list[str], list[dict[str, Any]]] | None
                 f"{path}: cannot read CSV (line {i} has {len(row)} fields, header {len(header)})"
             )
     columns = {h: _typed_column([_parse(row[j]) for row in raw]) for j, h in enumerate(header)}
+    for h, values in columns.items():  # an empty cell is missing (NaN); ±inf is never a result
+        for i, v in enumerate(values, 2):
+            if isinstance(v, float) and math.isinf(v):
+                raise ReportError(f"{path}: line {i}, column {h!r} is not a finite number ({v})")
     rows = [{h: columns[h][i] for h in header} for i in range(len(raw))]
     return list(header), rows
 

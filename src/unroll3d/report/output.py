@@ -37,7 +37,7 @@ def write_tables(
     """
     out_dir = Path(out_dir)
     commit = commit or git_commit()
-    written = []
+    rendered = []  # every table is built before the first file is replaced: an error keeps the old
     for kind in TABLES:
         if kind == "table_datastep":
             table = build_datastep_table(bench_normal, config, config_path, commit)
@@ -57,6 +57,9 @@ def write_tables(
         else:
             md, tex = render_markdown(table), render_latex(table)
             long = table.long
+        rendered.append((kind, md, tex, long))
+    written = []
+    for kind, md, tex, long in rendered:
         for ext, text in (("md", md), ("tex", tex)):
             atomic_write_text(out_dir / f"{kind}.{ext}", text)
             written.append(out_dir / f"{kind}.{ext}")

@@ -98,13 +98,18 @@ def _lookup(d: dict, names: Iterable[str]) -> Any:
 
 
 def _as_float(value: Any, key: str, path: Path) -> float | None:
+    """A number of an eval JSON; a ReportError naming the file and key for text or a NaN/±inf
+    (JSON's NaN/Infinity: a cost or memory value that no table may print). Quality metrics are
+    screened before (:func:`_non_finite_metrics`: a failed cell)."""
     if value is None:
         return None
     try:
         out = float(value)
     except (TypeError, ValueError) as err:
         raise ReportError(f"{path}: key {key!r} must be a number or null, got {value!r}") from err
-    return None if math.isnan(out) else out
+    if not math.isfinite(out):
+        raise ReportError(f"{path}: key {key!r} is not a finite number ({out}); rerun the job")
+    return out
 
 
 def _needed_gb(message: str) -> float | None:
@@ -121,7 +126,9 @@ def mean_or_none(values: list[float | None]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-_METRIC_KEYS = ("psnr", "ssim")
+#: quality metrics: a NaN (a diverged run) or ±inf (an exact match) makes the record a failed
+#: cell named in a footnote; every other number read must be finite (:func:`_as_float`)
+_METRIC_KEYS = ("psnr", "ssim", "ssim_slices")
 
 
 def _non_finite_metrics(data: dict) -> list[tuple[str, float]]:
@@ -172,6 +179,11 @@ def read_eval(path: str | Path) -> EvalRecord:
     if bad:  # NaN (a diverged run) or ±inf (an exact match): a failed cell, never a number
         rec.status = "failed"
         data = {**data, "message": "non-finite " + ", ".join(f"{k} = {v}" for k, v in bad)}
+        for key, _ in bad:  # never tabulated, wherever the file keeps it
+            data = {**data, **dict.fromkeys(_ALIASES[key])}
+            for nest in _NESTED:
+                if isinstance(data.get(nest), dict):
+                    data[nest] = {**data[nest], **dict.fromkeys(_ALIASES[key])}
     for name in (
         "psnr",
         "ssim",
@@ -368,14 +380,18 @@ def collect_sweep(results: str | Path, config: dict, task: str) -> list[SweepPoi
             rec = read_eval(path)
             recs.append(rec)
             stats = rec.extra.get("train_stats") or {}
-            if stats.get("peak_memory_gb") is not None:
-                mems.append(float(stats["peak_memory_gb"]))
+            stat = {
+                k: _as_float(stats.get(k), f"train_stats.{k}", path)
+                for k in ("peak_memory_gb", "peak_rss_growth_gb", "step_time_mean_s")
+            }
+            if stat["peak_memory_gb"] is not None:
+                mems.append(stat["peak_memory_gb"])
                 kinds.add("GPU peak allocated")
-            elif stats.get("peak_rss_growth_gb") is not None:
-                mems.append(float(stats["peak_rss_growth_gb"]))
+            elif stat["peak_rss_growth_gb"] is not None:
+                mems.append(stat["peak_rss_growth_gb"])
                 kinds.add("CPU peak RSS growth")
-            if stats.get("step_time_mean_s") is not None:
-                steps.append(float(stats["step_time_mean_s"]))
+            if stat["step_time_mean_s"] is not None:
+                steps.append(stat["step_time_mean_s"])
         ok = [r for r in recs if r.status == "ok"]
         points.append(
             SweepPoint(

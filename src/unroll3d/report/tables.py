@@ -17,6 +17,7 @@ from unroll3d.report.common import (
     DEFAULT_METRIC_CONVENTION,
     TABLES,
     TASK_TITLE,
+    ReportError,
     ablation_label,
     method_label,
 )
@@ -111,6 +112,8 @@ _COLUMN_NAME = {"ssim": "SSIM", "ssim_slices": "SSIM", "psnr": "PSNR (dB)"}
 def _fmt(value: float | None, metric: str, accumulate: int = 1) -> str:
     if value is None:
         return "n/a"
+    if not math.isfinite(value):  # records are screened when read; this is the last guard
+        raise ReportError(f"a non-finite {metric} ({value}) reached a table")
     text = f"{value:.{_DIGITS.get(metric, 3)}f}"
     return text + (f"×{accumulate}" if accumulate > 1 else "")
 
@@ -509,7 +512,7 @@ def build_datastep_table(
         for method in sorted({str(r["method"]) for r in sub if not missing(r["method"])}):
             vals = [r["it_per_s"] for r in sub if str(r["method"]) == method]
             vals = [float(v) for v in vals if not missing(v)]
-            rate[method] = float(np.mean(vals)) if vals else math.nan
+            rate[method] = float(np.mean(vals)) if vals else None
         ex, h = rate.get("exact"), rate.get("H")
         cells = []
         for name, ours, paper in (
