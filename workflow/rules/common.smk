@@ -17,9 +17,10 @@ from unroll3d.variants import VARIANTS, needs_H
 
 
 # The schema is package data (unroll3d/schemas): the library and the workflow validate with the
-# same file; the registry check of variant names is the library's.
-validate(config, "../../src/unroll3d/schemas/config.schema.yaml")
+# same file. The library's check runs first: its error is one line naming the key, and it also
+# checks the values' meaning (unroll3d.config.check_values) and the variant registry.
 u3config.validate(config)
+validate(config, "../../src/unroll3d/schemas/config.schema.yaml")
 u3config.check_patch_sizes(config)  # -1 patch entries (the whole axis) resolved once, in place
 
 RESULTS = "results"

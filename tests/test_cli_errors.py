@@ -1,0 +1,81 @@
+"""Bad input to a verb gives one line naming the problem, before any work (issue 27 item 7):
+a YAML syntax error names the file and line, a device the machine lacks is named, an output
+under a path that is a file stops the verb before it starts."""
+
+import importlib
+
+import pytest
+import torch
+
+from unroll3d import cli
+from unroll3d.config import ConfigError, load_config
+from unroll3d.engine.core import DeviceError, resolve_device
+
+BAD_YAML = "name: x\nseed: [1, 2\ntasks: [cbct]\n"
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD_YAML)
+    with pytest.raises(ConfigError, match=rf"config file {bad}: line 3, column 6 is not valid YAML"):
+        load_config(bad)
+    argv = ["--task", "mri", "--setting", "R5", "--variant", "fdk", "--train", "x"]
+    assert cli.main(["report", "--config", str(bad), "--results", str(tmp_path)]) == 1
+    assert f"config file {bad}: line 3" in _one_error_line(capsys)
+    with pytest.raises(SystemExit) as err:
+        cli.main(["train", *argv, "--out", str(tmp_path / "m.pt"), "--config", str(bad)])
+    assert f"config file {bad}: line 3" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cuda_without_cuda_is_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="--device cuda: CUDA is not available"):
+        resolve_device("cuda")
+    with pytest.raises(DeviceError, match="'gpu' is not a device"):
+        resolve_device("gpu")
+    assert resolve_device("auto").type == "cpu"
+    argv = ["--task", "mri", "--setting", "R5", "--variant", "fdk", "--train", "x"]
+    smoke = str(importlib.import_module("test_workflow_reruns").ROOT / "config/smoke.yaml")
+    code = cli.main(["train", *argv, "--config", smoke, "--out", str(tmp_path / "m.pt"),
+                     "--device", "cuda"])  # fmt: skip
+    assert code == 1
+    assert _one_error_line(capsys).endswith("--device cuda: CUDA is not available on this "
+                                            "machine; use --device cpu or auto")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("verb", "option"),
+    [
+        ("train", "--out"),
+        ("train", "--stats"),
+        ("evaluate", "--out"),
+        ("evaluate", "--slices"),
+        ("fit-normal", "--out"),
+        ("report", "--tables"),
+        ("bench", "--out"),
+        ("data", "--dest"),
+        ("manifest", "--out"),
+    ],
+)
+def test_an_output_under_a_file_fails_before_the_work(monkeypatch, tmp_path, capsys, verb, option):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    module = importlib.import_module(cli.VERBS[verb][0])
+
+    def work(argv):
+        raise AssertionError("the verb started its work")
+
+    monkeypatch.setattr(module, "main", work)
+    target = afile / "sub" / "out.json"
+    assert cli.main([verb, "--some", "x", option, str(target)]) == 1
+    assert _one_error_line(capsys) == (
+        f"unroll3d {verb}: error: {option} {target}: {afile} is a file, not a folder"
+    )
+    assert cli.main([verb, f"{option}={target}"]) == 1
+    capsys.readouterr()
