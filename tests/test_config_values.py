@@ -7,6 +7,7 @@ import json
 
 import pytest
 import yaml
+from test_workflow_reruns import ROOT, _run
 
 from unroll3d.config import (
     ConfigError,
@@ -18,7 +19,6 @@ from unroll3d.config import (
     validate,
     validate_partial,
 )
-from test_workflow_reruns import ROOT, _run
 
 SMOKE = yaml.safe_load((ROOT / "config/smoke.yaml").read_text())
 
