@@ -56,6 +56,7 @@ CASES = [
     ("benchmarks.sizes", _edit(["benchmarks", "sizes"], []), "non-empty"),
     ("benchmarks.patch", _edit(["benchmarks", "patch"], 64), "larger than every size"),
     ("benchmarks.normal_floor.rows", _edit(["benchmarks", "normal_floor", "rows"], 5000), "16³"),
+    ("cbct.log_clip", _edit(["cbct", "log_clip"], 1.0), "greater than or equal to the maximum"),
     # volumes named that the splits lack, splits that overlap, settings the tasks lack
     ("cbct.splits", _edit(["cbct", "splits", "val"], [1]), "in both train and val"),
     ("normal.reference.cbct", _edit(["normal", "reference", "cbct"], "walnut9"), "not a volume"),
