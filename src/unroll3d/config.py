@@ -457,8 +457,9 @@ def _check_ranges(config: dict) -> None:
                 "train.inr.base_resolution",
                 f"{inr['base_resolution']} is above finest_resolution {inr['finest_resolution']}",
             )
-        if train.get("dpir_weights") and not train.get("dpir_sha256"):
-            _fail("train.dpir_sha256", "required with train.dpir_weights (checked before use)")
+        weights = train.get("dpir_weights")
+        if weights and weights != "download" and not train.get("dpir_sha256"):
+            _fail("train.dpir_sha256", "required with a hand-placed train.dpir_weights file")
     bench = _with_defaults(config, "benchmarks")
     if bench is not None and bench.get("enabled") and "sizes" in (config.get("benchmarks") or {}):
         if bench["patch"] > max(bench["sizes"]):
