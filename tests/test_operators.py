@@ -274,8 +274,8 @@ def test_initial_reconstruction_is_the_analytic_one(name, wrap, gen):
 @pytest.mark.parametrize(("name", "wrap"), _cases())
 def test_torch_func_vjp_grad_vmap(name, wrap, gen):
     """torch.func works through every operator: deepinv's ``adjoint_function`` (a ``vjp``)
-    equals ``A_adjoint``, ``grad`` of ½‖Ax‖² equals AᵀA x, and ``vmap`` of A and Aᵀ equals
-    the loop over the mapped axis."""
+    equals ``A_adjoint``, ``grad`` of ½‖Ax‖² equals AᵀA x, ``jvp`` of A is A, and ``vmap`` of
+    A and Aᵀ equals the loop over the mapped axis."""
     physics, img_size, _, _ = build(name, wrap, gen)
     dev = _device(physics)
     x = _rand((1, *img_size), gen, dev)
@@ -284,6 +284,9 @@ def test_torch_func_vjp_grad_vmap(name, wrap, gen):
     assert _relerr(adj(y), physics.A_adjoint(y)) < 1e-4
     g = torch.func.grad(lambda u: 0.5 * physics.A(u).square().sum())(x)
     assert _relerr(g, physics.A_adjoint(physics.A(x))) < 1e-4
+    v = _rand((1, *img_size), gen, dev)
+    _, tangent = torch.func.jvp(physics.A, (x,), (v,))
+    assert _relerr(tangent, physics.A(v)) < 1e-5
     xs = _rand((3, 1, *img_size), gen, dev)
     ys = _rand((3, *y.shape), gen, dev)
     ref_a = torch.stack([physics.A(v) for v in xs])

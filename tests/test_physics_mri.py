@@ -141,3 +141,13 @@ def test_estimated_coil_maps(maps):
     assert torch.allclose(full.A_adjoint_A(xr), xr, atol=1e-4)
     s = kspace_scale(truth.A(xt), truth)
     assert s > 0
+
+
+def test_complex_layout_is_deepinvs():
+    """The vmap-able real/complex conversions give deepinv's values bit for bit."""
+    from deepinv.utils.mixins import MRIMixin
+
+    x = torch.randn((2, 2, 3, 4, 5), generator=torch.Generator().manual_seed(0))
+    z = MultiCoilMRI3D.to_torch_complex(x)
+    assert torch.equal(z, MRIMixin.to_torch_complex(x))
+    assert torch.equal(MultiCoilMRI3D.from_torch_complex(z), MRIMixin.from_torch_complex(z))
