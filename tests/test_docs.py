@@ -79,7 +79,9 @@ def test_cited_sections_of_the_paper_notes_exist():
         for path in (ROOT / folder).rglob("*"):
             if path.suffix not in (".py", ".smk", ".yaml", ".md", ".rst") or not path.is_file():
                 continue
-            for tail in re.findall(r"paper-notes\.md``?\s+((?:§[\d.–-]+(?:,\s*)?)+)", path.read_text()):
+            for tail in re.findall(
+                r"paper-notes\.md``?\s+((?:§[\d.–-]+(?:,\s*)?)+)", path.read_text()
+            ):
                 cited |= {s.rstrip(".") for s in re.findall(r"§(\d+(?:\.\d+)?)", tail)}
     assert cited, "no citation of docs/paper-notes.md found"
     assert cited <= headings, sorted(cited - headings)
