@@ -11,7 +11,10 @@ applied to the whole volume K times is what runs out of memory. With
   exact patch problem with the ground truth as context, and returns (estimate, target) for the
   loss, so the autograd graph is patch-sized;
 * inference: overlapping windows (stride = half the patch), each reconstructed with the current
-  estimate as context, blended, then refined once (Algorithm 1 of the paper).
+  estimate as context and blended; a first pass takes its context from the initial estimate x0,
+  a second one (the refinement of the paper's Algorithm 1) from the first pass's result. (The
+  pipeline's own first pass, :func:`unroll3d.engine.core.reconstruct`, runs the data steps on
+  the whole volume and only the network patch by patch.)
 
 This example trains a small :class:`unroll3d.UnrolledPGD` (K = 3, a tiny 3D DRUNet) on 24³
 patches of 32³ volumes for a 3D deconvolution-inpainting problem built from deepinv parts, then
