@@ -72,6 +72,8 @@ def test_fit_H_for_your_operator():
     assert fit < steps[0] - 0.05  # the fit improves on its impulse-response start...
     assert abs(fit - floor) < 0.02  # ...down to the floor
     assert abs(number(out, r"wrapper on 16 fresh probes: relative error") - fit) < 0.02
+    assert number(out, r"saved and reloaded H vs the original: relative error") < 1e-6
+    assert "fit loaded for another operator: refused (NormalFileError)" in out
     assert number(out, r"restricted H vs S H Sᵀ on a 6³ patch: relative error") < 1e-5
     assert number(out, r"circular blur \(exactly representable\): held-out relative error") < 1e-5
 
