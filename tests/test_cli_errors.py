@@ -79,3 +79,12 @@ def test_an_output_under_a_file_fails_before_the_work(monkeypatch, tmp_path, cap
     )
     assert cli.main([verb, f"{option}={target}"]) == 1
     capsys.readouterr()
+
+
+def test_the_manifest_names_a_broken_config_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD_YAML)
+    (tmp_path / "results").mkdir()
+    code = cli.main(["manifest", "--results", str(tmp_path / "results"), "--config", str(bad)])
+    assert code == 1
+    assert f"config file {bad}: line 3, column 6 is not valid YAML" in _one_error_line(capsys)

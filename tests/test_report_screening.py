@@ -67,3 +67,19 @@ def test_an_infinite_benchmark_cell_stops_the_report(tmp_path):
     with pytest.raises(ReportError, match=r"bench_normal.csv: line 3, column 'it_per_s' is not"):
         report.write_tables({}, CONFIG, tmp_path / "t", commit="x", bench_normal=bench)
     assert not (tmp_path / "t").exists()  # nothing written before every table was built
+
+
+def test_a_failing_report_leaves_the_existing_tables_as_they_were(tmp_path):
+    """Every table is built before the first file is replaced: a failure keeps the old ones."""
+    out = tmp_path / "t"
+    out.mkdir()
+    old = {p: f"old {p}" for p in ("table1_cbct.md", "table1_cbct.csv", "claims.md")}
+    for name, text in old.items():
+        (out / name).write_text(text)
+    bench = tmp_path / "bench_normal.csv"
+    bench.write_text("volume,patch,views,method,it_per_s,device\n64,16,30,H,-inf,cpu\n")
+    write_evals(tmp_path, slices=False)
+    cells = report.collect_evals(tmp_path, CONFIG)
+    with pytest.raises(ReportError, match="not a finite number"):
+        report.write_tables(cells, CONFIG, out, commit="x", bench_normal=bench)
+    assert {p.name: p.read_text() for p in out.iterdir()} == old

@@ -263,7 +263,7 @@ def _load_config(
     """Config files (path, sha256, values) and, when given, the resolved config actually used."""
     if paths is None and resolved is None:
         return None
-    import yaml
+    from unroll3d.config import read_yaml
 
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -277,7 +277,7 @@ def _load_config(
             {
                 "path": str(path),
                 "sha256": hashlib.sha256(text.encode()).hexdigest(),
-                "values": yaml.safe_load(text),
+                "values": read_yaml(path),  # a syntax error: one line naming the file
             }
         )
     out: dict[str, Any] = {"files": files}

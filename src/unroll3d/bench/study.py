@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from unroll3d import paths
+from unroll3d.config import read_yaml
 from unroll3d.utils import atomic_write_csv, atomic_write_text
 
 #: the diagnostic's measures gathered per (point, length): (model, measure), mean over k
@@ -65,7 +66,7 @@ def set_dotted(cfg: dict, key: str, value) -> None:
 
 def load_study(path: str | Path) -> dict:
     """The study file, checked: base, out, steps and points with task and variants."""
-    study = yaml.safe_load(Path(path).read_text())
+    study = read_yaml(path)  # a syntax error: one line naming the file
     for key in ("base", "out", "steps", "points"):
         if key not in study:
             raise KeyError(f"{path}: missing key {key!r}")
@@ -79,7 +80,7 @@ def load_study(path: str | Path) -> dict:
 
 def point_config(study: dict, name: str, steps: int) -> dict:
     """The pipeline config of one (point, length)."""
-    base = yaml.safe_load((REPO / study["base"]).read_text())
+    base = read_yaml(REPO / study["base"])
     point = study["points"][name]
     cfg = copy.deepcopy(base)
     cfg["name"] = f"study-{name}-s{steps}"
