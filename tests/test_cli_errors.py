@@ -88,3 +88,15 @@ def test_the_manifest_names_a_broken_config_file(tmp_path, capsys):
     code = cli.main(["manifest", "--results", str(tmp_path / "results"), "--config", str(bad)])
     assert code == 1
     assert f"config file {bad}: line 3, column 6 is not valid YAML" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("option", ["--steps", "--batch", "--heldout", "--eval-every",
+                                    "--checkpoint-every", "--plateau-patience", "--threads"])  # fmt: skip
+def test_fit_normal_refuses_counts_below_one(option, capsys):
+    from unroll3d.cli.fit_normal import build_parser
+
+    argv = ["--input", "x.pt", "--setting", "v30", "--out", "h.pt"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*argv, option, "0"])
+    assert f"argument {option}: expected a whole number ≥ 1, got 0" in capsys.readouterr().err
+    assert getattr(build_parser().parse_args([*argv, option, "3"]), option[2:].replace("-", "_")) == 3

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unroll3d.cli.common import add_progress_args, add_runtime_args, setup_runtime
+from unroll3d.cli.common import add_progress_args, add_runtime_args, positive_int, setup_runtime
 
 if TYPE_CHECKING:  # torch, deepinv and the fit load when the verb runs, not for --help
     import torch
@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", help="history CSV (default: --out with .csv)")
     p.add_argument("--figure", help="optional figure path (PNG + PDF) on the volume's ground truth")
     p.add_argument(
-        "--steps", type=int, default=2000, help="Adam steps (plateau schedule: the maximum)"
+        "--steps",
+        type=positive_int,
+        default=2000,
+        help="Adam steps (plateau schedule: the maximum)",
     )
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument(
@@ -55,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--plateau-patience",
-        type=int,
+        type=positive_int,
         default=4,
         help="held-out evaluations without improvement that make a plateau",
     )
@@ -72,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="final cosine decay, as a fraction of the steps before it",
     )
     p.add_argument(
-        "--eval-every", type=int, default=None, help="steps between held-out evaluations"
+        "--eval-every", type=positive_int, default=None, help="steps between held-out evaluations"
     )
     p.add_argument(
         "--floor-rows",
@@ -81,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="estimate H's error floor from this many exact rows of AᵀA (real images; "
         "unroll3d.research.normal_floor.error_floor) and report the fit's gap to it; 0 = not",
     )
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heldout", type=int, default=8)
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--heldout", type=positive_int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--two-sided",
@@ -104,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "circular (N per axis, the paper's F on ℝⁿ; 8× less memory for λ in 3D)",
     )
     p.add_argument("--checkpoint", help="resumable state (default: --out with .ckpt)")
-    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=positive_int, default=100)
     add_runtime_args(p, lock=True)
     add_progress_args(p)
     return p

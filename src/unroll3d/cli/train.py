@@ -10,6 +10,7 @@ from unroll3d.cli.common import (
     add_config_args,
     add_progress_args,
     add_runtime_args,
+    positive_int,
     read_job_config,
     setup_runtime,
 )
@@ -55,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model file (.pt)")
     p.add_argument("--csv", default=None, help="per-step log (default: <out> with .csv)")
     p.add_argument("--stats", default=None, help="train stats JSON (default: <out> with .json)")
-    p.add_argument("--log-every", type=int, default=50, help="steps per log line without a bar")
+    p.add_argument(
+        "--log-every", type=positive_int, default=50, help="steps per log line without a bar"
+    )
     return p
 
 
