@@ -27,8 +27,11 @@ $(STAMP): pyproject.toml
 		&& $(BIN)/python -c "$(IMPORT_CHECK)"; fi
 	touch $(STAMP)
 
+# The smoke's wall time is written next to a fixed reference workload timed on this machine in
+# the same run (import torch, a one-thread conv3d loop; ~25 s): results/benchmarks/smoke_time.json.
 smoke: setup
-	$(BIN)/snakemake --cores $(CORES) --configfile config/smoke.yaml --rerun-incomplete
+	$(BIN)/python benchmarks/bench_smoke.py --label "make smoke, $(CORES) cores" -- \
+		$(BIN)/snakemake --cores $(CORES) --configfile config/smoke.yaml --rerun-incomplete
 	$(BIN)/snakemake --cores 1 --configfile config/smoke.yaml --report results/report.html
 	@echo "smoke run done: tables in results/tables/, figures in results/figures/, report results/report.html"
 

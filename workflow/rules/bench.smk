@@ -17,7 +17,7 @@ rule bench_steps:
         f"{LOGS}/bench/bench_steps.log",
     benchmark:
         f"{BENCH}/bench_steps.tsv"
-    threads: 2
+    threads: JOB_THREADS
     conda:
         CONDA_ENV
     resources:
@@ -38,7 +38,7 @@ rule bench_physics:
         f"{LOGS}/bench/bench_physics.log",
     benchmark:
         f"{BENCH}/bench_physics.tsv"
-    threads: 2
+    threads: JOB_THREADS
     conda:
         CONDA_ENV
     resources:
@@ -62,7 +62,7 @@ rule bench_partition:
         f"{LOGS}/bench/bench_partition.log",
     benchmark:
         f"{BENCH}/bench_partition.tsv"
-    threads: 2
+    threads: JOB_THREADS
     conda:
         CONDA_ENV
     resources:
@@ -84,7 +84,7 @@ rule bench_normal:
         f"{LOGS}/bench/bench_normal.log",
     benchmark:
         f"{BENCH}/bench_normal.tsv"
-    threads: 2
+    threads: JOB_THREADS
     conda:
         CONDA_ENV
     resources:
@@ -116,7 +116,7 @@ rule bench_normal_floor:
         f"{LOGS}/bench/bench_normal_floor.log",
     benchmark:
         f"{BENCH}/bench_normal_floor.tsv"
-    threads: 2
+    threads: JOB_THREADS
     conda:
         CONDA_ENV
     shell:
@@ -144,7 +144,7 @@ rule bench_accuracy:
         f"{LOGS}/bench/bench_accuracy_{{task}}.log",
     benchmark:
         f"{BENCH}/bench_accuracy_{{task}}.tsv"
-    threads: 2
+    threads: JOB_THREADS
     conda:
         CONDA_ENV
     resources:

@@ -23,6 +23,9 @@ u3config.validate(config)
 validate(config, "../../src/unroll3d/schemas/config.schema.yaml")
 u3config.check_patch_sizes(config)  # -1 patch entries (the whole axis) resolved once, in place
 
+# CPU threads of the compute jobs (config job_threads; Snakemake lowers it to --cores).
+JOB_THREADS = config["job_threads"]
+
 RESULTS = "results"
 LOGS = paths.logs_dir(RESULTS)
 BENCH = f"{paths.benchmarks_dir(RESULTS)}/rules"

@@ -200,7 +200,7 @@ rule preprocess_mri:
         f"{LOGS}/preprocess/mri/{{volume}}.log",
     benchmark:
         f"{BENCH}/preprocess/mri/{{volume}}.tsv"
-    threads: 2
+    threads: JOB_THREADS
     conda:
         CONDA_ENV
     resources:
@@ -226,7 +226,7 @@ rule fdk_check:
         f"{LOGS}/fdk_check/walnut{{n}}.log",
     benchmark:
         f"{BENCH}/fdk_check/walnut{{n}}.tsv"
-    threads: 2
+    threads: JOB_THREADS
     conda:
         CONDA_ENV
     resources:

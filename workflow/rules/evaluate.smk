@@ -22,7 +22,7 @@ rule evaluate:
         f"{LOGS}/evaluate/{{task}}/{{setting}}/{{variant}}/{{volume}}.log",
     benchmark:
         f"{BENCH}/evaluate/{{task}}/{{setting}}/{{variant}}/{{volume}}.tsv"
-    threads: 2
+    threads: JOB_THREADS
     conda:
         CONDA_ENV
     resources:

@@ -64,7 +64,7 @@ rule fit_normal:
         f"{LOGS}/fit_normal/{{task}}/{{setting}}.log",
     benchmark:
         f"{BENCH}/fit_normal/{{task}}/{{setting}}.tsv"
-    threads: 2
+    threads: JOB_THREADS
     conda:
         CONDA_ENV
     resources:
@@ -87,7 +87,7 @@ rule fit_normal_sample:
         f"{LOGS}/fit_normal/{{task}}/{{setting}}/{{volume}}.log",
     benchmark:
         f"{BENCH}/fit_normal/{{task}}/{{setting}}/{{volume}}.tsv"
-    threads: 2
+    threads: JOB_THREADS
     conda:
         CONDA_ENV
     resources:

@@ -30,7 +30,7 @@ rule normal_illustration:
         f"{LOGS}/normal_illustration/{{task}}/{{setting}}.log",
     benchmark:
         f"{BENCH}/normal_illustration/{{task}}/{{setting}}.tsv"
-    threads: 2
+    threads: JOB_THREADS
     conda:
         CONDA_ENV
     resources:

@@ -25,7 +25,7 @@ rule train_sweep:
         f"{LOGS}/train_sweep/{{task}}/{{setting}}/p{{patch}}.log",
     benchmark:
         f"{BENCH}/train_sweep/{{task}}/{{setting}}/p{{patch}}.tsv"
-    threads: 2
+    threads: JOB_THREADS
     conda:
         CONDA_ENV
     resources:
@@ -55,7 +55,7 @@ rule evaluate_sweep:
         f"{LOGS}/evaluate_sweep/{{task}}/{{setting}}/p{{patch}}/{{volume}}.log",
     benchmark:
         f"{BENCH}/evaluate_sweep/{{task}}/{{setting}}/p{{patch}}/{{volume}}.tsv"
-    threads: 2
+    threads: JOB_THREADS
     conda:
         CONDA_ENV
     resources:

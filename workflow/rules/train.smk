@@ -29,7 +29,7 @@ rule train:
         f"{LOGS}/train/{{task}}/{{setting}}/{{variant}}.log",
     benchmark:
         f"{BENCH}/train/{{task}}/{{setting}}/{{variant}}.tsv"
-    threads: 2
+    threads: JOB_THREADS
     conda:
         CONDA_ENV
     resources:
