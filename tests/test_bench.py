@@ -270,18 +270,19 @@ def test_gpu_check_refuses_a_reference_of_another_size(tmp_path):
 
 
 def test_cost_estimate_counts_jobs_and_names_its_sources(tmp_path):
-    """`unroll3d bench cost`: train hours = steps × accumulate × measured s/step; a variant that
-    OOMs costs nothing; without a measurement the paper's s/step is used and said so."""
+    """`unroll3d bench cost`: train hours = steps × accumulate × measured s/step; a variant whose
+    measured training OOMs costs nothing; a variant without a GPU-check row of the same setup is
+    "not measured", has no hours and is in no total (never the paper's s/step)."""
     from unroll3d.bench import cost
 
     gc = tmp_path / "gpu_check.csv"
     gc.write_text(
         "section,case,metric,value,unit,status,note\n"
         'train,"partition, mri 256×218×170, patch 8×128×128",time per micro-step,0.5,s,ok,'
-        '"K=5, DRUNet [64]×4, fp32, batch 1"\n'
+        '"K=5, DRUNet [64, 128, 256, 512]×4, fp32, batch 1"\n'
         'train,"unrolled, mri 256×218×170, whole volume",peak memory,150,GB,oom,'
-        '"K=5, DRUNet [64]×4, fp32, batch 1; OOM"\n'
-        'inference,"partition-H, 501³, patch 8×384×384, refinement on",time,100,s,ok,\n'
+        '"K=5, DRUNet [64, 128, 256, 512]×4, fp32, batch 1; OOM"\n'
+        'inference,"partition, mri 256×218×170, patch 8×128×128, refinement on",time,36,s,ok,\n'
     )
     from unroll3d.config import load_config
 
@@ -289,20 +290,68 @@ def test_cost_estimate_counts_jobs_and_names_its_sources(tmp_path):
     config["tasks"] = ["mri"]
     config["variants"] = ["fdk", "postproc", "unrolled", "partition"]
     config["train"].update(steps=1000, accumulate=2, checkpoint_unrolled="none")
+    config["evaluate"]["timing_steps"] = 4
     config["sweep"]["enabled"] = False
     rows = cost.estimate(config, cost.read_gpu_check([gc]))
     train = {(r["setting"], r["variant"]): r for r in rows if r["rule"] == "train"}
     assert train[("all", "partition")]["hours"] == pytest.approx(2000 * 0.5 / 3600, abs=1e-3)
     assert train[("all", "unrolled")]["hours"] == 0 and "OOM" in train[("all", "unrolled")]["basis"]
-    assert "paper's s/step" in train[("all", "postproc")]["basis"]  # no GPU-check row
+    postproc = train[("all", "postproc")]  # no GPU-check row: not measured, not the paper's
+    assert postproc["hours"] is None and postproc["basis"].startswith("not measured")
     assert len(train) == 3  # one model for R5 and R10 × three learned variants
-    config["train"]["share_across_settings"] = False
+    ev = {(r["setting"], r["variant"]): r for r in rows if r["rule"] == "evaluate"}
+    assert ev[("R5", "partition")]["hours"] == pytest.approx(16 * (36 + 4 * 0.5) / 3600, abs=1e-3)
+    assert ev[("R5", "postproc")]["hours"] is None  # measured only for partition
+    assert all(r["jobs"] == len(config["mri"]["splits"]["test"]) for r in ev.values())
+    text = cost.summarise(rows, "unit")
+    unknown = sum(r["hours"] is None for r in rows)
+    assert f"**{unknown}**" in text and "not measured" in text.lower()
+
+    # another precision or layout is another measurement
+    config["train"]["bf16"] = True
+    bf16 = {r["variant"]: r for r in cost.estimate(config, cost.read_gpu_check([gc]))}
+    assert bf16["partition"]["hours"] is None
+    config["train"].update(bf16=False, channels_last=True)
+    cl = {r["variant"]: r for r in cost.estimate(config, cost.read_gpu_check([gc]))}
+    assert cl["partition"]["hours"] is None
+    config["train"].update(channels_last=False, share_across_settings=False)
     per = [r for r in cost.estimate(config, cost.read_gpu_check([gc])) if r["rule"] == "train"]
     assert len(per) == 2 * 3  # R5, R10 × three learned variants
-    ev = [r for r in rows if r["rule"] == "evaluate"]
-    assert {r["variant"] for r in ev} == {"postproc", "unrolled", "partition"}  # FDK: seconds
-    assert all(r["jobs"] == len(config["mri"]["splits"]["test"]) for r in ev)
-    assert "**total**" in cost.summarise(rows, "unit")
+
+
+def test_cost_reads_the_precision_and_layout_of_gpu_check_rows():
+    """The first GPU checks' "fp32" is torch's default TF32 convolutions; "fp32 strict", "bf16
+    network" and channels_last_3d are their own setups."""
+    from unroll3d.bench.cost import parse_setup
+
+    s = parse_setup("train", "partition-H, 501³, patch 8×384×384", "K=3, DRUNet [64, 128]×4, fp32")
+    assert (s.variant, s.task, s.shape, s.patch) == (
+        "partition-H",
+        "cbct",
+        (501,) * 3,
+        (8, 384, 384),
+    )
+    assert (s.precision, s.layout, s.K, s.widths, s.blocks) == (
+        "tf32",
+        "contiguous",
+        3,
+        (64, 128),
+        4,
+    )
+    m = parse_setup(
+        "train",
+        "unrolled, mri 256×218×170, whole volume",
+        "K=5, bf16 network, channels_last_3d, checkpointed iterations",
+    )
+    assert (m.task, m.shape, m.patch, m.precision, m.layout, m.checkpointed) == (
+        "mri",
+        (256, 218, 170),
+        None,
+        "bf16",
+        "channels_last_3d",
+        True,
+    )
+    assert parse_setup("train", "x, 64³", "fp32 strict").precision == "fp32-strict"
 
 
 def test_normal_transfer_error_is_zero_for_the_exact_H_and_grows_for_another_operator():
