@@ -244,7 +244,10 @@ def test_gpu_check_tiny_runs_every_section(tmp_path):
         "tests",
         "projector",
         "normal_step",
+        "network",
         "train",
+        "train_loop",
+        "profile",
         "inference",
     }
     assert not [r for r in rows if r["status"] in ("failed", "skipped") and r["section"] != "tests"]
@@ -253,6 +256,43 @@ def test_gpu_check_tiny_runs_every_section(tmp_path):
     trained = {r["case"].split(",")[0] for r in rows if r["metric"] == "time per micro-step"}
     assert trained == {"unrolled", "partition", "partition-H"}
     assert (out / "summary.md").read_text().startswith("# GPU check on CPU")
+
+    # network: every shape in every mode that runs on the CPU, with FLOPs, ms and TFLOP/s;
+    # compile is CUDA-only and recorded as not run, never timed
+    net = [r for r in rows if r["section"] == "network"]
+    flops = {r["case"]: float(r["value"]) for r in net if r["metric"].startswith("FLOPs")}
+    assert len(flops) == 3 and all(f > 0 for f in flops.values())
+    timed = [r for r in net if r["metric"].endswith(": throughput")]
+    assert len(timed) == 3 * 5 and all(float(r["value"]) > 0 for r in timed)
+    assert all(r["status"] == "info" for r in net if r["metric"].startswith("compiled"))
+    loop = {r["case"].rsplit(", ", 1)[1] for r in rows if r["section"] == "train_loop"}
+    assert loop == {"resident", "parked"}
+    kinds = {r["metric"] for r in rows if r["section"] == "profile"}
+    assert {"wall time of the micro-step", "convolution"} <= kinds
+
+
+def test_network_flops_count_the_convolutions_forward_and_backward():
+    """The FLOPs of the network section: one 3×3×3 convolution is 2·27·Cin·Cout per output voxel
+    forward, as much again for the weight gradient and, when the input needs one, for the input
+    gradient."""
+    import torch
+
+    from unroll3d.bench.gpu_network import kind_of, network_flops
+
+    class One(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv3d(2, 3, 3, padding=1, bias=False)
+
+        def _denoise(self, x, sigma):
+            return self.conv(x)
+
+    forward = 2 * 27 * 2 * 3 * (4 * 5 * 6)
+    assert network_flops(One(), torch.rand(1, 2, 4, 5, 6), None) == 2 * forward
+    x = torch.rand(1, 2, 4, 5, 6, requires_grad=True)
+    assert network_flops(One(), x, None) == 3 * forward
+    assert kind_of("aten::cudnn_convolution") == "convolution"
+    assert kind_of("aten::copy_") == "layout change" and kind_of("aten::fft_r2c") == "FFT"
 
 
 def test_gpu_check_refuses_a_reference_of_another_size(tmp_path):

@@ -33,6 +33,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "make study: accuracy gaps of the ablation against training length and volume size",
     ),
     "cost": ("unroll3d.bench.cost", "estimated GPU hours of a configuration's DAG, per rule"),
+    "precision_ab": (
+        "unroll3d.bench.precision_ab",
+        "accuracy A/B of the network modes: fp32 vs bf16 + channels_last, same training",
+    ),
     "gpu_check": (
         "unroll3d.bench.gpu_check",
         "make gpu-check: GPU tests, astra, H vs exact, training and inference memory/speed",

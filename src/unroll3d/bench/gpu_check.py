@@ -16,7 +16,10 @@ Sections, each recorded even when it fails (its error becomes the row's ``status
    ``partition`` and ``partition-H`` with the paper's CBCT patch in the Walnut-size volume;
    ``train_mri``: the same at the MRI data set's size (12 coils, K = 5), full-volume ``unrolled``
    in fp32 and with the bf16 network.
-6. ``inference``: one sliding-window ``partition-H`` reconstruction (Algorithm 1 with refinement)
+6. ``network``, ``train_loop``, ``profile`` (:mod:`unroll3d.bench.gpu_network`): the DRUNet
+   alone in each precision/layout mode, the engine's real training loop with resident against
+   parked samples, and a profile of one CBCT ``partition-H`` micro-step.
+7. ``inference``: one sliding-window ``partition-H`` reconstruction (Algorithm 1 with refinement)
    of the Walnut-size volume: time and peak memory.
 
 The volumes are synthetic (smooth balls); H is the impulse response of AᵀA (its values do not
@@ -45,6 +48,7 @@ import time
 import traceback
 from pathlib import Path
 
+from unroll3d.bench.gpu_network import network_sections
 from unroll3d.bench.memory import gb
 from unroll3d.utils import atomic_write_csv, atomic_write_text, device_name
 
@@ -580,7 +584,7 @@ def _train_case(
     case = f"{variant}, {task} {'×'.join(map(str, shape))}" + (
         f", patch {'×'.join(map(str, patch))}" if spec.partition else ", whole volume"
     )
-    precision = "bf16 network" if bf16 and device.type == "cuda" else "fp32"
+    precision = "bf16 network" if bf16 else "fp32"
     precision += ", checkpointed iterations" if checkpoint else ""
     note = f"K={K}, DRUNet {prof['channels']}×{prof['blocks']}, {precision}, batch 1"
     if stats["status"] == "ok":
@@ -691,6 +695,11 @@ def section_inference(rec, device, backend, prof, min_left_s: float) -> None:
 
 
 # ----------------------------------------------------------------------------------- driver
+#: every section in its order (network, train_loop, profile: :mod:`unroll3d.bench.gpu_network`)
+ALL_SECTIONS = ["tests", "projector", "normal_step", "network", "train", "train_mri",
+                "train_loop", "profile", "inference"]  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="unroll3d bench gpu_check",
@@ -705,8 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sections",
         nargs="+",
-        default=["tests", "projector", "normal_step", "train", "train_mri", "inference"],
-        choices=["tests", "projector", "normal_step", "train", "train_mri", "inference"],
+        default=ALL_SECTIONS,
+        choices=ALL_SECTIONS,
     )
     return p
 
@@ -716,6 +725,7 @@ SECTIONS = {
     "normal_step": lambda rec, dev, be, prof, a: section_normal_step(rec, dev, be, prof),
     "train": lambda rec, dev, be, prof, a: section_train(rec, dev, be, prof),
     "train_mri": lambda rec, dev, be, prof, a: section_train_mri(rec, dev, be, prof),
+    **network_sections(sys.modules[__name__]),
     "inference": lambda rec, dev, be, prof, a: section_inference(
         rec, dev, be, prof, 5.0 if a.tiny else 150.0
     ),

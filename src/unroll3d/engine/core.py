@@ -380,7 +380,7 @@ def time_train_steps(
 ) -> dict:
     """Time ``n_steps`` training micro-steps (batch 1) after one warm-up, on a copy of ``model``."""
     net = copy.deepcopy(model).train()
-    net.bf16 = bool(train_settings(config)["bf16"]) and device.type == "cuda"
+    net.bf16 = bool(train_settings(config)["bf16"])  # as build_variant set it
     opt = torch.optim.Adam(net.parameters(), lr=1e-12)
     partitioner = (
         make_partitioner(net, task, config, prep_sample.x.shape[1:]) if spec.partition else None

@@ -4,8 +4,9 @@
   with ground-truth context through
   :meth:`unroll3d.partition.PartitionedReconstructor.training_pair`; ``unrolled`` and
   ``unrolled-H`` train on the full volume. Loss: mean squared error (paper L_PART / L_UNR).
-- Adam with a cosine schedule, gradient accumulation, gradient clipping, bf16 autocast of the
-  network on CUDA only (the physics stays fp32), seeded.
+- Adam with a cosine schedule, gradient accumulation, gradient clipping, seeded; the network's
+  speed keys (``train.bf16`` autocast around the network only, ``tf32``, ``channels_last``,
+  ``cudnn_benchmark``, ``compile``) are applied by :func:`unroll3d.models.build_variant`.
 - Every random choice of step ``s`` (which training volume, which patch) comes from a generator
   seeded with ``(seed, s)``, so a run resumed from a checkpoint reaches the same weights as an
   uninterrupted one. Checkpoints (``<out>.ckpt``) are written atomically every
@@ -69,6 +70,7 @@ from unroll3d.engine.core import (
 )
 from unroll3d.engine.tuning import select_pnp, select_tv, validate_psnr
 from unroll3d.models import build_variant, count_parameters, resolve_model_config
+from unroll3d.models.build import network_settings
 from unroll3d.models.dpir import checked_weights, expected_sha256, weights_file
 from unroll3d.normal import NormalFit
 from unroll3d.utils import (
@@ -439,8 +441,8 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
             caches[s].get(0)
             by_setting[s] = val_caches[s].lipschitz = caches[s].lipschitz
         lipschitz = by_setting[job.settings[0]]
+        # build_variant applies train.bf16/tf32/channels_last/cudnn_benchmark/compile
         model = build_variant(job.variant, job.task, job.config, lipschitz, device=device)
-        model.bf16 = bool(t["bf16"]) and device.type == "cuda"
         model.train()
         partitioner = None
         if spec.partition:
@@ -593,6 +595,7 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         "loss_last": rows[-1]["loss"] if rows else None,
         "val_psnr_last": vals[-1] if vals else None,
         "bf16": model.bf16,
+        "network": network_settings(t, device),  # what ran: None = not applicable on the device
         "masks": "fresh per draw" if job.redraw is not None else "fixed per volume",
     }
     if spec.use_H:  # which H the data steps used (normal.mri_h, issue 23)

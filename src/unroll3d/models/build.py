@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from torch import nn
 from unroll3d.config import section_defaults, train_object, train_settings
 from unroll3d.models.classical import Adjoint, Analytical, TVReconstructor, ZeroFilledRSS
 from unroll3d.models.dpir import DPIRSlices, SliceDenoiser, checked_weights, load_denoiser2d
+from unroll3d.models.drunet import DRUNet3D, DRUNetSlices
 from unroll3d.models.inr import INRReconstructor
 from unroll3d.models.pnp import PnPAlphaPGD
 from unroll3d.models.unrolled import PostProcess, UnrolledPGD
@@ -24,6 +26,8 @@ __all__ = [
     "build_variant",
     "resolve_model_config",
     "count_parameters",
+    "configure_network",
+    "network_settings",
 ]
 
 
@@ -185,6 +189,44 @@ def build_variant(
     model = builder(ctx)
     if device is not None:
         model = model.to(device)
+    return configure_network(model, ctx.train, device)
+
+
+#: the ``train`` keys that set how the network runs (not what it computes)
+NETWORK_KEYS = ("bf16", "tf32", "channels_last", "cudnn_benchmark", "compile")
+
+
+def network_settings(train: dict, device: torch.device | str | None) -> dict:
+    """What :func:`configure_network` applies on ``device`` for the ``train`` section: the
+    CUDA-only keys (``tf32``, ``cudnn_benchmark``, ``compile``) are ``None`` elsewhere."""
+    cuda = device is not None and torch.device(device).type == "cuda"
+    out = {k: bool(train[k]) for k in NETWORK_KEYS}
+    for key in ("tf32", "cudnn_benchmark", "compile"):
+        out[key] = out[key] if cuda else None
+    return out
+
+
+def configure_network(model: nn.Module, train: dict, device=None) -> nn.Module:
+    """Apply the ``train`` section's network keys to ``model`` (in place, returned): bf16
+    autocast around its denoiser only, the channels-last layout, and on CUDA the TF32 and
+    cudnn.benchmark switches (process-wide) and ``torch.compile`` of the denoiser. On the CPU a
+    requested compile is skipped with one log line. Models without a DRUNet keep ``bf16`` only."""
+    want = network_settings(train, device)
+    if hasattr(model, "bf16"):
+        model.bf16 = want["bf16"]
+    if want["tf32"] is not None:
+        torch.backends.cudnn.allow_tf32 = want["tf32"]
+        torch.backends.cudnn.benchmark = want["cudnn_benchmark"]
+    denoiser = getattr(model, "denoiser", None)
+    if isinstance(denoiser, (DRUNet3D, DRUNetSlices)):
+        denoiser.use_channels_last(want["channels_last"])
+        if want["compile"]:
+            denoiser.compile()
+        elif train["compile"] and want["compile"] is None:
+            print(
+                "train.compile: skipped on the CPU (torch.compile is used on CUDA only)",
+                file=sys.stderr,
+            )
     return model
 
 

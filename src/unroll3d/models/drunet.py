@@ -57,6 +57,13 @@ class DRUNet3D(nn.Module):
         self.channels = channels
         self.multiple = multiple
         self.residual = bool(residual)
+        self.channels_last = False  # set by use_channels_last
+
+    def use_channels_last(self, on: bool = True) -> DRUNet3D:
+        """Weights and activations in ``torch.channels_last_3d`` (``on``) or contiguous."""
+        self.channels_last = bool(on)
+        fmt = torch.channels_last_3d if on else torch.contiguous_format
+        return self.to(memory_format=fmt)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         """Denoise ``x`` (B, C, D, H, W) at noise level ``sigma`` (scalar)."""
@@ -71,10 +78,14 @@ class DRUNet3D(nn.Module):
             x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")
         sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(1, 1, 1, 1, 1)
         noise_map = sig.expand(x.shape[0], 1, *x.shape[2:])
-        out = self.net.forward_unet(torch.cat((x, noise_map), dim=1))
+        inp = torch.cat((x, noise_map), dim=1)
+        if self.channels_last:
+            inp = inp.contiguous(memory_format=torch.channels_last_3d)
+        out = self.net.forward_unet(inp)
         if self.residual:
             out = out + x
-        return out[..., : spatial[0], : spatial[1], : spatial[2]]
+        out = out[..., : spatial[0], : spatial[1], : spatial[2]]
+        return out.contiguous() if self.channels_last else out
 
 
 def apply_slicewise(
@@ -116,6 +127,12 @@ class DRUNetSlices(nn.Module):
             channels, channels, nc=tuple(int(c) for c in nc), nb=int(nb), pretrained=None, dim=2
         )
         self.channels, self.multiple, self.residual = channels, multiple, bool(residual)
+        self.channels_last = False  # set by use_channels_last
+
+    def use_channels_last(self, on: bool = True) -> DRUNetSlices:
+        """Weights and slice batches in ``torch.channels_last`` (``on``) or contiguous."""
+        self.channels_last = bool(on)
+        return self.to(memory_format=torch.channels_last if on else torch.contiguous_format)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         if x.ndim != 5 or x.shape[1] != self.channels:
@@ -125,7 +142,10 @@ class DRUNetSlices(nn.Module):
 
         def net(s):
             sig = torch.as_tensor(sigma, dtype=s.dtype, device=s.device).reshape(1, 1, 1, 1)
-            out = self.net.forward_unet(torch.cat((s, sig.expand(s.shape[0], 1, *s.shape[2:])), 1))
+            inp = torch.cat((s, sig.expand(s.shape[0], 1, *s.shape[2:])), 1)
+            if self.channels_last:
+                inp = inp.contiguous(memory_format=torch.channels_last)
+            out = self.net.forward_unet(inp)
             return out + s if self.residual else out
 
         return apply_slicewise(net, x, self.multiple)
@@ -191,10 +211,12 @@ class Tiling:
         return self
 
     def _denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        amp = bool(getattr(self, "bf16", False)) and x.is_cuda
+        """The denoiser on ``x``; with ``self.bf16`` under bf16 autocast on ``x``'s device (the
+        network only: what comes in and goes out is fp32)."""
+        amp = bool(getattr(self, "bf16", False))
 
         def fn(v):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(v.device.type, dtype=torch.bfloat16, enabled=amp):
                 out = self.denoiser(v, sigma)
             return out.float()
 
