@@ -143,3 +143,13 @@ def test_training_in_channels_last_reaches_the_same_weights(tmp_path):
     assert runs[True][0]["loss_last"] == pytest.approx(runs[False][0]["loss_last"], rel=1e-4)
     for k, v in runs[False][1].items():
         torch.testing.assert_close(runs[True][1][k], v, rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_precision_ab_names_a_run_without_its_config(tmp_path, capsys):
+    """`unroll3d bench precision_ab` on a folder that is not a prepared run: a one-line error."""
+    from unroll3d.bench import precision_ab
+
+    with pytest.raises(SystemExit):
+        precision_ab.main(["--run-dir", str(tmp_path), "--task", "cbct"])
+    assert "no config.yaml there" in capsys.readouterr().err
+    assert set(precision_ab.MODES) == {"fp32", "bf16+channels_last"}
