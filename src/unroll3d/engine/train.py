@@ -302,10 +302,12 @@ def train_step(
     """One optimiser step with ``accumulate`` micro-batches; returns the mean loss. Each drawn
     sample brings its setting's ‖A‖² (the step-size normalisation) and H.
 
-    Raises :class:`NonFiniteLoss` before touching the weights if the loss is not finite.
+    The micro-steps' losses are summed on the device (in float64, as Python would) and read
+    once per step, so the queue is not drained after every micro-step. Raises
+    :class:`NonFiniteLoss` before touching the weights if a loss is not finite.
     """
     optimizer.zero_grad(set_to_none=True)
-    total = 0.0
+    losses = []
     for _ in range(accumulate):
         prep = pick(generator)
         use_lipschitz(model, prep.lipschitz)
@@ -313,14 +315,15 @@ def train_step(
             model, spec, prep.sample, prep.physics, prep.x0, generator, partitioner, prep.H
         )
         loss = torch.mean((est.float() - target.float()) ** 2)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(float(loss.detach()))
         (loss / accumulate).backward()
-        total += float(loss.detach())
+        losses.append(loss.detach().double())
+    values = torch.stack(losses).cpu()  # the step's one read of the device
+    if not bool(torch.isfinite(values).all()):
+        raise NonFiniteLoss(float(values[~torch.isfinite(values)][0]))
     if grad_clip and grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    return total / accumulate
+    return sum(values.tolist()) / accumulate
 
 
 def _rng_state() -> dict:
