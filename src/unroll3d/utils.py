@@ -236,3 +236,122 @@ def check_output_args(argv: list[str]) -> None:
                 continue
             value = argv[i + 1]
         check_output_path(value, name)
+
+
+# ---- resumable jobs: a checkpoint is resumed only for the inputs it was written for ----
+
+
+def _digest_update(h: Any, value: Any) -> None:
+    if hasattr(value, "detach"):  # a torch tensor: its dtype, shape and bytes (any dtype)
+        import torch
+
+        value = value.detach().cpu().contiguous()
+        h.update(f"{value.dtype}{tuple(value.shape)}".encode())
+        h.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif hasattr(value, "tobytes") and hasattr(value, "dtype"):  # a numpy array
+        h.update(f"{value.dtype}{value.shape}".encode() + value.tobytes())
+    else:
+        h.update(json.dumps(value, sort_keys=True, default=str).encode())
+
+
+def fingerprint(*parts: Any) -> str:
+    """A 32-hex digest of ``parts``: JSON-able values (dict keys sorted), torch tensors and numpy
+    arrays (dtype, shape and bytes). What a resumable job's checkpoint must match."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in parts:
+        _digest_update(h, part)
+    return h.hexdigest()[:32]
+
+
+def source_digest(*modules: str) -> str:
+    """sha256 of the source of ``modules`` (paths under the package, a folder = all its ``.py``):
+    part of a fingerprint, so a checkpoint written by other code is not resumed."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for rel in modules:
+        path = root / rel
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix or "value": d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(_flat(v, key) if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _what_differs(old: Any, new: Any, limit: int = 4) -> str | None:
+    """``key old -> new, ...`` between two input descriptions (None when unknown or equal)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return None
+    a, b = _flat(old), _flat(new)
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if not keys:
+        return None
+    text = ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit])
+    return text + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def resumable_checkpoint(
+    path: str | os.PathLike,
+    fingerprint: str,
+    *,
+    required: tuple[str, ...] = (),
+    inputs: dict | None = None,
+    map_location: Any = "cpu",
+    what: str = "config, data or code",
+    restart: str = "starting from step 0",
+) -> dict | None:
+    """The state in checkpoint ``path`` if it may be resumed, else None.
+
+    It may be resumed when it is a dict holding ``required`` whose ``"fingerprint"`` equals
+    ``fingerprint`` (:func:`fingerprint` of everything that defines the result). Any other
+    checkpoint is deleted with one line on stderr naming the file and why: one that cannot be
+    read (truncated, not a checkpoint), or one written for other inputs (``what``; when the
+    checkpoint and the caller both give ``inputs``, a JSON-able description of them, the keys
+    that differ are named). A rerun therefore never resumes another job's state and never stops
+    on a stale file.
+    """
+    import sys
+
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+        readable = isinstance(state, dict) and set(required) <= set(state)
+        why = None if readable else "not a checkpoint of this job"
+    except Exception as err:  # noqa: BLE001 - any unreadable file: discard, never block a rerun
+        state, readable = None, False
+        why = (
+            f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        )
+    if readable and state.get("fingerprint") == fingerprint:
+        return state
+    if not readable:
+        print(
+            f"warning: discarding unreadable checkpoint {path} ({why}); {restart}",
+            file=sys.stderr,
+            flush=True,
+        )
+    else:
+        diff = _what_differs(state.get("inputs"), inputs)
+        print(
+            f"discarding checkpoint {path}: it was written for other inputs "
+            f"({diff or what}); {restart}",
+            file=sys.stderr,
+            flush=True,
+        )
+    path.unlink(missing_ok=True)
+    return None

@@ -40,7 +40,6 @@ import json
 import random
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -80,8 +79,10 @@ from unroll3d.utils import (
     device_name,
     peak_rss_gb,
     reset_peak_rss,
+    resumable_checkpoint,
     rss_gb,
     seed_everything,
+    source_digest,
 )
 from unroll3d.variants import VariantSpec, variant_spec
 
@@ -129,13 +130,7 @@ _STEP_CODE = (
 @cache
 def _code_version() -> str:
     """Hash of the package version and the source of the modules a training step runs."""
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256(__version__.encode())
-    for rel in _STEP_CODE:
-        path = root / rel
-        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            h.update(f.read_bytes())
-    return h.hexdigest()
+    return hashlib.sha256((__version__ + source_digest(*_STEP_CODE)).encode()).hexdigest()
 
 
 def _file_stamp(path: str | Path | None) -> str:
@@ -173,26 +168,16 @@ def run_fingerprint(job: TrainJob) -> str:
 
 def _resumable_state(job: TrainJob, fingerprint: str, device) -> dict | None:
     """The checkpoint's state if it can be resumed, else None; a checkpoint written for other
-    inputs, or one that cannot be read (truncated), is deleted with a log line."""
-    ckpt = job.ckpt_path
-    if not ckpt.exists():
-        return None
-    try:
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        ok = isinstance(state, dict) and {"step", "model", "optimizer"} <= set(state)
-    except Exception as err:  # noqa: BLE001 - any unreadable file: discard, never block a rerun
-        state, ok = None, False
-        warnings.warn(f"discarding unreadable checkpoint {ckpt}: {err}", stacklevel=2)
-    if ok and state.get("fingerprint") == fingerprint:
-        return state
-    if ok:
-        print(
-            f"discarding checkpoint {ckpt}: it was written for other inputs (config, data, H "
-            "file or code); training from step 0",
-            file=sys.stderr,
-        )
-    ckpt.unlink(missing_ok=True)
-    return None
+    inputs, or one that cannot be read (truncated), is deleted with a log line
+    (:func:`unroll3d.utils.resumable_checkpoint`, shared with ``fit-normal``)."""
+    return resumable_checkpoint(
+        job.ckpt_path,
+        fingerprint,
+        required=("step", "model", "optimizer"),
+        map_location=device,
+        what="config, data, H file or code",
+        restart="training from step 0",
+    )
 
 
 def _rss_growth_gb(base_gb: float | None) -> float | None:

@@ -23,12 +23,30 @@ from unroll3d.normal.operator import (
     _check_img_size,
     _physics_device,
     _to_complex,
+    operator_hash,
     operator_sqnorm,
     padded_grid,
 )
-from unroll3d.utils import atomic_torch_save
+from unroll3d.utils import atomic_torch_save, fingerprint, resumable_checkpoint, source_digest
 
-__all__ = ["fit_normal_operator"]
+__all__ = ["fit_normal_operator", "fit_inputs"]
+
+#: modules whose code decides what a fit computes (part of a checkpoint's fingerprint)
+_FIT_CODE = ("normal/fit.py", "normal/operator.py")
+
+
+def fit_inputs(
+    physics: LinearPhysics, img_size: Sequence[int], config: dict[str, Any], sqnorm: float | None
+) -> dict[str, Any]:
+    """Everything that defines a fit's result, as the checkpoint records it: the operator
+    (:func:`operator_hash`: geometry, mask, coil maps), the image size, the fit's settings
+    (``config``: grid, lr, schedule, steps, seed, ...), ‖A‖² when given, and the fit code."""
+    return {
+        "operator": operator_hash(physics, img_size),
+        "config": config,
+        "sqnorm": None if sqnorm is None else float(sqnorm),
+        "code": source_digest(*_FIT_CODE)[:16],
+    }
 
 
 def _probe(shape: Sequence[int], seed: int, tag: int, index: int) -> torch.Tensor:
@@ -129,7 +147,11 @@ def fit_normal_operator(
 
     Deterministic given ``seed``: probe *i* is drawn on the CPU from (seed, i), so a run
     resumed from ``checkpoint`` (written atomically every ``checkpoint_every`` steps and at the
-    end) gives the same result as an uninterrupted one.
+    end) gives the same result as an uninterrupted one. A checkpoint is resumed only if its
+    fingerprint (:func:`fit_inputs`: operator hash, image size, every setting, ‖A‖² when given,
+    code) matches; one written for other inputs, or one that cannot be read, is deleted with a
+    log line naming it (and what differs) and the fit starts from step 0
+    (:func:`unroll3d.utils.resumable_checkpoint`, shared with training).
 
     ``lr_schedule="plateau"`` stops on the held-out error's plateau instead of a fixed count:
     ``n_steps`` is then the maximum. The lr stays constant until ``plateau_patience``
@@ -163,7 +185,7 @@ def fit_normal_operator(
     :param floor_note: why no floor is given (recorded when ``floor`` is None).
     :param grid: FFT grid (default :func:`padded_grid`).
     :param sqnorm: ‖A‖² if known (else the power method).
-    :param checkpoint: resumable state file.
+    :param checkpoint: resumable state file (see above: resumed only for the same inputs).
     :param eval_every: steps between held-out evaluations (default n_steps // 20).
     :param progress: a tqdm bar (None: only on a terminal; without a bar, each held-out
         evaluation prints one log line).
@@ -221,19 +243,22 @@ def fit_normal_operator(
         }
 
     state = None
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        old = dict(state["config"])
-        new = dict(config)
-        old.pop("n_steps", None)
-        new.pop("n_steps", None)
-        if old != new:
-            diff = {
-                k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)
-            }
-            raise ValueError(
-                f"checkpoint {checkpoint} was written with other settings {diff} (saved, asked); "
-                "delete it to start afresh"
+    if checkpoint is not None:
+        inputs = fit_inputs(physics, img_size, config, sqnorm)
+        key = fingerprint(inputs)
+        state = resumable_checkpoint(
+            checkpoint,
+            key,
+            required=("step", "lam", "m", "optim", "history", "sqnorm"),
+            inputs=inputs,
+            what="operator, image size, settings or code",
+            restart="fitting from step 0",
+        )
+        if state is not None:
+            print(
+                f"fit H: resuming from {checkpoint} at step {int(state['step'])}/{n_steps}",
+                file=sys.stderr,
+                flush=True,
             )
 
     t_start = time.perf_counter()
@@ -330,6 +355,8 @@ def fit_normal_operator(
             return
         atomic_torch_save(
             {
+                "fingerprint": key,
+                "inputs": inputs,
                 "config": config,
                 "step": step,
                 "lam": lam_value().detach().cpu(),
