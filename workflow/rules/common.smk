@@ -167,6 +167,16 @@ def _stored_views():
     return "--views " + " ".join(str(v) for v in config["cbct"]["views"])
 
 
+def _expect_shape(task):
+    """--expect-shape (and --expect-coils) of a preprocess job: the toy's sizes from the config,
+    else the data set's known layout (Walnut 501³; Calgary-Campinas 256 × 218 × 170/180 × 24)."""
+    if not _toy(task):
+        return "--expect-shape " + {"cbct": "walnut", "mri": "calgary-campinas"}[task]
+    shape = " ".join(str(n) for n in u3config.volume_shape(config, task))
+    coils = f" --expect-coils {lookup(dpath='mri/toy/coils', within=config, default=4)}" if task == "mri" else ""
+    return f"--expect-shape {shape}{coils}"
+
+
 def _challenge_masks():
     """The challenge's mask files of every grid size for each acceleration (mask_source
     challenge; a volume uses the file of its own ky×kz size), else none."""

@@ -125,6 +125,7 @@ rule preprocess_walnut:
         scale=config["cbct"]["intensity_scale"],
         clip=config["cbct"]["log_clip"],
         views=_stored_views(),
+        expect=_expect_shape("cbct"),
     wildcard_constraints:
         n=r"\d+",
     log:
@@ -139,7 +140,7 @@ rule preprocess_walnut:
     shell:
         "unroll3d data preprocess cbct --zip {input} --out {output} --volume walnut{wildcards.n}"
         " --orbit {params.orbit} --voxel-mm {params.voxel} --scale {params.scale}"
-        " --log-clip {params.clip} {params.views} > {log} 2>&1"
+        " --log-clip {params.clip} {params.views} {params.expect} > {log} 2>&1"
 
 
 rule download_mri_mask:
@@ -194,6 +195,7 @@ rule preprocess_mri:
         pf=config["mri"]["partial_fourier"],
         calib=config["mri"]["calib"],
         conv=config["mri"]["kspace_convention"],
+        expect=_expect_shape("mri"),
     wildcard_constraints:
         volume=r"[A-Za-z0-9_]+",
     log:
@@ -208,7 +210,7 @@ rule preprocess_mri:
     shell:
         "unroll3d data preprocess mri --zip {input.zip} --volume {wildcards.volume} --out {output}"
         " --partial-fourier {params.pf} --calib {params.calib} --convention {params.conv}"
-        " --challenge-masks {input.masks} > {log} 2>&1"
+        " --challenge-masks {input.masks} {params.expect} > {log} 2>&1"
 
 
 rule fdk_check:

@@ -482,7 +482,9 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     models, lips = {}, {}
     for name, path in (("partition", args.partition), ("partition-H", args.partition_H)):
-        model, payload = load_trained(path, args.task, config, device=device, setting=args.setting)
+        model, payload = load_trained(
+            path, args.task, config, device=device, setting=args.setting, variant=name
+        )
         if model is None:
             print(f"{name}: {payload.get('status')} ({payload.get('message')}); skipped")
             continue

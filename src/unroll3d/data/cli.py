@@ -88,12 +88,42 @@ def _freeze(a) -> int:
     return 1 if report["conflict"] else 0
 
 
+def _expected_shape(words: list[str] | None, task: str):
+    """``--expect-shape``: three sizes, or the data set's known layout by name."""
+    if not words:
+        return None
+    known = {"cbct": "walnut", "mri": "calgary-campinas"}[task]
+    if words == [known]:
+        if task == "cbct":
+            from unroll3d.data.walnut import WALNUT_VOLUME
+
+            return WALNUT_VOLUME
+        return known
+    try:
+        sizes = tuple(int(w) for w in words)
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 3 or min(sizes) < 1:
+        raise DataError(
+            f"--expect-shape {' '.join(words)}: expected three positive sizes or {known!r}"
+        )
+    return sizes
+
+
 def _preprocess(a) -> int:
     if a.task == "cbct":
         from unroll3d.data.walnut import preprocess_walnut
 
         meta = preprocess_walnut(
-            a.zip, a.out, a.volume, a.orbit, a.voxel_mm, a.scale, a.log_clip, a.views or None
+            a.zip,
+            a.out,
+            a.volume,
+            a.orbit,
+            a.voxel_mm,
+            a.scale,
+            a.log_clip,
+            a.views or None,
+            expected_shape=_expected_shape(a.expect_shape, "cbct"),
         )
     else:
         from unroll3d.data.mri import preprocess_mri
@@ -103,7 +133,15 @@ def _preprocess(a) -> int:
                 "preprocess mri needs --volume (the HDF5 file stem, e.g. e14089s3_P53248)"
             )
         meta = preprocess_mri(
-            a.zip, a.volume, a.out, a.partial_fourier, a.calib, a.convention, a.challenge_masks
+            a.zip,
+            a.volume,
+            a.out,
+            a.partial_fourier,
+            a.calib,
+            a.convention,
+            a.challenge_masks,
+            expected_shape=_expected_shape(a.expect_shape, "mri"),
+            expected_coils=a.expect_coils,
         )
     print(json.dumps({k: v for k, v in meta.items() if k != "input_sha256"}, default=str))
     return 0
@@ -155,6 +193,14 @@ def fdk_check(
     }
 
 
+#: the most our FDK may differ from the shipped one (relative L2). Measured on the smoke toy
+#: (24³, 120 views): right geometry 0.036; geometry scaled by 1.02 / 1.05 / 1.1: 0.16 / 0.37 /
+#: 0.67; in other units (×10, ×0.1, ×2) or a wrong --voxel-mm (×2, ×0.5): 0.91-1.69. Two
+#: different methods on the same data (shipped FDK against the iterative reference) differ by
+#: 0.21, so a second FDK implementation stays well under 0.5 while a unit error is far over it.
+FDK_MAX_REL_DIFF = 0.5
+
+
 def _fdk_check(a) -> int:
     from unroll3d.utils import atomic_write_json
 
@@ -165,9 +211,19 @@ def _fdk_check(a) -> int:
             res = fdk_check(a.zip, a.orbit, a.voxel_mm, a.log_clip, device)
     else:
         res = fdk_check(a.zip, a.orbit, a.voxel_mm, a.log_clip, a.device)
+    diff = res["rel_diff_fdk_vs_shipped"]
+    res.update(max_rel_diff=a.max_rel_diff, passed=bool(diff <= a.max_rel_diff))
     if a.out:
         atomic_write_json(a.out, res)
     print(json.dumps(res, indent=2))
+    if not res["passed"]:
+        print(
+            f"unroll3d data fdk-check: {a.zip}: our FDK differs from the shipped fdk_pos{a.orbit} "
+            f"by {diff:.3f} (relative), over the limit {a.max_rel_diff:g}: geometry in other "
+            f"units than --voxel-mm {a.voxel_mm:g} (mm), another orbit or a wrong pairing?",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -235,6 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="R<r>_<ny>x<nz>.npy mask banks (MRI)",
     )
+    pp.add_argument(
+        "--expect-shape",
+        nargs="+",
+        metavar="N",
+        help="refuse raw data of another layout: the volume's D H W (CBCT; MRI: x ky kz), or "
+        "the data set's known layout by name (walnut: 501³; calgary-campinas: "
+        "256 × 218 × 170/180 × 24)",
+    )
+    pp.add_argument("--expect-coils", type=int, help="MRI: the coil count the raw data must have")
     pp.set_defaults(func=_preprocess)
 
     c = sub.add_parser("fdk-check", help="our FDK vs the shipped fdk_pos* reconstruction")
@@ -249,6 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (a free GPU via unroll3d.devices, else CPU), cpu, cuda",
     )
     c.add_argument("--out", type=Path, help="JSON report")
+    c.add_argument(
+        "--max-rel-diff",
+        type=float,
+        default=FDK_MAX_REL_DIFF,
+        help="fail (exit 1) when our FDK differs from the shipped one by more than this "
+        f"(relative L2; default {FDK_MAX_REL_DIFF}: right geometry 0.036 on the toy, unit "
+        "errors ≥ 0.91)",
+    )
     c.set_defaults(func=_fdk_check)
 
     s = sub.add_parser("splits", help="print the prior work's Walnut split")

@@ -73,6 +73,12 @@ def load_sample(
         idx_t = torch.from_numpy(pos)
         y = data["y"].index_select(0, idx_t).to(device)[None, None]
         vectors = data["vectors"].index_select(0, idx_t)
+        if data["x"].dim() != 3 or len(set(data["x"].shape)) != 1:  # Walnut grids are cubic
+            raise DataError(
+                f"{path}: the volume is {' × '.join(map(str, data['x'].shape))}; Walnut volumes "
+                "are cubic (a ground-truth slice missing from the raw zip?); delete it and "
+                "preprocess it again"
+            )
         x = data["x"].to(device)[None, None]
         physics = ConeBeam(vectors, tuple(x.shape[-3:]), det_shape=tuple(y.shape[-2:])).to(device)
         meta.update(setting=setting, view_indices=idx.tolist(), n_views=len(idx), n_full=n_full)

@@ -110,8 +110,51 @@ def central_energy(img: np.ndarray) -> float:
     return float(c / max(e.sum(), 1e-30))
 
 
-def read_kspace(path: str | Path, source: str | None = None) -> np.ndarray:
-    """Read ``kspace`` of a Calgary-Campinas HDF5 file -> complex64 ``(N, x, ky, kz)``."""
+_CONVENTIONS = ("uncentred", "centred")
+
+
+def choose_convention(k: np.ndarray, convention: str, source: str) -> tuple[str, dict[str, float]]:
+    """The raw convention of hybrid data ``k`` (N, x, ky, kz): ``auto`` picks the one whose image
+    keeps more energy in the central half of the field of view (:func:`central_energy` on the
+    middle readout slices) and logs the decision with both scores; a named convention is checked
+    the same way and one the data contradict (the other's score over twice its own: measured
+    0.62 against 0.001 on the toy, so never near the line for a right one) is an error.
+    Returns the convention and both scores."""
+    if convention not in ("auto", *_CONVENTIONS):
+        raise DataError(
+            f"unknown k-space convention {convention!r} (expected auto, centred, uncentred)"
+        )
+    nx = k.shape[1]
+    mid = k[:, max(nx // 2 - 2, 0) : nx // 2 + 2]
+    scores = {c: central_energy(hybrid_to_image(mid, c)) for c in _CONVENTIONS}
+    best = max(scores, key=scores.get)
+    text = ", ".join(f"{c} {v:.3f}" for c, v in scores.items())
+    if convention == "auto":
+        log.info(
+            "%s: k-space convention auto -> %s (energy in the central half of the field of "
+            "view: %s)",
+            source,
+            best,
+            text,
+        )
+        return best, scores
+    if scores[best] > 2 * scores[convention]:
+        raise DataError(
+            f"{source}: mri.kspace_convention is {convention!r}, but the data look {best!r} "
+            f"(energy in the central half of the field of view: {text}); set "
+            f"mri.kspace_convention to {best!r} or check the file's axis order"
+        )
+    return convention, scores
+
+
+def read_kspace(
+    path: str | Path,
+    source: str | None = None,
+    expected_shape: str | tuple[int, int, int] | None = None,
+    expected_coils: int | None = None,
+) -> np.ndarray:
+    """Read ``kspace`` of a Calgary-Campinas HDF5 file -> complex64 ``(N, x, ky, kz)``; its
+    stored shape is checked against ``expected_shape`` (:func:`check_kspace_layout`)."""
     import h5py
 
     source = source or str(path)
@@ -122,6 +165,8 @@ def read_kspace(path: str | Path, source: str | None = None) -> np.ndarray:
     with f:
         if "kspace" not in f:
             raise DataError(f"{source}: no dataset 'kspace' (keys: {sorted(f.keys())})")
+        # the layout is checked before the (large) array is read
+        check_kspace_layout(f["kspace"].shape, source, expected_shape, expected_coils)
         k = f["kspace"][()]
     if k.ndim != 4 or k.shape[-1] % 2:
         raise DataError(
@@ -142,6 +187,46 @@ def read_kspace(path: str | Path, source: str | None = None) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(kc, -1, 0))
 
 
+#: Calgary-Campinas 12-channel raw layout (datasets.md §2.2): ``kspace`` of shape (x, ky, kz, 2 N)
+CC_LAYOUT = {"x": (256,), "ky": (218,), "kz": (170, 180), "channels": (24,)}
+
+
+def check_kspace_layout(
+    shape: tuple[int, ...],
+    source: str,
+    expected: str | tuple[int, int, int] | None = None,
+    coils: int | None = None,
+) -> None:
+    """Refuse a raw ``kspace`` whose stored shape (x, ky, kz, 2·coils) is not the expected one:
+    ``expected = "calgary-campinas"`` checks :data:`CC_LAYOUT` (256 × 218 × 170/180 × 24), a
+    tuple ``(x, ky, kz)`` the config's image size (with ``coils`` when given). A file stored with
+    swapped axes would otherwise be read as another image, with exit status 0."""
+    shape = tuple(int(n) for n in shape)
+    if expected is None:
+        return
+    if expected == "calgary-campinas":
+        allowed = [CC_LAYOUT[k] for k in ("x", "ky", "kz", "channels")]
+        want = "256 × 218 × 170|180 × 24 (x, ky, kz, 2·12 coils; Calgary-Campinas, datasets.md)"
+    elif isinstance(expected, str) or len(tuple(expected)) != 3:
+        raise DataError(f"expected layout {expected!r}: need 'calgary-campinas' or (x, ky, kz)")
+    else:
+        allowed = [(int(n),) for n in expected] + [(2 * int(coils),) if coils else None]
+        want = " × ".join(str(int(n)) for n in expected) + (
+            f" × {2 * int(coils)} (x, ky, kz, 2·{coils} coils; config)"
+            if coils
+            else " × 2·coils (x, ky, kz, 2·coils; config)"
+        )
+    if len(shape) != 4 or any(
+        ok is not None and n not in ok for n, ok in zip(shape, allowed, strict=True)
+    ):
+        swapped = len(shape) == 4 and shape[0] in allowed[1] and shape[1] in allowed[0]
+        raise DataError(
+            f"{source}: 'kspace' is stored as {' × '.join(map(str, shape))}, expected {want}"
+            + ("; x and ky look swapped" if swapped else "")
+            + "; refusing to read it as another image"
+        )
+
+
 def _find_member(zf: zipfile.ZipFile, volume: str, zip_path: Path) -> str:
     pat = re.compile(rf"(?:.*/)?{re.escape(volume)}(?:\.7)?\.h5")
     hits = [n for n in zf.namelist() if pat.fullmatch(n)]
@@ -160,6 +245,8 @@ def preprocess_mri(
     calib: int = 18,
     convention: str = "auto",
     challenge_masks: list[str | Path] | None = None,
+    expected_shape: str | tuple[int, int, int] | None = None,
+    expected_coils: int | None = None,
 ) -> dict:
     """Preprocess one volume of ``train_val_12_channel.zip`` into ``out`` (atomically).
 
@@ -167,6 +254,12 @@ def preprocess_mri(
     (:mod:`unroll3d.data.masks`); for each R the bank of this volume's (ky, kz) size is stored in
     the sample and then used instead of the seeded generator (mask ``seed % n_masks``); an R
     without a bank of this size is an error.
+
+    ``expected_shape`` (``"calgary-campinas"`` or the config's ``(x, ky, kz)``) and
+    ``expected_coils``: the stored layout must match (:func:`check_kspace_layout`). With
+    ``convention="auto"`` the choice is logged with its scores; a named convention that the data
+    contradict (its image holds less of its energy in the centre of the field of view than the
+    other's) is an error.
     """
     import torch
 
@@ -192,7 +285,7 @@ def preprocess_mri(
             raise DataError(
                 f"{zip_path}: cannot extract member {member!r} (corrupt zip?): {err}"
             ) from err
-        k = read_kspace(h5, f"{zip_path}:{member}")
+        k = read_kspace(h5, f"{zip_path}:{member}", expected_shape, expected_coils)
         member_sha = file_hash(h5, "sha256")
     n, nx, ny, nz = k.shape
     member_hashes_extra: dict[str, str] = {}
@@ -220,11 +313,7 @@ def preprocess_mri(
     if e_x[inner].sum() < np.roll(e_x, nx // 2)[inner].sum():
         x_roll = nx // 2
         k = np.roll(k, x_roll, axis=1)
-    scores = {}
-    if convention == "auto":
-        for conv in ("uncentred", "centred"):
-            scores[conv] = central_energy(hybrid_to_image(k[:, nx // 2 - 2 : nx // 2 + 2], conv))
-        convention = max(scores, key=scores.get)
+    convention, scores = choose_convention(k, convention, f"{zip_path.name}:{member}")
     images = hybrid_to_image(k, convention).astype(np.complex64)
     kspace = fft3c(torch.from_numpy(images))
     kspace = kspace * torch.from_numpy(pf_mask)  # exact zeros outside the acquired block
@@ -292,6 +381,28 @@ def sampling_mask(shape: tuple[int, int], acceleration: float, calib: int, seed:
         raise DataError(f"cannot draw an R={acceleration:g} mask on a {shape} grid: {err}") from err
 
 
+def check_sample_arrays(data: dict, meta: dict) -> None:
+    """The arrays of a preprocessed MRI file agree: k-space (N, x, ky, kz), coil maps of the
+    same shape, ground truth (x, ky, kz) = ``meta["img_size"]``, ``pf_mask`` (ky, kz)."""
+    where = meta.get("source", f"volume {meta.get('volume')}")
+    k = tuple(data["kspace"].shape)
+    if len(k) != 4:
+        raise DataError(f"{where}: kspace has shape {k}; expected (coils, x, ky, kz)")
+    shapes = {
+        "coil_maps": (tuple(data["coil_maps"].shape), k),
+        "x": (tuple(data["x"].shape), k[1:]),
+        "pf_mask": (tuple(data["pf_mask"].shape), k[2:]),
+        "meta img_size": (tuple(meta.get("img_size") or k[1:]), k[1:]),
+    }
+    bad = {name: got for name, (got, want) in shapes.items() if got != want}
+    if bad:
+        raise DataError(
+            f"{where}: its arrays disagree with kspace {k}: "
+            + ", ".join(f"{name} {got}" for name, got in bad.items())
+            + "; delete it and preprocess it again"
+        )
+
+
 def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed: int, device):
     """Build the :class:`~unroll3d.data.Sample` of a preprocessed MRI file under ``R<acceleration>``."""
     import torch
@@ -299,6 +410,7 @@ def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed:
     from unroll3d.data.sample import Sample
 
     kspace = data["kspace"]
+    check_sample_arrays(data, meta)
     n, nx, ny, nz = kspace.shape
     from unroll3d.physics import MultiCoilMRI3D, kspace_scale
 

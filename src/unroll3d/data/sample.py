@@ -9,7 +9,7 @@ from typing import Any
 
 from unroll3d.data.download import DataError
 
-__all__ = ["Sample", "parse_setting", "fixed_mask_seed"]
+__all__ = ["Sample", "parse_setting", "fixed_mask_seed", "check_sample_task"]
 
 
 @dataclass
@@ -43,3 +43,12 @@ def parse_setting(setting: str) -> tuple[str, float]:
 def fixed_mask_seed(volume: str, setting: str, base_seed: int = 0) -> int:
     """Seed of the fixed mask of ``volume`` under ``setting`` (stable across runs and machines)."""
     return (zlib.crc32(f"{volume}:{setting}".encode()) + int(base_seed)) % 2**31
+
+
+def check_sample_task(sample: Sample, task: str) -> None:
+    """Refuse a sample used for another task than the one it was preprocessed for (a CBCT volume
+    given to an MRI evaluation), naming its file."""
+    held = (sample.meta or {}).get("task")
+    if held is not None and held != task:
+        where = (sample.meta or {}).get("source", "the sample")
+        raise DataError(f"{where} holds a {held} volume, but it is used for task {task}")

@@ -230,6 +230,34 @@ def read_volume(wz: WalnutZip, members: list[str], what: str) -> np.ndarray:
     return vol
 
 
+#: the Walnut collection's reference grid (datasets.md §1.2-1.3): 501 slices of 501 × 501 voxels
+WALNUT_VOLUME = (501, 501, 501)
+
+
+def check_volume_shape(
+    shape: tuple[int, ...], source: str | Path, expected: tuple[int, ...] | None = None
+) -> None:
+    """Refuse a ground truth whose (D, H, W) is not what the data set holds: Walnut volumes are
+    cubic (:data:`WALNUT_VOLUME`; the toy's ``size``³), and ``expected`` (the config's volume
+    shape) when given. A zip missing its last slices would otherwise become a shorter volume."""
+    shape = tuple(int(n) for n in shape)
+    if expected is not None and shape != tuple(int(n) for n in expected):
+        raise DataError(
+            f"{source}: the ground truth full_AGD_50_* is {_dims(shape)} (slices × rows × cols), "
+            f"but this data set's volumes are {_dims(expected)} (config); slices missing or "
+            "another data set?"
+        )
+    if len(set(shape)) != 1:
+        raise DataError(
+            f"{source}: the ground truth full_AGD_50_* is {_dims(shape)} (slices × rows × cols); "
+            f"Walnut volumes are cubic ({_dims(WALNUT_VOLUME)}): slice(s) missing at the end?"
+        )
+
+
+def _dims(shape) -> str:
+    return " × ".join(str(int(n)) for n in shape)
+
+
 def read_projections(
     wz: WalnutZip, log_clip: float = 1e-6, views: list[int] | None = None
 ) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -316,6 +344,7 @@ def preprocess_walnut(
     intensity_scale: float = 14.0,
     log_clip: float = 1e-6,
     settings: list[int] | None = None,
+    expected_shape: tuple[int, int, int] | None = None,
 ) -> dict:
     """Preprocess one walnut zip into one ``.pt`` file (written atomically); return its metadata.
 
@@ -326,6 +355,8 @@ def preprocess_walnut(
     :param list settings: view counts P whose equispaced subsets must be loadable (e.g.
         ``[30, 50, 100]``): only the union of their views is read and stored (120 of 1200 for
         the paper's settings, 0.4 GB instead of 3.6 GB per walnut). ``None``: the whole orbit.
+    :param expected_shape: the (D, H, W) the config expects (:func:`check_volume_shape`; a
+        non-cubic ground truth is refused in any case).
     """
     import torch
 
@@ -342,6 +373,7 @@ def preprocess_walnut(
             views = sorted({int(i) for p in settings for i in view_indices(n_full, int(p))})
         proj, vec_mm, info = read_projections(wz, log_clip, views)
         gt = read_volume(wz, wz.gt, "full_AGD_50_*")
+        check_volume_shape(gt.shape, zip_path, expected_shape)
         gt_members = [Path(m).name for m in (wz.gt[0], wz.gt[-1])]
     c = float(intensity_scale)
     x = torch.from_numpy(gt).mul_(c)

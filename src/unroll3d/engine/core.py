@@ -576,8 +576,13 @@ def use_lipschitz(model, lipschitz: float | None) -> None:
         buf.fill_(float(lipschitz))
 
 
-def load_trained(path: str | Path, task: str, config: dict, device="cpu", setting=None):
+def load_trained(
+    path: str | Path, task: str, config: dict, device="cpu", setting=None, variant=None
+):
     """Rebuild a variant from its model file; returns (model or None, payload).
+
+    The file must have been written for ``task`` and, when given, ``variant`` (a model file is
+    never trusted by its name: evaluating ``tv`` with the ``fdk`` file is an error naming both).
 
     A model trained on several settings (``train.share_across_settings``) is set up for
     ``setting``: its ‖A‖² and, for PnP, the parameters chosen on that setting's validation
@@ -592,6 +597,13 @@ def load_trained(path: str | Path, task: str, config: dict, device="cpu", settin
         ) from err
     if not isinstance(payload, dict) or "status" not in payload or "variant" not in payload:
         raise ModelFileError(f"{path} is not a model file written by unroll3d train")
+    wrote = {"task": payload.get("task"), "variant": payload.get("variant")}
+    asked = {"task": task, "variant": variant if variant is not None else wrote["variant"]}
+    if wrote != asked:
+        raise ModelFileError(
+            f"{path} holds the {wrote['variant']} model of task {wrote['task']}, but it is used "
+            f"as the {asked['variant']} model of task {asked['task']}; rerun its train job"
+        )
     if payload.get("status") != "ok":
         return None, payload
     trained_on = payload.get("settings")

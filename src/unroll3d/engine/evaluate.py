@@ -18,6 +18,7 @@ import torch
 
 from unroll3d.config import evaluate_settings, train_settings
 from unroll3d.data.mri import rss_reference
+from unroll3d.data.sample import check_sample_task
 from unroll3d.engine.core import (
     h_builder,
     h_record,
@@ -152,7 +153,10 @@ def evaluate_volume(
         "train_stats": _train_stats(train_stats_path),
         "n_params": 0,
     }
-    model, payload = load_trained(model_path, task, config, device=device, setting=setting)
+    check_sample_task(sample, task)
+    model, payload = load_trained(
+        model_path, task, config, device=device, setting=setting, variant=variant
+    )
     if model is None:
         result["status"] = payload.get("status", "failed")
         result["message"] = payload.get("message")
