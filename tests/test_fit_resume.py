@@ -198,3 +198,24 @@ def test_workflow_fit_killed_then_rerun_for_another_operator_matches_a_fresh_fit
     assert torch.equal(a.fourier_filter, b.fourier_filter)
     assert torch.equal(a.spatial_mask, b.spatial_mask)
     assert a.scaling == b.scaling and a.operator_hash == b.operator_hash
+
+
+def test_a_download_part_file_of_another_url_is_not_resumed(tmp_path):
+    """The other resumable job, the download: an unpinned file (no checksum to catch it) must
+    not be joined from the bytes of another URL's interrupted transfer and this one's rest."""
+    from unroll3d.data import download as dl
+
+    src = tmp_path / "src"
+    src.mkdir()
+    data = bytes(range(256)) * 64
+    (src / "Walnut2.zip").write_bytes(data)
+    dest = tmp_path / "raw"
+    dest.mkdir()
+    part = dest / ".Walnut2.zip.part"
+    part.write_bytes(b"x" * 1000)  # an interrupted transfer of another file
+    part.with_name(part.name + ".url").write_text("https://example.org/old/Walnut2.zip")
+    entry = dl.RegistryEntry("Walnut2.zip", "Walnut2.zip", None)
+    with dl.serve_directory(src) as base:
+        got = dl.download(entry, dest, base_url=base, retries=0)
+    assert got.read_bytes() == data
+    assert not part.exists() and not part.with_name(part.name + ".url").exists()

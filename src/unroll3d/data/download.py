@@ -139,7 +139,9 @@ def resolve_url(entry: RegistryEntry, base_url: str | None) -> str:
 class ResumableDownloader:
     """A pooch downloader that resumes an interrupted transfer with an HTTP Range request.
 
-    Bytes are appended to ``part_path`` (kept across retries and runs); once the server has
+    Bytes are appended to ``part_path`` (kept across retries and runs, with the URL they came
+    from beside it in ``<part>.url``: a part file of another URL is discarded, never resumed,
+    so an unpinned file cannot become two files joined); once the server has
     sent everything the part file is moved to pooch's temporary output, whose checksum pooch
     then verifies. ``doi:`` URLs are resolved to the repository's HTTPS URL first (network).
     """
@@ -170,7 +172,18 @@ class ResumableDownloader:
             r = requests.head(url, allow_redirects=True, timeout=self.timeout, verify=self.verify)
             return r.status_code == 200
         part = self.part_path
+        source = part.with_name(part.name + ".url")  # which URL the part file's bytes came from
+        if part.exists() and source.exists() and source.read_text() != url:
+            log.info(
+                "%s: its bytes came from %s, not %s; discarding it, restarting at byte 0",
+                part.name,
+                source.read_text(),
+                url,
+            )
+            part.unlink()
         pos = part.stat().st_size if part.exists() else 0
+        part.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text(url)
         headers = {"Range": f"bytes={pos}-"} if pos else {}
         with requests.get(
             url, headers=headers, stream=True, timeout=self.timeout, verify=self.verify
@@ -191,6 +204,7 @@ class ResumableDownloader:
                     for block in r.iter_content(self.chunk):
                         f.write(block)
         shutil.move(str(part), str(output_file))
+        source.unlink(missing_ok=True)
 
 
 def download(
