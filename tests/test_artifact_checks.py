@@ -4,7 +4,8 @@ set's layout, and a check that measures a failure fails.
 * a model file evaluated as another variant or task is an error naming both;
 * a sample preprocessed for another task is refused by the evaluation;
 * a Walnut zip missing its last ground-truth slice is refused at preprocessing (Walnut volumes
-  are cubic; the config's size), and a stale 23 × 24 × 24 file at loading;
+  are cubic; the config's size), a stale 23 × 24 × 24 file at loading, and a volume of another
+  shape than the rest of its data set at training;
 * an MRI HDF5 stored with swapped axes is refused against the config's and the
   Calgary-Campinas layout; the automatic k-space convention is a logged decision; a named one
   that the data contradict is an error;
@@ -118,6 +119,28 @@ def test_a_stale_short_volume_is_refused_at_loading(walnut_zip, tmp_path):
     torch.save(data, tmp_path / "short.pt")
     with pytest.raises(DataError, match=r"short.pt: the volume is 15 × 16 × 16.*cubic"):
         load_sample(tmp_path / "short.pt", "v12")
+
+
+def test_a_training_volume_of_another_shape_than_its_data_set_is_refused(tmp_path):
+    """Training and validation volumes are one data set: a 15 × 16 × 16 validation volume beside
+    16³ training volumes stops the training, naming both files."""
+    from toys import toy_sample
+
+    samples = {"a.pt": toy_sample((16, 16, 16), seed=0), "b.pt": toy_sample((15, 16, 16), seed=1)}
+    job = tr.TrainJob(
+        task="cbct",
+        setting="v30",
+        variant="unrolled",
+        config=toy_config(steps=2, val_every=1),
+        train_paths=["a.pt"],
+        val_paths=["b.pt"],
+        out=tmp_path / "m.pt",
+        loader=samples.__getitem__,
+        progress=False,
+    )
+    match = r"b.pt: volume of 15 × 16 × 16, but a.pt of the same data set is 16 × 16 × 16"
+    with pytest.raises(DataError, match=match):
+        tr.train(job)
 
 
 # ---- item 3: raw MRI layout and the k-space convention ----

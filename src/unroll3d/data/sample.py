@@ -9,7 +9,7 @@ from typing import Any
 
 from unroll3d.data.download import DataError
 
-__all__ = ["Sample", "parse_setting", "fixed_mask_seed", "check_sample_task"]
+__all__ = ["Sample", "parse_setting", "fixed_mask_seed", "check_sample_task", "check_same_shape"]
 
 
 @dataclass
@@ -52,3 +52,20 @@ def check_sample_task(sample: Sample, task: str) -> None:
     if held is not None and held != task:
         where = (sample.meta or {}).get("source", "the sample")
         raise DataError(f"{where} holds a {held} volume, but it is used for task {task}")
+
+
+def check_same_shape(reference: dict, path: str, sample: Sample) -> None:
+    """The volumes of one data set share their shape (MRI: all but kz, which is 170 or 180 in
+    Calgary-Campinas). ``reference`` holds the first volume's ``path`` and ``shape`` (filled on
+    the first call); a volume that differs (a raw zip missing a slice) is an error naming both."""
+    shape = tuple(int(n) for n in sample.x.shape[-3:])
+    if not reference:
+        reference.update(path=str(path), shape=shape)
+        return
+    n = 2 if sample.x.shape[1] == 2 else 3  # real/imag images: MRI
+    if shape[:n] != tuple(reference["shape"])[:n]:
+        raise DataError(
+            f"{path}: volume of {' × '.join(map(str, shape))}, but {reference['path']} of the "
+            f"same data set is {' × '.join(map(str, reference['shape']))}; check its raw data "
+            "and preprocess it again"
+        )

@@ -19,6 +19,7 @@ import torch
 
 from unroll3d.config import evaluate_settings, resolve_patch_size, train_settings
 from unroll3d.data.loading import load_sample
+from unroll3d.data.sample import check_same_shape
 from unroll3d.models import build_variant
 from unroll3d.normal import DiagCirculantWrapper, NormalFit, check_fit_matches, load_normal
 from unroll3d.normal.mask import mask_normal, probe_error
@@ -460,7 +461,8 @@ def _heavy(physics) -> bool:
 class SampleCache:
     """Loads samples lazily (``loader(path)``), computes their x0 = A†y once and caches them.
     With ``h_of`` each sample (and each fresh draw) gets the H of its own operator
-    (:func:`h_builder`), else the setting's ``H``.
+    (:func:`h_builder`), else the setting's ``H``. Every volume must have the shape of the first
+    one loaded by any cache sharing ``shape_ref`` (MRI: but kz), else a :class:`DataError`.
 
     The first ``on_device`` samples stay on the device; the others are parked in host memory,
     volumes (x, y, x0) and the sample's own operator (MRI coil maps ≈ 0.9 GB each at
@@ -478,6 +480,7 @@ class SampleCache:
         lipschitz_fn: Callable | None = None,
         on_device: int | None = None,
         h_of: Callable | None = None,
+        shape_ref: dict | None = None,
     ):
         self.paths = list(paths)
         self.h_of = h_of  # (sample, setting fit) -> the sample's own H (normal.mri_h: mask)
@@ -489,6 +492,8 @@ class SampleCache:
         self.lipschitz_fn = lipschitz_fn or lipschitz_of
         self.on_device = on_device
         self._active: int | None = None  # the parked sample whose operator is on the device
+        # the first volume's (path, shape); one dict shared by the caches of one data set
+        self.shape_ref: dict = {} if shape_ref is None else shape_ref
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -496,6 +501,7 @@ class SampleCache:
     def get(self, i: int) -> Prepared:
         if i not in self._cache:
             sample = self.loader(self.paths[i])
+            check_same_shape(self.shape_ref, self.paths[i], sample)
             with torch.no_grad():
                 x0 = initial_reconstruction(sample.physics, sample.y).float()
             if self.lipschitz is None:

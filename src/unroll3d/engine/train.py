@@ -408,15 +408,23 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         raise ValueError("no training volumes given (--train)")
     on_device = t["device_cache"] // len(job.settings)  # the volumes kept per setting
     h_of = h_builder(spec, job.task, job.config)  # normal.mri_h mask: each draw's own H
+    shape_ref: dict = {}  # training and validation volumes: one data set, one shape
     caches = {
         s: SampleCache(
-            job.train_paths, job.loader_for(s), spec, fits[s], on_device=on_device, h_of=h_of
+            job.train_paths,
+            job.loader_for(s),
+            spec,
+            fits[s],
+            on_device=on_device,
+            h_of=h_of,
+            shape_ref=shape_ref,
         )
         for s in job.settings
     }
     val_paths = (job.val_paths or [])[: t["val_max"]]
     val_caches = {
-        s: SampleCache(val_paths, job.loader_for(s), spec, fits[s], h_of=h_of) for s in job.settings
+        s: SampleCache(val_paths, job.loader_for(s), spec, fits[s], h_of=h_of, shape_ref=shape_ref)
+        for s in job.settings
     }
     rows: list[dict] = []
     volume = "?"
