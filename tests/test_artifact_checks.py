@@ -83,6 +83,24 @@ def test_a_model_file_evaluated_as_another_variant_or_task_is_refused(fdk_model)
         )
 
 
+def test_train_stats_of_another_variant_are_refused(fdk_model, tmp_path):
+    import json
+
+    stats = json.loads(fdk_model.with_suffix(".json").read_text())
+    ok = ev.evaluate_volume(
+        "cbct", "v30", "fdk", toy_config(), fdk_model, loader("toy3"), "toy3", torch.device("cpu"),
+        train_stats_path=str(fdk_model.with_suffix(".json")),
+    )  # fmt: skip
+    assert ok["train_stats"]["status"] == "ok"
+    other = tmp_path / "tv.json"
+    other.write_text(json.dumps({**stats, "variant": "tv"}))
+    with pytest.raises(ModelFileError, match=r"tv.json holds the train stats of tv on task cbct"):
+        ev.evaluate_volume(
+            "cbct", "v30", "fdk", toy_config(), fdk_model, loader("toy3"), "toy3",
+            torch.device("cpu"), train_stats_path=str(other),
+        )  # fmt: skip
+
+
 def test_a_sample_of_another_task_is_refused(fdk_model):
     sample = loader("toy4")
     sample.meta.update(task="mri", source="results/data/mri/toy4.pt")

@@ -20,6 +20,7 @@ from unroll3d.config import evaluate_settings, train_settings
 from unroll3d.data.mri import rss_reference
 from unroll3d.data.sample import check_sample_task
 from unroll3d.engine.core import (
+    ModelFileError,
     h_builder,
     h_record,
     lipschitz_of,
@@ -82,10 +83,23 @@ def save_slices(path: Path, rec: torch.Tensor, gt: torch.Tensor, task: str, meta
             np.savez_compressed(fh, **arrays)
 
 
-def _train_stats(path: str | None) -> dict | None:
+def _train_stats(path: str | None, task: str, variant: str) -> dict | None:
+    """The training run's stats kept in the result; the file must be that of ``variant`` on
+    ``task`` (it is not trusted by its name)."""
     if not path or not Path(path).exists():
         return None
-    stats = json.loads(Path(path).read_text())
+    try:
+        stats = json.loads(Path(path).read_text())
+    except (ValueError, OSError) as err:
+        raise ModelFileError(f"{path} is not a readable train stats file: {err}") from err
+    if not isinstance(stats, dict):
+        raise ModelFileError(f"{path} is not a train stats file written by unroll3d train")
+    wrote = (stats.get("task"), stats.get("variant"))
+    if wrote != (task, variant):
+        raise ModelFileError(
+            f"{path} holds the train stats of {wrote[1]} on task {wrote[0]}, but they are "
+            f"reported for {variant} on task {task}; rerun its train job"
+        )
     keep = [
         "status",
         "message",
@@ -150,7 +164,7 @@ def evaluate_volume(
         "inference_peak_memory_gb": None,
         "train_step": None,
         "train_accumulate": int(train_settings(config)["accumulate"]),
-        "train_stats": _train_stats(train_stats_path),
+        "train_stats": _train_stats(train_stats_path, task, variant),
         "n_params": 0,
     }
     check_sample_task(sample, task)
