@@ -294,6 +294,7 @@ def test_network_flops_count_the_convolutions_forward_and_backward():
     x = torch.rand(1, 2, 4, 5, 6, requires_grad=True)
     assert network_flops(One(), x, None) == 3 * forward
     assert kind_of("aten::cudnn_convolution") == "convolution"
+    assert kind_of("void cudnn::ops::nchwToNhwcKernel<float>") == "layout change"
     assert kind_of("aten::copy_") == "layout change" and kind_of("aten::fft_r2c") == "FFT"
 
 

@@ -708,7 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tiny", action="store_true", help="toy sizes on the CPU (RTK)")
     p.add_argument("--out-dir", type=Path, default=Path("results/benchmarks/gpu"))
-    p.add_argument("--budget-s", type=float, default=420.0, help="skip what would not fit")
+    p.add_argument("--budget-s", type=float, default=480.0, help="skip what would not fit")
     p.add_argument("--reference", type=Path, help="RTK reference for the agreement check")
     p.add_argument("--write-reference", type=Path, help="write the RTK reference and exit")
     p.add_argument(

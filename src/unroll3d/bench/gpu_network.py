@@ -198,12 +198,14 @@ def section_train_loop(rec, device, backend, prof, sizes, kit, keys: dict | None
         kit._free(device)
 
 
-#: the kinds of work in a profile, matched on the op or kernel names (first match wins)
+#: the kinds of work in a profile, matched on op or kernel names (first match wins: cuDNN's
+#: layout kernels before the convolutions, whose names also hold "cudnn")
 KINDS = [
-    ("projector", ("astra", "conebeam", "rtk", "project")),
+    ("layout change", ("nchwtonhwc", "nhwctonchw", "nchw_to_nhwc", "nhwc_to_nchw")),
+    ("projector", ("astra", "conebeam", "rtk", "project", "cone_", "fdk")),
     ("FFT", ("fft",)),
     ("convolution", ("conv", "cudnn", "gemm", "sm90", "sm80", "xmma", "wgrad", "dgrad")),
-    ("layout change", ("copy", "contiguous", "permute", "transpose", "nchw", "nhwc", "pad")),
+    ("layout change", ("copy", "contiguous", "permute", "transpose", "pad")),
     ("elementwise", ("add", "mul", "sub", "div", "relu", "elementwise", "vectorized", "where",
                      "fill", "sum", "mean", "reduce", "pow", "sqrt", "clamp", "cat")),
 ]  # fmt: skip

@@ -63,7 +63,7 @@ def run_ab(run_dir: Path, task: str, variant: str, steps: int, val_every: int, o
         if not Path(p).is_file():
             raise FileNotFoundError(f"{p} does not exist: prepare the run's data first")
     normal = None
-    if variant_spec(variant).use_H and not (task == "mri" and full["normal"]["mri_h"] != "fit"):
+    if variant_spec(variant).use_H:  # the setting's fits (MRI's mask H takes m from them too)
         normal = [paths.normal_fit(root, task, s) for s in settings]
     rows = []
     for mode, keys in MODES.items():
