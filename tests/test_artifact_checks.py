@@ -161,6 +161,23 @@ def test_a_training_volume_of_another_shape_than_its_data_set_is_refused(tmp_pat
         tr.train(job)
 
 
+def test_a_test_volume_of_another_shape_than_the_training_volumes_is_refused(tmp_path):
+    """The test volume belongs to the data set the model was trained on (its train stats record
+    the training volumes' shape): a 15 × 16 × 16 one is refused, not evaluated."""
+    from toys import toy_sample
+
+    job = make_job(tmp_path, "unrolled", toy_config(steps=1), name="unrolled")
+    tr.train(job)
+    short = toy_sample((15, 16, 16), seed=3)
+    short.meta["source"] = "results/data/cbct/walnut5.pt"
+    with pytest.raises(DataError, match=r"walnut5.pt: volume of 15 × 16 × 16, but the model was "
+                       r"trained on volumes of 16 × 16 × 16"):  # fmt: skip
+        ev.evaluate_volume(
+            "cbct", "v30", "unrolled", toy_config(steps=1), job.out, short, "walnut5",
+            torch.device("cpu"), train_stats_path=str(job.stats_path),
+        )  # fmt: skip
+
+
 # ---- item 3: raw MRI layout and the k-space convention ----
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from unroll3d.config import evaluate_settings, train_settings
+from unroll3d.data import DataError
 from unroll3d.data.mri import rss_reference
 from unroll3d.data.sample import check_sample_task
 from unroll3d.engine.core import (
@@ -116,6 +117,27 @@ def _train_stats(path: str | None, task: str, variant: str) -> dict | None:
     return {k: stats.get(k) for k in keep}
 
 
+def _check_trained_shape(stats: dict | None, sample, stats_path) -> None:
+    """The test volume has the shape of the training volumes of its data set (recorded as
+    ``volume``, e.g. ``24³`` or ``16×20×18``, in the train stats; MRI: all but kz)."""
+    text = str((stats or {}).get("volume") or "")
+    try:
+        trained = (int(text[:-1]),) * 3 if text.endswith("³") else tuple(map(int, text.split("×")))
+    except ValueError:
+        return  # no shape recorded (non-learned variants)
+    if len(trained) != 3:
+        return
+    shape = tuple(int(n) for n in sample.x.shape[-3:])
+    n = 2 if sample.x.shape[1] == 2 else 3  # real/imag images: MRI, whose kz may differ
+    if shape[:n] != trained[:n]:
+        where = (sample.meta or {}).get("source", "the test volume")
+        raise DataError(
+            f"{where}: volume of {' × '.join(map(str, shape))}, but the model was trained on "
+            f"volumes of {' × '.join(map(str, trained))} ({stats_path}); check its raw data "
+            "and preprocess it again"
+        )
+
+
 def _finish(result: dict, slices_path) -> dict:
     """Validate a result without metrics and write empty slices so the rule's outputs exist."""
     if slices_path is not None:
@@ -168,6 +190,7 @@ def evaluate_volume(
         "n_params": 0,
     }
     check_sample_task(sample, task)
+    _check_trained_shape(result["train_stats"], sample, train_stats_path)
     model, payload = load_trained(
         model_path, task, config, device=device, setting=setting, variant=variant
     )
