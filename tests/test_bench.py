@@ -267,6 +267,20 @@ def test_gpu_check_tiny_runs_every_section(tmp_path):
     timed = [r for r in net if r["metric"].endswith(": throughput")]
     assert len(timed) == 3 * 5 and all(float(r["value"]) > 0 for r in timed)
     assert all(r["status"] == "info" for r in net if r["metric"].startswith("compiled"))
+    # train_modes: partitioned training in bf16, contiguous and channels-last, in the train
+    # rows' format, which the cost estimate reads as their own precision and layout
+    from unroll3d.bench.cost import parse_setup
+
+    modes = {
+        (r["case"].split(",")[0], s.task, s.precision, s.layout)
+        for r in rows
+        if r["section"] == "train" and r["metric"] == "time per micro-step"
+        for s in [parse_setup("train", r["case"], r["note"].split(";")[0])]
+    }
+    for variant in ("partition", "partition-H"):
+        for task in ("cbct", "mri"):
+            assert (variant, task, "bf16", "contiguous") in modes
+            assert (variant, task, "bf16", "channels_last_3d") in modes
     loop = {r["case"].rsplit(", ", 1)[1] for r in rows if r["section"] == "train_loop"}
     assert loop == {"resident", "parked"}
     kinds = {r["metric"] for r in rows if r["section"] == "profile"}

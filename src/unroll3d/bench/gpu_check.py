@@ -16,9 +16,10 @@ Sections, each recorded even when it fails (its error becomes the row's ``status
    ``partition`` and ``partition-H`` with the paper's CBCT patch in the Walnut-size volume;
    ``train_mri``: the same at the MRI data set's size (12 coils, K = 5), full-volume ``unrolled``
    in fp32 and with the bf16 network.
-6. ``network``, ``train_loop``, ``profile`` (:mod:`unroll3d.bench.gpu_network`): the DRUNet
-   alone in each precision/layout mode, the engine's real training loop with resident against
-   parked samples, and a profile of one CBCT ``partition-H`` micro-step.
+6. ``network``, ``train_modes``, ``train_loop``, ``profile`` (:mod:`unroll3d.bench.gpu_network`):
+   the DRUNet alone in each precision/layout mode, partitioned training in the bf16 modes, the
+   engine's real training loop with resident against parked samples, and a profile of one CBCT
+   ``partition-H`` micro-step.
 7. ``inference``: one sliding-window ``partition-H`` reconstruction (Algorithm 1 with refinement)
    of the Walnut-size volume: time and peak memory.
 
@@ -585,6 +586,8 @@ def _train_case(
         f", patch {'×'.join(map(str, patch))}" if spec.partition else ", whole volume"
     )
     precision = "bf16 network" if bf16 else "fp32"
+    precision += ", channels_last_3d" if config["train"].get("channels_last") else ""
+    precision += ", cudnn.benchmark" if config["train"].get("cudnn_benchmark") else ""
     precision += ", checkpointed iterations" if checkpoint else ""
     note = f"K={K}, DRUNet {prof['channels']}×{prof['blocks']}, {precision}, batch 1"
     if stats["status"] == "ok":
@@ -697,7 +700,7 @@ def section_inference(rec, device, backend, prof, min_left_s: float) -> None:
 # ----------------------------------------------------------------------------------- driver
 #: every section in its order (network, train_loop, profile: :mod:`unroll3d.bench.gpu_network`)
 ALL_SECTIONS = ["tests", "projector", "normal_step", "network", "train", "train_mri",
-                "train_loop", "profile", "inference"]  # fmt: skip
+                "train_modes", "train_loop", "profile", "inference"]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

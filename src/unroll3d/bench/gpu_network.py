@@ -1,10 +1,12 @@
 """The GPU check's sections on what the card spends its time on (issue 24), wired into
-:mod:`unroll3d.bench.gpu_check` (``--sections network train_loop profile``):
+:mod:`unroll3d.bench.gpu_check` (``--sections network train_modes train_loop profile``):
 
 - ``network``: the DRUNet alone, forward + backward, at the paper's patch shapes, in each mode
   of the ``train`` keys (fp32-strict, tf32, bf16, bf16 + channels_last_3d, + cudnn.benchmark,
   + torch.compile), through the same ``configure_network`` and ``_denoise`` as training: ms per
   step, TFLOP/s (FLOPs counted by ``torch.utils.flop_counter``) and peak GB;
+- ``train_modes``: ``partition`` and ``partition-H`` training micro-steps (the ``train`` rows'
+  format) with the bf16 network, contiguous and channels_last_3d + cudnn.benchmark;
 - ``train_loop``: the real training loop, :func:`unroll3d.engine.train.train`, with its sample
   draws and transfers, on two synthetic volumes per task (one CBCT and one MRI variant), with the
   samples resident on the card (``train.device_cache``) against parked in host memory;
@@ -126,6 +128,31 @@ def section_network(rec, device, prof, sizes, kit) -> None:
                 kit._free(device)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = flags
+
+
+def section_train_modes(rec, device, backend, prof, kit) -> None:
+    """``partition`` and ``partition-H`` training micro-steps at the data sets' sizes with the
+    bf16 network, contiguous and channels_last_3d + cudnn.benchmark (the ``train`` section
+    measures fp32): the rows :mod:`unroll3d.bench.cost` needs to price a bf16 config."""
+    import torch
+
+    config = kit._job_config(prof)
+    fast = {"channels_last": True, "cudnn_benchmark": True}
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    try:
+        for task, size in (("cbct", prof["volume"]), ("mri", tuple(prof["mri_shape"]))):
+            for variant in ("partition", "partition-H"):
+                for extra in ({}, fast):
+                    if rec.left() < 40:
+                        rec.add("train", f"{variant}, {task}", "bf16 modes", "", status="skipped",
+                                note="time budget")  # fmt: skip
+                        continue
+                    cfg = {**config, "train": {**config["train"], **extra}}
+                    kit._train_case(rec, variant, task, size, prof, backend, device, cfg, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = flags
+        kit._SAMPLES.clear()
+        kit._free(device)
 
 
 def _loop_config(kit, prof, steps: int, device_cache: int, keys: dict) -> dict:
@@ -282,10 +309,18 @@ def network_sections(kit) -> dict:
     def network(rec, device, backend, prof, args):
         section_network(rec, device, prof, SIZES["tiny" if args.tiny else "gpu"], kit)
 
+    def train_modes(rec, device, backend, prof, args):
+        section_train_modes(rec, device, backend, prof, kit)
+
     def train_loop(rec, device, backend, prof, args):
         section_train_loop(rec, device, backend, prof, SIZES["tiny" if args.tiny else "gpu"], kit)
 
     def profile(rec, device, backend, prof, args):
         section_profile(rec, device, backend, prof, kit)
 
-    return {"network": network, "train_loop": train_loop, "profile": profile}
+    return {
+        "network": network,
+        "train_modes": train_modes,
+        "train_loop": train_loop,
+        "profile": profile,
+    }
