@@ -80,15 +80,15 @@ class Sampler(threading.Thread):
 
     def __init__(self, every: float):
         super().__init__(daemon=True)
-        self.every, self.samples, self._stop = every, [], threading.Event()
+        self.every, self.samples, self._halt = every, [], threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.every):
+        while not self._halt.wait(self.every):
             self.samples.append({"t": time.time(), "loadavg_1min": os.getloadavg()[0],
                                  "conv3d_s": time_conv3d(1)[0]})  # fmt: skip
 
     def stop(self) -> list[dict]:
-        self._stop.set()
+        self._halt.set()
         self.join()
         return self.samples
 
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="default <results>/benchmarks/smoke_time.json")
     p.add_argument("--sample-every", type=float, default=60.0, help="s between conv3d samples; 0 = none")
     p.add_argument("--label", default="", help="free text stored with the record")
+    p.add_argument("--repeats", type=int, default=3, help="reference repeats before and after")
     p.add_argument("--rules-only", action="store_true", help="only the per-rule sums, no run")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- the smoke command")
     args = p.parse_args(argv)
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         if not command:
             p.error("give the smoke command after --, or --rules-only")
         record["command"] = command
-        record["reference_before"] = reference()
+        record["reference_before"] = reference(args.repeats)
         sampler = Sampler(args.sample_every) if args.sample_every > 0 else None
         if sampler:
             sampler.start()
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         record["wall_s"] = round(time.perf_counter() - t0, 2)
         record["returncode"] = rc
         record["samples_during"] = sampler.stop() if sampler else []
-        record["reference_after"] = reference()
+        record["reference_after"] = reference(args.repeats)
         conv = [r["conv3d_median_s"] for r in (record["reference_before"], record["reference_after"])]
         conv += [s["conv3d_s"] for s in record["samples_during"]]
         imp = [r["import_torch_median_s"] for r in (record["reference_before"], record["reference_after"])]
