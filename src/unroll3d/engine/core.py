@@ -21,6 +21,7 @@ from unroll3d.config import evaluate_settings, resolve_patch_size, train_setting
 from unroll3d.data.loading import load_sample
 from unroll3d.data.sample import check_same_shape
 from unroll3d.models import build_variant
+from unroll3d.models.build import configure_network
 from unroll3d.normal import DiagCirculantWrapper, NormalFit, check_fit_matches, load_normal
 from unroll3d.normal.mask import mask_normal, probe_error
 from unroll3d.partition import PartitionedReconstructor, crop_patch, sample_patch_start
@@ -381,7 +382,8 @@ def time_train_steps(
 ) -> dict:
     """Time ``n_steps`` training micro-steps (batch 1) after one warm-up, on a copy of ``model``."""
     net = copy.deepcopy(model).train()
-    net.bf16 = bool(train_settings(config)["bf16"])  # as build_variant set it
+    # deepcopy keeps bf16 and the layout but drops a torch.compile: apply the keys again
+    net = configure_network(net, train_settings(config), device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-12)
     partitioner = (
         make_partitioner(net, task, config, prep_sample.x.shape[1:]) if spec.partition else None
