@@ -590,7 +590,7 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         "loss_first": rows[0]["loss"] if rows else None,
         "loss_last": rows[-1]["loss"] if rows else None,
         "val_psnr_last": vals[-1] if vals else None,
-        "bf16": model.bf16,
+        "bf16": bool(getattr(model, "bf16", False)),  # a model without a DRUNet has none
         "network": network_settings(t, device),  # what ran: None = not applicable on the device
         "masks": "fresh per draw" if job.redraw is not None else "fixed per volume",
     }
