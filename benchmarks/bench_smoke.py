@@ -1,7 +1,7 @@
 """Time ``make smoke`` next to a fixed reference workload, on the same machine, in the same run.
 
 The smoke's wall time differs 2× between machines of one kind and more under shared load; the
-ratio to a reference workload timed alongside does not (issue 28). Two references:
+ratio to a reference workload timed alongside does not. Two references:
 
 * ``import torch`` in a fresh interpreter (what every job pays at start-up), and
 * a fixed float32 conv3d loop on one thread (what the jobs' compute costs).

@@ -1,4 +1,4 @@
-"""Do two pipeline runs agree apart from timing? (issue 28: a speed change must not move a number)
+"""Do two pipeline runs agree apart from timing? (a speed change must not move a number)
 
 Compares every evaluation/model/fit JSON and every table CSV present in both ``results``
 folders, leaving out the fields that measure time, memory or the machine, and prints the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 15 item 6: padded vs circular λ grid for CBCT H at toy size (smoke data, 24³, v30):
+# Padded vs circular λ grid for CBCT H at toy size (smoke data, 24³, v30):
 # held-out error of the fit, then partition-H trained 300 steps with each H, PSNR on the test volume.
 # Needs the smoke run's preprocessed volumes (make smoke). Outputs in $OUT (default /tmp/gridcmp).
 set -euo pipefail

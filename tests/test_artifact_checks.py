@@ -1,4 +1,4 @@
-"""Issue 27 items 2 and 3: artifacts are checked against their use, raw data against the data
+"""Artifacts are checked against their use, raw data against the data
 set's layout, and a check that measures a failure fails.
 
 * a model file evaluated as another variant or task is an error naming both;

@@ -1,4 +1,4 @@
-"""Bad input to a verb gives one line naming the problem, before any work (issue 27 item 7):
+"""Bad input to a verb gives one line naming the problem, before any work:
 a YAML syntax error names the file and line, a device the machine lacks is named, an output
 under a path that is a file stops the verb before it starts."""
 

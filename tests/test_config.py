@@ -51,7 +51,7 @@ def test_job_config_holds_only_what_train_and_evaluate_read(smoke):
     cfg = u3config.validate(smoke)
     job = u3config.job_config(cfg, "mri")
     assert set(job) == {"seed", "model", "train", "evaluate", "mri", "normal"}
-    assert job["normal"] == {"mri_h": "mask"}  # which H the MRI H variants use (issue 23)
+    assert job["normal"] == {"mri_h": "mask"}  # which H the MRI H variants use
     assert "normal" not in u3config.job_config(cfg, "cbct")
     assert set(job["mri"]) == {"K", "patch_size", "stride"}
     assert "cbct_patch_margin" not in job["train"] and "cbct_crop" not in job["evaluate"]

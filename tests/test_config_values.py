@@ -1,4 +1,4 @@
-"""Config values are checked for meaning, not only for type (issue 27 item 4): every value the
+"""Config values are checked for meaning, not only for type: every value the
 schema's types let through but no run can mean stops the load with the key named; the job
 config the rules pass as --config-json goes through the same checks."""
 

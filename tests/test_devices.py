@@ -121,7 +121,7 @@ def test_bad_fake_gpu_count_is_one_line(monkeypatch, capsys):
     assert "UNROLL3D_FAKE_GPUS must be a whole number ≥ 0, got 'two'" in capsys.readouterr().err
 
 
-# ---- the wrapper without torch (issue 28) ----
+# ---- the wrapper without torch ----
 
 _NO_EXEC = """
 import os, sys

@@ -85,3 +85,30 @@ def test_cited_sections_of_the_paper_notes_exist():
                 cited |= {s.rstrip(".") for s in re.findall(r"§(\d+(?:\.\d+)?)", tail)}
     assert cited, "no citation of docs/paper-notes.md found"
     assert cited <= headings, sorted(cited - headings)
+
+
+#: citations a reader of the repository cannot follow: the shared design notes that are not in the
+#: repository, and internal issue numbers
+UNSEEN = re.compile(r"(?<![\w/-])(?:paper|datasets|design|style)\.md|(?<![\w/#-])[Ii]ssues? #?\d+")
+
+
+def test_code_cites_only_what_is_in_the_repository():
+    this = Path(__file__).resolve()
+    found = []
+    for folder in ("src", "tests", "workflow", "config", "examples", "benchmarks", "tools"):
+        for path in (ROOT / folder).rglob("*"):
+            if not path.is_file() or path.resolve() == this or "measured" in path.parts:
+                continue
+            if path.suffix not in (".py", ".smk", ".yaml", ".yml", ".md", ".rst", ".sh", ".json"):
+                continue
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if UNSEEN.search(line):
+                    found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    for name in ("Makefile", "Snakefile"):
+        for n, line in enumerate((ROOT / name).read_text().splitlines(), 1):
+            if UNSEEN.search(line):
+                found.append(f"{name}:{n}: {line.strip()}")
+    assert not found, (
+        "cite docs/paper-notes.md §N for the paper, explain instead of citing an issue number:\n"
+        + "\n".join(found)
+    )

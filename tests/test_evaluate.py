@@ -229,7 +229,7 @@ def test_refine_switches():
     assert core.refine_enabled("cbct", {"evaluate": {"refine": True}})
     assert not core.refine_enabled("mri", {"evaluate": {"refine": True}})
     assert core.refine_enabled("mri", {"evaluate": {"refine": True, "mri_refine": True}})
-    # mri_refine H (the default): only the variants that use H refine, with H (issue 23)
+    # mri_refine H (the default): only the variants that use H refine, with H
     ph, p = variant_spec("partition-H"), variant_spec("partition")
     assert core.refine_enabled("mri", {"evaluate": {"refine": True}}, ph)
     assert not core.refine_enabled("mri", {"evaluate": {"refine": True}}, p)

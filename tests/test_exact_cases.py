@@ -1,4 +1,4 @@
-"""Exact cases of H (issue 23): operators whose AᵀA is exactly diag × circulant, so the H variants
+"""Exact cases of H: operators whose AᵀA is exactly diag × circulant, so the H variants
 must reproduce the exact ones with the same weights.
 
 * a periodic blur (circular convolution): H on the image grid (circular FFT);

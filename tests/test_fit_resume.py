@@ -1,4 +1,4 @@
-"""Issue 27 item 1: a fit-normal checkpoint is resumed only for the inputs it was written for.
+"""A fit-normal checkpoint is resumed only for the inputs it was written for.
 
 A fit killed after its first checkpoint and rerun for another operator (a cone beam whose
 detector pixels are 1.5× larger), with another lr, or over a corrupt checkpoint starts again

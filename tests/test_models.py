@@ -80,7 +80,7 @@ def test_drunet3d_pads_and_crops(shape):
 
 
 def test_drunet_default_size_matches_paper():
-    # paper.md §4.2: 96.5 M parameters with default widths and a noise-map channel, 1 channel
+    # docs/paper-notes.md §4.2: 96.5 M parameters with default widths and a noise-map channel, 1 channel
     net = DRUNet3D(1)
     assert sum(p.numel() for p in net.parameters()) == 96_539_712
 
@@ -209,7 +209,7 @@ def _saved_bytes_and_grads(model, s):
 
 @pytest.mark.parametrize("K", [2, 4])
 def test_checkpointed_iterations_same_gradients_one_iteration_of_memory(K):
-    """Issue 15 item 1: with `checkpoint` the gradients equal the plain ones (1e-5), and the
+    """With `checkpoint` the gradients equal the plain ones (1e-5), and the
     activations kept for backward no longer grow with K: plain keeps K iterations' worth,
     checkpointed only each iteration's input (here < 1/K of plain + one volume per step)."""
     s = toy_sample(shape=(16, 16, 16))
@@ -266,7 +266,7 @@ def test_checkpoint_mode_picks_the_full_volume_variants():
 
 
 def test_zero_filled_rss_is_the_root_sum_of_squares_of_the_coil_images():
-    """Issue 16: the classical MRI row. Fully sampled, with RSS-normalised coil maps, it returns
+    """The classical MRI row. Fully sampled, with RSS-normalised coil maps, it returns
     |x|; undersampled, it is √Σ_c |F⁻¹ M y_c|² computed by hand, and differs from |Aᴴy|."""
     from unroll3d.physics import MultiCoilMRI3D, poisson_disc_mask, rss_normalize
 
@@ -294,7 +294,7 @@ def test_zero_filled_rss_is_the_root_sum_of_squares_of_the_coil_images():
 
 @pytest.mark.parametrize(("channels", "shape"), [(1, (5, 12, 9)), (2, (3, 16, 16))])
 def test_drunet_slices_keeps_shapes_and_slice_order(channels, shape):
-    """Issue 16: DRUNet[2D] post-processing is the 2D network on each axial slice, in order: the
+    """DRUNet[2D] post-processing is the 2D network on each axial slice, in order: the
     volume output equals the network applied to every slice alone (odd sizes padded, cropped)."""
     torch.manual_seed(0)
     net = DRUNetSlices(channels, nc=TINY["channels"], nb=1).eval()

@@ -1,4 +1,4 @@
-"""Tests of the diagonal-circulant normal-operator approximation (unroll3d.normal, issue 6).
+"""Tests of the diagonal-circulant normal-operator approximation (unroll3d.normal).
 
 Measured relative errors ‖AᵀAx − Hx‖/‖AᵀAx‖ of fitted H (CPU, seed 0, lr 1e-2, cosine, batch 1):
 
@@ -28,7 +28,7 @@ The fit ends within 0.01 of the floor: the rest belongs to the model. Sums of K 
 evenly in space, at high frequencies (73 % above 0.3 cycles/voxel) and far from the diagonal
 (69 % at ≥ 5 voxels): each view's back-projected line is blurred differently depending on where
 the voxel falls between detector pixels and voxel centres, which one kernel cannot follow. The
-≤ 20 % bound of issue 6 on held-out Gaussian probes is therefore kept as a strict xfail; it holds
+project's original ≤ 20 % target on held-out Gaussian probes is therefore kept as a strict xfail; it holds
 on the phantom.
 """
 
@@ -571,7 +571,7 @@ def toy_conebeam_fit():
 
 @pytest.mark.slow
 def test_toy_conebeam_phantom_error(toy_conebeam_fit):
-    """The fitted H reproduces AᵀA on a phantom to ≤ 20 % (issue 6's bound)."""
+    """The fitted H reproduces AᵀA on a phantom to ≤ 20 % (the project's original target)."""
     hist, phantom_err = toy_conebeam_fit
     assert hist["heldout_rel_error"][-1] < hist["heldout_rel_error"][0]
     assert phantom_err <= 0.20
@@ -580,13 +580,13 @@ def test_toy_conebeam_phantom_error(toy_conebeam_fit):
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="measured: one diagonal-circulant factor cannot reach the ≤ 20 % bound of issue 6 on "
+    reason="measured: one diagonal-circulant factor cannot reach the project's ≤ 20 % target on "
     "white Gaussian probes for a 30-view cone beam: 0.38 after 120 steps; the best H from exact "
     "rows (error_floor) is 0.350 for this geometry and ≥ 0.20 for every geometry tried (module "
     "docstring); the bound is kept, not loosened",
 )
 def test_toy_conebeam_heldout_error(toy_conebeam_fit):
-    """≤ 20 % relative error on held-out Gaussian probes (issue 6's bound)."""
+    """≤ 20 % relative error on held-out Gaussian probes (the project's original target)."""
     hist, _ = toy_conebeam_fit
     assert hist["heldout_rel_error"][-1] <= 0.20
 
@@ -630,7 +630,7 @@ def _phantom(img_size):
 
 
 def test_cli_circular_grid_is_the_image_grid_and_crops_exactly(tmp_path, monkeypatch):
-    """Issue 15 item 6: `--grid circular` fits λ on the N grid (the paper's F), 8× smaller than
+    """`--grid circular` fits λ on the N grid (the paper's F), 8× smaller than
     the padded one in 3D, and its patch restriction still equals the crop of the full H."""
     img_size = (1, 8, 6, 7)
     _cli_input(monkeypatch, img_size)

@@ -89,7 +89,7 @@ def test_error_floor_rejects_bad_input():
 
 @pytest.mark.slow
 def test_plateau_fit_reaches_the_floor_on_a_cone_beam():
-    """Issue 23: the plateau-stopped fit (the pipeline's default settings) ends within 0.02 of
+    """The plateau-stopped fit (the pipeline's default settings) ends within 0.02 of
     the floor of a 16³, 20-view toy cone beam (source 4n, detector 2n behind the axis): measured
     0.291 after 1,125 steps against a floor of 0.276. On the mini CBCT operator (32³, 30 views,
     4 held-out probes): 0.473 after 1,425 steps against a floor of 0.460 (the old 300-step cosine

@@ -1,4 +1,4 @@
-"""Issue 23 item 3: the MRI H built from each draw's own Cartesian mask (normal.mri_h), and the
+"""The MRI H built from each draw's own Cartesian mask (normal.mri_h), and the
 MRI H rows using H at test time (evaluate.mri_refine: H)."""
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def test_mri_h_rows_use_h_at_test_time():
 
 
 def test_slab_patches_resolve_to_the_whole_axis():
-    """Issue 23: -1 / null patch entries mean the whole axis (an MRI readout slab), resolved once
+    """-1 / null patch entries mean the whole axis (an MRI readout slab), resolved once
     when the config is loaded; other entries are a clear error."""
     from unroll3d.config import ConfigError, check_patch_sizes, resolve_patch_size
 

@@ -178,7 +178,7 @@ def write_normal_npz(results: Path, task: str, setting: str) -> None:
 
 
 def test_paper_numbers_consistency():
-    """paper.md §6.5: the mean of 'ours' per task equals the matching ablation row."""
+    """docs/paper-notes.md §6.5: the mean of 'ours' per task equals the matching ablation row."""
     cbct = [pn.paper_value("cbct", "partition-H", "psnr", s).value for s in ("v30", "v50", "v100")]
     assert np.mean(cbct) == pytest.approx(
         pn.paper_value("cbct", "partition-H", "psnr", "mean").value, abs=0.01
@@ -707,7 +707,7 @@ def test_non_finite_metrics_are_failed_cells_named_in_a_footnote(tmp_path):
 
 
 def test_table1_ssim_is_slice_wise_with_3d_ssim_as_an_extra_column(tmp_path):
-    """Issue 15 item 7: Table 1's SSIM is the mean 2D SSIM over slices (compared with the
+    """Table 1's SSIM is the mean 2D SSIM over slices (compared with the
     paper's), the 3D SSIM an extra column without a paper value; Table 2 keeps one SSIM."""
     write_evals(tmp_path)
     cells = report.collect_evals(tmp_path, CONFIG)

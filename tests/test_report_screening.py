@@ -1,4 +1,4 @@
-"""Every number a table prints is screened (issue 27 item 5): a NaN/±inf quality metric (PSNR,
+"""Every number a table prints is screened: a NaN/±inf quality metric (PSNR,
 3D SSIM, slice-wise SSIM) is a failed cell named in a footnote, as for PSNR; a NaN/±inf cost or
 memory value, or an infinite benchmark cell, is an error naming the file and key."""
 

@@ -1,6 +1,6 @@
 """Config strings reach the rules' shell commands as literal words: a name, a report key, a
 weights path or a config file name full of shell metacharacters (apostrophes, quotes, `$(...)`,
-`;`, `&`, spaces) neither breaks bash nor runs anything (issue 27 item 6)."""
+`;`, `&`, spaces) neither breaks bash nor runs anything."""
 
 import json
 import shlex

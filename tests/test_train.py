@@ -359,7 +359,7 @@ def _mri_sample(seed, device):
 
 @pytest.mark.gpu
 def test_parked_samples_keep_their_coil_maps_on_the_host(monkeypatch):
-    """Issue 15 item 5: with device_cache 0 only the drawn sample's volumes and operator are on
+    """With device_cache 0 only the drawn sample's volumes and operator are on
     the GPU; a parked sample's coil maps wait in host memory, and a drawn one computes as before."""
     monkeypatch.setattr(core, "HEAVY_PHYSICS_BYTES", 0)  # the toy coil maps count as heavy
     samples = {f"s{i}": _mri_sample(i, "cuda") for i in range(3)}
@@ -407,7 +407,7 @@ def mri_volume(tmp_path_factory):
 
 @pytest.mark.parametrize("fresh", [True, False])
 def test_mri_training_draws_a_fresh_seeded_mask_each_time(tmp_path, mri_volume, fresh, monkeypatch):
-    """Issue 15 item 3: with train.fresh_masks each MRI training draw has a new mask (its seed
+    """With train.fresh_masks each MRI training draw has a new mask (its seed
     from the step's generator, so a rerun draws the same ones); without, the volume's fixed one."""
     from unroll3d.data import load_sample
 

@@ -1,5 +1,5 @@
 """config job_threads reaches every compute job as its Snakemake threads and its --threads, and
-Snakemake lowers it to --cores (issue 28: two 1-thread toy jobs side by side on 2 cores)."""
+Snakemake lowers it to --cores (e.g. two 1-thread toy jobs side by side on 2 cores)."""
 
 import re
 import subprocess

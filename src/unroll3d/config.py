@@ -102,7 +102,7 @@ def validate(config: dict) -> dict:
     return filled
 
 
-#: volume shapes of the real data sets (datasets.md): Walnut reconstructions 501³; Calgary-Campinas
+#: volume shapes of the real data sets: Walnut reconstructions 501³; Calgary-Campinas
 #: images (readout, ky, kz) = 256 × 218 × 170.
 REAL_VOLUME_SHAPES = {"cbct": (501, 501, 501), "mri": (256, 218, 170)}
 
@@ -297,7 +297,7 @@ def task_settings(config: dict, task: str) -> list[str]:
 
 def shares_settings(config: dict, variant: str) -> bool:
     """Whether one model of ``variant`` serves every setting of a task: learned variants under
-    ``train.share_across_settings`` (paper.md §10: one CBCT model for all view counts, one MRI
+    ``train.share_across_settings`` (docs/paper-notes.md §10: one CBCT model for all view counts, one MRI
     model for both accelerations). Methods without weights (FDK, TV, DPIR) are per setting."""
     return variant_spec(variant).learned and bool(train_settings(config)["share_across_settings"])
 
@@ -332,7 +332,7 @@ def sweep_reuses_main(config: dict, task: str, patch) -> bool:
 
 # ---- values that pass the schema's types but cannot be meant (checked when a config is loaded)
 
-#: projections of one orbit of the real Walnut scans (datasets.md)
+#: projections of one orbit of the real Walnut scans
 REAL_FULL_ORBIT = 1200
 
 

@@ -1,6 +1,6 @@
 """PSNR and 3D SSIM, and the per-task conventions used for every reported number.
 
-Conventions (paper.md §5 and §10; the paper does not state the CBCT crop or range):
+Conventions (docs/paper-notes.md §5 and §10; the paper does not state the CBCT crop or range):
 
 - **CBCT**: both volumes clipped at 0, cropped to the central fraction ``crop`` of every axis
   (default ``[0.2, 0.8]``, i.e. slices 100–400 and in-plane 100:400 at 501³ like the prior work),

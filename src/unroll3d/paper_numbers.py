@@ -1,13 +1,13 @@
-"""The numbers the paper reports (``paper.md`` §6), as data, each with its source label.
+"""The numbers the paper reports (``docs/paper-notes.md`` §6), as data, each with its source label.
 
 Every reference value shown next to ours in the tables and figures comes from here, never typed
-into a table by hand. All of them carry the **[summary]** label of ``paper.md`` (third-party
+into a table by hand. All of them carry the **[summary]** label of ``docs/paper-notes.md`` (third-party
 summaries of Vo & Tachella, CVPR 2026; not checked against the PDF).
 
 One record per reported cell:
 
 - ``task``: ``cbct`` or ``mri``;
-- ``variant``: the project's variant name (``paper.md`` §4.7 / design.md): the paper's "ours" is
+- ``variant``: the project's variant name (``docs/paper-notes.md`` §4.7): the paper's "ours" is
   ``partition-H`` on CBCT and ``partition`` on MRI;
 - ``setting``: ``v30``/``v50``/``v100``/``R5``/``R10`` for per-setting values, ``mean`` for the
   ablation's average over settings, ``all`` for setting-independent training costs;
@@ -163,7 +163,7 @@ PAPER_ONLY_ROWS: dict[str, list[str]] = {
 #: Per task, a note on rows the paper has but whose numbers are not available to us.
 PAPER_MISSING_NOTE: dict[str, str] = {
     "mri": "the paper's zero-filled RSS, TV, DRUNet[2D], PnP-αPGD and INR rows exist but their "
-    "numbers are not available to us (paper.md §6.2)",
+    "numbers are not available to us (docs/paper-notes.md §6.2)",
 }
 
 _SOURCE_PREFERENCE = {"table1": 0, "table2": 0, "ablation": 1, "text": 2}

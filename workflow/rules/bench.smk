@@ -125,7 +125,7 @@ rule bench_normal_floor:
         " --seed {params.seed} --threads {threads} --out {output.csv} > {log} 2>&1"
 
 
-# Where H costs accuracy (issue 23): the trained partition and partition-H models of each task on
+# Where H costs accuracy: the trained partition and partition-H models of each task on
 # the first test volume of the task's first setting: first pass / exact / H refinement PSNR of
 # both, H's error against the exact patch gradient along the refinement iterates, and the
 # α-mixing curve. The claims table states these numbers when the H-accuracy claim fails.

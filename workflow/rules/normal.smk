@@ -1,9 +1,9 @@
 # Data-free fit of the diagonal-circulant normal-operator approximation H ≈ AᵀA/‖A‖²
-# (unroll3d fit-normal, paper.md §4.5), one job per task × setting, on the GPU the device picker
+# (unroll3d fit-normal, docs/paper-notes.md §4.5), one job per task × setting, on the GPU the device picker
 # hands out. Input: the preprocessed reference training volume, whose operator (geometry / mask /
 # coil maps) is the one fitted; the stored operator hash identifies it.
 #   CBCT (ours): one fit per view count on the first training walnut of the split; the other
-#     walnuts' geometries differ only slightly and reuse it (paper.md §10).
+#     walnuts' geometries differ only slightly and reuse it (docs/paper-notes.md §10).
 #   MRI (ours, for training): one fit per acceleration on the first training volume with its
 #     fixed seeded mask (training draws fresh masks, which no fixed-mask fit matches).
 #   normal.reference.{cbct,mri} in the config picks another volume id.
@@ -14,7 +14,7 @@
 # this operator and the gap to it (also in the log's last line). A resumable checkpoint
 # `<out>.ckpt` sits beside the output while the job runs and is picked up when the job is rerun;
 # it is deleted on success.
-# Per sample (normal.per_sample, default [mri], paper.md §10): the H variants are evaluated with
+# Per sample (normal.per_sample, default [mri], docs/paper-notes.md §10): the H variants are evaluated with
 # an H fitted to each test volume's own operator (its coil maps and mask), data-free like every
 # fit: results/normal/{task}/{setting}/{volume}.pt. Training keeps the setting's fit.
 # Downstream rules (train/evaluate of the -H variants) pull these; `rule all` does not name them.

@@ -1,4 +1,4 @@
-"""Where H costs accuracy, measured on a run's own trained models (issue 23 item 2).
+"""Where H costs accuracy, measured on a run's own trained models.
 
 Given the exact-data-step model (``partition``), the H-trained model (``partition-H``) of one
 task, the fitted H and test volumes, this measures per volume and setting:
@@ -19,7 +19,7 @@ task, the fitted H and test volumes, this measures per volume and setting:
 - **the α-mixing curve** (``psnr_mix``): the exact-trained model refined with the normal
   operator (1 − α) N + α H, for ``--alphas`` (α = 0 is the exact refinement, α = 1 the H one).
 
-The predictor (issue 23): an H-error-to-gradient ratio ≲ 0.1 along the exact-trained model's H
+The predictor (ours): an H-error-to-gradient ratio ≲ 0.1 along the exact-trained model's H
 refinement should be harmless; the row ``h_grad_ratio_predicts_harmless`` is 1 when the mean
 ratio is at most :data:`PREDICTOR_MAX`, and the summary states it next to the measured cost.
 
@@ -50,7 +50,7 @@ FIELDS = ["task", "setting", "volume", "model", "measure", "k", "alpha", "value"
 #: the exact-data-step model and the H-trained model
 MODELS = ("partition", "partition-H")
 DEFAULT_ALPHAS = (0.0, 0.1, 0.3, 1.0)
-#: H's error below this fraction of the exact patch gradient should be harmless (issue 23)
+#: H's error below this fraction of the exact patch gradient should be harmless
 PREDICTOR_MAX = 0.1
 
 

@@ -1,4 +1,4 @@
-"""GPU accuracy check (``make gpu-accuracy``, issue 23 item 5): does H keep its accuracy at the
+"""GPU accuracy check (``make gpu-accuracy``): does H keep its accuracy at the
 paper's sizes? At most ~8 minutes on one CUDA card.
 
 Sections, each recorded even when it fails (its error becomes a ``section_error`` row):
@@ -9,7 +9,7 @@ Sections, each recorded even when it fails (its error becomes a ``section_error`
    ratio ‖(N − H) x_k‖ / ‖N x_k − b‖ are measured along a few plain gradient steps
    x ← x − (N x − b) / ‖A‖² on seeded patches of the paper's CBCT size (8 × 384 × 384), with
    the ground truth as context (the training problem) and with FDK as context (a test-time
-   problem), and at the ground truth. The predictor (issue 23): a ratio ≲ 0.1 should be harmless.
+   problem), and at the ground truth. The predictor (ours): a ratio ≲ 0.1 should be harmless.
 2. ``train``: ``partition`` and ``partition-H`` trained for the same wall-clock budget
    (``train_s`` each, same seed, same initial weights, same patch draws) at 128³ on walnut-like
    volumes with a patch of the paper's proportions (8 × 96 × 96 against 8 × 384 × 384 in 501³),
@@ -257,8 +257,7 @@ class Recorder:
             f"- mode: {self.mode}; run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
             f"{time.perf_counter() - self.t0:.0f} s of a {self.budget_s:.0f} s budget",
             f"- torch {torch.__version__}, Python {platform.python_version()}",
-            f"- predictor (issue 23): an H error/gradient ratio ≤ {PREDICTOR_MAX:g} should be "
-            "harmless",
+            f"- predictor: an H error/gradient ratio ≤ {PREDICTOR_MAX:g} should be harmless",
             "",
             *[f"- {n}" for n in self.notes],
             "",

@@ -55,7 +55,7 @@ from unroll3d.utils import atomic_write_csv, atomic_write_text, device_name
 
 FIELDS = ["section", "case", "metric", "value", "unit", "status", "note"]
 
-#: Walnut scanner (datasets.md §1.3): source-axis and source-detector distances (mm), detector
+#: Walnut scanner: source-axis and source-detector distances (mm), detector
 #: pixel (mm, after 2×2 binning), detector (rows, cols), reconstruction grid and voxel (mm).
 WALNUT = dict(sod=66.0014, sdd=199.0062, pixel=0.1496, det=(972, 768), n=501, voxel=0.1)
 

@@ -1,4 +1,4 @@
-"""The GPU check's sections on what the card spends its time on (issue 24), wired into
+"""The GPU check's sections on what the card spends its time on, wired into
 :mod:`unroll3d.bench.gpu_check` (``--sections network train_modes train_loop profile``):
 
 - ``network``: the DRUNet alone, forward + backward, at the paper's patch shapes, in each mode

@@ -2,7 +2,7 @@
 
 One data step on a patch is ``x ← x − η (N x − b)`` with ``N`` either the exact
 ``S AᵀA Sᵀ`` (zero-pad the patch into the volume, project, back-project, crop) or the
-restricted ``S H Sᵀ = diag(Sm) F_k⁻¹ diag(λ_k) F_k`` (paper.md §4.6). The cone-beam operator is
+restricted ``S H Sᵀ = diag(Sm) F_k⁻¹ diag(λ_k) F_k`` (docs/paper-notes.md §4.6). The cone-beam operator is
 ``unroll3d.physics.ConeBeam.circular`` (RTK on the CPU, astra on CUDA). H's values do not change
 its cost, so λ is the impulse response of AᵀA and m = 1 (no fit needed).
 

@@ -4,13 +4,13 @@ The pipeline fits H once per setting, on one training volume (``normal.reference
 for every volume; with ``train.fresh_masks`` every MRI training draw also has a new mask. This
 measures the relative error ``‖AᵀA x − s H x‖ / ‖AᵀA x‖`` on seeded Gaussian probes x, with
 ``s = ‖A‖²`` of the sample, for each given volume under its fixed mask and under ``--fresh``
-fresh masks (issue 15 item 2: is one H per setting enough, or is one per sample needed?).
+fresh masks: is one H per setting enough, or is one per sample needed?
 
     unroll3d bench normal_transfer --fit results/normal/mri/R5.pt --setting R5 \\
         --data results/data/mri/*.pt --fresh 3 --out normal_transfer.csv
 
-``--mask`` (MRI) adds the H built from each draw's own mask (:func:`unroll3d.normal.mask_normal`,
-issue 23) on the same probes: the mask's kernel alone with m = 1 (``mask_plain``), the
+``--mask`` (MRI) adds the H built from each draw's own mask (:func:`unroll3d.normal.mask_normal`)
+on the same probes: the mask's kernel alone with m = 1 (``mask_plain``), the
 coil-coherence-weighted kernel with m from the coil maps (``mask_coils``) and with the fit's m
 (``mask_fit_m``, ``normal.mri_h: mask``).
 """

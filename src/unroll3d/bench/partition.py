@@ -1,4 +1,4 @@
-"""Peak memory and time of one training step: partitioned vs full-volume unrolling (issue 5).
+"""Peak memory and time of one training step: partitioned vs full-volume unrolling.
 
 One training step = forward of an unrolled PGD (K iterations, one shared small 3D DRUNet),
 squared-error loss, backward and an Adam update, either

@@ -1,6 +1,6 @@
 """Calgary-Campinas 12-channel MRI: parse one HDF5 volume and preprocess it into one ``.pt`` file.
 
-Raw layout (``datasets.md`` §2.2): HDF5 key ``kspace``, shape ``(x, ky, kz, 2 N)`` float32, the
+Raw layout: HDF5 key ``kspace``, shape ``(x, ky, kz, 2 N)`` float32, the
 readout ``x`` already inverse-Fourier-transformed (hybrid data), real and imaginary parts of the
 ``N`` coils interleaved on the last axis, ky-kz k-space with DC in the middle, and the last
 15 % of kz never acquired (zero-filled partial Fourier).
@@ -25,7 +25,7 @@ Preprocessing:
    images, is stored next to it (``x_rss``, :func:`rss_reference`, ``evaluate.mri_ground_truth``).
 
 Intensity normalisation happens at load time (it depends on the mask): ``x`` and ``y`` are divided
-by the 99.5th percentile of ``|A^H y|`` (paper.md §10; no ground-truth leakage).
+by the 99.5th percentile of ``|A^H y|`` (docs/paper-notes.md §10; no ground-truth leakage).
 
 Licence: the Calgary-Campinas raw data are CC BY-ND 4.0 (Attribution-NoDerivatives). Our reading,
 not legal advice: do not publish the preprocessed ``.pt`` files; every user downloads the zip and
@@ -187,7 +187,7 @@ def read_kspace(
     return np.ascontiguousarray(np.moveaxis(kc, -1, 0))
 
 
-#: Calgary-Campinas 12-channel raw layout (datasets.md §2.2): ``kspace`` of shape (x, ky, kz, 2 N)
+#: Calgary-Campinas 12-channel raw layout: ``kspace`` of shape (x, ky, kz, 2 N)
 CC_LAYOUT = {"x": (256,), "ky": (218,), "kz": (170, 180), "channels": (24,)}
 
 
@@ -206,7 +206,7 @@ def check_kspace_layout(
         return
     if expected == "calgary-campinas":
         allowed = [CC_LAYOUT[k] for k in ("x", "ky", "kz", "channels")]
-        want = "256 × 218 × 170|180 × 24 (x, ky, kz, 2·12 coils; Calgary-Campinas, datasets.md)"
+        want = "256 × 218 × 170|180 × 24 (x, ky, kz, 2·12 coils; Calgary-Campinas)"
     elif isinstance(expected, str) or len(tuple(expected)) != 3:
         raise DataError(f"expected layout {expected!r}: need 'calgary-campinas' or (x, ky, kz)")
     else:

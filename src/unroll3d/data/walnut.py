@@ -1,7 +1,7 @@
 """Walnut-CBCT: parse one ``Walnut<N>.zip`` and preprocess it into one ``.pt`` sample file.
 
 The rules follow the official reference code (cicwi/WalnutReconstructionCodes, after the
-November 2020 fixes; see ``datasets.md`` §1.5):
+November 2020 fixes):
 
 * geometry: ``Projections/tubeV<orbit>/scan_geom_corrected.geom``, ``n_rows`` x 12 ASTRA
   ``cone_vec`` vectors in mm; the last row repeats the first angle and is dropped;
@@ -51,7 +51,7 @@ def zip_name(number: int) -> str:
 
 
 def view_indices(n_full: int, n_views: int) -> np.ndarray:
-    """Equispaced views: ``floor(linspace(0, n_full, n_views, endpoint=False))`` (paper.md §10)."""
+    """Equispaced views: ``floor(linspace(0, n_full, n_views, endpoint=False))`` (docs/paper-notes.md §10)."""
     if not 1 <= n_views <= n_full:
         raise DataError(f"cannot take {n_views} views out of a full orbit of {n_full}")
     return np.floor(np.linspace(0, n_full, n_views, endpoint=False) + 1e-9).astype(np.int64)
@@ -230,7 +230,7 @@ def read_volume(wz: WalnutZip, members: list[str], what: str) -> np.ndarray:
     return vol
 
 
-#: the Walnut collection's reference grid (datasets.md §1.2-1.3): 501 slices of 501 × 501 voxels
+#: the Walnut collection's reference grid: 501 slices of 501 × 501 voxels
 WALNUT_VOLUME = (501, 501, 501)
 
 

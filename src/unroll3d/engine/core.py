@@ -171,7 +171,7 @@ def mri_h_mode(task: str, config: dict) -> str:
 
 
 def own_normal(sample, reference: NormalFit | None, mode: str) -> NormalFit:
-    """The H of ``sample``'s own operator (issue 23): λ from its Cartesian mask weighted by its
+    """The H of ``sample``'s own operator: λ from its Cartesian mask weighted by its
     coils' coherence (:func:`unroll3d.normal.mask_normal`), m from ``reference`` (the setting's
     data-free fit, ``mode`` ``mask``) or from the coil maps (``mask-coils``)."""
     meta = getattr(sample, "meta", None) or {}
@@ -234,7 +234,7 @@ def patch_ranges(spatial: Sequence[int], patch: Sequence[int], margin: Sequence[
     """Training patch-corner bounds from margins given as fractions of each axis.
 
     Corner ``c`` on an axis of size ``n`` with patch ``p`` and margin ``f`` lies in
-    ``[round(f n), n − round(f n) − p]`` (paper.md §10, CBCT: z ∈ [80, 421 − D] and
+    ``[round(f n), n − round(f n) − p]`` (docs/paper-notes.md §10, CBCT: z ∈ [80, 421 − D] and
     y, x ∈ [50, 451 − H] at 501³ ≈ margins (0.16, 0.1, 0.1)). An axis too small for its margin
     falls back to the whole axis. ``None`` = uniform over the volume.
     """
@@ -314,7 +314,7 @@ def refine_enabled(task: str, config: dict, spec: VariantSpec | None = None) -> 
     """Whether Algorithm 1's refinement pass runs for ``spec``: ``evaluate.refine`` and, for MRI,
     ``evaluate.mri_refine``: false = the paper's protocol (first pass only: its data steps are
     exact, so H never acts), true = every partitioned variant, ``H`` = only the variants that
-    use H (their refinement uses H, so the H rows measure H at test time; issue 23)."""
+    use H (their refinement uses H, so the H rows measure H at test time)."""
     ecfg = evaluate_settings(config)
     on = bool(ecfg["refine"])
     if task == "mri":
@@ -566,7 +566,7 @@ def default_loader(setting: str, device: torch.device) -> Callable:
 
 def fresh_mask_loader(setting: str, device: torch.device) -> Callable:
     """``(path, seed) -> Sample``: an MRI volume under ``setting`` with the mask of ``seed`` (a
-    fresh mask per training draw, paper.md §10). The file is memory-mapped, so a draw reads the
+    fresh mask per training draw, docs/paper-notes.md §10). The file is memory-mapped, so a draw reads the
     k-space pages again (from the page cache after the first) instead of keeping every
     volume's full k-space in memory."""
 

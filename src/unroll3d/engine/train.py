@@ -594,7 +594,7 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         "network": network_settings(t, device),  # what ran: None = not applicable on the device
         "masks": "fresh per draw" if job.redraw is not None else "fixed per volume",
     }
-    if spec.use_H:  # which H the data steps used (normal.mri_h, issue 23)
+    if spec.use_H:  # which H the data steps used (normal.mri_h)
         stats["normal_h"] = (
             "the setting's data-free fit"
             if h_of is None

@@ -44,7 +44,7 @@ class UnrolledPGD(Tiling, Reconstructor):
 
     The step size is :math:`\eta_k = \tau_k / L` with :math:`L = \|A\|^2` (buffer ``lipschitz``,
     1 for a normalised operator) and a learnable :math:`\tau_k > 0` initialised to 1, i.e.
-    :math:`\eta_k = 1/\|A\|^2` at initialisation (paper.md §10). The noise level
+    :math:`\eta_k = 1/\|A\|^2` at initialisation (docs/paper-notes.md §10). The noise level
     :math:`\sigma_k > 0` fed as DRUNet's noise-map channel is learnable per iteration. Both are
     positive through a softplus. The physics stays in fp32; with ``bf16 = True`` only the
     network runs under CUDA bf16 autocast.
@@ -58,7 +58,7 @@ class UnrolledPGD(Tiling, Reconstructor):
     :param bool residual: global skip connection around DRUNet (see :class:`DRUNet3D`).
     :param bool checkpoint: gradient checkpointing per iteration: during training only each
         iteration's input is kept and the iteration is recomputed in the backward pass, so the
-        saved activations are one DRUNet call's instead of K (paper.md §6.2: the full-volume MRI
+        saved activations are one DRUNet call's instead of K (docs/paper-notes.md §6.2: the full-volume MRI
         baseline on one 80 GB card). Same gradients, about one more forward pass of time.
 
     :Example:

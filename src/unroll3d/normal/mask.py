@@ -135,7 +135,7 @@ def mask_normal(
 
     :param physics: a :class:`~unroll3d.physics.MultiCoilMRI3D` (``mask`` and ``coil_maps``).
     :param img_size: ``(2, D, H, W)``.
-    :param m: ``coils`` (default: exact for one coil; the measured best for several, issue 23),
+    :param m: ``coils`` (default: exact for one coil; the measured best for several),
         ``ones``, or a tensor (D, H, W) (e.g. the m of a data-free fit).
     :param grid: FFT grid (default :func:`padded_grid`, a linear convolution as the fits use).
     :param kernel: ``coherence`` (default: the mask's kernel weighted by the coils' coherence,

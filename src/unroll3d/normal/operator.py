@@ -1,6 +1,6 @@
 r"""Diagonal-circulant approximation :math:`H` of a normal operator :math:`A^\top A`.
 
-The paper (``paper.md`` §4.5–4.6) approximates the normal operator by
+The paper (``docs/paper-notes.md`` §4.5–4.6) approximates the normal operator by
 
 .. math::
 
@@ -203,7 +203,7 @@ def _kernel_crop_filter(
     patch_size: Sequence[int],
     complex_images: bool,
 ) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """λ_k on the k-grid, k_d = min(2p_d, N_d), for exact S H Sᵀ (paper.md §4.6).
+    """λ_k on the k-grid, k_d = min(2p_d, N_d), for exact S H Sᵀ (docs/paper-notes.md §4.6).
 
     The kernel h = F⁻¹λ is recovered axis by axis; along each axis with 2p < N only the offsets
     δ ∈ [−(p−1), p−1] are kept and laid at δ mod k (slot p stays 0).

@@ -6,7 +6,7 @@ the reason (a variant or setting absent from this run, a training that ran out o
 benchmark disabled). Nothing is hard-coded: every measured number comes from the evaluation JSONs
 and the benchmark CSVs of the run, every paper number from :mod:`unroll3d.paper_numbers`.
 
-Claims (paper.md §6):
+Claims (docs/paper-notes.md §6):
 
 - ``ordering``: learned unrolled > post-processing > TV > FDK / zero-filled, PSNR, per setting;
 - ``partition≈unrolled``: partitioned training within 0.5 dB of full-volume unrolling (mean over
@@ -428,7 +428,7 @@ def build_claims_table(
         f"in this run (configuration {config.get('name', '?')!r}).",
         "Measured: means over the test volumes of this run's evaluation JSONs (PSNR in dB, "
         "training peak memory, s per micro-step) and its benchmark CSVs; paper: "
-        "unroll3d.paper_numbers (paper.md §6, [summary]).",
+        "unroll3d.paper_numbers (docs/paper-notes.md §6, [summary]).",
         "A toy-size run checks that the pipeline measures each claim; its verdicts are not "
         "evidence about the paper (few training steps, tiny volumes, CPU).",
         config_footnote(config, config_path, commit),

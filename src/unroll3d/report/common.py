@@ -41,9 +41,9 @@ SWEEP_FIGURE = {"cbct": "fig7_patch_sweep_cbct", "mri": "fig8_patch_sweep_mri"}
 TASK_TITLE = {"cbct": "Walnut-CBCT", "mri": "MC-MRI"}
 DEFAULT_METRIC_CONVENTION = {
     "cbct": "PSNR/SSIM on the prior-work crop (slices 100–400, [100:400, 100:400]) clipped at 0, "
-    "fixed data range (paper.md §10)",
+    "fixed data range (docs/paper-notes.md §10)",
     "mri": "PSNR/SSIM on magnitude images over the whole volume, data range = ground-truth max "
-    "per volume (paper.md §10)",
+    "per volume (docs/paper-notes.md §10)",
 }
 REPORT_DEFAULTS = {
     "qualitative_volume": None,

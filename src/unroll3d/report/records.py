@@ -35,7 +35,7 @@ class EvalRecord:
     status: str = "ok"
     psnr: float | None = None
     ssim: float | None = None  # 3D SSIM
-    ssim_slices: float | None = None  # mean 2D SSIM over axial slices (Table 1's, paper.md §5)
+    ssim_slices: float | None = None  # axial-slice mean 2D SSIM (docs/paper-notes.md §5)
     train_peak_mem_gb: float | None = None
     train_step_s: float | None = None
     train_accumulate: int = 1

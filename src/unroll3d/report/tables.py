@@ -101,7 +101,7 @@ _DIGITS = {
     "train_step_s": 2,
     "speed": 2,
 }
-#: our metric -> the paper's name for it (Table 1's SSIM is the slice-wise one, paper.md §5)
+#: our metric -> the paper's name for it (Table 1's SSIM is the slice-wise one, docs/paper-notes.md §5)
 _PAPER_METRIC = {"train_peak_mem_gb": "train_mem_gb", "ssim_slices": "ssim"}
 #: per task, the SSIM that the paper's table reports, and extra SSIM columns shown without a
 #: paper value (CBCT: Table 1 follows the earlier Walnut protocol, 2D SSIM averaged over slices)
@@ -255,7 +255,7 @@ def _footnotes(
 ) -> list[str]:
     notes = [
         "Cells: ours / paper (Δ = ours − paper). Paper values are the [summary] numbers of "
-        "paper.md §6 (not checked against the PDF); — = not reported by the paper or not run. "
+        "docs/paper-notes.md §6 (not checked against the PDF); — = not reported by the paper or not run. "
         "Training costs are setting-independent; for a row the main table lacks they come from "
         "the paper's ablation table.",
     ]
@@ -292,7 +292,7 @@ def _footnotes(
         if TABLE_SSIM[task][0] == "ssim_slices":
             notes.append(
                 f"{title}: SSIM = mean of 2D SSIM over the axial slices, as the earlier Walnut "
-                "protocol that the paper's Table 1 follows (paper.md §5); SSIM 3D (extra) = "
+                "protocol that the paper's Table 1 follows (docs/paper-notes.md §5); SSIM 3D (extra) = "
                 "3D SSIM of the volume, which the paper does not report."
             )
         if PAPER_ONLY_ROWS.get(task):
@@ -535,7 +535,7 @@ def build_datastep_table(
                     "ours": ours,
                     "paper": paper,
                     "delta": diff,
-                    "paper_source": "paper.md §6.4 [summary]",
+                    "paper_source": "docs/paper-notes.md §6.4 [summary]",
                     "text": text,
                 }
             )
@@ -545,7 +545,7 @@ def build_datastep_table(
     devices = sorted({str(r["device"]) for r in data if not missing(r.get("device"))})
     notes = [
         "Cells: ours / paper (Δ). The paper reports 4.19 it/s (exact) and 12.5 it/s (H) on "
-        "Walnut-CBCT without stating patch size or view count (paper.md §6.4, [summary]); our "
+        "Walnut-CBCT without stating patch size or view count (docs/paper-notes.md §6.4, [summary]); our "
         "rows are synthetic circular cone-beam geometries of the sizes shown.",
         "One data step x ← x − η(N x − b) on a cubic patch; N = exact S AᵀA Sᵀ (zero-pad, project, "
         "back-project, crop) or S H Sᵀ with the kernel cropped to 2p (§4.6). Time after warm-up.",
