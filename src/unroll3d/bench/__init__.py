@@ -3,8 +3,9 @@ workflow's ``bench_*`` rules (outputs under ``results/benchmarks/``).
 
 Each module exposes ``build_parser()``, ``run(args)`` and ``main(argv)``; it is imported only when
 its benchmark runs, so ``unroll3d bench --help`` loads no torch. Memory is in GB (10⁹ B)
-everywhere: ``peak_memory_gb`` and friends (:mod:`unroll3d.bench.memory`). The
-``benchmarks/bench_<name>.py`` scripts are thin entry points to the same ``main``.
+everywhere: ``peak_memory_gb`` and friends (:mod:`unroll3d.bench.memory`). ``unroll3d bench
+<name>`` is each benchmark's one entry point; ``benchmarks/`` holds only what is not a library
+benchmark (timing ``make smoke``, comparing two runs) and the dated measurements.
 """
 
 from __future__ import annotations

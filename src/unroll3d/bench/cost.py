@@ -280,7 +280,7 @@ def estimate(config: dict, gc: list) -> list[dict]:
                     why = {
                         "tv": "no GPU-check row of the TV reconstruction",
                         "inr": "no GPU-check row of the per-volume INR fit (CPU: "
-                        "benchmarks/bench_inr.py)",
+                        "unroll3d bench inr)",
                         "dpir": "needs the pretrained weights; no GPU-check row",
                     }[spec.kind]
                     rows.append(
