@@ -122,7 +122,7 @@ _STEP_CODE = (
     "engine/core.py",
     "engine/tuning.py",
     "models",
-    "partition.py",
+    "partition",
     "normal/operator.py",
 )
 
