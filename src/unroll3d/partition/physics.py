@@ -1,0 +1,277 @@
+"""The exact patch problem ``ỹ = A Sᵀ x_patch`` as a deepinv ``LinearPhysics`` (paper §4.3).
+
+Global operators run without an autograd graph: ``Ã``, ``Ãᵀ`` and ``ÃᵀÃ`` are wrapped in an
+autograd function whose backward is the adjoint operator, so only patch-sized tensors are saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from deepinv.physics import LinearPhysics
+from torch import Tensor
+
+from unroll3d.partition.grid import Start, crop_patch, embed_patch, spatial_sizes
+
+__all__ = ["PartitionedPhysics"]
+
+
+# --------------------------------------------------------------------------------------------
+# Graph-free linear operators with an exact adjoint backward
+# --------------------------------------------------------------------------------------------
+
+
+class _GraphFreeLinear(torch.autograd.Function):
+    """``op(x)`` for a linear ``op`` evaluated without autograd; its derivative is ``adj``.
+
+    Nothing is saved for backward, so a global operator applied to a patch costs no graph memory.
+    The backward is this function again with ``op`` and ``adj`` swapped, so double backward
+    (``create_graph=True``) and the ``torch.func`` transforms (``vjp``, ``grad``, ``jvp``,
+    ``vmap``) get the exact derivatives of the linear map.
+    """
+
+    @staticmethod
+    def forward(x: Tensor, op: Callable, adj: Callable) -> Tensor:  # noqa: D102
+        return op(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # noqa: D102
+        ctx.op, ctx.adj = inputs[1], inputs[2]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        return _GraphFreeLinear.apply(grad, ctx.adj, ctx.op), None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: Tensor, *_):  # noqa: D102
+        return _GraphFreeLinear.apply(x_tangent, ctx.op, ctx.adj)
+
+    @staticmethod
+    def vmap(info, in_dims, x: Tensor, op: Callable, adj: Callable):  # noqa: D102
+        # one call per slice: the batch axis of x is patch-major and must not absorb the vmap axis
+        bdim = in_dims[0]
+        slices = [_GraphFreeLinear.apply(s, op, adj) for s in x.unbind(bdim)]
+        return torch.stack(slices), 0
+
+
+def _linear(x: Tensor, op: Callable, adj: Callable) -> Tensor:
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _GraphFreeLinear.apply(x, op, adj)
+    with torch.no_grad():
+        return op(x)
+
+
+# --------------------------------------------------------------------------------------------
+# Partitioned physics
+# --------------------------------------------------------------------------------------------
+
+
+class PartitionedPhysics(LinearPhysics):
+    """The exact patch problem ``ỹ = Ã x_patch`` of a global ``LinearPhysics`` (paper §4.3).
+
+    - ``A(x_patch) = A Sᵀ x_patch`` (patch embedded in zeros, then the global forward);
+    - ``A_adjoint(y) = S Aᵀ y``;
+    - ``A_adjoint_A(x_patch) = S AᵀA Sᵀ x_patch`` exactly, or ``normal_op(x_patch)`` when given
+      (a restricted normal-operator approximation, e.g. ``DiagCirculant.restrict(start, patch)``);
+    - ``y_tilde = y − A S⊥ᵀ S⊥ x_context``, computed once without gradient as
+      ``y − A(x_context with the patch zeroed)``;
+    - ``A_dagger(y)`` is deepinv's least-squares solve on the patch; ``initial_reconstruction(y)``
+      (the patch network's first iterate) is the crop ``S x_init`` when ``x_init`` is given.
+
+    Global operators never build an autograd graph; gradients w.r.t. the patch variable are
+    obtained through the adjoint (``Ãᵀ`` for ``Ã``, ``Ã`` for ``Ãᵀ``, ``ÃᵀÃ`` for itself).
+
+    Several patch positions can be processed at once: pass a list of corners as ``start``. Patch
+    tensors then have batch ``len(start) * B`` ordered patch-major (patch ``i`` of sample ``b`` at
+    index ``i * B + b``), and ``normal_op`` may be a list with one callable per corner.
+
+    :param physics: global ``LinearPhysics`` (x: ``(B, C, *spatial)``).
+    :param img_size: ``(C, *spatial)`` or ``spatial`` of the global volume.
+    :param start: patch corner (tuple) or list of corners.
+    :param patch_size: spatial patch size.
+    :param y: global measurements ``(B, ...)``.
+    :param x_context: global volume ``(B, C, *spatial)`` whose values outside the patch are the
+        context (values inside the patch are ignored).
+    :param x_init: optional global initial volume; its crop is returned by
+        ``initial_reconstruction``.
+    :param normal_op: optional callable (or list of callables) replacing ``S AᵀA Sᵀ``.
+    :param normal_scaling: factor applied to ``normal_op`` (e.g. ``‖A‖²`` when H was fitted to
+        the normalised operator).
+    :param bool normal_anchor: anchor the approximation at the initial iterate ``a = S x_init``:
+        ``A_adjoint_A(x) = S AᵀA Sᵀ a + s H (x − a)``, exact at ``a`` (one exact normal
+        application per patch instead of one per iteration), so H's error scales with
+        ``x − a`` rather than with ``x``. Needs ``normal_op`` and ``x_init``. An affine map, not
+        a linear one: meant for the data step of an unrolled network.
+
+    :Example:
+
+    >>> import torch, deepinv as dinv
+    >>> physics = dinv.physics.Blur(filter=torch.ones(1, 1, 3, 3, 3) / 27, padding="circular")
+    >>> x = torch.randn(1, 1, 8, 8, 8)
+    >>> pp = PartitionedPhysics(physics, (1, 8, 8, 8), (2, 2, 2), (4, 4, 4), physics.A(x), x)
+    >>> torch.allclose(pp.A(x[..., 2:6, 2:6, 2:6]), pp.y_tilde, atol=1e-5)  # ỹ = Ã S x
+    True
+    """
+
+    def __init__(
+        self,
+        physics: LinearPhysics,
+        img_size: Sequence[int],
+        start: Start | Sequence[Start],
+        patch_size: int | Sequence[int],
+        y: Tensor,
+        x_context: Tensor,
+        x_init: Tensor | None = None,
+        normal_op: Callable | Sequence[Callable] | None = None,
+        normal_scaling: float = 1.0,
+        normal_anchor: bool = False,
+        **kwargs,
+    ):
+        spatial, patch = spatial_sizes(img_size, patch_size)
+        nd = len(patch)
+        starts = [tuple(int(v) for v in start)] if _is_corner(start) else [tuple(s) for s in start]
+        if not starts:
+            raise ValueError("start must be a corner tuple or a non-empty list of corners")
+        for st in starts:
+            if len(st) != nd or any(
+                s < 0 or s + p > n for s, p, n in zip(st, patch, spatial, strict=True)
+            ):
+                raise ValueError(f"patch corner {st} with size {patch} does not fit in {spatial}")
+        if x_context.ndim != nd + 2 or tuple(x_context.shape[2:]) != spatial:
+            raise ValueError(
+                f"x_context must have shape (B, C, {', '.join(map(str, spatial))}), "
+                f"got {tuple(x_context.shape)}"
+            )
+        if len(img_size) == nd + 1 and x_context.shape[1] != img_size[0]:
+            raise ValueError(
+                f"x_context has {x_context.shape[1]} channels but img_size {tuple(img_size)} "
+                f"says {img_size[0]}"
+            )
+        if y.shape[0] != x_context.shape[0]:
+            raise ValueError(
+                f"batch sizes differ: y {tuple(y.shape)} vs x_context {tuple(x_context.shape)}"
+            )
+        channels = x_context.shape[1]
+        super().__init__(img_size=(channels, *patch), **kwargs)
+        self.physics = physics
+        self.spatial = spatial
+        self.patch_size = patch
+        self.starts = starts
+        self.batched = not _is_corner(start)
+        self.batch = y.shape[0]
+        if normal_op is not None and callable(normal_op):
+            normal_op = [normal_op] * len(starts) if len(starts) > 1 else [normal_op]
+        if normal_op is not None and len(normal_op) != len(starts):
+            raise ValueError(f"got {len(normal_op)} normal operators for {len(starts)} patches")
+        self.normal_op = normal_op
+        self.normal_scaling = normal_scaling
+
+        with torch.no_grad():
+            ctx = x_context.detach().repeat(len(starts), *([1] * (x_context.ndim - 1)))
+            for i, st in enumerate(starts):
+                crop_patch(ctx[i * self.batch : (i + 1) * self.batch], st, patch).zero_()
+            y_rep = (
+                y.detach()
+                if len(starts) == 1
+                else y.detach().repeat(len(starts), *([1] * (y.ndim - 1)))
+            )
+            # a buffer: state_dict() and .to() carry it
+            self.register_buffer("y_tilde", y_rep - self._global(physics.A, ctx))
+            del ctx
+            self.x_init_patch = None if x_init is None else self.crop(x_init.detach())
+        self.normal_correction = None
+        if normal_anchor:
+            if normal_op is None or x_init is None:
+                raise ValueError("normal_anchor needs a normal_op and an x_init (the anchor)")
+            with torch.no_grad():  # S AᵀA Sᵀ a − s H a: H's error at the anchor, removed
+                a = self.x_init_patch
+                self.normal_correction = self._normal(a) - self.A_adjoint_A(a)
+
+    # -- helpers -------------------------------------------------------------------------------
+    @property
+    def start(self) -> Start:
+        """The patch corner (first corner when batched)."""
+        return self.starts[0]
+
+    def _global(self, fn: Callable, t: Tensor) -> Tensor:
+        """Apply a global operator to a patch-major batch, chunked per patch when ``B > 1``."""
+        if len(self.starts) == 1 or self.batch == 1:
+            return fn(t)
+        return torch.cat([fn(c) for c in t.split(self.batch)], dim=0)
+
+    def crop(self, x: Tensor) -> Tensor:
+        """``S x`` for a global volume ``x`` of batch ``B`` (or ``n_patches * B``)."""
+        n = len(self.starts)
+        if x.shape[0] == self.batch and n > 1:
+            return torch.cat([crop_patch(x, st, self.patch_size) for st in self.starts], dim=0)
+        if x.shape[0] != n * self.batch:
+            raise ValueError(
+                f"cannot crop a batch of {x.shape[0]} for {n} patches of batch {self.batch}"
+            )
+        if n == 1:
+            return crop_patch(x, self.starts[0], self.patch_size)
+        chunks = x.split(self.batch)
+        return torch.cat(
+            [crop_patch(c, st, self.patch_size) for c, st in zip(chunks, self.starts, strict=True)],
+            dim=0,
+        )
+
+    def embed(self, x_patch: Tensor) -> Tensor:
+        """``Sᵀ x_patch``: the patch-major batch of patches embedded in zero volumes."""
+        if len(self.starts) == 1:
+            return embed_patch(x_patch, self.starts[0], self.spatial)
+        chunks = x_patch.split(self.batch)
+        if len(chunks) != len(self.starts):
+            raise ValueError(
+                f"patch batch {x_patch.shape[0]} is not {len(self.starts)} patches x batch {self.batch}"
+            )
+        return torch.cat(
+            [embed_patch(c, st, self.spatial) for c, st in zip(chunks, self.starts, strict=True)],
+            dim=0,
+        )
+
+    def _fwd(self, x_patch: Tensor) -> Tensor:
+        return self._global(self.physics.A, self.embed(x_patch))
+
+    def _adj(self, y: Tensor) -> Tensor:
+        return self.crop(self._global(self.physics.A_adjoint, y))
+
+    def _normal(self, x_patch: Tensor) -> Tensor:
+        full = self.embed(x_patch)
+        return self.crop(self._global(lambda t: self.physics.A_adjoint(self.physics.A(t)), full))
+
+    # -- LinearPhysics interface -------------------------------------------------------------
+    def A(self, x: Tensor, **kwargs) -> Tensor:
+        """``Ã x = A Sᵀ x``."""
+        return _linear(x, self._fwd, self._adj)
+
+    def A_adjoint(self, y: Tensor, **kwargs) -> Tensor:
+        """``Ãᵀ y = S Aᵀ y``."""
+        return _linear(y, self._adj, self._fwd)
+
+    def A_adjoint_A(self, x: Tensor, **kwargs) -> Tensor:
+        """``S AᵀA Sᵀ x`` exactly, or the restricted approximation ``normal_op`` when given
+        (plus, with ``normal_anchor``, its correction at the anchor)."""
+        if self.normal_op is None:
+            return _linear(x, self._normal, self._normal)
+        if len(self.normal_op) == 1:
+            out = self.normal_op[0](x)
+        else:
+            out = torch.cat(
+                [op(c) for op, c in zip(self.normal_op, x.split(self.batch), strict=True)], dim=0
+            )
+        out = out * self.normal_scaling if self.normal_scaling != 1.0 else out
+        return out if self.normal_correction is None else out + self.normal_correction
+
+    def initial_reconstruction(self, y: Tensor, **kwargs) -> Tensor:
+        """The patch network's first iterate: the crop ``S x_init`` when ``x_init`` was given,
+        else ``A_dagger(y)`` (deepinv's least-squares solve)."""
+        if self.x_init_patch is not None:
+            return self.x_init_patch
+        return self.A_dagger(y, **kwargs)
+
+
+def _is_corner(start) -> bool:
+    """True for one corner ``(i, j, k)``, False for a list of corners."""
+    return len(start) > 0 and not isinstance(start[0], Sequence)
