@@ -211,7 +211,7 @@ def test_walnut_vectors_are_the_scanner_at_501():
     Smaller sizes keep the field of view."""
     import numpy as np
 
-    from unroll3d.bench.gpu_check import walnut_vectors
+    from unroll3d.bench.gpu_geometry import walnut_vectors
     from unroll3d.data.walnut import project_point
 
     vec, voxel, det = walnut_vectors(30, 501)
@@ -319,13 +319,15 @@ def test_gpu_check_refuses_a_reference_of_another_size(tmp_path):
     """A reference file for another volume is a failed agreement row, not a silent pass."""
     import torch
 
-    from unroll3d.bench import gpu_check
+    from unroll3d.bench.gpu_check import PROFILES
+    from unroll3d.bench.gpu_projector import agreement
+    from unroll3d.bench.gpu_recorder import Recorder
 
-    rec = gpu_check.Recorder(tmp_path, 60, "tiny")
+    rec = Recorder(tmp_path, 60, "tiny")
     ref = tmp_path / "ref.pt"
     torch.save({"n": 99, "views": 6}, ref)
-    prof = dict(gpu_check.PROFILES["tiny"])
-    gpu_check._agreement(rec, torch.device("cpu"), "rtk", prof, ref, use_rtk=False)
+    prof = dict(PROFILES["tiny"])
+    agreement(rec, torch.device("cpu"), "rtk", prof, ref, use_rtk=False)
     assert rec.rows[-1]["status"] == "failed" and "99³" in rec.rows[-1]["note"]
 
 

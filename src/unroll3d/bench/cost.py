@@ -22,7 +22,7 @@ total counts the measured rows only and says how many are not measured.
 
 The GPU-check rows of ``benchmarks/measured/h200-2026-11-27`` predate the precision labels: their
 "fp32" is torch's default there, TF32 cuDNN convolutions, contiguous layout, and their inference
-row ran the same fp32 network (``_job_config``'s ``bf16: false``).
+row ran the same fp32 network (``gpu_samples.check_config``'s ``bf16: false``).
 
     unroll3d bench cost --config config/config.yaml \\
         --gpu-check benchmarks/measured/h200-2026-11-27/run*/gpu_check.csv --out cost.csv

@@ -4,7 +4,7 @@ paper's sizes? At most ~8 minutes on one CUDA card.
 Sections, each recorded even when it fails (its error becomes a ``section_error`` row):
 
 1. ``ratio``: at the Walnut size (501³, 30 views, the scanner's geometry through astra; see
-   :mod:`unroll3d.bench.gpu_check`) on a walnut-like synthetic volume, H is fitted (a short Adam
+   :mod:`unroll3d.bench.gpu_geometry`) on a walnut-like synthetic volume, H is fitted (a short Adam
    fit from the impulse response, ``fit_steps``) and H's relative error and H-error-to-gradient
    ratio ‖(N − H) x_k‖ / ‖N x_k − b‖ are measured along a few plain gradient steps
    x ← x − (N x − b) / ‖A‖² on seeded patches of the paper's CBCT size (8 × 384 × 384), with
@@ -122,11 +122,11 @@ def masked_blur(n: int, device, seed: int = 0):
 
 def walnut_like(n: int, seed: int, device):
     """``(1, 1, n, n, n)`` walnut-like volume: the nested-ball shell and core of
-    :func:`unroll3d.bench.gpu_check.ball_phantom` with seeded inner blobs of other densities
+    :func:`unroll3d.bench.gpu_geometry.ball_phantom` with seeded inner blobs of other densities
     (kernel-like texture), in [0, 1]."""
     import torch
 
-    from unroll3d.bench.gpu_check import ball_phantom
+    from unroll3d.bench.gpu_geometry import ball_phantom
 
     g = torch.Generator().manual_seed(seed)
     vol = ball_phantom(n, device)[0, 0]
@@ -164,7 +164,7 @@ def operator(n: int, prof: dict, tiny: bool, device):
     if tiny:
         physics, setting = masked_blur(n, device), "blur"
     else:
-        from unroll3d.bench.gpu_check import walnut_physics
+        from unroll3d.bench.gpu_geometry import walnut_physics
 
         physics, setting = walnut_physics(n, prof["views"], "astra", device), f"v{prof['views']}"
     lip = sqnorm(physics, img_size=(1, n, n, n), device=device, rtol=1e-3, max_iter=30)

@@ -14,7 +14,7 @@
   by kind (convolutions, layout changes, elementwise, FFT, the projector, the rest) and the
   card's idle share.
 
-The sections use gpu_check's synthetic samples and helpers, passed in as ``kit``. Each runs at
+The sections use the check's synthetic samples (:mod:`unroll3d.bench.gpu_samples`). Each runs at
 toy sizes on the CPU with ``--tiny`` (``make test``); modes that act on CUDA only
 are recorded as such there, not timed as if they did something.
 """
@@ -24,6 +24,10 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+
+from unroll3d.bench.gpu_recorder import free, peak_gb, sync
+from unroll3d.bench.gpu_samples import SAMPLES, cbct_sample, check_config, impulse_H, mri_sample
+from unroll3d.bench.gpu_train import train_case
 
 #: sizes per profile: the network's input shapes (C, D, H, W) and the train loop's steps
 SIZES = {
@@ -74,7 +78,7 @@ def network_flops(model, x, sigma) -> int:
     return int(counter.get_total_flops())
 
 
-def section_network(rec, device, prof, sizes, kit) -> None:
+def section_network(rec, device, prof, sizes) -> None:
     """The DRUNet alone, forward + backward, per shape and mode (see the module docstring)."""
     import torch
 
@@ -108,13 +112,13 @@ def section_network(rec, device, prof, sizes, kit) -> None:
                     rec.add("network", case, "FLOPs per forward + backward", flops / 1e9, "GFLOP")
 
                 _fwd_bwd(model, x, sigma)  # warm-up (and compilation)
-                kit._free(device)
+                free(device)
                 times = []
                 for _ in range(sizes["repeats"]):
-                    kit._sync(device)
+                    sync(device)
                     t0 = time.perf_counter()
                     _fwd_bwd(model, x, sigma)
-                    kit._sync(device)
+                    sync(device)
                     times.append(time.perf_counter() - t0)
                 t = sorted(times)[len(times) // 2]
                 note = f"median of {len(times)}; " + (
@@ -123,20 +127,20 @@ def section_network(rec, device, prof, sizes, kit) -> None:
                 rec.add("network", case, f"{name}: time", t * 1e3, "ms", note=note.rstrip("; "))
                 rec.add("network", case, f"{name}: throughput", flops / t / 1e12, "TFLOP/s")
                 if device.type == "cuda":
-                    rec.add("network", case, f"{name}: peak memory", kit._peak_gb(device), "GB")
+                    rec.add("network", case, f"{name}: peak memory", peak_gb(device), "GB")
                 del model, x
-                kit._free(device)
+                free(device)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = flags
 
 
-def section_train_modes(rec, device, backend, prof, kit) -> None:
+def section_train_modes(rec, device, backend, prof) -> None:
     """``partition`` and ``partition-H`` training micro-steps at the data sets' sizes with the
     bf16 network, contiguous and channels_last_3d + cudnn.benchmark (the ``train`` section
     measures fp32): the rows :mod:`unroll3d.bench.cost` needs to price a bf16 config."""
     import torch
 
-    config = kit._job_config(prof)
+    config = check_config(prof)
     fast = {"channels_last": True, "cudnn_benchmark": True}
     flags = (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     try:
@@ -148,16 +152,16 @@ def section_train_modes(rec, device, backend, prof, kit) -> None:
                                 note="time budget")  # fmt: skip
                         continue
                     cfg = {**config, "train": {**config["train"], **extra}}
-                    kit._train_case(rec, variant, task, size, prof, backend, device, cfg, True)
+                    train_case(rec, variant, task, size, prof, backend, device, cfg, True)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = flags
-        kit._SAMPLES.clear()
-        kit._free(device)
+        SAMPLES.clear()
+        free(device)
 
 
-def _loop_config(kit, prof, steps: int, device_cache: int, keys: dict) -> dict:
+def _loop_config(prof, steps: int, device_cache: int, keys: dict) -> dict:
 
-    config = kit._job_config(prof)
+    config = check_config(prof)
     config["train"].update(
         steps=steps, accumulate=1, val_every=10**6, checkpoint_every=10**6, warmup_steps=1,
         device_cache=device_cache, share_across_settings=False, fresh_masks=False, **keys,
@@ -165,7 +169,7 @@ def _loop_config(kit, prof, steps: int, device_cache: int, keys: dict) -> dict:
     return config
 
 
-def section_train_loop(rec, device, backend, prof, sizes, kit, keys: dict | None = None) -> None:
+def section_train_loop(rec, device, backend, prof, sizes, keys: dict | None = None) -> None:
     """The engine's training loop on two synthetic volumes per task: resident against parked."""
     import torch
 
@@ -177,16 +181,16 @@ def section_train_loop(rec, device, backend, prof, sizes, kit, keys: dict | None
         samples = {}
         for i in range(2):  # two volumes: each draw may switch; own tensors and operators
             if task == "cbct":
-                kit._SAMPLES.clear()
-                s, _, lip = kit._sample(size, prof, backend, device)
+                SAMPLES.clear()
+                s, _, lip = cbct_sample(size, prof, backend, device)
             else:
-                s, _, lip = kit._mri_sample(tuple(size), prof, device)
+                s, _, lip = mri_sample(tuple(size), prof, device)
             samples[f"vol{i}"] = s
         gb_each = sum(
             t.numel() * t.element_size()
             for t in (samples["vol0"].x, samples["vol0"].y)
         ) / 1e9  # fmt: skip
-        H = kit._impulse_H(
+        H = impulse_H(
             samples["vol0"].physics, tuple(samples["vol0"].x.shape[1:]), lip, device,
             samples["vol0"].meta["setting"],
         )  # fmt: skip
@@ -196,8 +200,8 @@ def section_train_loop(rec, device, backend, prof, sizes, kit, keys: dict | None
                 rec.add("train_loop", f"{variant}, {task}", label, "", status="skipped",
                         note="time budget")  # fmt: skip
                 continue
-            kit._free(device)
-            config = _loop_config(kit, prof, sizes["loop_steps"], cache, keys)
+            free(device)
+            config = _loop_config(prof, sizes["loop_steps"], cache, keys)
             with tempfile.TemporaryDirectory() as tmp:
                 job = TrainJob(
                     task=task, setting=samples["vol0"].meta["setting"], variant=variant,
@@ -222,7 +226,7 @@ def section_train_loop(rec, device, backend, prof, sizes, kit, keys: dict | None
                 s.physics.to(device)
         del samples, H
         torch.manual_seed(0)
-        kit._free(device)
+        free(device)
 
 
 #: the kinds of work in a profile, matched on op or kernel names (first match wins: cuDNN's
@@ -243,7 +247,7 @@ def kind_of(name: str) -> str:
     return next((kind for kind, keys in KINDS if any(k in low for k in keys)), "other")
 
 
-def section_profile(rec, device, backend, prof, kit) -> None:
+def section_profile(rec, device, backend, prof) -> None:
     """One CBCT partition-H training micro-step under torch.profiler: time per kind, idle share."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -252,11 +256,9 @@ def section_profile(rec, device, backend, prof, kit) -> None:
     from unroll3d.variants import variant_spec
 
     spec = variant_spec("partition-H")
-    config = kit._job_config(prof)
-    sample, x0, lip = kit._sample(prof["volume"], prof, backend, device)
-    H = kit._impulse_H(
-        sample.physics, tuple(sample.x.shape[1:]), lip, device, sample.meta["setting"]
-    )
+    config = check_config(prof)
+    sample, x0, lip = cbct_sample(prof["volume"], prof, backend, device)
+    H = impulse_H(sample.physics, tuple(sample.x.shape[1:]), lip, device, sample.meta["setting"])
     model = build_variant("partition-H", "cbct", config, lipschitz=lip, device=device).train()
     physics = physics_for(sample, spec, H, lip)
     part = make_partitioner(model, "cbct", config, sample.x.shape[1:])
@@ -265,11 +267,11 @@ def section_profile(rec, device, backend, prof, kit) -> None:
     _micro_step(*args, part, H, 0)  # warm-up
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    kit._sync(device)
+    sync(device)
     t0 = time.perf_counter()
     with profile(activities=activities) as p:
         _micro_step(*args, part, H, 1)
-        kit._sync(device)
+        sync(device)
     wall = time.perf_counter() - t0
     events = [e for e in p.key_averages() if e.key]
     by_kind: dict[str, float] = {}
@@ -287,7 +289,7 @@ def section_profile(rec, device, backend, prof, kit) -> None:
         rec.add("profile", case, "card idle", max(0.0, wall - busy) / wall * 100, "%",
                 note="wall time without kernel time (host work, syncs, astra's own calls)")  # fmt: skip
     del model, physics, H, part, args
-    kit._free(device)
+    free(device)
 
 
 def _micro_step(model, spec, sample, physics, x0, part, H, seed: int) -> None:
@@ -302,21 +304,20 @@ def _micro_step(model, spec, sample, physics, x0, part, H, seed: int) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def network_sections(kit) -> dict:
-    """The sections of this module in :mod:`unroll3d.bench.gpu_check`'s calling convention;
-    ``kit`` is that module (its samples, H and device helpers: no import back, no cycle)."""
+def network_sections() -> dict:
+    """The sections of this module in :mod:`unroll3d.bench.gpu_check`'s calling convention."""
 
     def network(rec, device, backend, prof, args):
-        section_network(rec, device, prof, SIZES["tiny" if args.tiny else "gpu"], kit)
+        section_network(rec, device, prof, SIZES["tiny" if args.tiny else "gpu"])
 
     def train_modes(rec, device, backend, prof, args):
-        section_train_modes(rec, device, backend, prof, kit)
+        section_train_modes(rec, device, backend, prof)
 
     def train_loop(rec, device, backend, prof, args):
-        section_train_loop(rec, device, backend, prof, SIZES["tiny" if args.tiny else "gpu"], kit)
+        section_train_loop(rec, device, backend, prof, SIZES["tiny" if args.tiny else "gpu"])
 
     def profile(rec, device, backend, prof, args):
-        section_profile(rec, device, backend, prof, kit)
+        section_profile(rec, device, backend, prof)
 
     return {
         "network": network,
