@@ -13,7 +13,7 @@ applied to the whole volume K times is what runs out of memory. With
 * inference: overlapping windows (stride = half the patch), each reconstructed with the current
   estimate as context and blended; a first pass takes its context from the initial estimate x0,
   a second one (the refinement of the paper's Algorithm 1) from the first pass's result. (The
-  pipeline's own first pass, :func:`unroll3d.engine.core.reconstruct`, runs the data steps on
+  pipeline's own first pass, :func:`unroll3d.engine.reconstruct.reconstruct`, runs the data steps on
   the whole volume and only the network patch by patch.)
 
 This example trains a small :class:`unroll3d.UnrolledPGD` (K = 3, a tiny 3D DRUNet) on 24³

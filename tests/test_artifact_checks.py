@@ -30,7 +30,7 @@ import unroll3d.engine.train as tr
 from unroll3d.data import DataError, load_sample, toy, walnut
 from unroll3d.data import cli as data_cli
 from unroll3d.data import mri as mri_data
-from unroll3d.engine.core import ModelFileError
+from unroll3d.engine.model_file import ModelFileError
 
 SIZE, DET, NFULL, VOX = 16, (20, 16), 48, 3.0
 MRI_SHAPE, COILS = (16, 20, 18), 4

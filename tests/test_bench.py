@@ -523,7 +523,7 @@ def test_accuracy_on_tiny_trained_models_writes_every_row(tmp_path):
     import torch
     from toys import loader, make_job, toy_config, toy_H
 
-    import unroll3d.engine.core as core
+    import unroll3d.engine.model_file as model_file
     import unroll3d.engine.train as tr
     from unroll3d.bench import accuracy
     from unroll3d.partition import PartitionedPhysics
@@ -539,7 +539,7 @@ def test_accuracy_on_tiny_trained_models_writes_every_row(tmp_path):
     for v in MODELS_AH:
         job = make_job(tmp_path, v, cfg, name=v, H=H if v == "partition-H" else None)
         assert tr.train(job)["status"] == "ok"
-        models[v], _ = core.load_trained(job.out, "cbct", cfg)
+        models[v], _ = model_file.load_trained(job.out, "cbct", cfg)
     alphas = (0.0, 0.3, 1.0)
     rows = accuracy.measure_volume(
         models, "cbct", "v30", "toy0", cfg, sample, H, sample.meta["op_norm_sq"], patches=2,

@@ -9,7 +9,7 @@ import torch
 
 from unroll3d import cli
 from unroll3d.config import ConfigError, load_config
-from unroll3d.engine.core import DeviceError, resolve_device
+from unroll3d.engine.device import DeviceError, resolve_device
 
 BAD_YAML = "name: x\nseed: [1, 2\ntasks: [cbct]\n"
 

@@ -12,8 +12,9 @@ import torch
 from toys import OOMModel, loader, make_job, toy_config, toy_H
 
 import unroll3d.cli.evaluate as evaluate_cli
-import unroll3d.engine.core as core
 import unroll3d.engine.evaluate as ev
+import unroll3d.engine.reconstruct as reconstruct
+import unroll3d.engine.samples as samples
 import unroll3d.engine.train as tr
 from unroll3d.metrics import (
     _crop,
@@ -197,7 +198,7 @@ def test_oom_model_and_schema(tmp_path, monkeypatch):
 
 def test_evaluate_cli(trained, tmp_path, monkeypatch):
     cfg, H, jobs = trained
-    monkeypatch.setattr(core, "load_sample", lambda path, setting, device=None: loader(path))
+    monkeypatch.setattr(samples, "load_sample", lambda path, setting, device=None: loader(path))
     out = tmp_path / "r.json"
     rc = evaluate_cli.main(
         [
@@ -226,18 +227,22 @@ def test_evaluate_cli(trained, tmp_path, monkeypatch):
 
 
 def test_refine_switches():
-    assert core.refine_enabled("cbct", {"evaluate": {"refine": True}})
-    assert not core.refine_enabled("mri", {"evaluate": {"refine": True}})
-    assert core.refine_enabled("mri", {"evaluate": {"refine": True, "mri_refine": True}})
+    assert reconstruct.refine_enabled("cbct", {"evaluate": {"refine": True}})
+    assert not reconstruct.refine_enabled("mri", {"evaluate": {"refine": True}})
+    assert reconstruct.refine_enabled("mri", {"evaluate": {"refine": True, "mri_refine": True}})
     # mri_refine H (the default): only the variants that use H refine, with H
     ph, p = variant_spec("partition-H"), variant_spec("partition")
-    assert core.refine_enabled("mri", {"evaluate": {"refine": True}}, ph)
-    assert not core.refine_enabled("mri", {"evaluate": {"refine": True}}, p)
-    assert not core.refine_enabled("mri", {"evaluate": {"refine": True, "mri_refine": False}}, ph)
-    assert core.refine_record("mri", {"evaluate": {"refine": True}}, ph) == "H refinement"
-    assert core.refine_record("mri", {"evaluate": {"refine": True}}, p) == "first pass only"
-    assert core.refine_record("cbct", {"evaluate": {"refine": True}}, p) == "exact refinement"
-    assert not core.refine_enabled("cbct", {"evaluate": {"refine": False}})
+    assert reconstruct.refine_enabled("mri", {"evaluate": {"refine": True}}, ph)
+    assert not reconstruct.refine_enabled("mri", {"evaluate": {"refine": True}}, p)
+    assert not reconstruct.refine_enabled(
+        "mri", {"evaluate": {"refine": True, "mri_refine": False}}, ph
+    )
+    assert reconstruct.refine_record("mri", {"evaluate": {"refine": True}}, ph) == "H refinement"
+    assert reconstruct.refine_record("mri", {"evaluate": {"refine": True}}, p) == "first pass only"
+    assert (
+        reconstruct.refine_record("cbct", {"evaluate": {"refine": True}}, p) == "exact refinement"
+    )
+    assert not reconstruct.refine_enabled("cbct", {"evaluate": {"refine": False}})
 
 
 def test_a_new_variant_is_a_registry_entry_and_a_builder(tmp_path, monkeypatch):
@@ -286,7 +291,7 @@ def test_truncated_model_or_h_file_is_one_line_naming_it(trained, tmp_path, caps
     args = ["evaluate", "--task", "cbct", "--setting", "v30", "--config-json", json.dumps(cfg),
             "--sample", "toy3", "--out", str(tmp_path / "r.json"), "--device", "cpu"]  # fmt: skip
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(core, "load_sample", lambda path, setting, device=None: loader(path))
+        mp.setattr(samples, "load_sample", lambda path, setting, device=None: loader(path))
         assert cli_main([*args, "--variant", "partition", "--model", str(model)]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith(f"unroll3d evaluate: error: {model} is not a readable model")

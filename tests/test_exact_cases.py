@@ -9,7 +9,7 @@ must reproduce the exact ones with the same weights.
 
 For each, with the same network weights (``build_variant``, a tiny DRUNet, K = 2):
 ``partition-H`` ≡ ``partition`` on a training patch (``training_pair``, same generator) and
-through the whole-volume reconstruction with refinement (``engine.core.reconstruct``, the pass
+through the whole-volume reconstruction with refinement (``engine.reconstruct.reconstruct``, the pass
 that uses H), and ``unrolled-H`` ≡ ``unrolled`` on the whole volume, to 1e-5 relative. An H
 scaled by 1.1 must make them differ, so the checks can fail.
 """
@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from deepinv.physics import LinearPhysics
 from toys import toy_config, toy_volume
 
-from unroll3d.engine.core import make_partitioner, physics_for, reconstruct
+from unroll3d.engine.operators import physics_for
+from unroll3d.engine.partitioning import make_partitioner
+from unroll3d.engine.reconstruct import reconstruct
 from unroll3d.models import build_variant
 from unroll3d.normal import NormalFit, padded_grid
 from unroll3d.physics import MultiCoilMRI3D

@@ -293,7 +293,7 @@ def test_inr_variant_fits_each_test_volume_through_the_pipeline(tmp_path):
 
     from unroll3d.engine import evaluate as ev
     from unroll3d.engine import train as tr
-    from unroll3d.engine.core import load_trained
+    from unroll3d.engine.model_file import load_trained
 
     small = {"steps": 150, "init_steps": 0, "levels": 8, "base_resolution": 2,
              "finest_resolution": 12, "log2_table_size": 15}  # fmt: skip

@@ -157,7 +157,8 @@ def test_precision_ab_names_a_run_without_its_config(tmp_path, capsys):
 
 def _old_train_step(model, optimizer, spec, pick, generator, accumulate, grad_clip, part):
     """The step as it was before the losses stayed on the device (a host read per micro-step)."""
-    from unroll3d.engine.core import estimate_pair, use_lipschitz
+    from unroll3d.engine.model_file import use_lipschitz
+    from unroll3d.engine.partitioning import estimate_pair
 
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
@@ -180,7 +181,8 @@ def test_train_step_reads_the_device_once_and_gives_the_same_numbers():
     same mean loss (to the last bit) and the same weights as a read per micro-step."""
     import copy
 
-    from unroll3d.engine.core import SampleCache, make_partitioner
+    from unroll3d.engine.partitioning import make_partitioner
+    from unroll3d.engine.samples import SampleCache
     from unroll3d.variants import variant_spec
 
     spec = variant_spec("partition")

@@ -6,8 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import unroll3d.engine.core as core
+import unroll3d.engine.operators as operators
+import unroll3d.engine.partitioning as partitioning
+import unroll3d.engine.reconstruct as reconstruct
+import unroll3d.engine.samples as samples
 from unroll3d.data.sample import Sample
+from unroll3d.models import build_variant
 from unroll3d.normal import fit_normal_operator, mask_normal
 from unroll3d.normal.mask import probe_error
 from unroll3d.physics import (
@@ -82,8 +86,8 @@ def test_a_fresh_draw_trains_with_the_h_of_its_own_mask():
     spec = variant_spec("partition-H")
     cfg = {"normal": {"mri_h": "mask-coils"}}
     reference = mask_normal(_physics(4, mask_seed=99), (2, *SHAPE), meta={"setting": "R3"})
-    cache = core.SampleCache(
-        ["p"], lambda p: _sample(0), spec, reference, h_of=core.h_builder(spec, "mri", cfg)
+    cache = samples.SampleCache(
+        ["p"], lambda p: _sample(0), spec, reference, h_of=operators.h_builder(spec, "mri", cfg)
     )
     draws = [cache.fresh(0, lambda p, seed: _sample(seed), seed) for seed in (1, 2)]
     for seed, prep in zip((1, 2), draws, strict=True):
@@ -98,15 +102,15 @@ def test_a_fresh_draw_trains_with_the_h_of_its_own_mask():
     cfg = {"normal": {"mri_h": "mask"}}
     m = torch.rand(SHAPE) + 0.5
     ref = mask_normal(_physics(4, mask_seed=99), (2, *SHAPE), m=m, meta={"setting": "R3"})
-    prep = core.SampleCache(
-        ["p"], lambda p: _sample(0), spec, ref, h_of=core.h_builder(spec, "mri", cfg)
+    prep = samples.SampleCache(
+        ["p"], lambda p: _sample(0), spec, ref, h_of=operators.h_builder(spec, "mri", cfg)
     ).get(0)  # noqa: E501
     assert torch.equal(prep.H.spatial_mask, ref.spatial_mask) and prep.H.meta["m_from"]
     with pytest.raises(ValueError, match="mask-coils"):
-        core.own_normal(_sample(0), None, "mask")
-    assert core.h_builder(spec, "mri", {"normal": {"mri_h": "fit"}}) is None
-    assert core.h_builder(spec, "cbct", cfg) is None
-    assert core.h_builder(variant_spec("partition"), "mri", cfg) is None
+        operators.own_normal(_sample(0), None, "mask")
+    assert operators.h_builder(spec, "mri", {"normal": {"mri_h": "fit"}}) is None
+    assert operators.h_builder(spec, "cbct", cfg) is None
+    assert operators.h_builder(variant_spec("partition"), "mri", cfg) is None
 
 
 def test_mri_h_rows_use_h_at_test_time():
@@ -122,21 +126,23 @@ def test_mri_h_rows_use_h_at_test_time():
     }
     torch.manual_seed(0)
     spec = variant_spec("partition-H")
-    model = core.build_variant("partition-H", "mri", cfg, 1.0).eval()
+    model = build_variant("partition-H", "mri", cfg, 1.0).eval()
     sample = _sample(3, n_coils=1)
     x0 = initial_reconstruction(sample.physics, sample.y)
-    exact_H = core.own_normal(sample, None, "mask-coils")
-    phys = core.physics_for(sample, spec, exact_H, 1.0)
-    first = core.reconstruct(model, spec, "mri", cfg, sample, phys, x0, exact_H, refine=False)
-    with_h = core.reconstruct(model, spec, "mri", cfg, sample, phys, x0, exact_H)
-    exact = core.reconstruct(model, variant_spec("partition"), "mri", cfg, sample,
+    exact_H = operators.own_normal(sample, None, "mask-coils")
+    phys = operators.physics_for(sample, spec, exact_H, 1.0)
+    first = reconstruct.reconstruct(
+        model, spec, "mri", cfg, sample, phys, x0, exact_H, refine=False
+    )
+    with_h = reconstruct.reconstruct(model, spec, "mri", cfg, sample, phys, x0, exact_H)
+    exact = reconstruct.reconstruct(model, variant_spec("partition"), "mri", cfg, sample,
                              sample.physics, x0, refine=True)  # fmt: skip
     assert not torch.allclose(with_h, first, atol=1e-4)  # the refinement ran
     assert torch.allclose(with_h, exact, atol=1e-4)  # H exact: the exact refinement
     wrong = mask_normal(sample.physics, (2, *SHAPE), m="ones", kernel="mask")
     wrong.fourier_filter = wrong.fourier_filter * 0.5
-    bad = core.reconstruct(model, spec, "mri", cfg, sample,
-                           core.physics_for(sample, spec, wrong, 1.0), x0, wrong)  # fmt: skip
+    bad = reconstruct.reconstruct(model, spec, "mri", cfg, sample,
+                           operators.physics_for(sample, spec, wrong, 1.0), x0, wrong)  # fmt: skip
     assert not torch.allclose(bad, exact, atol=1e-4)
 
 
@@ -157,7 +163,7 @@ def test_slab_patches_resolve_to_the_whole_axis():
     check_patch_sizes(cfg)
     assert cfg["mri"]["patch_size"] == [12, 32, 28]
     assert cfg["sweep"]["mri"] == [[8, 32, 28], [8, 16, 16]]
-    part = core.make_partitioner(
+    part = partitioning.make_partitioner(
         torch.nn.Identity(), "mri", {"mri": {"patch_size": [4, -1, -1]}}, (2, *SHAPE)
     )  # noqa: E501
     assert tuple(part.patch_size) == (4, *SHAPE[1:])

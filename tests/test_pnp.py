@@ -121,7 +121,7 @@ def test_trained_pnp_picks_its_parameters_on_validation_and_evaluation_uses_them
 
     from unroll3d.engine import evaluate as ev
     from unroll3d.engine import train as tr
-    from unroll3d.engine.core import load_trained
+    from unroll3d.engine.model_file import load_trained
 
     grid = {"iters": [2, 6], "alpha": [0.5, 1.0], "stepsize": [1.9], "sigma": [0.03]}
     cfg = toys.toy_config(steps=150, pnp_sigma_max=0.1, pnp_grid=grid)

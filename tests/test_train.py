@@ -10,7 +10,10 @@ import torch
 from toys import SHAPE, OOMModel, loader, make_job, toy_config, toy_H, toy_sample
 
 import unroll3d.cli.train as train_cli
-import unroll3d.engine.core as core
+import unroll3d.engine.model_file as model_file
+import unroll3d.engine.operators as operators
+import unroll3d.engine.partitioning as partitioning
+import unroll3d.engine.samples as engine_samples
 import unroll3d.engine.train as tr
 from unroll3d.engine.evaluate import validate_result
 from unroll3d.physics import initial_reconstruction
@@ -24,16 +27,16 @@ def fixed_loss(model, variant, H):
     spec = variant_spec(variant)
     s = loader("toy0")
     lip = s.meta["op_norm_sq"]
-    phys = core.physics_for(s, spec, H, lip)
+    phys = operators.physics_for(s, spec, H, lip)
     x0 = initial_reconstruction(s.physics, s.y)
     with torch.no_grad():
         if not spec.partition:
             return float(((model(s.y, phys, x_init=x0) - s.x) ** 2).mean())
-        part = core.make_partitioner(model, "cbct", toy_config(), s.x.shape[1:])
+        part = partitioning.make_partitioner(model, "cbct", toy_config(), s.x.shape[1:])
         losses = []
         for start in [(0, 0, 0), (4, 8, 2), (8, 4, 8)]:
             est, tgt = part.training_pair(
-                s.y, phys, s.x, start=start, x0=x0, **core.h_kwargs(spec, H, s.x.shape[1:])
+                s.y, phys, s.x, start=start, x0=x0, **operators.h_kwargs(spec, H, s.x.shape[1:])
             )
             losses.append(float(((est - tgt) ** 2).mean()))
         return sum(losses) / len(losses)
@@ -54,7 +57,7 @@ def test_training_lowers_loss(tmp_path, variant):
     assert stats["status"] == "ok" and stats["steps"] == 30
     growth = stats["peak_rss_growth_gb"]  # CPU memory of the steps (None off Linux)
     assert growth is None or 0 <= growth < stats["peak_rss_gb"]
-    model, payload = core.load_trained(job.out, "cbct", cfg)
+    model, payload = model_file.load_trained(job.out, "cbct", cfg)
     after = fixed_loss(model, variant, H)
     assert after < 0.7 * before, (before, after)
     # logs
@@ -127,15 +130,17 @@ def test_non_learned_variants_write_model_files(tmp_path):
     cfg = toy_config()
     stats = tr.train(make_job(tmp_path, "tv", cfg, name="tv", val_paths=["toy1"]))
     assert stats["alpha"] in cfg["train"]["tv_grid"] and len(stats["tv_val_psnr"]) == 2
-    model, payload = core.load_trained(tmp_path / "tv.pt", "cbct", cfg)
+    model, payload = model_file.load_trained(tmp_path / "tv.pt", "cbct", cfg)
     assert float(model.alpha) == pytest.approx(stats["alpha"])
     tr.train(make_job(tmp_path, "fdk", cfg, name="fdk"))
-    model, payload = core.load_trained(tmp_path / "fdk.pt", "cbct", cfg)
+    model, payload = model_file.load_trained(tmp_path / "fdk.pt", "cbct", cfg)
     assert payload["status"] == "ok" and (tmp_path / "fdk.csv").exists()
 
 
 def test_cli_with_validation(tmp_path, monkeypatch):
-    monkeypatch.setattr(core, "load_sample", lambda path, setting, device=None: loader(path))
+    monkeypatch.setattr(
+        engine_samples, "load_sample", lambda path, setting, device=None: loader(path)
+    )
     cfg = toy_config(steps=4, val_every=2)
     out = tmp_path / "cli.pt"
     rc = train_cli.main(
@@ -166,10 +171,14 @@ def test_cli_with_validation(tmp_path, monkeypatch):
 
 
 def test_patch_ranges_match_the_derived_loader():
-    r = core.patch_ranges((501, 501, 501), (8, 384, 384), (0.16, 0.1, 0.1))
+    r = partitioning.patch_ranges((501, 501, 501), (8, 384, 384), (0.16, 0.1, 0.1))
     assert r == [(80, 421 - 8), (50, 451 - 384), (50, 451 - 384)]
-    assert core.patch_ranges((16, 16, 16), (8, 16, 16), (0.16, 0.1, 0.1)) == [(3, 5), None, None]
-    assert core.patch_ranges((16, 16, 16), (8, 8, 8), None) is None
+    assert partitioning.patch_ranges((16, 16, 16), (8, 16, 16), (0.16, 0.1, 0.1)) == [
+        (3, 5),
+        None,
+        None,
+    ]
+    assert partitioning.patch_ranges((16, 16, 16), (8, 8, 8), None) is None
 
 
 def test_load_H_round_trip(tmp_path):
@@ -187,10 +196,10 @@ def test_load_H_round_trip(tmp_path):
         two_sided=H.two_sided,
         grid=H.grid,
     )
-    loaded = core.load_H(path)
+    loaded = operators.load_H(path)
     spec = variant_spec("unrolled-H")
-    a = core.physics_for(s, spec, H, 1.0)
-    b = core.physics_for(s, spec, loaded, 1.0)
+    a = operators.physics_for(s, spec, H, 1.0)
+    b = operators.physics_for(s, spec, loaded, 1.0)
     x = torch.randn_like(s.x)
     assert b.scaling == pytest.approx(H.scaling)
     assert torch.allclose(a.A_adjoint_A(x), b.A_adjoint_A(x), atol=1e-6)
@@ -267,7 +276,7 @@ def test_a_fit_for_another_setting_or_shape_is_refused(tmp_path, monkeypatch, ca
         sample.meta = {**sample.meta, "setting": setting, "source": f"{path}.pt"}
         return sample
 
-    monkeypatch.setattr(core, "load_sample", load_under)
+    monkeypatch.setattr(engine_samples, "load_sample", load_under)
     args = ["--task", "cbct", "--variant", "partition-H", "--config-json", json.dumps(toy_config())]
     out = tmp_path / "m.pt"
     rc = train_cli.main(
@@ -282,10 +291,10 @@ def test_a_fit_for_another_setting_or_shape_is_refused(tmp_path, monkeypatch, ca
     )
     assert rc == 0 and out.exists()
     # a fit for another image size is refused too, naming the shapes
-    small = core.load_H(fit)
+    small = operators.load_H(fit)
     small.img_size = (1, 8, 8, 8)
     with pytest.raises(NormalFitMismatch, match=r"shape \(1, 8, 8, 8\), but toy0.pt has shape"):
-        core.physics_for(load_under("toy0", "v50"), variant_spec("unrolled-H"), small, 1.0)
+        operators.physics_for(load_under("toy0", "v50"), variant_spec("unrolled-H"), small, 1.0)
 
 
 def test_patch_larger_than_the_volume_is_refused_and_the_trained_patch_recorded(tmp_path):
@@ -361,10 +370,12 @@ def _mri_sample(seed, device):
 def test_parked_samples_keep_their_coil_maps_on_the_host(monkeypatch):
     """With device_cache 0 only the drawn sample's volumes and operator are on
     the GPU; a parked sample's coil maps wait in host memory, and a drawn one computes as before."""
-    monkeypatch.setattr(core, "HEAVY_PHYSICS_BYTES", 0)  # the toy coil maps count as heavy
+    monkeypatch.setattr(
+        engine_samples, "HEAVY_PHYSICS_BYTES", 0
+    )  # the toy coil maps count as heavy
     samples = {f"s{i}": _mri_sample(i, "cuda") for i in range(3)}
     ref = {k: s.physics.A_adjoint(s.y).cpu() for k, s in samples.items()}
-    cache = core.SampleCache(
+    cache = engine_samples.SampleCache(
         list(samples), samples.__getitem__, variant_spec("partition"), None, on_device=0
     )
     one = None
@@ -385,9 +396,11 @@ def test_only_heavy_operators_move_with_a_parked_sample(monkeypatch):
 
     cb = ConeBeam.circular(4, (1, 8, 8, 8), 30.0, 10.0, det_shape=(8, 8), backend="rtk")
     mri = _mri_sample(0, "cpu").physics  # 4 coils × 960 voxels × 8 B ≈ 31 kB of coil maps
-    assert not core._heavy(cb) and not core._heavy(mri)  # both far below the 64 MB default
-    monkeypatch.setattr(core, "HEAVY_PHYSICS_BYTES", 10_000)
-    assert core._heavy(mri) and not core._heavy(cb)
+    assert not engine_samples._heavy(cb) and not engine_samples._heavy(
+        mri
+    )  # both far below the 64 MB default
+    monkeypatch.setattr(engine_samples, "HEAVY_PHYSICS_BYTES", 10_000)
+    assert engine_samples._heavy(mri) and not engine_samples._heavy(cb)
 
 
 @pytest.fixture(scope="module")
@@ -418,7 +431,7 @@ def test_mri_training_draws_a_fresh_seeded_mask_each_time(tmp_path, mri_volume, 
         seeds.append(s.meta["mask_seed"])
         return s
 
-    monkeypatch.setattr(core, "load_sample", spy)
+    monkeypatch.setattr(engine_samples, "load_sample", spy)
     cfg = toy_config(steps=3)
     cfg["train"]["fresh_masks"] = fresh
     cfg["mri"] = {"K": 1, "patch_size": [4, 8, 8], "stride": None}
@@ -491,7 +504,7 @@ def test_one_model_for_several_settings_normalises_each_draw_by_its_own_norm(tmp
     """train.share_across_settings: each micro-step draws a setting, and the step sizes use that
     setting's ‖A‖²; the model file keeps ‖A‖² per setting, evaluation under a setting uses its
     own, and a setting the model never saw is an error naming the file."""
-    from unroll3d.engine.core import ModelFileError, load_trained
+    from unroll3d.engine.model_file import ModelFileError, load_trained
 
     _two_settings(monkeypatch)
     seen = []

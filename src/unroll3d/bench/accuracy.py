@@ -167,12 +167,14 @@ def measure_volume(
     log=print,
 ) -> list[dict]:
     """Every row of one volume. ``models``: ``{"partition": model, "partition-H": model}`` (either
-    may be missing), set up for ``setting`` (:func:`unroll3d.engine.core.load_trained`); ``H``:
+    may be missing), set up for ``setting`` (:func:`unroll3d.engine.model_file.load_trained`); ``H``:
     the :class:`~unroll3d.normal.NormalFit` of the setting (or of the volume)."""
     import torch
 
     from unroll3d.config import evaluate_settings
-    from unroll3d.engine.core import lipschitz_of, make_partitioner, physics_for, reconstruct
+    from unroll3d.engine.operators import lipschitz_of, physics_for
+    from unroll3d.engine.partitioning import make_partitioner
+    from unroll3d.engine.reconstruct import reconstruct
     from unroll3d.metrics import convention_for, psnr_under
     from unroll3d.physics import initial_reconstruction
     from unroll3d.variants import variant_spec
@@ -473,7 +475,10 @@ def job_config_of(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from unroll3d.engine.core import default_loader, load_H, load_trained, resolve_device
+    from unroll3d.engine.device import resolve_device
+    from unroll3d.engine.model_file import load_trained
+    from unroll3d.engine.operators import load_H
+    from unroll3d.engine.samples import default_loader
     from unroll3d.utils import atomic_write_csv, atomic_write_text
 
     config = job_config_of(args)

@@ -319,7 +319,7 @@ def section_ratio(rec: Recorder, prof: dict, tiny: bool, device, seed: int) -> N
     import torch
 
     from unroll3d.bench.accuracy import gt_errors, iterate_errors
-    from unroll3d.engine.core import patch_ranges
+    from unroll3d.engine.partitioning import patch_ranges
     from unroll3d.partition import sample_patch_start
     from unroll3d.physics import initial_reconstruction
 
@@ -389,7 +389,8 @@ def train_timeboxed(variant, config, preps, H, lip, seconds, lr, device, seed):
     ``seconds`` of wall clock; returns (model in eval mode, stats)."""
     import torch
 
-    from unroll3d.engine.core import estimate_pair, make_partitioner, sync
+    from unroll3d.engine.partitioning import estimate_pair, make_partitioner
+    from unroll3d.engine.timing import sync
     from unroll3d.models import build_variant
     from unroll3d.variants import variant_spec
 
@@ -427,7 +428,7 @@ def section_train(rec: Recorder, prof: dict, tiny: bool, device, seed: int, trai
     import torch
 
     from unroll3d.bench.accuracy import measure_volume
-    from unroll3d.engine.core import physics_for
+    from unroll3d.engine.operators import physics_for
     from unroll3d.physics import initial_reconstruction
     from unroll3d.variants import variant_spec
 

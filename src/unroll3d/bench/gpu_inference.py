@@ -13,7 +13,8 @@ from unroll3d.bench.gpu_samples import SAMPLES, cbct_sample, check_config, impul
 def section_inference(rec, device, backend, prof, min_left_s: float) -> None:
     import torch
 
-    from unroll3d.engine.core import physics_for, reconstruct
+    from unroll3d.engine.operators import physics_for
+    from unroll3d.engine.reconstruct import reconstruct
     from unroll3d.models import build_variant
     from unroll3d.partition import patch_grid
     from unroll3d.variants import variant_spec

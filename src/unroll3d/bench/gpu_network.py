@@ -251,7 +251,8 @@ def section_profile(rec, device, backend, prof) -> None:
     """One CBCT partition-H training micro-step under torch.profiler: time per kind, idle share."""
     from torch.profiler import ProfilerActivity, profile
 
-    from unroll3d.engine.core import make_partitioner, physics_for
+    from unroll3d.engine.operators import physics_for
+    from unroll3d.engine.partitioning import make_partitioner
     from unroll3d.models import build_variant
     from unroll3d.variants import variant_spec
 
@@ -296,7 +297,7 @@ def _micro_step(model, spec, sample, physics, x0, part, H, seed: int) -> None:
     """One training micro-step of the engine (estimate_pair, MSE, backward)."""
     import torch
 
-    from unroll3d.engine.core import estimate_pair
+    from unroll3d.engine.partitioning import estimate_pair
 
     gen = torch.Generator().manual_seed(seed)
     est, target = estimate_pair(model, spec, sample, physics, x0, gen, part, H)

@@ -55,7 +55,8 @@ def train_case(
 ) -> str:
     """One training micro-step of ``variant`` on a synthetic ``size`` volume: memory, time
     (``checkpoint``: gradient checkpointing per unrolled iteration)."""
-    from unroll3d.engine.core import physics_for, time_train_steps
+    from unroll3d.engine.operators import physics_for
+    from unroll3d.engine.timing import time_train_steps
     from unroll3d.models import build_variant
     from unroll3d.variants import variant_spec
 

@@ -57,7 +57,7 @@ def setup_runtime(args: argparse.Namespace):
     """Apply ``--threads`` and return the ``torch.device`` of ``--device``."""
     import torch
 
-    from unroll3d.engine.core import resolve_device
+    from unroll3d.engine.device import resolve_device
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

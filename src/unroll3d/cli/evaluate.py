@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = read_job_config(args, args.task)
     device = setup_runtime(args)
-    from unroll3d.engine.core import default_loader
     from unroll3d.engine.evaluate import evaluate_volume
+    from unroll3d.engine.samples import default_loader
     from unroll3d.normal import NormalFitMismatch
     from unroll3d.utils import atomic_write_json
 

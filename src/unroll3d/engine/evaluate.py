@@ -20,21 +20,10 @@ from unroll3d.config import evaluate_settings, train_settings
 from unroll3d.data import DataError
 from unroll3d.data.mri import rss_reference
 from unroll3d.data.sample import check_sample_task
-from unroll3d.engine.core import (
-    ModelFileError,
-    h_builder,
-    h_record,
-    lipschitz_of,
-    load_H,
-    load_trained,
-    peak_memory_gb,
-    physics_for,
-    reconstruct,
-    refine_record,
-    shape_text,
-    sync,
-    time_train_steps,
-)
+from unroll3d.engine.model_file import ModelFileError, load_trained
+from unroll3d.engine.operators import h_builder, h_record, lipschitz_of, load_H, physics_for
+from unroll3d.engine.reconstruct import reconstruct, refine_record
+from unroll3d.engine.timing import peak_memory_gb, shape_text, sync, time_train_steps
 from unroll3d.metrics import compute_metrics, convention_for
 from unroll3d.models import count_parameters
 from unroll3d.physics import initial_reconstruction

@@ -37,40 +37,28 @@ import csv
 import hashlib
 import io
 import json
-import random
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from unroll3d import __version__
 from unroll3d.config import train_settings
-from unroll3d.engine.core import (
-    Prepared,
-    SampleCache,
-    default_loader,
-    estimate_pair,
-    fresh_mask_loader,
-    h_builder,
-    lipschitz_of,
-    load_H,
-    make_partitioner,
-    mri_h_mode,
-    peak_memory_gb,
-    shape_text,
-    sync,
-    use_lipschitz,
-)
-from unroll3d.engine.tuning import select_pnp, select_tv, validate_psnr
+from unroll3d.engine.checkpoint import resumable_state, rng_state, run_fingerprint, set_rng_state
+from unroll3d.engine.model_file import use_lipschitz
+from unroll3d.engine.operators import h_builder, load_H, mri_h_mode
+from unroll3d.engine.partitioning import estimate_pair, make_partitioner
+from unroll3d.engine.samples import Prepared, SampleCache, default_loader, fresh_mask_loader
+from unroll3d.engine.timing import peak_memory_gb, rss_growth_gb, shape_text, sync
+from unroll3d.engine.tuning import select_pnp, validate_psnr
+from unroll3d.engine.untrained import untrained_record
 from unroll3d.models import build_variant, count_parameters, resolve_model_config
 from unroll3d.models.build import network_settings
-from unroll3d.models.dpir import checked_weights, expected_sha256, weights_file
 from unroll3d.normal import NormalFit
 from unroll3d.utils import (
     atomic_torch_save,
@@ -79,10 +67,8 @@ from unroll3d.utils import (
     device_name,
     peak_rss_gb,
     reset_peak_rss,
-    resumable_checkpoint,
     rss_gb,
     seed_everything,
-    source_digest,
 )
 from unroll3d.variants import VariantSpec, variant_spec
 
@@ -114,80 +100,6 @@ def config_hash(config: dict) -> str:
     sections["model"] = resolve_model_config(config)
     text = json.dumps(sections, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-#: modules whose code decides what a training step computes (part of the run fingerprint)
-_STEP_CODE = (
-    "engine/train.py",
-    "engine/core.py",
-    "engine/tuning.py",
-    "models",
-    "partition",
-    "normal/operator.py",
-)
-
-
-@cache
-def _code_version() -> str:
-    """Hash of the package version and the source of the modules a training step runs."""
-    return hashlib.sha256((__version__ + source_digest(*_STEP_CODE)).encode()).hexdigest()
-
-
-def _file_stamp(path: str | Path | None) -> str:
-    """Size and modification time of an input file (``absent`` when it does not exist)."""
-    if path is None:
-        return "none"
-    try:
-        st = Path(path).stat()
-    except OSError:
-        return "absent"
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
-def run_fingerprint(job: TrainJob) -> str:
-    """What a checkpoint must match to be resumed: the task, setting, variant, the job's config
-    section, every input file (training/validation volumes and H: path, size, mtime), the H
-    tensors when H is given in memory, and the code of the training step."""
-    h = hashlib.sha256()
-    head = {"task": job.task, "setting": job.setting, "variant": job.variant, "config": job.config}
-    head["settings"] = job.settings
-    h.update(json.dumps(head, sort_keys=True, default=str).encode())
-    for role, paths in (("train", job.train_paths), ("val", job.val_paths)):
-        for p in paths:
-            h.update(f"{role}:{p}:{_file_stamp(p)}\n".encode())
-    files = job.normal_path if isinstance(job.normal_path, list) else [job.normal_path]
-    for f in files:
-        h.update(f"normal:{f}:{_file_stamp(f)}\n".encode())
-    fits = job.H.values() if isinstance(job.H, dict) else [job.H]
-    for fit in (f for f in fits if f is not None):
-        for t in (fit.fourier_filter, fit.spatial_mask):
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    h.update(_code_version().encode())
-    return h.hexdigest()[:32]
-
-
-def _resumable_state(job: TrainJob, fingerprint: str, device) -> dict | None:
-    """The checkpoint's state if it can be resumed, else None; a checkpoint written for other
-    inputs, or one that cannot be read (truncated), is deleted with a log line
-    (:func:`unroll3d.utils.resumable_checkpoint`, shared with ``fit-normal``)."""
-    return resumable_checkpoint(
-        job.ckpt_path,
-        fingerprint,
-        required=("step", "model", "optimizer"),
-        map_location=device,
-        what="config, data, H file or code",
-        restart="training from step 0",
-    )
-
-
-def _rss_growth_gb(base_gb: float | None) -> float | None:
-    """Host peak RSS since the training loop began minus the RSS then (GB): what the steps
-    themselves added (activations, gradients, optimiser state, cached samples). The CPU
-    counterpart of the CUDA peak; None where the kernel's peak counter cannot be reset."""
-    peak = peak_rss_gb()
-    if base_gb is None or peak is None:
-        return None
-    return max(0.0, peak - base_gb)
 
 
 @dataclass
@@ -311,25 +223,6 @@ def train_step(
     return sum(values.tolist()) / accumulate
 
 
-def _rng_state() -> dict:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _write_csv(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
@@ -364,210 +257,284 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
     seed_everything(seed)
     result = _base_result(job, spec)
     fits = job.normal_fits() if spec.use_H else dict.fromkeys(job.settings)
-    H = fits[job.settings[0]]
-
     if not spec.learned:
-        extra = {"lipschitz": None}
-        status, message = "ok", None
-        if spec.kind == "dpir":  # pretrained elsewhere: only its weights file is checked
-            weights = checked_weights(t["dpir_weights"], t["dpir_sha256"], t["dpir_denoiser"])
-            if weights is None:
-                status = "unavailable"
-                where = (
-                    "train.dpir_weights is not set"
-                    if not t["dpir_weights"]
-                    else f"{weights_file(t['dpir_weights'], t['dpir_denoiser'])} does not exist"
-                )
-                message = (
-                    f"weights not available: {where} (train.dpir_weights: download fetches "
-                    "deepinv's published file; no others are used)"
-                )
-                print(f"dpir: {message}", file=sys.stderr)
-            else:
-                extra = {"lipschitz": lipschitz_of(job.loader(job.train_paths[0]))}
-                sha, how = expected_sha256(weights, t["dpir_sha256"])
-                extra.update(weights=weights, weights_sha256=sha, weights_checked_against=how)
-        elif spec.kind == "tv":
-            val = job.val_paths or job.train_paths
-            cache = SampleCache(val[: max(1, t["val_max"])], job.loader, spec, H)
-            extra = select_tv(job.variant, job.task, job.config, cache, job.device)
-        elif spec.kind not in ("analytical", "adjoint"):  # iterative, no weights: needs ‖A‖²
-            extra = {"lipschitz": lipschitz_of(job.loader(job.train_paths[0]))}
-        payload = {**result, **extra, "status": status, "message": message, "state_dict": None}
+        payload, stats = untrained_record(job, spec, t, result, fits[job.settings[0]])
         atomic_torch_save(payload, job.out)
         _write_csv(job.csv_path, [])
-        stats = {**result, **extra, "status": status, "message": message, "steps": 0}
-        stats.update(peak_memory_gb=None, step_time_mean_s=None, n_params=0)
         atomic_write_json(job.stats_path, stats)
         return stats
-
-    device = job.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    if not job.train_paths:
-        raise ValueError("no training volumes given (--train)")
-    on_device = t["device_cache"] // len(job.settings)  # the volumes kept per setting
-    h_of = h_builder(spec, job.task, job.config)  # normal.mri_h mask: each draw's own H
-    shape_ref: dict = {}  # training and validation volumes: one data set, one shape
-    caches = {
-        s: SampleCache(
-            job.train_paths,
-            job.loader_for(s),
-            spec,
-            fits[s],
-            on_device=on_device,
-            h_of=h_of,
-            shape_ref=shape_ref,
-        )
-        for s in job.settings
-    }
-    val_paths = (job.val_paths or [])[: t["val_max"]]
-    val_caches = {
-        s: SampleCache(val_paths, job.loader_for(s), spec, fits[s], h_of=h_of, shape_ref=shape_ref)
-        for s in job.settings
-    }
-    rows: list[dict] = []
-    volume = "?"
-    step = 0
+    run = _Run.prepare(job, spec, t, seed, fits)
     try:
-        first = caches[job.settings[0]].get(0)
-        volume = shape_text(first.sample.x)
-        by_setting = {}
-        for s in job.settings:  # ‖A‖² per setting, on its first training volume
-            caches[s].get(0)
-            by_setting[s] = val_caches[s].lipschitz = caches[s].lipschitz
-        lipschitz = by_setting[job.settings[0]]
-        # build_variant applies train.bf16/tf32/channels_last/cudnn_benchmark/compile
-        model = build_variant(job.variant, job.task, job.config, lipschitz, device=device)
-        model.train()
-        partitioner = None
-        if spec.partition:
-            partitioner = make_partitioner(model, job.task, job.config, first.sample.x.shape[1:])
-        opt = torch.optim.Adam(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            opt, T_max=t["steps"], eta_min=t["lr_min"]
-        )
-        start = 0
-        fingerprint = run_fingerprint(job)
-        ckpt = job.ckpt_path
-        state = _resumable_state(job, fingerprint, device)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            _set_rng_state(state["rng"])
-            rows = list(state["history"])
-            start = int(state["step"])
-            print(f"resuming from {ckpt} at step {start}", file=sys.stderr)
-
-        def save_ckpt(at_step: int) -> None:
-            atomic_torch_save(
-                {
-                    "step": at_step,
-                    "variant": job.variant,
-                    "fingerprint": fingerprint,
-                    "config": job.config,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "rng": _rng_state(),
-                    "history": rows,
-                    "lipschitz": lipschitz,
-                },
-                ckpt,
-            )
-            _write_csv(job.csv_path, rows)
-
-        def pick(gen: torch.Generator) -> Prepared:
-            s = job.settings[0]
-            if len(job.settings) > 1:  # one model for every setting: a setting per draw
-                s = job.settings[int(torch.randint(len(job.settings), (1,), generator=gen))]
-            cache = caches[s]
-            i = int(torch.randint(len(cache), (1,), generator=gen))
-            redraw = job.redraw_for(s)
-            if redraw is None:
-                return cache.get(i)
-            seed = int(torch.randint(2**31 - 1, (1,), generator=gen))  # a fresh mask per draw
-            return cache.fresh(i, redraw, seed)
-
-        # a bar on a terminal only (disable=None); logs get one line every log_every steps
-        bar = tqdm(
-            total=t["steps"],
-            initial=start,
-            desc=job.variant,
-            file=sys.stderr,
-            disable=None if job.progress is None else not job.progress,
-        )
-        log_lines = bar.disable
-        rss_base = rss_gb() if reset_peak_rss() else None
-        for step in range(start, t["steps"]):
-            gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + step)
-            sync(device)
-            t0 = time.perf_counter()
-            try:
-                loss = train_step(
-                    model, opt, spec, pick, gen, t["accumulate"], t["grad_clip"], partitioner
-                )
-            except NonFiniteLoss as err:
-                last = int(torch.load(ckpt, weights_only=False)["step"]) if ckpt.exists() else 0
-                msg = (
-                    f"non-finite loss ({err}) at step {step + 1}; "
-                    f"last good checkpoint: step {last} ({ckpt})"
-                )
-                _write_csv(job.csv_path, rows)
-                raise NonFiniteLoss(msg) from None
-            sched.step()
-            sync(device)
-            row = {
-                "step": step + 1,
-                "loss": loss,
-                "lr": opt.param_groups[0]["lr"],
-                "step_time_s": time.perf_counter() - t0,
-                "peak_memory_gb": peak_memory_gb(device),
-                "val_psnr": None,
-            }
-            if val_paths and ((step + 1) % t["val_every"] == 0 or step + 1 == t["steps"]):
-                prepared = [c.get(i) for c in val_caches.values() for i in range(len(c))]
-                try:
-                    row["val_psnr"] = validate_psnr(model, spec, job.task, job.config, prepared)
-                except ValueError as err:
-                    _write_csv(job.csv_path, rows)
-                    raise ValidationFailed(f"step {step + 1}: {err}") from None
-            rows.append(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
-            if log_lines and ((step + 1) % job.log_every == 0 or step + 1 == t["steps"]):
-                val = "" if row["val_psnr"] is None else f", val PSNR {row['val_psnr']:.2f} dB"
-                print(
-                    f"{job.variant}: step {step + 1}/{t['steps']}, loss {loss:.4g}, "
-                    f"{row['step_time_s']:.3f} s/step{val}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            if (step + 1) % t["checkpoint_every"] == 0 or step + 1 == t["steps"]:
-                save_ckpt(step + 1)
-            if stop_at is not None and step + 1 >= stop_at:
-                return {"stopped_at": step + 1}
-        bar.close()
-        tuned = {}
-        if spec.kind == "pnp":  # the test-time parameters, per setting, on its validation volumes
-            for s in job.settings:
-                c = val_caches[s] if val_paths else caches[s]
-                prepared = [c.get(i) for i in range(len(c) if val_paths else 1)]
-                use_lipschitz(model, by_setting[s])
-                for key, value in select_pnp(model, job.task, job.config, prepared).items():
-                    tuned.setdefault(key, {})[s] = value
+        _setup(run)
+        if _run_steps(run, stop_at):
+            return {"stopped_at": run.step + 1}
+        tuned = _tune_pnp(run)
     except torch.OutOfMemoryError:
-        peak = peak_memory_gb(device) or 0.0
-        msg = f"OOM at volume {volume}, peak {peak:.2f} GB (step {step + 1})"
-        print(msg, file=sys.stderr)
-        stats = {**result, "status": "oom", "message": msg, "peak_memory_gb": peak}
-        stats.update(steps=step, step_time_mean_s=None, n_params=None, volume=volume)
-        atomic_torch_save({**result, "status": "oom", "message": msg, "state_dict": None}, job.out)
-        _write_csv(job.csv_path, rows)
-        atomic_write_json(job.stats_path, stats)
-        return stats
+        return _write_oom(run, result)
+    stats = _stats_record(run, result, tuned)
+    atomic_torch_save(_model_payload(run, result, tuned), job.out)
+    _write_csv(job.csv_path, run.rows)
+    atomic_write_json(job.stats_path, stats)
+    job.ckpt_path.unlink(missing_ok=True)  # resume state only lives while the job is unfinished
+    return stats
 
+
+@dataclass
+class _Run:
+    """A learned training run in progress: the job, its sample caches and, once :func:`_setup`
+    ran, the model, partitioner, optimiser, schedule and the rows of the steps done."""
+
+    job: TrainJob
+    spec: VariantSpec
+    t: dict
+    seed: int
+    caches: dict[str, SampleCache]
+    val_caches: dict[str, SampleCache]
+    val_paths: list[str]
+    h_of: Callable | None
+    rows: list[dict] = field(default_factory=list)
+    volume: str = "?"
+    step: int = 0
+    start: int = 0
+    model: Any = None
+    partitioner: Any = None
+    opt: Any = None
+    sched: Any = None
+    lipschitz: float | None = None
+    by_setting: dict[str, float | None] = field(default_factory=dict)
+    fingerprint: str = ""
+    rss_base: float | None = None
+
+    @classmethod
+    def prepare(cls, job: TrainJob, spec: VariantSpec, t: dict, seed: int, fits: dict) -> _Run:
+        """The run's training and validation sample caches, one per setting (nothing loaded)."""
+        if job.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(job.device)
+        if not job.train_paths:
+            raise ValueError("no training volumes given (--train)")
+        on_device = t["device_cache"] // len(job.settings)  # the volumes kept per setting
+        h_of = h_builder(spec, job.task, job.config)  # normal.mri_h mask: each draw's own H
+        shape_ref: dict = {}  # training and validation volumes: one data set, one shape
+        caches = {
+            s: SampleCache(
+                job.train_paths,
+                job.loader_for(s),
+                spec,
+                fits[s],
+                on_device=on_device,
+                h_of=h_of,
+                shape_ref=shape_ref,
+            )
+            for s in job.settings
+        }
+        val_paths = (job.val_paths or [])[: t["val_max"]]
+        val_caches = {
+            s: SampleCache(
+                val_paths, job.loader_for(s), spec, fits[s], h_of=h_of, shape_ref=shape_ref
+            )
+            for s in job.settings
+        }
+        return cls(job, spec, t, seed, caches, val_caches, val_paths, h_of)
+
+
+def _setup(run: _Run) -> None:
+    """Load each setting's first training volume (its ‖A‖²), build the model, its partitioner,
+    Adam and the cosine schedule, and resume from the checkpoint when its fingerprint matches."""
+    job, t = run.job, run.t
+    first = run.caches[job.settings[0]].get(0)
+    run.volume = shape_text(first.sample.x)
+    for s in job.settings:  # ‖A‖² per setting, on its first training volume
+        run.caches[s].get(0)
+        run.by_setting[s] = run.val_caches[s].lipschitz = run.caches[s].lipschitz
+    run.lipschitz = run.by_setting[job.settings[0]]
+    # build_variant applies train.bf16/tf32/channels_last/cudnn_benchmark/compile
+    model = build_variant(job.variant, job.task, job.config, run.lipschitz, device=job.device)
+    run.model = model
+    model.train()
+    if run.spec.partition:
+        run.partitioner = make_partitioner(model, job.task, job.config, first.sample.x.shape[1:])
+    run.opt = torch.optim.Adam(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+    run.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        run.opt, T_max=t["steps"], eta_min=t["lr_min"]
+    )
+    run.fingerprint = run_fingerprint(job)
+    state = resumable_state(job, run.fingerprint, job.device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        run.opt.load_state_dict(state["optimizer"])
+        run.sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        run.rows = list(state["history"])
+        run.start = int(state["step"])
+        print(f"resuming from {job.ckpt_path} at step {run.start}", file=sys.stderr)
+
+
+def _picker(run: _Run) -> Callable[[torch.Generator], Prepared]:
+    """``generator -> Prepared``: a setting (when the model serves several), then a volume, drawn
+    from the step's generator; with fresh masks, a new mask per draw."""
+    job = run.job
+
+    def pick(gen: torch.Generator) -> Prepared:
+        s = job.settings[0]
+        if len(job.settings) > 1:  # one model for every setting: a setting per draw
+            s = job.settings[int(torch.randint(len(job.settings), (1,), generator=gen))]
+        cache = run.caches[s]
+        i = int(torch.randint(len(cache), (1,), generator=gen))
+        redraw = job.redraw_for(s)
+        if redraw is None:
+            return cache.get(i)
+        seed = int(torch.randint(2**31 - 1, (1,), generator=gen))  # a fresh mask per draw
+        return cache.fresh(i, redraw, seed)
+
+    return pick
+
+
+def _run_steps(run: _Run, stop_at: int | None) -> bool:
+    """The steps from ``run.start`` on, each validated, logged and checkpointed on schedule;
+    True when ``stop_at`` stopped the run early."""
+    job, t = run.job, run.t
+    pick = _picker(run)
+    # a bar on a terminal only (disable=None); logs get one line every log_every steps
+    bar = tqdm(
+        total=t["steps"],
+        initial=run.start,
+        desc=job.variant,
+        file=sys.stderr,
+        disable=None if job.progress is None else not job.progress,
+    )
+    log_lines = bar.disable
+    run.rss_base = rss_gb() if reset_peak_rss() else None
+    for step in range(run.start, t["steps"]):
+        run.step = step
+        row = _one_step(run, pick, step)
+        _validate(run, row)
+        run.rows.append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.3g}", refresh=False)
+        if log_lines and ((step + 1) % job.log_every == 0 or step + 1 == t["steps"]):
+            _log_step(run, row)
+        if (step + 1) % t["checkpoint_every"] == 0 or step + 1 == t["steps"]:
+            _save_checkpoint(run, step + 1)
+        if stop_at is not None and step + 1 >= stop_at:
+            return True
+    bar.close()
+    return False
+
+
+def _one_step(run: _Run, pick: Callable, step: int) -> dict:
+    """Optimiser step ``step`` (seeded with ``(seed, step)``) and the schedule's; its CSV row. A
+    non-finite loss writes the CSV and raises :class:`NonFiniteLoss` naming the last checkpoint."""
+    job, t, device = run.job, run.t, run.job.device
+    gen = torch.Generator(device="cpu").manual_seed(run.seed * 1_000_003 + step)
+    sync(device)
+    t0 = time.perf_counter()
+    try:
+        loss = train_step(
+            run.model,
+            run.opt,
+            run.spec,
+            pick,
+            gen,
+            t["accumulate"],
+            t["grad_clip"],
+            run.partitioner,
+        )
+    except NonFiniteLoss as err:
+        ckpt = job.ckpt_path
+        last = int(torch.load(ckpt, weights_only=False)["step"]) if ckpt.exists() else 0
+        msg = f"non-finite loss ({err}) at step {step + 1}; last good checkpoint: step {last} ({ckpt})"
+        _write_csv(job.csv_path, run.rows)
+        raise NonFiniteLoss(msg) from None
+    run.sched.step()
+    sync(device)
+    return {
+        "step": step + 1,
+        "loss": loss,
+        "lr": run.opt.param_groups[0]["lr"],
+        "step_time_s": time.perf_counter() - t0,
+        "peak_memory_gb": peak_memory_gb(device),
+        "val_psnr": None,
+    }
+
+
+def _validate(run: _Run, row: dict) -> None:
+    """On a validation step (every ``val_every`` and the last), the mean validation PSNR into
+    ``row``; a PSNR that cannot be computed writes the CSV and raises :class:`ValidationFailed`."""
+    job, t, done = run.job, run.t, row["step"]
+    if not run.val_paths or (done % t["val_every"] != 0 and done != t["steps"]):
+        return
+    prepared = [c.get(i) for c in run.val_caches.values() for i in range(len(c))]
+    try:
+        row["val_psnr"] = validate_psnr(run.model, run.spec, job.task, job.config, prepared)
+    except ValueError as err:
+        _write_csv(job.csv_path, run.rows)
+        raise ValidationFailed(f"step {done}: {err}") from None
+
+
+def _log_step(run: _Run, row: dict) -> None:
+    """One progress line on stderr (where there is no progress bar)."""
+    val = "" if row["val_psnr"] is None else f", val PSNR {row['val_psnr']:.2f} dB"
+    print(
+        f"{run.job.variant}: step {row['step']}/{run.t['steps']}, loss {row['loss']:.4g}, "
+        f"{row['step_time_s']:.3f} s/step{val}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _save_checkpoint(run: _Run, at_step: int) -> None:
+    """The resume state after ``at_step`` steps (atomically) and the CSV so far."""
+    atomic_torch_save(
+        {
+            "step": at_step,
+            "variant": run.job.variant,
+            "fingerprint": run.fingerprint,
+            "config": run.job.config,
+            "model": run.model.state_dict(),
+            "optimizer": run.opt.state_dict(),
+            "scheduler": run.sched.state_dict(),
+            "rng": rng_state(),
+            "history": run.rows,
+            "lipschitz": run.lipschitz,
+        },
+        run.job.ckpt_path,
+    )
+    _write_csv(run.job.csv_path, run.rows)
+
+
+def _tune_pnp(run: _Run) -> dict:
+    """PnP: α-PGD's test-time parameters chosen per setting on its validation volumes (on its
+    first training volume without them); ``{}`` for the other variants."""
+    tuned: dict = {}
+    if run.spec.kind != "pnp":
+        return tuned
+    job = run.job
+    for s in job.settings:
+        c = run.val_caches[s] if run.val_paths else run.caches[s]
+        prepared = [c.get(i) for i in range(len(c) if run.val_paths else 1)]
+        use_lipschitz(run.model, run.by_setting[s])
+        for key, value in select_pnp(run.model, job.task, job.config, prepared).items():
+            tuned.setdefault(key, {})[s] = value
+    return tuned
+
+
+def _write_oom(run: _Run, result: dict) -> dict:
+    """CUDA ran out of memory: status ``oom`` with the volume and peak, written as the result."""
+    job, step = run.job, run.step
+    peak = peak_memory_gb(job.device) or 0.0
+    msg = f"OOM at volume {run.volume}, peak {peak:.2f} GB (step {step + 1})"
+    print(msg, file=sys.stderr)
+    stats = {**result, "status": "oom", "message": msg, "peak_memory_gb": peak}
+    stats.update(steps=step, step_time_mean_s=None, n_params=None, volume=run.volume)
+    atomic_torch_save({**result, "status": "oom", "message": msg, "state_dict": None}, job.out)
+    _write_csv(job.csv_path, run.rows)
+    atomic_write_json(job.stats_path, stats)
+    return stats
+
+
+def _stats_record(run: _Run, result: dict, tuned: dict) -> dict:
+    """The stats JSON of a finished run: steps, time after warm-up, memory, losses, what ran."""
+    job, t, rows, model = run.job, run.t, run.rows, run.model
     times = [r["step_time_s"] for r in rows]
     warm = t["warmup_steps"] if len(times) > t["warmup_steps"] else min(1, len(times) - 1)
     peaks = [r["peak_memory_gb"] for r in rows if r["peak_memory_gb"] is not None]
@@ -577,51 +544,52 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         "status": "ok",
         "steps": len(rows),
         "accumulate": t["accumulate"],
-        "volume": volume,
+        "volume": run.volume,
         "n_params": count_parameters(model),
-        "lipschitz": lipschitz,
-        "lipschitz_by_setting": by_setting,
+        "lipschitz": run.lipschitz,
+        "lipschitz_by_setting": run.by_setting,
         "settings": job.settings,
         "peak_memory_gb": max(peaks) if peaks else None,
         "peak_rss_gb": peak_rss_gb(),
-        "peak_rss_growth_gb": _rss_growth_gb(rss_base),
+        "peak_rss_growth_gb": rss_growth_gb(run.rss_base),
         "step_time_mean_s": float(np.mean(times[warm:])) if times else None,
         "warmup_steps": warm,
         "loss_first": rows[0]["loss"] if rows else None,
         "loss_last": rows[-1]["loss"] if rows else None,
         "val_psnr_last": vals[-1] if vals else None,
         "bf16": bool(getattr(model, "bf16", False)),  # a model without a DRUNet has none
-        "network": network_settings(t, device),  # what ran: None = not applicable on the device
+        "network": network_settings(t, job.device),  # what ran: None = not applicable here
         "masks": "fresh per draw" if job.redraw is not None else "fixed per volume",
     }
-    if spec.use_H:  # which H the data steps used (normal.mri_h)
+    if run.spec.use_H:  # which H the data steps used (normal.mri_h)
         stats["normal_h"] = (
             "the setting's data-free fit"
-            if h_of is None
+            if run.h_of is None
             else f"built from each draw's own mask (normal.mri_h: {mri_h_mode(job.task, job.config)})"
         )
-    if partitioner is not None:  # what was really trained: patch, stride and the inference grid
-        stats["patch_size"] = list(partitioner.patch_size)
-        stats["stride"] = list(partitioner.stride)
-        stats["n_patches"] = len(partitioner.starts)
+    if run.partitioner is not None:  # what was really trained: patch, stride, inference grid
+        stats["patch_size"] = list(run.partitioner.patch_size)
+        stats["stride"] = list(run.partitioner.stride)
+        stats["n_patches"] = len(run.partitioner.starts)
     stats.update(tuned)
-    if spec.kind == "unrolled":
+    if run.spec.kind == "unrolled":
         stats["step_sizes"] = model.step_sizes.detach().cpu().tolist()
         stats["sigmas"] = model.sigmas.detach().cpu().tolist()
-    payload = {
+    return stats
+
+
+def _model_payload(run: _Run, result: dict, tuned: dict) -> dict:
+    """The model file of a finished run: weights, ‖A‖² per setting, config and PnP parameters."""
+    job = run.job
+    return {
         **result,
         "status": "ok",
-        "state_dict": model.state_dict(),
-        "lipschitz": lipschitz,
-        "lipschitz_by_setting": by_setting,
+        "state_dict": run.model.state_dict(),
+        "lipschitz": run.lipschitz,
+        "lipschitz_by_setting": run.by_setting,
         "settings": job.settings,
         "model_config": job.config.get("model", {}),
         "K": job.config.get(job.task, {}).get("K"),
-        "steps": len(rows),
+        "steps": len(run.rows),
         "algo_params": tuned.get("algo_params"),
     }
-    atomic_torch_save(payload, job.out)
-    _write_csv(job.csv_path, rows)
-    atomic_write_json(job.stats_path, stats)
-    job.ckpt_path.unlink(missing_ok=True)  # resume state only lives while the job is unfinished
-    return stats

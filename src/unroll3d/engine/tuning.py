@@ -11,14 +11,10 @@ import numpy as np
 import torch
 
 from unroll3d.config import evaluate_settings, train_object, train_settings
-from unroll3d.engine.core import (
-    Prepared,
-    SampleCache,
-    make_partitioner,
-    reconstruct,
-    tiled,
-    use_lipschitz,
-)
+from unroll3d.engine.model_file import use_lipschitz
+from unroll3d.engine.partitioning import make_partitioner, tiled
+from unroll3d.engine.reconstruct import reconstruct
+from unroll3d.engine.samples import Prepared, SampleCache
 from unroll3d.metrics import convention_for, psnr_under
 from unroll3d.models import build_variant
 from unroll3d.variants import variant_spec

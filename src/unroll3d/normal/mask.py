@@ -18,7 +18,7 @@ Hence :math:`H = \mathrm{diag}(m)^H C\, \mathrm{diag}(m)` (the two-sided MRI for
 
 λ is AᵀA's own kernel, not divided by ‖A‖², so the fit's ``scaling`` is 1 (``H · 1 ≈ AᵀA``).
 Building it costs two FFTs of the padded grid, cheap enough for every training draw
-(``normal.mri_h: mask``, :func:`unroll3d.engine.core.own_normal`).
+(``normal.mri_h: mask``, :func:`unroll3d.engine.operators.own_normal`).
 """
 
 from __future__ import annotations

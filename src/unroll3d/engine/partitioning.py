@@ -1,0 +1,94 @@
+"""The partitioner of a task (patch size, stride, training patch ranges), the network tiled on
+its grid, and one training pair (a random patch, or the full volume)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import torch
+
+from unroll3d.config import resolve_patch_size, train_settings
+from unroll3d.engine.operators import h_kwargs
+from unroll3d.normal import NormalFit
+from unroll3d.partition import PartitionedReconstructor, crop_patch, sample_patch_start
+from unroll3d.variants import VariantSpec
+
+__all__ = ["estimate_pair", "make_partitioner", "patch_ranges", "tiled"]
+
+
+def patch_ranges(spatial: Sequence[int], patch: Sequence[int], margin: Sequence[float] | None):
+    """Training patch-corner bounds from margins given as fractions of each axis.
+
+    Corner ``c`` on an axis of size ``n`` with patch ``p`` and margin ``f`` lies in
+    ``[round(f n), n − round(f n) − p]`` (docs/paper-notes.md §10, CBCT: z ∈ [80, 421 − D] and
+    y, x ∈ [50, 451 − H] at 501³ ≈ margins (0.16, 0.1, 0.1)). An axis too small for its margin
+    falls back to the whole axis. ``None`` = uniform over the volume.
+    """
+    if margin is None:
+        return None
+    out = []
+    for n, p, f in zip(spatial, patch, margin, strict=True):
+        m = int(round(float(f) * int(n)))
+        lo, hi = m, int(n) - m - int(p)
+        out.append((lo, hi) if hi >= lo else None)
+    return out
+
+
+def make_partitioner(model, task: str, config: dict, img_size: Sequence[int]):
+    """``PartitionedReconstructor`` around ``model`` with the task's patch size and stride (a
+    patch larger than the volume is an error, not silently clamped)."""
+    tcfg = config.get(task, {})
+    # -1 = the whole axis; a patch larger than the volume is an error, never clamped
+    patch = resolve_patch_size(
+        tcfg.get("patch_size", [8, 16, 16]), img_size[-3:], f"{task}.patch_size"
+    )
+    stride = tcfg.get("stride")
+    margin = train_settings(config).get(f"{task}_patch_margin")
+    return PartitionedReconstructor(
+        base_reconstructor=model,
+        img_size=tuple(img_size),
+        patch_size=tuple(patch),
+        stride=None if stride is None else tuple(stride),
+        train_ranges=patch_ranges(img_size[-3:], patch, margin),
+    )
+
+
+@contextmanager
+def tiled(model, partitioner):
+    """Within the block, ``model``'s network runs patch by patch on the partitioner's grid and
+    blending (no-grad inference); restored afterwards, also on an error."""
+    model.set_tiling(lambda fn, v: partitioner.apply_patchwise(fn, v, progress=False))
+    try:
+        yield model
+    finally:
+        model.set_tiling(None)
+
+
+def estimate_pair(
+    model,
+    spec: VariantSpec,
+    sample,
+    physics,
+    x0: torch.Tensor,
+    generator: torch.Generator,
+    partitioner=None,
+    H: NormalFit | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(estimate, target) of one training sample: a random patch or the full volume (PnP: the
+    denoiser on a noisy random patch of the ground truth)."""
+    if spec.kind == "pnp":
+        start = sample_patch_start(
+            partitioner.img_size, partitioner.patch_size, partitioner.train_ranges, generator
+        )
+        return model.denoising_pair(crop_patch(sample.x, start, partitioner.patch_size), generator)
+    if spec.partition:
+        return partitioner.training_pair(
+            sample.y,
+            physics,
+            sample.x,
+            generator=generator,
+            x0=x0,
+            **h_kwargs(spec, H, sample.x.shape[1:]),
+        )
+    return model(sample.y, physics, x_init=x0), sample.x
