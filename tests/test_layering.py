@@ -150,7 +150,7 @@ def test_no_import_cycles():
     assert not _cycles(graph), f"import cycles: {_cycles(graph)}"
 
 
-@pytest.mark.parametrize("limit", [800])
+@pytest.mark.parametrize("limit", [600])
 def test_no_source_file_is_a_monolith(limit):
     long = {
         str(p.relative_to(SRC)): n
