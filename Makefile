@@ -51,7 +51,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	for c in smoke mini config reviewer; do $(BIN)/snakemake --lint --configfile config/$$c.yaml || exit 1; done
 
 # Re-render tables and figures from existing results only (seconds; no retraining).
