@@ -668,3 +668,22 @@ def test_cli_circular_grid_is_the_image_grid_and_crops_exactly(tmp_path, monkeyp
             restricted = H.restrict(start, size)(x[sl])
             assert torch.allclose(restricted, H(xp)[sl], atol=1e-5)
     assert sizes["padded"] >= 6 * sizes["circular"]
+
+
+def test_fit_normal_verb_defaults_are_the_schemas():
+    """`unroll3d fit-normal` states no default of its own: each option of a `normal` key takes
+    the schema's default (one place for each default)."""
+    from unroll3d.cli.fit_normal import build_parser
+    from unroll3d.config import section_defaults
+
+    d = section_defaults("normal")
+    args = build_parser().parse_args(["--input", "x.pt", "--setting", "v30", "--out", "h.pt"])
+    for key in ("steps", "lr", "lr_schedule", "eval_every", "floor_rows", "batch", "heldout"):
+        assert getattr(args, key) == d[key], key
+    assert (args.grid, args.checkpoint_every) == (d["grid"], d["checkpoint_every"])
+    plateau = d["plateau"]
+    assert (args.plateau_patience, args.plateau_min_improvement, args.plateau_decay) == (
+        plateau["patience"],
+        plateau["min_improvement"],
+        plateau["decay"],
+    )

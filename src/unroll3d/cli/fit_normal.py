@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unroll3d.cli.common import add_progress_args, add_runtime_args, positive_int, setup_runtime
+from unroll3d.config import section_defaults
 
 if TYPE_CHECKING:  # torch, deepinv and the fit load when the verb runs, not for --help
     import torch
@@ -30,6 +31,10 @@ def _load_physics(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The verb's options; every default of a ``normal`` config key is the schema's, stated once
+    there."""
+    d = section_defaults("normal")
+    plateau = d["plateau"]
     p = argparse.ArgumentParser(
         prog="unroll3d fit-normal",
         description="Fit H = diag(m) F⁻¹ diag(λ) F to AᵀA/‖A‖² of one preprocessed volume "
@@ -45,13 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--steps",
         type=positive_int,
-        default=2000,
+        default=d["steps"],
         help="Adam steps (plateau schedule: the maximum)",
     )
-    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--lr", type=float, default=d["lr"])
     p.add_argument(
         "--lr-schedule",
-        default="cosine",
+        default=d["lr_schedule"],
         choices=["plateau", "cosine", "constant"],
         help="plateau: constant lr, stop on the held-out error's plateau after a cosine decay "
         "(normal.plateau); cosine / constant: exactly --steps steps",
@@ -59,33 +64,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--plateau-patience",
         type=positive_int,
-        default=4,
+        default=plateau["patience"],
         help="held-out evaluations without improvement that make a plateau",
     )
     p.add_argument(
         "--plateau-min-improvement",
         type=float,
-        default=2e-3,
+        default=plateau["min_improvement"],
         help="relative decrease of the best held-out error that counts as an improvement",
     )
     p.add_argument(
         "--plateau-decay",
         type=float,
-        default=0.5,
+        default=plateau["decay"],
         help="final cosine decay, as a fraction of the steps before it",
     )
     p.add_argument(
-        "--eval-every", type=positive_int, default=None, help="steps between held-out evaluations"
+        "--eval-every",
+        type=positive_int,
+        default=d["eval_every"],
+        help="steps between held-out evaluations",
     )
     p.add_argument(
         "--floor-rows",
         type=int,
-        default=0,
+        default=d["floor_rows"],
         help="estimate H's error floor from this many exact rows of AᵀA (real images; "
         "unroll3d.research.normal_floor.error_floor) and report the fit's gap to it; 0 = not",
     )
-    p.add_argument("--batch", type=positive_int, default=1)
-    p.add_argument("--heldout", type=positive_int, default=8)
+    p.add_argument("--batch", type=positive_int, default=d["batch"])
+    p.add_argument("--heldout", type=positive_int, default=d["heldout"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--two-sided",
@@ -102,12 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grid",
         choices=["padded", "circular"],
-        default="padded",
+        default=d["grid"],
         help="FFT grid of λ: padded (≥ 2N − 1 per axis, H a linear convolution; default) or "
         "circular (N per axis, the paper's F on ℝⁿ; 8× less memory for λ in 3D)",
     )
     p.add_argument("--checkpoint", help="resumable state (default: --out with .ckpt)")
-    p.add_argument("--checkpoint-every", type=positive_int, default=100)
+    p.add_argument("--checkpoint-every", type=positive_int, default=d["checkpoint_every"])
     add_runtime_args(p, lock=True)
     add_progress_args(p)
     return p
