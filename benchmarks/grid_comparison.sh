@@ -13,7 +13,7 @@ print(c.dumps(c.job_config(cfg, "cbct")))
 PY
 )
 for g in padded circular; do
-  unroll3d fit-normal --input $D/walnut1.pt --setting v30 --out $O/$g.pt --steps 300 --grid $g --threads 2 --device cpu --no-progress > $O/fit_$g.log 2>&1
+  unroll3d fit-normal --input $D/walnut1.pt --setting v30 --out $O/$g.pt --steps 300 --lr-schedule cosine --grid $g --threads 2 --device cpu --no-progress > $O/fit_$g.log 2>&1
   tail -1 $O/$g.csv
   unroll3d train --task cbct --setting v30 --variant partition-H --normal $O/$g.pt --config-json "$CFG" --train $D/walnut1.pt $D/walnut2.pt $D/walnut3.pt --val $D/walnut4.pt --out $O/model_$g.pt --threads 2 --device cpu --no-progress > $O/train_$g.log 2>&1
   unroll3d evaluate --task cbct --setting v30 --variant partition-H --normal $O/$g.pt --config-json "$CFG" --model $O/model_$g.pt --sample $D/walnut5.pt --out $O/eval_$g.json --threads 2 --device cpu > $O/eval_$g.log 2>&1
