@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from test_report import CONFIG, write_evals
+from test_report import CONFIG, _write_sweep, write_evals
 
 from unroll3d import report
 from unroll3d.report.common import ReportError
@@ -83,3 +83,36 @@ def test_a_failing_report_leaves_the_existing_tables_as_they_were(tmp_path):
     with pytest.raises(ReportError, match="not a finite number"):
         report.write_tables(cells, CONFIG, out, commit="x", bench_normal=bench)
     assert {p.name: p.read_text() for p in out.iterdir()} == old
+
+
+@pytest.mark.parametrize(
+    ("key", "said"),
+    [("task", "mri"), ("setting", "v50"), ("variant", "partition"), ("volume", "vol_a")],
+)
+def test_an_eval_file_that_contradicts_its_path_is_refused(tmp_path, key, said):
+    """A copied or misnamed file would land in the wrong cell: the content must agree with
+    every level of its path, and the error names the file, the key and both values."""
+    write_evals(tmp_path, slices=False)
+    bad = tmp_path / "eval" / "cbct" / "v30" / "partition-H" / "vol_b.json"
+    rec = json.loads(bad.read_text())
+    meant = rec[key]
+    bad.write_text(json.dumps({**rec, key: said}))
+    want = rf"^{re.escape(str(bad))}: key '{key}' is '{said}' but its path says '{meant}'$"
+    with pytest.raises(ReportError, match=want):
+        report.collect_evals(tmp_path, CONFIG)
+    with pytest.raises(ReportError, match=want):
+        report.read_eval(bad)  # the path's own layout, when no caller says what it stands for
+
+
+def test_a_sweep_file_that_contradicts_its_path_is_refused(tmp_path):
+    """The sweep's files (``sweep/p<patch>/``) are checked against their task, setting and
+    volume, and the sweep's variant."""
+    cfg = {**CONFIG, "sweep": {"enabled": True, "variant": "partition-H", "cbct": [[4, 8, 8]]}}
+    stats = {"peak_memory_gb": 1.0, "step_time_mean_s": 0.1}
+    for setting in ("v30", "v50"):
+        _write_sweep(tmp_path, "cbct", setting, "4x8x8", [20.0, 22.0], stats)
+    assert report.collect_sweep(tmp_path, cfg, "cbct")[0].n_volumes == 4
+    bad = tmp_path / "eval" / "cbct" / "v50" / "sweep" / "p4x8x8" / "vol_a.json"
+    bad.write_text(json.dumps({**json.loads(bad.read_text()), "setting": "v30"}))
+    with pytest.raises(ReportError, match=r"key 'setting' is 'v30' but its path says 'v50'$"):
+        report.collect_sweep(tmp_path, cfg, "cbct")

@@ -141,12 +141,34 @@ def _non_finite_metrics(data: dict) -> list[tuple[str, float]]:
     return out
 
 
-def read_eval(path: str | Path) -> EvalRecord:
+#: the keys naming a cell and volume, which the file's path also names
+_ID_KEYS = ("task", "setting", "variant", "volume")
+
+
+def _ids(path: Path, data: dict, expected: dict[str, str] | None) -> dict[str, str]:
+    """The task/setting/variant/volume of an eval JSON: its own keys, checked against what its
+    path stands for (``expected``, else the layout ``.../{task}/{setting}/{variant}/{volume}``),
+    which also fills a key the file lacks. A disagreement is an error naming both values."""
+    if expected is None:
+        expected = dict(zip(_ID_KEYS, path.with_suffix("").parts[-4:], strict=False))
+    ids = {}
+    for key in _ID_KEYS:
+        said, meant = data.get(key), expected.get(key)
+        if said not in (None, "") and meant and str(said) != meant:
+            raise ReportError(f"{path}: key {key!r} is {str(said)!r} but its path says {meant!r}")
+        ids[key] = str(said or meant or "")
+        if not ids[key]:
+            raise ReportError(f"{path}: missing key {key!r}")
+    return ids
+
+
+def read_eval(path: str | Path, expected: dict[str, str] | None = None) -> EvalRecord:
     """Read one evaluation JSON (``src/unroll3d/schemas/eval.schema.json``) into an
     :class:`EvalRecord`.
 
-    Used keys: ``task``, ``setting``, ``variant``, ``volume`` (from the path
-    ``.../{task}/{setting}/{variant}/{volume}.json`` when absent); ``status`` (``ok``, ``oom`` or
+    Used keys: ``task``, ``setting``, ``variant``, ``volume``, which must agree with what the
+    path stands for (``expected``, by default the path ``.../{task}/{setting}/{variant}/
+    {volume}.json``; taken from it when absent); ``status`` (``ok``, ``oom`` or
     ``failed``; default ``ok``) with ``message`` (for OOM "OOM at volume N³, peak X GB");
     ``psnr`` (required when ok), ``ssim``, ``data_range``, ``shape``, ``device``,
     ``metric_convention``, ``inference_time_s``, ``inference_peak_memory_gb``,
@@ -165,12 +187,7 @@ def read_eval(path: str | Path) -> EvalRecord:
         raise ReportError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(data, dict):
         raise ReportError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    parts = path.with_suffix("").parts
-    from_path = dict(zip(("task", "setting", "variant", "volume"), parts[-4:], strict=False))
-    ids = {k: str(data.get(k) or from_path.get(k, "")) for k in from_path}
-    for k, v in ids.items():
-        if not v:
-            raise ReportError(f"{path}: missing key {k!r}")
+    ids = _ids(path, data, expected)
     status = str(data.get("status", "ok")).lower()
     if status not in _STATUSES:
         raise ReportError(f"{path}: status must be one of {_STATUSES}, got {status!r}")
@@ -307,13 +324,8 @@ def collect_evals(
                 volumes[variant] = {f.stem for f in files}
                 if not files:
                     continue
-                recs = [read_eval(f) for f in files]
-                for r in recs:
-                    if (r.task, r.setting, r.variant) != (task, setting, variant):
-                        raise ReportError(
-                            f"{r.path}: says task/setting/variant = {r.task}/{r.setting}/"
-                            f"{r.variant} but lies under {folder}"
-                        )
+                cell = {"task": task, "setting": setting, "variant": variant}
+                recs = [read_eval(f, {**cell, "volume": f.stem}) for f in files]
                 cells[(task, setting, variant)] = recs
             if wanted is None:
                 union = set().union(*volumes.values()) if volumes else set()
@@ -374,10 +386,11 @@ def collect_sweep(results: str | Path, config: dict, task: str) -> list[SweepPoi
             found = found or sorted(folder.glob("*.json"))
             if not found:
                 raise ReportError(f"no sweep evaluation files in {folder}")
-            files += found
+            files += [(setting, f) for f in found]
         recs, mems, kinds, steps = [], [], set(), []
-        for path in files:
-            rec = read_eval(path)
+        for setting, path in files:
+            meant = {"task": task, "setting": setting, "variant": variant, "volume": path.stem}
+            rec = read_eval(path, meant)
             recs.append(rec)
             stats = rec.extra.get("train_stats") or {}
             stat = {
