@@ -240,6 +240,36 @@ def test_evaluation_against_the_rss_reference_says_so(served, tmp_path):
         convention_for("mri", {"mri_ground_truth": "magnitude"})
 
 
+def test_the_evaluation_records_the_mask_source(served, tmp_path):
+    """An MRI evaluation says which masks it ran on (mri.mask_source): the challenge's bank, with
+    the mask's index, or our seeded generator; both are valid under the evaluate schema."""
+    import toys
+
+    from unroll3d.engine import evaluate as ev
+    from unroll3d.engine import train as tr
+
+    src, banks = served
+    np.save(tmp_path / "R5_20x18.npy", banks["R5_20x18.npy"])
+    zipped, vol = src / "train_val_12_channel.zip", VOLS[0]
+    mri.preprocess_mri(zipped, vol, tmp_path / "seeded.pt", calib=3)
+    bank = [tmp_path / "R5_20x18.npy"]
+    mri.preprocess_mri(zipped, vol, tmp_path / "challenge.pt", calib=3, challenge_masks=bank)
+    job = tr.TrainJob(
+        task="mri", setting="R5", variant="fdk", config=toys.toy_config(),
+        train_paths=[str(tmp_path / "seeded.pt")], val_paths=[], out=tmp_path / "fdk.pt",
+        loader=lambda p: load_sample(p, "R5"), progress=False,
+    )  # fmt: skip
+    tr.train(job)
+    index = fixed_mask_seed(vol, "R5") % 7
+    for kind, mask in (("seeded", "seeded"), ("challenge", f"challenge R5 #{index}")):
+        sample = load_sample(tmp_path / f"{kind}.pt", "R5")
+        res = ev.evaluate_volume(
+            "mri", "R5", "fdk", toys.toy_config(), job.out, sample, vol, torch.device("cpu")
+        )
+        ev.validate_result(res)
+        assert (res["mask_source"], res["mask"]) == (kind, mask)
+
+
 @pytest.mark.slow
 def test_paper_dag_downloads_the_masks_and_dpir_weights(tmp_path):
     """config/config.yaml plans the six mask downloads, gives every MRI preprocessing job all of

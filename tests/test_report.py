@@ -66,6 +66,8 @@ def write_evals(
                         "train_stats": None,
                         "n_params": 10 if learned else 0,
                     }
+                    if task == "mri":  # the masks the evaluation used (mri.mask_source)
+                        rec.update(mask_source="seeded", mask="seeded")
                     if learned:
                         rec["train_step"] = {
                             "status": "ok",
@@ -254,6 +256,32 @@ def test_training_oom_with_inference_ok(tmp_path):
     agg = report.aggregate([r], "train_peak_mem_gb")
     cell = report.make_cell(agg, "cbct", "unrolled-H", "train_peak_mem_gb", "all")
     assert agg.status == "oom" and cell.text.startswith("OOM (needs ≥80.1 GB)")
+
+
+def test_the_mri_table_names_its_mask_source(tmp_path):
+    """Table 2 says where the test masks came from (mri.mask_source, as the evaluations recorded
+    it), per setting when the settings differ; older files without the key say so."""
+    cfg = {**CONFIG, "tasks": ["mri"], "mri": {"accelerations": [5, 10]}}
+    write_evals(tmp_path, cfg, slices=False)
+
+    def note():
+        report.write_tables(report.collect_evals(tmp_path, cfg), cfg, tmp_path / "t", commit="x")
+        text = (tmp_path / "t" / "table2_mri.md").read_text()
+        return [ln for ln in text.splitlines() if "mri.mask_source" in ln]
+
+    assert len(note()) == 1 and note()[0].endswith(
+        "MC-MRI: ky-kz sampling masks (mri.mask_source): seeded = our variable-density "
+        "generator (seed from the volume id), not the challenge's."
+    )
+    for f in (tmp_path / "eval" / "mri" / "R10").rglob("*.json"):
+        rec = json.loads(f.read_text())
+        f.write_text(json.dumps({**rec, "mask_source": "challenge", "mask": "challenge R10 #3"}))
+    (line,) = note()
+    assert "challenge = the CC challenge's Poisson-disc masks" in line
+    assert line.endswith("(R10: challenge; R5: seeded).")
+    old = tmp_path / "eval" / "mri" / "R5" / "postproc" / "vol_a.json"
+    old.write_text(json.dumps({k: v for k, v in json.loads(old.read_text()).items() if "mask" not in k}))
+    assert "(R10: challenge; R5: not recorded, seeded)" in note()[0]
 
 
 def test_missing_eval_file_is_an_error(tmp_path):

@@ -26,7 +26,14 @@ __all__ = [
     "challenge_mask_files",
     "select_banks",
     "draw_mask",
+    "MASK_SOURCES",
 ]
+
+#: ``mri.mask_source`` values, as evaluations record them and the tables name them.
+MASK_SOURCES = {
+    "challenge": "the CC challenge's Poisson-disc masks (a fixed one of its bank per test volume)",
+    "seeded": "our variable-density generator (seed from the volume id), not the challenge's",
+}
 
 #: File names of the challenge's mask banks: ``R<r>_<ny>x<nz>.npy``.
 MASK_FILE = re.compile(r"R(\d+)_(\d+)x(\d+)\.npy")

@@ -420,7 +420,7 @@ def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed:
     if key in challenge:
         index, mask = draw_mask(challenge[key], seed)
         mask2d = mask.float() * data["pf_mask"]
-        source = f"challenge R{key} #{index}"
+        source, kind = f"challenge R{key} #{index}", "challenge"
     elif challenge:
         raise DataError(
             f"volume {meta.get('volume')}: preprocessed with the challenge masks for R "
@@ -429,7 +429,7 @@ def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed:
         )
     else:
         mask2d = sampling_mask((ny, nz), acceleration, calib, seed) * data["pf_mask"]
-        source = "seeded"
+        source = kind = "seeded"
     mask2d = mask2d.to(device)
     maps = data["coil_maps"].to(device)[None]
     physics = MultiCoilMRI3D(mask2d, maps, (nx, ny, nz), device=device)
@@ -447,6 +447,7 @@ def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed:
         "acceleration": acceleration,
         "mask_seed": seed,
         "mask": source,
+        "mask_source": kind,
         "effective_acceleration": float(ny * nz / max(float(mask2d.sum()), 1.0)),
         "scale": scale,
     }

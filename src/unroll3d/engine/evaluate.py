@@ -179,6 +179,9 @@ def evaluate_volume(
         "n_params": 0,
     }
     check_sample_task(sample, task)
+    if task == "mri" and sample.meta.get("mask_source"):  # mri.mask_source, as the sample used it
+        result["mask_source"] = sample.meta["mask_source"]
+        result["mask"] = str(sample.meta.get("mask") or sample.meta["mask_source"])
     _check_trained_shape(result["train_stats"], sample, train_stats_path)
     model, payload = load_trained(
         model_path, task, config, device=device, setting=setting, variant=variant

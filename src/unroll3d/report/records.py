@@ -235,6 +235,8 @@ def read_eval(path: str | Path, expected: dict[str, str] | None = None) -> EvalR
         rec.extra["normal_fit"] = data["normal_fit"]
     if isinstance(data.get("refinement"), str):  # what Algorithm 1 ran at test time
         rec.extra["refinement"] = data["refinement"]
+    if isinstance(data.get("mask_source"), str):  # MRI: the challenge's masks or ours
+        rec.extra["mask_source"] = data["mask_source"]
     if rec.train_peak_mem_gb is None and rec.train_status != "oom" and isinstance(stats, dict):
         # CPU runs: no CUDA peak; the training's peak-RSS growth stands in, marked as such
         rss = _as_float(stats.get("peak_rss_growth_gb"), "train_stats.peak_rss_growth_gb", path)

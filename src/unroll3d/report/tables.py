@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from unroll3d.data.masks import MASK_SOURCES
 from unroll3d.paper_numbers import PAPER_MISSING_NOTE, PAPER_ONLY_ROWS, paper_value
 from unroll3d.report.common import (
     DEFAULT_METRIC_CONVENTION,
@@ -200,6 +201,21 @@ class Table:
     long: list[dict[str, Any]]  # tidy rows for the CSV
 
 
+def _mask_note(recs: list[EvalRecord]) -> str:
+    """Where the MRI test masks came from (``mri.mask_source`` as each evaluation recorded it),
+    per setting when the settings differ."""
+    by_setting: dict[str, set[str]] = {}
+    for r in recs:
+        by_setting.setdefault(r.setting, set()).add(r.extra.get("mask_source", "not recorded"))
+    kinds = sorted(set().union(*by_setting.values()))
+    old = "evaluated before evaluations recorded it"
+    text = "; ".join(f"{k} = {MASK_SOURCES.get(k, old)}" for k in kinds)
+    if len(kinds) > 1:  # which setting used which
+        each = [f"{s}: {', '.join(sorted(v))}" for s, v in sorted(by_setting.items())]
+        text += f" ({'; '.join(each)})"
+    return f"ky-kz sampling masks (mri.mask_source): {text}."
+
+
 def _normal_fit_note(recs: list[EvalRecord]) -> str | None:
     """The H the -H rows used, per setting: one fit (on which volume) or a fit per test volume
     (``normal.per_sample``), with the held-out error ‖AᵀAx − Hx‖/‖AᵀAx‖ of the fits."""
@@ -275,6 +291,8 @@ def _footnotes(
         )
         conv = sorted({r.metric_convention for r in recs if r.metric_convention})
         notes.append(f"{title} metrics: {'; '.join(conv) or DEFAULT_METRIC_CONVENTION[task]}.")
+        if task == "mri":
+            notes.append(f"{title}: {_mask_note(recs)}")
         h_note = _normal_fit_note(recs)
         if h_note:
             notes.append(f"{title}: {h_note}")
