@@ -33,6 +33,10 @@ def _edit(path, value):
     return apply
 
 
+def _pf_budget(config):
+    config["mri"].update(partial_fourier=0.7, accelerations=[1.25])
+
+
 CASES = [
     # strides: larger than the patch (the task's or a sweep's), or of the wrong length
     ("cbct.stride", _edit(["cbct", "stride"], [16, 16, 16]), "larger than the patch"),
@@ -53,6 +57,11 @@ CASES = [
     # counts beyond what they count from, or empty
     ("cbct.views", _edit(["cbct", "views"], [500]), "full orbit of only 120"),
     ("mri.calib", _edit(["mri", "calib"], 12), "more than the 72 of R=5"),
+    # partial Fourier: kz < ceil(pf·18) must hold the calibration disc (kz ≤ 9 + 3) and the
+    # seeded budget (here R=1.25: 288 of 20×18; pf 0.7 acquires 20×13 = 260)
+    ("mri.partial_fourier", _edit(["mri", "partial_fourier"], 0.5), "cutting the calibration"),
+    ("mri.partial_fourier", _edit(["mri", "partial_fourier"], 0.65), "kz < 12 of 18"),
+    ("mri.partial_fourier", _pf_budget, "260 ky–kz samples, fewer than the 288 of R=1.25"),
     ("benchmarks.sizes", _edit(["benchmarks", "sizes"], []), "non-empty"),
     ("benchmarks.patch", _edit(["benchmarks", "patch"], 64), "larger than every size"),
     ("benchmarks.normal_floor.rows", _edit(["benchmarks", "normal_floor", "rows"], 5000), "16³"),
@@ -64,6 +73,13 @@ CASES = [
     ("report.qualitative_volume", _edit(["report", "qualitative_volume"], "walnut9"), "test"),
     ("train.dpir_sha256", _edit(["train", "dpir_weights"], "w.pth"), "required"),
 ]
+
+
+def test_partial_fourier_that_keeps_the_disc_and_the_budget_passes():
+    """The bounds of the partial-Fourier cases above are tight: one kz column more passes."""
+    config = copy.deepcopy(SMOKE)
+    config["mri"]["partial_fourier"] = 0.7  # kz < 13: the disc (kz ≤ 12) and R5's 72 samples
+    validate(config)
 
 
 @pytest.mark.parametrize(("key", "edit", "why"), CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])

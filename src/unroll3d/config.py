@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -412,19 +413,45 @@ def _check_settings(config: dict, task: str) -> None:
         over = [v for v in section["views"] if int(v) > n_full]
         if over:
             _fail(key, f"{over} views out of a full orbit of only {n_full} projections")
-    if task == "mri" and section.get("accelerations") and section.get("mask_source") != "challenge":
-        toy_cfg = {**section_defaults("mri")["toy"], **(section.get("toy") or {})}
-        ny, nz = (int(s) for s in toy_cfg["shape"][1:]) if toy else REAL_VOLUME_SHAPES["mri"][1:]
-        calib = section.get("calib", section_defaults("mri")["calib"])
+    if task == "mri" and section.get("accelerations"):
+        _check_mri_sampling(section, toy)
+
+
+def _check_mri_sampling(section: dict, toy: bool) -> None:
+    """Seeded masks: the calibration disc within each acceleration's sample budget, and the
+    budget within the acquired kz (``mri.partial_fourier``; R counts over the whole grid). Any
+    mask: the acquired kz < ceil(pf·nz) holds the whole calibration disc, which the coil maps
+    are estimated from (the k-space centre itself is at nz // 2)."""
+    defaults = section_defaults("mri")
+    toy_cfg = {**defaults["toy"], **(section.get("toy") or {})}
+    ny, nz = (int(s) for s in toy_cfg["shape"][1:]) if toy else REAL_VOLUME_SHAPES["mri"][1:]
+    calib = section.get("calib", defaults["calib"])
+    pf = section.get("partial_fourier", defaults["partial_fourier"])
+    kz_cut = math.ceil(pf * nz)  # as data.mri.preprocess_mri cuts
+    seeded = section.get("mask_source") != "challenge"
+    for r in section["accelerations"] if seeded else []:
+        budget = int(round(ny * nz / float(r)))
         n_calib = _calib_samples(calib, ny, nz)
-        for r in section["accelerations"]:
-            budget = int(round(ny * nz / float(r)))
-            if n_calib > budget:
-                _fail(
-                    "mri.calib",
-                    f"a calibration disc of radius {calib} holds {n_calib} samples, more than "
-                    f"the {budget} of R={r:g} on the {ny}×{nz} ky–kz grid; use a smaller calib",
-                )
+        if n_calib > budget:
+            _fail(
+                "mri.calib",
+                f"a calibration disc of radius {calib} holds {n_calib} samples, more than "
+                f"the {budget} of R={r:g} on the {ny}×{nz} ky–kz grid; use a smaller calib",
+            )
+        if ny * kz_cut < budget:
+            _fail(
+                "mri.partial_fourier",
+                f"{pf:g} acquires kz < {kz_cut} of {nz}: {ny * kz_cut} ky–kz samples, fewer "
+                f"than the {budget} of R={r:g} on the {ny}×{nz} grid; raise it or R",
+            )
+    edge = nz // 2 + int(calib)  # the disc's last kz
+    if kz_cut <= edge:
+        _fail(
+            "mri.partial_fourier",
+            f"{pf:g} acquires kz < {kz_cut} of {nz}, cutting the calibration disc (k-space "
+            f"centre {nz // 2} + mri.calib {calib} = kz {edge}) the coil maps are estimated "
+            "from; raise it or use a smaller calib",
+        )
 
 
 def _check_splits(config: dict, task: str) -> None:
