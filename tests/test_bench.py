@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from unroll3d.bench import BENCHMARKS
 from unroll3d.physics import initial_reconstruction
@@ -49,31 +48,18 @@ RULE_NAMES = [
 
 def _smoke_argv(name: str, out: str) -> list[str]:
     """What ``workflow/rules/bench.smk`` passes to ``unroll3d bench <name>`` under the smoke
-    config (threads: the rules' 2)."""
-    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
-    b, model = cfg["benchmarks"], cfg["model"]
-    sizes = [str(s) for s in b["sizes"]]
-    channels = [str(c) for c in model["channels"]]
-    views = str(b["views"])
-    return {
-        "steps": ["--sizes", *sizes, "--views", views, "--channels", *channels,
-                  "--blocks", str(model["blocks"])],
-        "physics": ["--sizes", *sizes, "--views", views, "--threads", "2"],
-        "partition": ["--sizes", *sizes, "--patch", str(b["patch"]),
-                      "--op", b["partition_operator"], "--views", views, "--channels", *channels,
-                      "--blocks", str(model["blocks"]), "--threads", "2"],
-        "normal": ["--volumes", str(max(b["sizes"])), "--patches", str(b["patch"]),
-                   "--views", views, "--threads", "2"],
-        "normal_floor": ["--size", str(b["normal_floor"]["size"]), "--views", views,
-                         "--steps", str(b["normal_floor"]["steps"]),
-                         "--rows", str(b["normal_floor"]["rows"]),
-                         "--geometries", *b["normal_floor"]["geometries"],
-                         "--seed", str(cfg["seed"]), "--threads", "2"],
-        "accuracy": ["--task", "cbct", "--setting", "v30", "--config-json", "{}",
-                     "--partition", "p.pt", "--partition-H", "h.pt", "--normal", "v30.pt",
-                     "--data", "walnut5.pt", "--patches", "4", "--seed", str(cfg["seed"]),
-                     "--summary", "x.md", "--threads", "2"],
-    }[name] + ["--out", out]  # fmt: skip
+    config (threads: the rules' 2): the config values it reads as ``--config-json``."""
+    from unroll3d.bench.settings import bench_config
+    from unroll3d.config import dumps, load_config
+
+    cfg = load_config(ROOT / "config" / "smoke.yaml")
+    if name == "accuracy":
+        return ["--task", "cbct", "--setting", "v30", "--config-json", "{}",
+                "--partition", "p.pt", "--partition-H", "h.pt", "--normal", "v30.pt",
+                "--data", "walnut5.pt", "--patches", "4", "--summary", "x.md", "--threads", "2",
+                "--out", out]  # fmt: skip
+    threads = [] if name == "steps" else ["--threads", "2"]
+    return ["--config-json", dumps(bench_config(cfg, name)), *threads, "--out", out]
 
 
 def _rule_commands() -> dict[str, str]:
@@ -111,12 +97,89 @@ def test_help_lists_every_benchmark_on_one_line_without_loading_torch():
     assert "HEAVY []" in res.stdout
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_each_benchmark_is_a_typed_function_behind_a_cli_module(name):
+    """The library module has a ``run_<name>`` and no parser; the parser and ``main(argv)`` are
+    in ``unroll3d.cli.bench.<name>``."""
+    import inspect
+
+    lib = importlib.import_module(f"unroll3d.bench.{name}")
+    run = getattr(lib, f"run_{name}")
+    params = inspect.signature(run).parameters
+    assert "argv" not in params and "args" not in params
+    assert not hasattr(lib, "build_parser") and not hasattr(lib, "main")
+    cli = importlib.import_module(f"unroll3d.cli.bench.{name}")
+    assert callable(cli.build_parser) and callable(cli.main)
+
+
+def _parse(name: str, argv: list[str]):
+    from unroll3d.cli.bench.common import parse_bench_args
+
+    mod = importlib.import_module(f"unroll3d.cli.bench.{name}")
+    if hasattr(mod, "from_config"):
+        return parse_bench_args(mod.build_parser(), argv, name, mod.from_config)
+    return mod.build_parser().parse_args(argv)
+
+
+# the values the smoke config sets, as each benchmark's options (what the loose flags said)
+SMOKE_VALUES = {
+    "steps": dict(sizes=[16, 32], views=30, channels=[4, 8, 8, 8], blocks=1),
+    "physics": dict(sizes=[16, 32], views=[30], threads=2),
+    "partition": dict(sizes=[16, 32], patch=16, op="blur", views=30, nc=[4, 8, 8, 8], nb=1),
+    "normal": dict(volumes=[32], patches=[16], views=30, threads=2),
+    "normal_floor": dict(size=16, views=[30], steps=50, rows=256, geometries=["toy"], seed=0),
+    "accuracy": dict(task="cbct", setting="v30", patches=4, seed=None),
+}
+
+
 @pytest.mark.parametrize("name", RULE_NAMES)
-def test_module_exposes_parser_run_main_and_accepts_smoke_flags(name, tmp_path):
-    mod = importlib.import_module(f"unroll3d.bench.{name}")
-    assert callable(mod.run) and callable(mod.main)
-    args = mod.build_parser().parse_args(_smoke_argv(name, str(tmp_path / "x.csv")))
+def test_the_verb_reads_the_smoke_rule_config_into_its_options(name, tmp_path):
+    args = _parse(name, _smoke_argv(name, str(tmp_path / "x.csv")))
     assert str(args.out).endswith("x.csv")
+    for key, value in SMOKE_VALUES[name].items():
+        assert getattr(args, key) == value, key
+
+
+def test_flags_win_over_config_json_and_bad_values_are_one_line_errors(capsys):
+    text = '{"benchmarks": {"sizes": [16, 32], "views": 30}}'
+    args = _parse("physics", ["--config-json", text, "--views", "60", "--out", "x.csv"])
+    assert (args.sizes, args.views) == ([16, 32], [60])
+    with pytest.raises(SystemExit):
+        _parse("physics", ["--config-json", '{"benchmarks": {"views": 0}}', "--out", "x.csv"])
+    assert "config key benchmarks.views" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a key physics does not read would be silently ignored
+        _parse("physics", ["--config-json", '{"benchmarks": {"patch": 8}}', "--out", "x.csv"])
+    assert "reads none of ['benchmarks.patch']" in capsys.readouterr().err
+    # steps needs --sizes, unless the config gives it
+    args = _parse("steps", ["--config-json", text, "--out", "x.csv"])
+    assert args.sizes == [16, 32]
+    with pytest.raises(SystemExit):
+        _parse("steps", ["--out", "x.csv"])
+
+
+def test_options_that_mirror_a_config_key_take_the_schemas_default():
+    """One place for each default: an option of a config value the workflow passes defaults to
+    the schema's (the options left out keep quick standalone sizes: see their help)."""
+    from unroll3d.bench.settings import KEYS, schema_default
+    from unroll3d.config import section_defaults
+
+    b, model = section_defaults("benchmarks"), section_defaults("model")
+    assert schema_default("benchmarks.normal_floor.rows") == b["normal_floor"]["rows"]
+    assert schema_default("seed") == 0
+    steps = _parse("steps", ["--sizes", "8", "--out", "x"])
+    assert (steps.views, steps.channels, steps.blocks) == (b["views"], model["channels"],
+                                                            model["blocks"])  # fmt: skip
+    part = _parse("partition", [])
+    assert (part.op, part.views) == (b["partition_operator"], b["views"])
+    assert _parse("normal", ["--out", "x"]).views == b["views"]
+    floor = _parse("normal_floor", ["--out", "x"])
+    nf = b["normal_floor"]
+    assert (floor.size, floor.rows, floor.geometries) == (nf["size"], nf["rows"], nf["geometries"])
+    assert floor.views == [b["views"]] and floor.seed == schema_default("seed")
+    # the keys each rule passes: every one is a schema key with a default
+    for keys in KEYS.values():
+        for key in keys:
+            schema_default(key)
 
 
 def test_rules_call_the_verb_with_flags_the_parsers_know():
@@ -124,7 +187,7 @@ def test_rules_call_the_verb_with_flags_the_parsers_know():
     assert sorted(commands) == sorted(RULE_NAMES)
     for name, cmd in commands.items():
         assert "python benchmarks/" not in cmd
-        known = importlib.import_module(f"unroll3d.bench.{name}").build_parser()
+        known = importlib.import_module(f"unroll3d.cli.bench.{name}").build_parser()
         known = set(known._option_string_actions)
         flags = set(re.findall(r"(?<!\S)--[\w-]+", cmd.split(f"bench {name}", 1)[1]))
         assert flags and flags <= known, (name, flags - known)
@@ -134,7 +197,7 @@ def test_rules_call_the_verb_with_flags_the_parsers_know():
 def test_every_benchmark_answers_help_through_the_verb(name, capsys):
     """`unroll3d bench NAME --help` is each benchmark's one entry point (no copies under
     benchmarks/)."""
-    from unroll3d.bench import main as bench_main
+    from unroll3d.cli.bench import main as bench_main
 
     with pytest.raises(SystemExit) as stop:
         bench_main([name, "--help"])
@@ -159,7 +222,7 @@ def _header(path: Path) -> list[str]:
 
 
 def test_physics_runs_tiny_and_writes_gb_columns(tmp_path):
-    from unroll3d.bench import main
+    from unroll3d.cli.bench import main
 
     out = tmp_path / "bench_physics.csv"
     argv = ["physics", "--sizes", "8", "--views", "4", "--backends", "rtk", "--coils", "2",
@@ -176,7 +239,7 @@ def test_physics_runs_tiny_and_writes_gb_columns(tmp_path):
 
 
 def test_partition_runs_tiny_and_writes_gb_columns(tmp_path):
-    from unroll3d.bench import main
+    from unroll3d.cli.bench import main
 
     out = tmp_path / "bench_partition.csv"
     argv = ["partition", "--sizes", "16", "--patch", "8", "--op", "blur", "--channels",
@@ -236,12 +299,12 @@ def test_gpu_check_tiny_runs_every_section(tmp_path):
     the CSV and a summary naming the device; the agreement check reads a reference file."""
     import csv
 
-    from unroll3d.bench import gpu_check
+    from unroll3d.cli.bench import main
 
     ref = tmp_path / "ref.pt"
-    assert gpu_check.main(["--tiny", "--write-reference", str(ref)]) == 0
+    assert main(["gpu_check", "--tiny", "--write-reference", str(ref)]) == 0
     out = tmp_path / "gpu"
-    assert gpu_check.main(["--tiny", "--out-dir", str(out), "--reference", str(ref)]) == 0
+    assert main(["gpu_check", "--tiny", "--out-dir", str(out), "--reference", str(ref)]) == 0
     with open(out / "gpu_check.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["section"] for r in rows} == {
@@ -588,10 +651,11 @@ def test_gpu_accuracy_tiny_writes_finite_complete_outputs(tmp_path):
     gradient steps for both contexts and at the truth, both variants trained for the same budget
     and measured with exact and H refinement, every value finite, a summary naming the device."""
     from unroll3d.bench import gpu_accuracy
+    from unroll3d.cli.bench import main
 
     out = tmp_path / "gpu-accuracy-tiny"
-    argv = ["--tiny", "--out-dir", str(out), "--train-s", "1"]
-    assert gpu_accuracy.main(argv) == 0
+    argv = ["gpu_accuracy", "--tiny", "--out-dir", str(out), "--train-s", "1"]
+    assert main(argv) == 0
     with open(out / "gpu_accuracy.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows and all(math.isfinite(float(r["value"])) for r in rows)
@@ -608,3 +672,31 @@ def test_gpu_accuracy_tiny_writes_finite_complete_outputs(tmp_path):
     assert alphas == list(gpu_accuracy.ALPHAS)
     text = (out / "summary.md").read_text()
     assert text.startswith("# GPU accuracy check on CPU") and "Predictor" in text
+
+
+def test_each_rule_passes_only_the_config_values_its_benchmark_reads():
+    """`--rerun-triggers params`: the rule's params are bench_config(config, name), so an edit
+    reruns exactly the benchmarks that read the key (benchmarks.patch: partition and normal)."""
+    import copy
+
+    from unroll3d.bench.settings import KEYS, bench_config
+    from unroll3d.config import load_config
+
+    cfg = load_config(ROOT / "config" / "smoke.yaml")
+    edits = {
+        "benchmarks.patch": (["benchmarks", "patch"], 8, {"partition", "normal"}),
+        "model.blocks": (["model", "blocks"], 2, {"steps", "partition"}),
+        "seed": (["seed"], 7, {"normal_floor"}),
+        "train.steps": (["train", "steps"], 9, set()),
+    }
+    for key, (path, value, expected) in edits.items():
+        edited = copy.deepcopy(cfg)
+        node = edited
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+        changed = {n for n in KEYS if bench_config(edited, n) != bench_config(cfg, n)}
+        assert changed == expected, key
+    text = (ROOT / "workflow" / "rules" / "bench.smk").read_text()
+    for name in KEYS:  # and each rule passes exactly that
+        assert f'config=bench_config_json("{name}")' in text, name

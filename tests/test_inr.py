@@ -261,7 +261,8 @@ def test_reconstructor_fits_under_no_grad(blur_problem):
 def test_bench_inr_writes_one_row_per_size(tmp_path):
     import csv
 
-    from unroll3d.bench.inr import FIELDS, main
+    from unroll3d.bench.inr import FIELDS
+    from unroll3d.cli.bench.inr import main
 
     out = tmp_path / "bench_inr.csv"
     main(

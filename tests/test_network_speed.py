@@ -148,9 +148,10 @@ def test_training_in_channels_last_reaches_the_same_weights(tmp_path):
 def test_precision_ab_names_a_run_without_its_config(tmp_path, capsys):
     """`unroll3d bench precision_ab` on a folder that is not a prepared run: a one-line error."""
     from unroll3d.bench import precision_ab
+    from unroll3d.cli.bench.precision_ab import main
 
     with pytest.raises(SystemExit):
-        precision_ab.main(["--run-dir", str(tmp_path), "--task", "cbct"])
+        main(["--run-dir", str(tmp_path), "--task", "cbct"])
     assert "no config.yaml there" in capsys.readouterr().err
     assert set(precision_ab.MODES) == {"fp32", "bf16+channels_last"}
 

@@ -488,7 +488,8 @@ def _check_ranges(config: dict) -> None:
         if weights and weights != "download" and not train.get("dpir_sha256"):
             _fail("train.dpir_sha256", "required with a hand-placed train.dpir_weights file")
     bench = _with_defaults(config, "benchmarks")
-    if bench is not None and bench.get("enabled") and "sizes" in (config.get("benchmarks") or {}):
+    given = config.get("benchmarks") or {}  # a benchmark's --config-json may hold sizes alone
+    if bench is not None and bench.get("enabled") and {"sizes", "patch"} <= set(given):
         if bench["patch"] > max(bench["sizes"]):
             _fail(
                 "benchmarks.patch", f"{bench['patch']} is larger than every size {bench['sizes']}"

@@ -2,17 +2,15 @@
 # cost (physics), partitioned vs full-volume training memory, and the patch data step with
 # exact ÃᵀÃ vs H (§6.4). Each writes a CSV with the device name in every row; the report plots
 # them. On a GPU box each job locks one card through `unroll3d device run`.
-# Paths (BENCH_OUT, BENCH_CSV) and BENCH_CFG are in common.smk, which the report shares.
+# Paths (BENCH_OUT, BENCH_CSV) are in common.smk, which the report shares. Each rule passes the
+# config values its benchmark reads as --config-json (bench_config_json, unroll3d.bench.settings).
 
 
 rule bench_steps:
     output:
         BENCH_CSV["bench_steps"],
     params:
-        sizes=join_values(BENCH_CFG["sizes"]),
-        views=BENCH_CFG["views"],
-        channels=join_values(config["model"]["channels"]),
-        blocks=config["model"]["blocks"],
+        config=bench_config_json("steps"),
     log:
         f"{LOGS}/bench/bench_steps.log",
     benchmark:
@@ -23,8 +21,7 @@ rule bench_steps:
     resources:
         gpu=1,
     shell:
-        "unroll3d device run -- unroll3d bench steps --sizes {params.sizes}"
-        " --views {params.views} --channels {params.channels} --blocks {params.blocks}"
+        "unroll3d device run -- unroll3d bench steps --config-json {params.config:q}"
         " --out {output} > {log} 2>&1"
 
 
@@ -32,8 +29,7 @@ rule bench_physics:
     output:
         BENCH_CSV["bench_physics"],
     params:
-        sizes=join_values(BENCH_CFG["sizes"]),
-        views=BENCH_CFG["views"],
+        config=bench_config_json("physics"),
     log:
         f"{LOGS}/bench/bench_physics.log",
     benchmark:
@@ -44,20 +40,15 @@ rule bench_physics:
     resources:
         gpu=1,
     shell:
-        "unroll3d device run -- unroll3d bench physics --sizes {params.sizes}"
-        " --views {params.views} --threads {threads} --out {output} > {log} 2>&1"
+        "unroll3d device run -- unroll3d bench physics --config-json {params.config:q}"
+        " --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule bench_partition:
     output:
         BENCH_CSV["bench_partition"],
     params:
-        sizes=join_values(BENCH_CFG["sizes"]),
-        patch=BENCH_CFG["patch"],
-        views=BENCH_CFG["views"],
-        op=BENCH_CFG["partition_operator"],
-        channels=join_values(config["model"]["channels"]),
-        blocks=config["model"]["blocks"],
+        config=bench_config_json("partition"),
     log:
         f"{LOGS}/bench/bench_partition.log",
     benchmark:
@@ -68,18 +59,15 @@ rule bench_partition:
     resources:
         gpu=1,
     shell:
-        "unroll3d device run -- unroll3d bench partition --sizes {params.sizes}"
-        " --patch {params.patch} --op {params.op} --views {params.views} --channels {params.channels}"
-        " --blocks {params.blocks} --threads {threads} --out {output} > {log} 2>&1"
+        "unroll3d device run -- unroll3d bench partition --config-json {params.config:q}"
+        " --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule bench_normal:
     output:
         BENCH_CSV["bench_normal"],
     params:
-        volume=max(BENCH_CFG["sizes"]),
-        patch=BENCH_CFG["patch"],
-        views=BENCH_CFG["views"],
+        config=bench_config_json("normal"),
     log:
         f"{LOGS}/bench/bench_normal.log",
     benchmark:
@@ -90,9 +78,8 @@ rule bench_normal:
     resources:
         gpu=1,
     shell:
-        "unroll3d device run -- unroll3d bench normal --volumes {params.volume}"
-        " --patches {params.patch} --views {params.views} --threads {threads}"
-        " --out {output} > {log} 2>&1"
+        "unroll3d device run -- unroll3d bench normal --config-json {params.config:q}"
+        " --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule bench_normal_floor:
@@ -106,12 +93,7 @@ rule bench_normal_floor:
             category="Normal operator H (§4.5)",
         ),
     params:
-        size=BENCH_CFG["normal_floor"]["size"],
-        views=BENCH_CFG["views"],
-        steps=BENCH_CFG["normal_floor"]["steps"],
-        rows=BENCH_CFG["normal_floor"]["rows"],
-        geometries=join_values(BENCH_CFG["normal_floor"]["geometries"]),
-        seed=config["seed"],
+        config=bench_config_json("normal_floor"),
     log:
         f"{LOGS}/bench/bench_normal_floor.log",
     benchmark:
@@ -120,9 +102,8 @@ rule bench_normal_floor:
     conda:
         CONDA_ENV
     shell:
-        "unroll3d bench normal_floor --size {params.size} --views {params.views}"
-        " --steps {params.steps} --rows {params.rows} --geometries {params.geometries}"
-        " --seed {params.seed} --threads {threads} --out {output.csv} > {log} 2>&1"
+        "unroll3d bench normal_floor --config-json {params.config:q}"
+        " --threads {threads} --out {output.csv} > {log} 2>&1"
 
 
 # Where H costs accuracy: the trained partition and partition-H models of each task on
@@ -139,7 +120,6 @@ rule bench_accuracy:
     params:
         config=job_config_json,
         setting=lambda wildcards: accuracy_case(wildcards.task)[0],
-        seed=config["seed"],
     log:
         f"{LOGS}/bench/bench_accuracy_{{task}}.log",
     benchmark:
@@ -153,6 +133,6 @@ rule bench_accuracy:
         "unroll3d device run -- unroll3d bench accuracy --task {wildcards.task}"
         " --setting {params.setting} --config-json {params.config:q}"
         " --partition {input.partition} --partition-H {input.partition_H}"
-        " --normal {input.normal} --data {input.sample} --patches 4 --seed {params.seed}"
+        " --normal {input.normal} --data {input.sample} --patches 4"
         " --out {output.csv} --summary {output.md} --threads {threads} > {log} 2>&1"
 

@@ -11,6 +11,7 @@ from snakemake.utils import validate
 
 import unroll3d.config as u3config
 from unroll3d import paths
+from unroll3d.bench.settings import bench_config
 from unroll3d.data.masks import challenge_mask_files
 from unroll3d.data.weights import DOWNLOAD as DPIR_DOWNLOAD, weights_file as dpir_weights_file
 from unroll3d.variants import VARIANTS, needs_H
@@ -86,6 +87,12 @@ def shell_words(values):
     an apostrophe, a space or `$(...)` reaches the command as one literal word). Whole params
     are quoted in the shell lines with Snakemake's `{params.x:q}`, which is shlex.quote too."""
     return " ".join(shlex.quote(str(v)) for v in values)
+
+
+def bench_config_json(name):
+    """The config values benchmark `name` reads (unroll3d.bench.settings.KEYS) as the JSON of its
+    --config-json; as params, a change to any other key reruns none of its jobs."""
+    return u3config.dumps(bench_config(config, name))
 
 
 def job_config_json(wildcards):

@@ -1,18 +1,16 @@
 """Memory and speed benchmarks, one module each, run as ``unroll3d bench <name> ...`` by the
 workflow's ``bench_*`` rules (outputs under ``results/benchmarks/``).
 
-Each module exposes ``build_parser()``, ``run(args)`` and ``main(argv)``; it is imported only when
-its benchmark runs, so ``unroll3d bench --help`` loads no torch. Memory is in GB (10⁹ B)
+Each module exposes a typed ``run_<name>(...)`` (keyword arguments; it writes the outputs and
+returns the rows); its options live in :mod:`unroll3d.cli.bench`, which imports a module only
+when its benchmark runs, so ``unroll3d bench --help`` loads no torch. The config values the
+workflow's benchmark rules pass are in :mod:`unroll3d.bench.settings`. Memory is in GB (10⁹ B)
 everywhere: ``peak_memory_gb`` and friends (:mod:`unroll3d.bench.memory`). ``unroll3d bench
 <name>`` is each benchmark's one entry point; ``benchmarks/`` holds only what is not a library
 benchmark (timing ``make smoke``, comparing two runs) and the dated measurements.
 """
 
 from __future__ import annotations
-
-import argparse
-import importlib
-import sys
 
 #: name -> (module, one-line summary)
 BENCHMARKS: dict[str, tuple[str, str]] = {
@@ -51,28 +49,3 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "make gpu-accuracy: H error/gradient ratio at the paper's size, partition vs partition-H",
     ),
 }
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """``unroll3d bench``'s parser: the benchmark's name, then its own options."""
-    width = max(map(len, BENCHMARKS)) + 2
-    listing = "\n".join(f"  {name:<{width}}{summary}" for name, (_, summary) in BENCHMARKS.items())
-    p = argparse.ArgumentParser(
-        prog="unroll3d bench",
-        description="Memory/speed benchmarks; outputs land in results/benchmarks/.",
-        epilog=f"benchmarks:\n{listing}\n\n`unroll3d bench NAME --help` shows a benchmark's options.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("name", metavar="NAME", choices=list(BENCHMARKS), help="benchmark to run")
-    p.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``unroll3d bench NAME [options]``: run one benchmark's ``main`` with the options."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in BENCHMARKS:
-        build_parser().parse_args(argv or ["--help"])
-        return 2
-    module = importlib.import_module(BENCHMARKS[argv[0]][0])
-    return int(module.main(argv[1:]) or 0)

@@ -36,15 +36,11 @@ Markdown summary. The claims table reads the CSV: a failing H-accuracy claim sta
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 import statistics
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-from unroll3d.utils import check_device, positive_int
 
 FIELDS = ["task", "setting", "volume", "model", "measure", "k", "alpha", "value"]
 #: the exact-data-step model and the H-trained model
@@ -419,7 +415,7 @@ def read_rows(paths: Iterable[str | Path]) -> list[dict]:
     return rows
 
 
-# ------------------------------------------------------------------------------ command line
+# ------------------------------------------------------------------------------ driver
 def pick_fit(fits: list, setting: str, index: int, n_data: int):
     """The H for data file ``index``: one per data file when as many are given (MRI per-sample
     fits), else the fit recorded for ``setting``, else the only one."""
@@ -435,44 +431,27 @@ def pick_fit(fits: list, setting: str, index: int, n_data: int):
     return own[0]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="unroll3d bench accuracy",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--task", required=True, choices=["cbct", "mri"])
-    p.add_argument("--setting", required=True, help="v30, R5, ...")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--config", help="pipeline config YAML")
-    g.add_argument("--config-json", help="the job's config as JSON (what the rules pass)")
-    p.add_argument("--partition", required=True, help="model file of the exact-trained variant")
-    p.add_argument("--partition-H", dest="partition_H", required=True, help="the H-trained one")
-    p.add_argument(
-        "--normal", required=True, nargs="+",
-        help="fitted H file(s): one per --data file (per-sample fits), or the setting's fit",
-    )  # fmt: skip
-    p.add_argument("--data", required=True, nargs="+", help="preprocessed test volume(s)")
-    p.add_argument("--patches", type=int, default=4, help="seeded patches for H's errors")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--alphas", type=float, nargs="+", default=list(DEFAULT_ALPHAS))
-    p.add_argument("--out", required=True, type=Path, help="long-format CSV")
-    p.add_argument("--summary", type=Path, default=None, help="Markdown (default: CSV's .md)")
-    p.add_argument("--device", type=check_device, default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
-    return p
-
-
-def job_config_of(args: argparse.Namespace) -> dict:
-    """The job's config from ``--config`` (a pipeline YAML) or ``--config-json``."""
-    from unroll3d.config import job_config, job_config_from_json, load_config
-
-    if args.config:
-        return job_config(load_config(args.config), args.task)
-    return job_config_from_json(args.config_json, args.task)
-
-
-def run(args: argparse.Namespace) -> int:
+def run_accuracy(
+    task: str,
+    setting: str,
+    config: dict,
+    *,
+    partition: str | Path,
+    partition_H: str | Path,
+    normal: Sequence[str | Path],
+    data: Sequence[str | Path],
+    out: str | Path,
+    summary_md: str | Path | None = None,
+    patches: int,
+    seed: int,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    device: str = "auto",
+    threads: int | None = None,
+) -> list[dict]:
+    """:func:`measure_volume` of both trained models (``config``: the job's section,
+    :func:`unroll3d.config.job_config`) on each of the ``data`` volumes with its H
+    (:func:`pick_fit` of the ``normal`` files); the CSV at ``out`` and the Markdown
+    :func:`summary` at ``summary_md`` (default: the CSV's .md). Returns the rows."""
     import torch
 
     from unroll3d.engine.device import resolve_device
@@ -481,42 +460,34 @@ def run(args: argparse.Namespace) -> int:
     from unroll3d.engine.samples import default_loader
     from unroll3d.utils import atomic_write_csv, atomic_write_text
 
-    config = job_config_of(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
     models, lips = {}, {}
-    for name, path in (("partition", args.partition), ("partition-H", args.partition_H)):
+    for name, path in (("partition", partition), ("partition-H", partition_H)):
         model, payload = load_trained(
-            path, args.task, config, device=device, setting=args.setting, variant=name
+            path, task, config, device=dev, setting=setting, variant=name
         )
         if model is None:
             print(f"{name}: {payload.get('status')} ({payload.get('message')}); skipped")
             continue
         models[name], lips[name] = model, payload.get("lipschitz")
-    fits = [load_H(f, device) for f in args.normal]
-    loader = default_loader(args.setting, device)
+    fits = [load_H(f, dev) for f in normal]
+    loader = default_loader(setting, dev)
     rows = []
-    for i, path in enumerate(args.data):
+    for i, path in enumerate(data):
         sample = loader(path)
         volume = (getattr(sample, "meta", None) or {}).get("volume") or Path(path).stem
-        H = pick_fit(fits, args.setting, i, len(args.data))
+        H = pick_fit(fits, setting, i, len(data))
         lip = lips.get("partition") or lips.get("partition-H")
         rows += measure_volume(
-            models, args.task, args.setting, str(volume), config, sample, H, lip,
-            patches=args.patches, seed=args.seed, alphas=args.alphas,
+            models, task, setting, str(volume), config, sample, H, lip,
+            patches=patches, seed=seed, alphas=alphas,
         )  # fmt: skip
-    atomic_write_csv(args.out, rows, FIELDS)
-    md = args.summary or args.out.with_suffix(".md")
+    out = Path(out)
+    atomic_write_csv(out, rows, FIELDS)
+    md = Path(summary_md) if summary_md else out.with_suffix(".md")
     atomic_write_text(md, summary(rows))
     print(cause_text(rows) or "no measurement")
-    print(f"wrote {args.out} and {md}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    print(f"wrote {out} and {md}")
+    return rows

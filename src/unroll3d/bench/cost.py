@@ -30,10 +30,9 @@ row ran the same fp32 network (``gpu_samples.check_config``'s ``bf16: false``).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import re
-import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -402,39 +401,19 @@ def summarise(rows: list[dict], name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unroll3d bench cost", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, type=Path, help="workflow config YAML")
-    p.add_argument(
-        "--gpu-check",
-        type=Path,
-        nargs="+",
-        required=True,
-        dest="gpu_check",
-        help="gpu_check.csv files (later ones win)",
-    )
-    p.add_argument("--out", required=True, type=Path, help="CSV; the summary goes beside it (.md)")
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
+def run_cost(config_file: str | Path, gpu_check: Sequence[str | Path], out: str | Path) -> list[dict]:
+    """:func:`estimate` for the config file from the ``gpu_check`` CSVs (later ones win): the CSV
+    at ``out``, the summary beside it (.md) and printed; returns the rows."""
     from unroll3d.config import load_config
 
-    for path in args.gpu_check:
+    checks = [Path(p) for p in gpu_check]
+    for path in checks:
         if not path.is_file():
-            build_parser().error(f"--gpu-check {path}: no such file")
-    config = load_config(args.config)
-    rows = estimate(config, read_gpu_check(args.gpu_check))
-    atomic_write_csv(args.out, rows, FIELDS)
-    text = summarise(rows, config.get("name", str(args.config)))
-    atomic_write_text(args.out.with_suffix(".md"), text)
+            raise FileNotFoundError(f"--gpu-check {path}: no such file")
+    config = load_config(config_file)
+    rows = estimate(config, read_gpu_check(checks))
+    atomic_write_csv(out, rows, FIELDS)
+    text = summarise(rows, config.get("name", str(config_file)))
+    atomic_write_text(Path(out).with_suffix(".md"), text)
     print(text)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return rows

@@ -29,13 +29,12 @@ mode): ``gpu_accuracy.csv`` (the long format of ``unroll3d bench accuracy`` plus
 
 from __future__ import annotations
 
-import argparse
 import math
 import platform
 import statistics
-import sys
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 
 from unroll3d.bench.accuracy import FIELDS as ACCURACY_FIELDS
@@ -486,47 +485,44 @@ def section_train(rec: Recorder, prof: dict, tiny: bool, device, seed: int, trai
 
 
 # ----------------------------------------------------------------------------------- driver
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="unroll3d bench gpu_accuracy",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--tiny", action="store_true", help="toy sizes on the CPU (masked blur)")
-    p.add_argument(
-        "--out-dir", type=Path, default=None, help="default results/benchmarks/gpu-accuracy[-tiny]"
-    )
-    p.add_argument("--budget-s", type=float, default=450.0, help="skip what would not fit")
-    p.add_argument("--train-s", type=float, default=None, help="training seconds per variant")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sections", nargs="+", default=["ratio", "train"], choices=["ratio", "train"])
-    return p
+SECTION_NAMES = ("ratio", "train")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_gpu_accuracy(
+    *,
+    tiny: bool = False,
+    out_dir: str | Path | None = None,
+    budget_s: float,
+    train_s: float | None = None,
+    seed: int,
+    sections: Sequence[str] = SECTION_NAMES,
+) -> int:
+    """The sections in turn (``tiny``: toy sizes on the CPU, a masked blur); ``out_dir``
+    defaults to ``results/benchmarks/gpu-accuracy[-tiny]``, ``train_s`` (training seconds per
+    variant) to the profile's. Returns 1 when a section failed."""
     import torch
 
     from unroll3d.utils import device_name
 
-    prof = dict(PROFILES["tiny" if args.tiny else "gpu"])
-    if not args.tiny and not torch.cuda.is_available():
-        build_parser().error("no CUDA device: run on a GPU, or use --tiny for the CPU toy check")
-    device = torch.device("cpu" if args.tiny else "cuda")
-    out = args.out_dir or Path("results/benchmarks/gpu-accuracy" + ("-tiny" if args.tiny else ""))
-    train_s = float(prof["train_s"] if args.train_s is None else args.train_s)
-    rec = Recorder(out, args.budget_s, "tiny (CPU)" if args.tiny else "gpu", device_name(device))
+    prof = dict(PROFILES["tiny" if tiny else "gpu"])
+    if not tiny and not torch.cuda.is_available():
+        raise RuntimeError("no CUDA device: run on a GPU, or use --tiny for the CPU toy check")
+    device = torch.device("cpu" if tiny else "cuda")
+    out = Path(out_dir) if out_dir else Path("results/benchmarks/gpu-accuracy" + ("-tiny" if tiny else ""))
+    train_s = float(prof["train_s"] if train_s is None else train_s)
+    rec = Recorder(out, budget_s, "tiny (CPU)" if tiny else "gpu", device_name(device))
     failures = 0
-    for name in args.sections:
+    for name in sections:
         # the training section needs two budgets and an evaluation: skip it when that won't fit
-        need = 2 * train_s + (10 if args.tiny else 90)
+        need = 2 * train_s + (10 if tiny else 90)
         if name == "train" and rec.left() < need:
             rec.note(f"train: skipped, {rec.left():.0f} s left of the budget, needs ~{need:.0f} s")
             continue
         try:
             if name == "ratio":
-                section_ratio(rec, prof, args.tiny, device, args.seed)
+                section_ratio(rec, prof, tiny, device, seed)
             else:
-                section_train(rec, prof, args.tiny, device, args.seed, train_s)
+                section_train(rec, prof, tiny, device, seed, train_s)
         except Exception as exc:  # noqa: BLE001 - one section's failure must not hide the other
             failures += 1
             rec.add(name, "", "section_error", math.nan)
@@ -537,11 +533,3 @@ def run(args: argparse.Namespace) -> int:
         rec.write()
     print(f"wrote {rec.out_dir / 'gpu_accuracy.csv'} and {rec.out_dir / 'summary.md'}")
     return 1 if failures else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

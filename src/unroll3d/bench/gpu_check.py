@@ -38,9 +38,8 @@ and ``pytest_gpu.txt``. Both files are rewritten after every section.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 
 from unroll3d.bench.gpu_env import section_env, section_tests
@@ -99,61 +98,48 @@ ALL_SECTIONS = ["tests", "projector", "normal_step", "network", "train", "train_
                 "train_modes", "train_loop", "profile", "inference"]  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="unroll3d bench gpu_check",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--tiny", action="store_true", help="toy sizes on the CPU (RTK)")
-    p.add_argument("--out-dir", type=Path, default=Path("results/benchmarks/gpu"))
-    p.add_argument("--budget-s", type=float, default=480.0, help="skip what would not fit")
-    p.add_argument("--reference", type=Path, help="RTK reference for the agreement check")
-    p.add_argument("--write-reference", type=Path, help="write the RTK reference and exit")
-    p.add_argument(
-        "--sections",
-        nargs="+",
-        default=ALL_SECTIONS,
-        choices=ALL_SECTIONS,
-    )
-    return p
-
-
+#: section -> f(rec, device, backend, profile, tiny, reference)
 SECTIONS = {
-    "projector": lambda rec, dev, be, prof, a: section_projector(rec, dev, be, prof, a.reference),
-    "normal_step": lambda rec, dev, be, prof, a: section_normal_step(rec, dev, be, prof),
-    "train": lambda rec, dev, be, prof, a: section_train(rec, dev, be, prof),
-    "train_mri": lambda rec, dev, be, prof, a: section_train_mri(rec, dev, be, prof),
+    "projector": lambda rec, dev, be, prof, tiny, ref: section_projector(rec, dev, be, prof, ref),
+    "normal_step": lambda rec, dev, be, prof, tiny, ref: section_normal_step(rec, dev, be, prof),
+    "train": lambda rec, dev, be, prof, tiny, ref: section_train(rec, dev, be, prof),
+    "train_mri": lambda rec, dev, be, prof, tiny, ref: section_train_mri(rec, dev, be, prof),
     **network_sections(),
-    "inference": lambda rec, dev, be, prof, a: section_inference(
-        rec, dev, be, prof, 5.0 if a.tiny else 150.0
+    "inference": lambda rec, dev, be, prof, tiny, ref: section_inference(
+        rec, dev, be, prof, 5.0 if tiny else 150.0
     ),
 }
 
 
-def run(args: argparse.Namespace) -> int:
-    """Every section in turn; a failing section is recorded and the next one runs."""
+def run_gpu_check(
+    *,
+    tiny: bool = False,
+    out_dir: str | Path,
+    budget_s: float,
+    reference: str | Path | None = None,
+    sections: Sequence[str] = ALL_SECTIONS,
+) -> int:
+    """Every section in turn (``env`` first); a failing section is recorded and the next one
+    runs. ``tiny``: toy sizes on the CPU (RTK). Returns 1 when a row or a section failed."""
     import torch
 
-    prof = PROFILES["tiny" if args.tiny else "gpu"]
-    if args.write_reference:
-        write_reference(args.write_reference, prof["agreement_size"], prof["views"])
-        return 0
-    if not args.tiny and not torch.cuda.is_available():
-        build_parser().error("no CUDA device: run on a GPU, or use --tiny for the CPU toy check")
-    device = torch.device("cpu" if args.tiny else "cuda")
-    backend = "rtk" if args.tiny else "astra"
-    rec = Recorder(args.out_dir, args.budget_s, "tiny (CPU)" if args.tiny else "gpu")
+    prof = PROFILES["tiny" if tiny else "gpu"]
+    if not tiny and not torch.cuda.is_available():
+        raise RuntimeError("no CUDA device: run on a GPU, or use --tiny for the CPU toy check")
+    device = torch.device("cpu" if tiny else "cuda")
+    backend = "rtk" if tiny else "astra"
+    reference = Path(reference) if reference is not None else None
+    rec = Recorder(Path(out_dir), budget_s, "tiny (CPU)" if tiny else "gpu")
     torch.manual_seed(0)
     failures = 0
-    for name in ["env", *args.sections]:
+    for name in ["env", *sections]:
         try:
             if name == "env":
                 section_env(rec, device, backend)
             elif name == "tests":
-                section_tests(rec, args.tiny, min(150.0, rec.left() / 3))
+                section_tests(rec, tiny, min(150.0, rec.left() / 3))
             else:
-                SECTIONS[name](rec, device, backend, prof, args)
+                SECTIONS[name](rec, device, backend, prof, tiny, reference)
         except Exception as exc:  # noqa: BLE001 - one section's failure must not hide the rest
             failures += 1
             rec.add(
@@ -172,9 +158,7 @@ def run(args: argparse.Namespace) -> int:
     return 1 if bad or failures else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def write_agreement_reference(path: str | Path, tiny: bool) -> None:
+    """The RTK reference of the agreement check, at the profile's size and views."""
+    prof = PROFILES["tiny" if tiny else "gpu"]
+    write_reference(Path(path), prof["agreement_size"], prof["views"])

@@ -306,18 +306,19 @@ def _micro_step(model, spec, sample, physics, x0, part, H, seed: int) -> None:
 
 
 def network_sections() -> dict:
-    """The sections of this module in :mod:`unroll3d.bench.gpu_check`'s calling convention."""
+    """The sections of this module in :mod:`unroll3d.bench.gpu_check`'s calling convention
+    ``(rec, device, backend, prof, tiny, reference)``."""
 
-    def network(rec, device, backend, prof, args):
-        section_network(rec, device, prof, SIZES["tiny" if args.tiny else "gpu"])
+    def network(rec, device, backend, prof, tiny, reference):
+        section_network(rec, device, prof, SIZES["tiny" if tiny else "gpu"])
 
-    def train_modes(rec, device, backend, prof, args):
+    def train_modes(rec, device, backend, prof, tiny, reference):
         section_train_modes(rec, device, backend, prof)
 
-    def train_loop(rec, device, backend, prof, args):
-        section_train_loop(rec, device, backend, prof, SIZES["tiny" if args.tiny else "gpu"])
+    def train_loop(rec, device, backend, prof, tiny, reference):
+        section_train_loop(rec, device, backend, prof, SIZES["tiny" if tiny else "gpu"])
 
-    def profile(rec, device, backend, prof, args):
+    def profile(rec, device, backend, prof, tiny, reference):
         section_profile(rec, device, backend, prof)
 
     return {

@@ -11,11 +11,10 @@ on a GPU, peak RSS growth on the CPU) and the PSNR of x₀ and of the fit. One C
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-
-from unroll3d.utils import check_device, positive_int
+from collections.abc import Sequence
+from pathlib import Path
 
 #: CSV columns, one row per size; memory in GB (10⁹ B)
 FIELDS = [
@@ -58,8 +57,26 @@ def masked_blur(n: int, keep: float, seed: int = 0, device="cpu"):
     )
 
 
-def measure(n: int, args: argparse.Namespace) -> dict:
-    """One fit on n³; the row of the CSV (without n, device, status)."""
+def measure(
+    n: int,
+    *,
+    steps: int,
+    init_steps: int,
+    lr: float,
+    levels: int,
+    features: int,
+    log2_table_size: int,
+    base_resolution: int,
+    finest_resolution: int,
+    hidden: int,
+    layers: int,
+    keep: float,
+    noise: float,
+    seed: int,
+    device: str,
+) -> dict:
+    """One fit on n³ (``finest_resolution`` 0: n); the row of the CSV (without n, device,
+    status)."""
     import gc
 
     import torch
@@ -68,20 +85,20 @@ def measure(n: int, args: argparse.Namespace) -> dict:
     from unroll3d.metrics import psnr
     from unroll3d.models.inr import HashGridEncoding, fit_inr
 
-    dev = torch.device(args.device)
-    x = blobs(n, seed=args.seed).to(dev)
-    physics = masked_blur(n, args.keep, seed=args.seed, device=dev)
-    g = torch.Generator().manual_seed(args.seed + 1)
-    y = physics.A(x) + args.noise * torch.randn(x.shape, generator=g).to(dev)
+    dev = torch.device(device)
+    x = blobs(n, seed=seed).to(dev)
+    physics = masked_blur(n, keep, seed=seed, device=dev)
+    g = torch.Generator().manual_seed(seed + 1)
+    y = physics.A(x) + noise * torch.randn(x.shape, generator=g).to(dev)
     probe = torch.randn(x.shape, generator=g).to(dev)
     sq = float(physics.compute_sqnorm(probe, max_iter=300, tol=1e-6, verbose=False))
     x0 = physics.A_adjoint(y) / sq
     enc = dict(
-        levels=args.levels,
-        features=args.features,
-        log2_table_size=args.log2_table_size,
-        base_resolution=min(args.base_resolution, n),
-        finest_resolution=args.finest_resolution or n,
+        levels=levels,
+        features=features,
+        log2_table_size=log2_table_size,
+        base_resolution=min(base_resolution, n),
+        finest_resolution=finest_resolution or n,
     )
     gc.collect()
     if dev.type == "cuda":
@@ -93,8 +110,8 @@ def measure(n: int, args: argparse.Namespace) -> dict:
         base = rss_gb() or 0.0
     start = time.perf_counter()
     vol, hist = fit_inr(
-        y, physics, (n, n, n), 1, args.steps, lr=args.lr, seed=args.seed, x_init=x0,
-        init_steps=args.init_steps, hidden=args.hidden, layers=args.layers, **enc,
+        y, physics, (n, n, n), 1, steps, lr=lr, seed=seed, x_init=x0,
+        init_steps=init_steps, hidden=hidden, layers=layers, **enc,
     )  # fmt: skip
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -106,9 +123,9 @@ def measure(n: int, args: argparse.Namespace) -> dict:
     data_range = float(x.max())
     table = HashGridEncoding(**enc).table.numel()
     return {
-        "steps": args.steps,
-        "init_steps": args.init_steps,
-        "time_per_step_s": total / max(args.steps + args.init_steps, 1),
+        "steps": steps,
+        "init_steps": init_steps,
+        "time_per_step_s": total / max(steps + init_steps, 1),
         "total_s": total,
         "peak_memory_gb": peak,
         "mem_method": method,
@@ -117,52 +134,49 @@ def measure(n: int, args: argparse.Namespace) -> dict:
         "final_loss": hist[-1] if hist else "",
         **enc,
         "table_params": table,
-        "lr": args.lr,
+        "lr": lr,
         "threads": torch.get_num_threads(),
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unroll3d bench inr", description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[16, 32], help="volume sizes N (N³)")
-    p.add_argument("--steps", type=int, default=200, help="data-fit Adam steps")
-    p.add_argument("--init-steps", type=int, default=30, help="warm-start steps on x₀")
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--levels", type=int, default=8)
-    p.add_argument("--features", type=int, default=2)
-    p.add_argument("--log2-table-size", type=int, default=15)
-    p.add_argument("--base-resolution", type=int, default=2)
-    p.add_argument("--finest-resolution", type=int, default=0, help="0: N (the voxel grid)")
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--keep", type=float, default=0.6, help="fraction of voxels measured")
-    p.add_argument("--noise", type=float, default=0.005)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", type=check_device, default="auto", help="auto, cpu or cuda")
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="torch CPU threads (≥ 1; default: torch's)",
-    )
-    p.add_argument("--out", required=True, help="CSV path")
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
+def run_inr(
+    sizes: Sequence[int],
+    out: str | Path,
+    *,
+    steps: int,
+    init_steps: int,
+    lr: float,
+    levels: int,
+    features: int,
+    log2_table_size: int,
+    base_resolution: int,
+    finest_resolution: int,
+    hidden: int,
+    layers: int,
+    keep: float,
+    noise: float,
+    seed: int,
+    device: str = "auto",
+    threads: int | None = None,
+) -> list[dict]:
+    """One :func:`measure` per size, ascending; CSV at ``out``; returns its rows."""
     import torch
 
     from unroll3d.utils import atomic_write_csv, device_name
 
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if threads:
+        torch.set_num_threads(threads)
+    fit = dict(steps=steps, init_steps=init_steps, lr=lr, levels=levels, features=features,
+               log2_table_size=log2_table_size, base_resolution=base_resolution,
+               finest_resolution=finest_resolution, hidden=hidden, layers=layers, keep=keep,
+               noise=noise, seed=seed)  # fmt: skip
     rows = []
-    for n in sorted(args.sizes):  # ascending: the RSS high-water mark grows with N
-        row = {"n": n, "device": device_name(args.device)}
+    for n in sorted(sizes):  # ascending: the RSS high-water mark grows with N
+        row = {"n": n, "device": device_name(device)}
         try:
-            row.update(measure(n, args), status="ok")
+            row.update(measure(n, **fit, device=device), status="ok")
         except torch.OutOfMemoryError:
             row["status"] = "oom"
         rows.append(row)
@@ -175,13 +189,5 @@ def run(args: argparse.Namespace) -> int:
             )
         else:
             print(f"N={n}: {row['status']}", file=sys.stderr)
-    atomic_write_csv(args.out, rows, FIELDS)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    atomic_write_csv(out, rows, FIELDS)
+    return rows

@@ -15,11 +15,12 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from unroll3d.utils import check_device, device_name, positive_int
+from unroll3d.utils import device_name
 
 if TYPE_CHECKING:
     import torch
@@ -126,56 +127,41 @@ def bench_one(
     return rows
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="unroll3d bench normal", description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--volumes", "--sizes", type=int, nargs="+", default=[32], help="volume sizes n (n³)"
-    )
-    ap.add_argument("--patches", type=int, nargs="+", default=[16], help="patch sizes p (p³)")
-    ap.add_argument("--views", type=int, default=30)
-    ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--backward", action="store_true", help="also back-propagate (training)")
-    ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
-    ap.add_argument(
-        "--device", type=check_device, default="auto", help="auto, cpu, cuda, cuda:1 ..."
-    )
-    ap.add_argument("--out", required=True, help="CSV output")
-    return ap
-
-
-def run(args: argparse.Namespace) -> int:
-    """Every (volume, patch ≤ volume) pair, exact and H; CSV at ``args.out``."""
+def run_normal(
+    volumes: Sequence[int],
+    patches: Sequence[int],
+    out: str | Path,
+    *,
+    views: int,
+    iters: int,
+    warmup: int,
+    backward: bool = False,
+    threads: int | None = None,
+    device: str = "auto",
+) -> list[dict]:
+    """Every (volume, patch ≤ volume) pair, exact and H; CSV at ``out``; returns its rows."""
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not any(p <= n for n in volumes for p in patches):
+        raise ValueError("no (volume, patch) pair with patch ≤ volume")
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
-        device = torch.device(args.device)
+        dev = torch.device(device)
     rows = []
-    for n in args.volumes:
-        for p in args.patches:
+    for n in volumes:
+        for p in patches:
             if p > n:
                 continue
-            rows += bench_one(n, p, args.views, args.iters, args.warmup, device, args.backward)
+            rows += bench_one(n, p, views, iters, warmup, dev, backward)
             r = rows[-1]
             print(
                 f"volume {n}³ patch {p}³ ({r['backend']}): exact {rows[-2]['it_per_s']:.2f} it/s, "
                 f"H {r['it_per_s']:.2f} it/s, ratio {r['speedup_H_vs_exact']:.1f}x"
             )
-    if not rows:
-        build_parser().error("no (volume, patch) pair with patch ≤ volume")
     from unroll3d.utils import atomic_write_csv
 
-    atomic_write_csv(args.out, rows)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    atomic_write_csv(out, rows)
+    return rows

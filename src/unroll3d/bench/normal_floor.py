@@ -31,14 +31,13 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from unroll3d.utils import atomic_write_csv, atomic_write_text, device_name, positive_int
+from unroll3d.utils import atomic_write_csv, atomic_write_text, device_name
 
 if TYPE_CHECKING:
     import torch
@@ -192,60 +191,37 @@ def markdown(rows: list[dict]) -> str:
     return "# Error floor of the diagonal-circulant H on cone-beam AᵀA\n\n" + head + body + notes
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="unroll3d bench normal_floor", description=__doc__.split("\n\n")[0]
-    )
-    ap.add_argument("--size", type=int, default=32, help="volume size n (n³)")
-    ap.add_argument("--views", type=int, nargs="+", default=[30])
-    ap.add_argument("--geometries", nargs="+", default=list(GEOMETRIES), choices=list(GEOMETRIES))
-    ap.add_argument("--steps", type=int, default=300, help="Adam steps of the probe fit")
-    ap.add_argument("--rows", type=int, default=1536, help="rows of AᵀA the floor is built from")
-    ap.add_argument("--heldout-rows", type=int, default=256, help="rows it is measured on")
-    ap.add_argument(
-        "--terms", type=int, nargs="*", default=[8, 64], help="K of the sum-of-terms bounds"
-    )
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
-    ap.add_argument("--out", required=True, help="CSV output (a .md table is written beside it)")
-    return ap
-
-
-def run(args: argparse.Namespace) -> int:
-    """Every (views, geometry): floor and fit; CSV at ``args.out`` and a .md table beside it."""
+def run_normal_floor(
+    out: str | Path,
+    *,
+    size: int,
+    views: Sequence[int],
+    geometries: Sequence[str],
+    steps: int,
+    rows: int,
+    heldout_rows: int,
+    terms: Sequence[int],
+    seed: int,
+    threads: int | None = None,
+) -> list[dict]:
+    """Every (views, geometry): floor and fit; CSV at ``out`` and a .md table beside it;
+    returns the rows."""
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rows = []
-    for views in args.views:
-        for name in args.geometries:
-            r = bench_one(
-                name,
-                args.size,
-                views,
-                args.steps,
-                args.rows,
-                args.heldout_rows,
-                args.seed,
-                args.terms,
-            )
-            rows.append(r)
+    if threads:
+        torch.set_num_threads(threads)
+    table = []
+    for n_views in views:
+        for name in geometries:
+            r = bench_one(name, size, n_views, steps, rows, heldout_rows, seed, terms)
+            table.append(r)
             print(
-                f"{name} n={r['size']} views={views}: floor {r['floor_heldout']:.3f} "
+                f"{name} n={r['size']} views={n_views}: floor {r['floor_heldout']:.3f} "
                 f"(m = 1: {r['floor_no_mask_heldout']:.3f}), fit {r['fit_heldout']:.3f} after "
                 f"{r['fit_steps']} steps, phantom {r['fit_phantom']:.3f}",
                 flush=True,
             )
-    out = Path(args.out)
-    atomic_write_csv(out, rows)
-    atomic_write_text(out.with_suffix(".md"), markdown(rows))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    out = Path(out)
+    atomic_write_csv(out, table)
+    atomic_write_text(out.with_suffix(".md"), markdown(table))
+    return table

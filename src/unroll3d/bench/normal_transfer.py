@@ -17,10 +17,9 @@ coil-coherence-weighted kernel with m from the coil maps (``mask_coils``) and wi
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 FIELDS = ["volume", "mask", "mask_seed", "is_fit_volume", "rel_error", "probes", "sqnorm"]
@@ -101,34 +100,20 @@ def summary(rows: list[dict]) -> str:
     return text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="unroll3d bench normal_transfer", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument("--fit", required=True, type=Path, help="fitted H (results/normal/...pt)")
-    p.add_argument("--setting", required=True, help="R5, v30, ...")
-    p.add_argument("--data", required=True, nargs="+", help="preprocessed volumes")
-    p.add_argument("--fresh", type=int, default=0, help="fresh masks per volume (MRI)")
-    p.add_argument("--probes", type=int, default=4)
-    p.add_argument(
-        "--mask", action="store_true", help="MRI: also the H built from each draw's own mask"
-    )
-    p.add_argument("--out", required=True, type=Path, help="CSV")
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
+def run_normal_transfer(
+    fit: str | Path,
+    setting: str,
+    data: Sequence[str | Path],
+    out: str | Path,
+    *,
+    fresh: int,
+    probes: int,
+    mask: bool = False,
+) -> list[dict]:
+    """:func:`measure`, the CSV at ``out`` and the :func:`summary` printed; returns the rows."""
     from unroll3d.utils import atomic_write_csv
 
-    rows = measure(args.fit, args.setting, args.data, args.fresh, args.probes, args.mask)
-    atomic_write_csv(args.out, rows, FIELDS + (MASK_FIELDS if args.mask else []))
+    rows = measure(fit, setting, data, fresh, probes, mask)
+    atomic_write_csv(out, rows, FIELDS + (MASK_FIELDS if mask else []))
     print(summary(rows))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return rows

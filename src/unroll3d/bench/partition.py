@@ -26,16 +26,16 @@ call loads ITK, ~20 s per subprocess) or ``--op blur`` (a cheap circular 3D blur
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from unroll3d.bench.memory import gb, peak_rss_gb, reset_peak_rss, rss_gb
-from unroll3d.utils import check_device, device_name, positive_int
+from unroll3d.utils import device_name
 
 FIELDS = [
     "size",
@@ -226,11 +226,11 @@ def measure(args: dict) -> dict:
 
 
 def _run_child(job: dict) -> dict:
-    cmd = [sys.executable, "-m", "unroll3d.bench.partition", "--child", json.dumps(job)]
+    cmd = [sys.executable, "-m", "unroll3d.bench.partition"]  # the job on stdin: _child
     # Fixed glibc thresholds: blocks >= 128 kB are mmapped and returned to the OS when freed, so
     # RSS follows live memory (the default adaptive threshold keeps freed blocks up to 32 MB).
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="262144")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, input=json.dumps(job), capture_output=True, text=True, env=env)
     if proc.returncode == 0:
         return json.loads(proc.stdout.strip().splitlines()[-1])
     # out of memory (CUDA OOM, or the kernel's OOM killer: -9) or another failure: keep a row
@@ -267,71 +267,44 @@ def _ratios(rows: list[dict]) -> None:
             r["ratio_peak"] = r["ratio_step"] = ""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="unroll3d bench partition", description=__doc__.splitlines()[0]
-    )
-    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 48, 64], help="cubic volume sizes")
-    ap.add_argument("--patch", type=int, default=16, help="cubic training patch size")
-    ap.add_argument(
-        "--modes", nargs="+", default=["partitioned", "full"], choices=["partitioned", "full"]
-    )
-    ap.add_argument("--op", choices=["conebeam", "blur"], default="conebeam")
-    ap.add_argument("--views", type=int, default=30, help="cone-beam views")
-    ap.add_argument("--K", type=int, default=3, help="unrolled iterations")
-    ap.add_argument(
-        "--nc",
-        "--channels",
-        dest="nc",
-        type=int,
-        nargs=4,
-        default=[8, 16, 32, 64],
-        help="DRUNet widths",
-    )
-    ap.add_argument(
-        "--nb", "--blocks", dest="nb", type=int, default=1, help="DRUNet blocks per scale"
-    )
-    ap.add_argument("--repeats", type=int, default=1, help="measured steps after one warm-up step")
-    ap.add_argument(
-        "--device", type=check_device, default="auto", help="auto (cuda if available), cpu or cuda"
-    )
-    ap.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="torch CPU threads (≥ 1; default: torch's)",
-    )
-    ap.add_argument("--out", type=Path, default=Path("results/benchmarks/bench_partition.csv"))
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    return ap
-
-
-def run(a: argparse.Namespace) -> int:
-    """One fresh subprocess per (size, mode) (``--child``), ratios, then the CSV at ``a.out``."""
-    if a.child:
-        print(json.dumps(measure(json.loads(a.child))))
-        return 0
-    if a.patch < 1 or any(s < 1 for s in a.sizes):
-        build_parser().error("--sizes and --patch must be positive")
-    if a.device == "auto":
+def run_partition(
+    sizes: Sequence[int],
+    out: str | Path,
+    *,
+    patch: int,
+    modes: Sequence[str] = ("partitioned", "full"),
+    op: str,
+    views: int,
+    K: int,
+    nc: Sequence[int],
+    nb: int,
+    repeats: int,
+    device: str = "auto",
+    threads: int | None = None,
+) -> list[dict]:
+    """One fresh subprocess per (size, mode) (:func:`_child`), ratios, then the CSV at ``out``;
+    returns its rows."""
+    if patch < 1 or any(s < 1 for s in sizes):
+        raise ValueError("--sizes and --patch must be positive")
+    if device == "auto":
         import torch
 
-        a.device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
-    for n in a.sizes:
-        for mode in a.modes:
+    for n in sizes:
+        for mode in modes:
             job = dict(
                 size=n,
                 mode=mode,
-                patch=a.patch,
-                op=a.op,
-                views=a.views,
-                K=a.K,
-                nc=a.nc,
-                nb=a.nb,
-                repeats=a.repeats,
-                device=a.device,
-                threads=a.threads,
+                patch=patch,
+                op=op,
+                views=views,
+                K=K,
+                nc=list(nc),
+                nb=nb,
+                repeats=repeats,
+                device=device,
+                threads=threads,
             )
             row = _run_child(job)
             if row["status"] == "ok":
@@ -346,14 +319,15 @@ def run(a: argparse.Namespace) -> int:
     _ratios(rows)
     from unroll3d.utils import atomic_write_csv
 
-    atomic_write_csv(a.out, rows, FIELDS)
-    print(f"wrote {a.out}")
-    return 0
+    atomic_write_csv(out, rows, FIELDS)
+    print(f"wrote {out}")
+    return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+def _child() -> None:
+    """One measurement in this fresh process: the job (JSON on stdin), its row on stdout."""
+    print(json.dumps(measure(json.load(sys.stdin))))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _child()

@@ -15,13 +15,13 @@ allocator and are reported separately as the drop in free device memory, ``cuda_
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 from unroll3d.bench.memory import gb, peak_rss_gb, reset_peak_rss, rss_gb
-from unroll3d.utils import device_name, positive_int
+from unroll3d.utils import device_name
 
 FIELDS = [
     "modality",
@@ -167,56 +167,38 @@ def bench_mri(sizes, coils, repeats, device):
     return rows
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="unroll3d bench physics", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32], help="cubic sizes N")
-    parser.add_argument("--views", type=int, nargs="+", default=[30, 90], help="numbers of views")
-    parser.add_argument(
-        "--backends",
-        nargs="+",
-        default=["auto"],
-        choices=["auto", "rtk", "astra"],
-        help="cone-beam backends; 'auto' = rtk, plus astra when CUDA and astra are available",
-    )
-    parser.add_argument("--coils", type=int, default=4, help="MRI coils (0 skips MRI)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=positive_int, default=None, help="ITK threads for rtk")
-    parser.add_argument("--out", required=True, help="output CSV path")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """Cone-beam backends, then MRI on the CPU (and CUDA when available); CSV at ``args.out``."""
+def run_physics(
+    sizes: Sequence[int],
+    out: str | Path,
+    *,
+    views: Sequence[int],
+    backends: Sequence[str] = ("auto",),
+    coils: int,
+    repeats: int,
+    threads: int | None = None,
+) -> list[dict]:
+    """Cone-beam ``backends`` (``auto``: rtk, plus astra when CUDA and astra are available),
+    then MRI with ``coils`` coils (0: none) on the CPU and CUDA when available; CSV at ``out``."""
 
     import torch
 
     from unroll3d.physics import cuda_astra_available
     from unroll3d.utils import atomic_write_csv
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    backends = []
-    for b in args.backends:
+    if threads:
+        torch.set_num_threads(threads)
+    chosen = []
+    for b in backends:
         if b == "auto":
-            backends += ["rtk"] + (["astra"] if cuda_astra_available() else [])
+            chosen += ["rtk"] + (["astra"] if cuda_astra_available() else [])
         else:
-            backends.append(b)
-    backends = list(dict.fromkeys(backends))
-    rows = bench_conebeam(args.sizes, args.views, backends, args.repeats, args.threads)
-    if args.coils > 0:
-        rows += bench_mri(args.sizes, args.coils, args.repeats, "cpu")
+            chosen.append(b)
+    chosen = list(dict.fromkeys(chosen))
+    rows = bench_conebeam(sizes, views, chosen, repeats, threads)
+    if coils > 0:
+        rows += bench_mri(sizes, coils, repeats, "cpu")
         if torch.cuda.is_available():
-            rows += bench_mri(args.sizes, args.coils, args.repeats, "cuda")
-    atomic_write_csv(args.out, rows, FIELDS)
-    print(f"wrote {len(rows)} rows to {args.out}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            rows += bench_mri(sizes, coils, repeats, "cuda")
+    atomic_write_csv(out, rows, FIELDS)
+    print(f"wrote {len(rows)} rows to {out}")
+    return rows

@@ -13,8 +13,8 @@ engine's per-step CSV and stats JSON.
 
 from __future__ import annotations
 
-import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from unroll3d.utils import atomic_write_csv
@@ -107,40 +107,30 @@ def run_ab(run_dir: Path, task: str, variant: str, steps: int, val_every: int, o
     return rows
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="unroll3d bench precision_ab", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument("--run-dir", type=Path, required=True, help="a run with config.yaml, results/")
-    p.add_argument("--task", choices=["cbct", "mri"], required=True)
-    p.add_argument("--variants", nargs="+", default=["partition-H"])
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--val-every", type=int, default=100)
-    p.add_argument("--out-dir", type=Path, default=Path("results/benchmarks/precision_ab"))
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
-    if not (args.run_dir / "config.yaml").is_file():
-        build_parser().error(f"--run-dir {args.run_dir}: no config.yaml there")
-    if args.steps < 1 or args.val_every < 1:
-        build_parser().error("--steps and --val-every must be ≥ 1")
+def run_precision_ab(
+    run_dir: str | Path,
+    task: str,
+    *,
+    variants: Sequence[str],
+    steps: int,
+    val_every: int,
+    out_dir: str | Path,
+) -> list[dict]:
+    """:func:`run_ab` for each variant; ``precision_ab_{task}.csv`` in ``out_dir`` and the
+    bf16+channels_last − fp32 gap of each printed; returns the rows."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"--run-dir {run_dir}: no config.yaml there")
+    if steps < 1 or val_every < 1:
+        raise ValueError("--steps and --val-every must be ≥ 1")
     rows = []
-    for variant in args.variants:
-        rows += run_ab(args.run_dir, args.task, variant, args.steps, args.val_every, args.out_dir)
-    out = args.out_dir / f"precision_ab_{args.task}.csv"
+    for variant in variants:
+        rows += run_ab(run_dir, task, variant, steps, val_every, out_dir)
+    out = out_dir / f"precision_ab_{task}.csv"
     atomic_write_csv(out, rows, FIELDS)
-    for variant in args.variants:
+    for variant in variants:
         by = {r["mode"]: r["val_psnr_last"] for r in rows if r["variant"] == variant}
         gap = by["bf16+channels_last"] - by["fp32"]
-        print(f"{args.task} {variant}: bf16+channels_last − fp32 = {gap:+.3f} dB")
+        print(f"{task} {variant}: bf16+channels_last − fp32 = {gap:+.3f} dB")
     print(f"wrote {out}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return rows

@@ -11,15 +11,16 @@ each in a fresh subprocess so peak memory is the step's own: peak RSS growth on 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 from unroll3d.bench.memory import gb, peak_rss_gb, reset_peak_rss, rss_gb
-from unroll3d.utils import check_device, device_name
+from unroll3d.utils import device_name
 
 #: CSV columns, one row per (N, step); memory in GB (10⁹ B)
 FIELDS = ["n", "step", "time_s", "peak_memory_gb", "mem_method", "status", "views", "device"]
@@ -80,49 +81,35 @@ def _measure(step: str, n: int, views: int, channels: list[int], blocks: int, de
             "cuda.max_memory_allocated" if dev.type == "cuda" else "peak RSS growth"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="unroll3d bench steps", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--sizes", type=int, nargs="+", required=True, help="volume sizes N (N³)")
-    parser.add_argument("--views", type=int, default=30)
-    parser.add_argument("--channels", type=int, nargs=4, default=[64, 128, 256, 512])
-    parser.add_argument("--blocks", type=int, default=4)
-    parser.add_argument("--device", type=check_device, default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", required=True, help="CSV path")
-    parser.add_argument("--_child", nargs=2, metavar=("STEP", "N"), help=argparse.SUPPRESS)
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """One fresh subprocess per (N, step) (``--_child``), then the CSV at ``args.out``."""
-    if args.device == "auto":
-        import torch
-
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args._child:
-        step, n = args._child[0], int(args._child[1])
-        print(json.dumps(_measure(step, n, args.views, args.channels, args.blocks, args.device,
-                                  args.repeats)))
-        return 0
-
+def run_steps(
+    sizes: Sequence[int],
+    out: str | Path,
+    *,
+    views: int,
+    channels: Sequence[int],
+    blocks: int,
+    device: str = "auto",
+    repeats: int,
+) -> list[dict]:
+    """One fresh subprocess per (N, step) (:func:`_child`), then the CSV at ``out``; returns
+    its rows."""
     from unroll3d.utils import atomic_write_csv
 
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
-    name = device_name(args.device)
-    for n in args.sizes:
+    name = device_name(device)
+    for n in sizes:
         for step in ("data", "network"):
-            cmd = [
-                sys.executable, "-m", "unroll3d.bench.steps", "--sizes", str(n), "--out", args.out,
-                "--views", str(args.views), "--channels", *map(str, args.channels),
-                "--blocks", str(args.blocks), "--device", args.device,
-                "--repeats", str(args.repeats), "--_child", step, str(n),
-            ]  # fmt: skip
+            job = dict(step=step, n=n, views=views, channels=list(channels), blocks=blocks,
+                       device=device, repeats=repeats)  # fmt: skip
             # glibc returns freed blocks >= 128 kB to the OS, so RSS follows live memory
             env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="262144")
-            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            row = {"n": n, "step": step, "views": args.views, "device": name}
+            res = subprocess.run([sys.executable, "-m", "unroll3d.bench.steps"],
+                                 input=json.dumps(job), capture_output=True, text=True, env=env)  # fmt: skip
+            row = {"n": n, "step": step, "views": views, "device": name}
             if res.returncode != 0:
                 err = res.stderr.strip().splitlines()[-1:] or ["?"]
                 status = "oom" if "out of memory" in res.stderr.lower() else f"error: {err[0]}"
@@ -133,13 +120,16 @@ def run(args: argparse.Namespace) -> int:
             rows.append({**row, **record, "status": "ok"})
             print(f"N={n} {step}: {record['time_s']:.3f} s, {record['peak_memory_gb']:.3f} GB",
                   file=sys.stderr)
-    atomic_write_csv(args.out, rows, FIELDS)
-    return 0
+    atomic_write_csv(out, rows, FIELDS)
+    return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+def _child() -> None:
+    """One measurement in this fresh process: the job (JSON on stdin), its record on stdout."""
+    job = json.load(sys.stdin)
+    print(json.dumps(_measure(job["step"], int(job["n"]), job["views"], job["channels"],
+                              job["blocks"], job["device"], job["repeats"])))  # fmt: skip
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _child()

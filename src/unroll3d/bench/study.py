@@ -16,7 +16,6 @@ comparison). Lengths run shortest first, so a stopped study still has its short 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -24,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -381,43 +381,35 @@ def write_outputs(study: dict) -> Path:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unroll3d bench study", description=__doc__.split("\n\n")[0])
-    p.add_argument("--study", default="config/study.yaml", help="study file")
-    p.add_argument("--only", nargs="*", default=None, help="points to run (default: all)")
-    p.add_argument("--steps", nargs="*", type=int, default=None, help="lengths to run (default: all)")
-    p.add_argument("--out", default=None, help="study folder (default: the study file's out)")
-    p.add_argument("--cores", type=int, default=None, help="snakemake --cores (default: the study's)")
-    p.add_argument("--collect-only", action="store_true", help="only gather what has run")
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
-    study = load_study(args.study)
-    if args.out:
-        study["out"] = args.out
-    out = REPO / study["out"]
-    out.mkdir(parents=True, exist_ok=True)
-    if not args.collect_only:
-        names = args.only or list(study["points"])
+def run_study(
+    study_file: str | Path,
+    *,
+    only: Sequence[str] | None = None,
+    steps: Sequence[int] | None = None,
+    out: str | None = None,
+    cores: int | None = None,
+    collect_only: bool = False,
+) -> Path:
+    """Run the points ``only`` (default: all) at the lengths ``steps`` (default: the study's)
+    with ``cores`` snakemake cores (default: the study's), shortest first, then gather; with
+    ``collect_only`` just gather what has run. Returns the study folder."""
+    study = load_study(study_file)
+    if out:
+        study["out"] = out
+    folder = REPO / study["out"]
+    folder.mkdir(parents=True, exist_ok=True)
+    if not collect_only:
+        names = only or list(study["points"])
         unknown = [n for n in names if n not in study["points"]]
         if unknown:
             raise KeyError(f"unknown study point(s) {unknown}; the study has {list(study['points'])}")
-        lengths = args.steps or study["steps"]
-        cores = int(args.cores or study.get("cores", 2))
-        with open(out / "study.log", "a") as log:
-            for steps in lengths:
+        lengths = steps or study["steps"]
+        n_cores = int(cores or study.get("cores", 2))
+        with open(folder / "study.log", "a") as log:
+            for length in lengths:
                 for name in names:
-                    run_point(study, name, steps, cores, log)
+                    run_point(study, name, length, n_cores, log)
                     write_outputs(study)
     folder = write_outputs(study)
     print((folder / "gaps.md").read_text())
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return folder

@@ -22,7 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "evaluate": ("unroll3d.cli.evaluate", "evaluate one variant on one test volume"),
     "report": ("unroll3d.cli.report", "render the paper's tables and figures"),
     "manifest": ("unroll3d.manifest", "write results/manifest.json (hashes, versions, config)"),
-    "bench": ("unroll3d.bench", "memory/speed benchmarks (physics, partition, normal step)"),
+    "bench": ("unroll3d.cli.bench", "memory/speed benchmarks (physics, partition, normal step)"),
     "device": ("unroll3d.devices", "pick a free GPU for a job and run a command on it"),
 }
 

@@ -1,0 +1,45 @@
+"""``unroll3d bench gpu_accuracy`` (``make gpu-accuracy``): the options of
+:func:`unroll3d.bench.gpu_accuracy.run_gpu_accuracy`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from unroll3d.bench import gpu_accuracy as lib
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="unroll3d bench gpu_accuracy",
+        description=lib.__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--tiny", action="store_true", help="toy sizes on the CPU (masked blur)")
+    p.add_argument(
+        "--out-dir", type=Path, default=None, help="default results/benchmarks/gpu-accuracy[-tiny]"
+    )
+    p.add_argument("--budget-s", type=float, default=450.0, help="skip what would not fit")
+    p.add_argument("--train-s", type=float, default=None, help="training seconds per variant")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--sections", nargs="+", default=list(lib.SECTION_NAMES), choices=list(lib.SECTION_NAMES)
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    a = p.parse_args(argv)
+    import torch
+
+    if not a.tiny and not torch.cuda.is_available():
+        p.error("no CUDA device: run on a GPU, or use --tiny for the CPU toy check")
+    return lib.run_gpu_accuracy(
+        tiny=a.tiny,
+        out_dir=a.out_dir,
+        budget_s=a.budget_s,
+        train_s=a.train_s,
+        seed=a.seed,
+        sections=a.sections,
+    )
