@@ -203,6 +203,6 @@ def test_train_step_reads_the_device_once_and_gives_the_same_numbers():
         g1, g2 = (torch.Generator().manual_seed(step) for _ in range(2))
         new = tr.train_step(model, opts[0], spec, pick, g1, 3, 1.0, part)
         old = _old_train_step(twin, opts[1], spec, pick, g2, 3, 1.0, part_twin)
-        assert new == old
+        assert isinstance(new, torch.Tensor) and float(new) == old  # unread until the loop asks
     for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
         assert torch.equal(a, b), name

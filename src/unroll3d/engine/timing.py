@@ -15,7 +15,14 @@ from unroll3d.models.build import configure_network
 from unroll3d.utils import peak_rss_gb
 from unroll3d.variants import VariantSpec
 
-__all__ = ["peak_memory_gb", "rss_growth_gb", "shape_text", "sync", "time_train_steps"]
+__all__ = [
+    "StepClock",
+    "peak_memory_gb",
+    "rss_growth_gb",
+    "shape_text",
+    "sync",
+    "time_train_steps",
+]
 
 
 def peak_memory_gb(device: torch.device) -> float | None:
@@ -39,6 +46,30 @@ def sync(device: torch.device) -> None:
     """Wait for the device's queued work, so wall-clock timings mean something on CUDA."""
     if device.type == "cuda" and torch.cuda.is_available():
         torch.cuda.synchronize(device)
+
+
+class StepClock:
+    """Step times without a host sync: CUDA events recorded in the queue on CUDA (read once the
+    queue has been waited for, :meth:`seconds`), the wall clock elsewhere (where every op is
+    done when it returns)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda" and torch.cuda.is_available()
+
+    def mark(self):
+        """A point in the step sequence: a recorded CUDA event, or the wall clock."""
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds(self, start, end) -> float:
+        """Seconds between two marks (on CUDA: waits for ``end``, normally already done)."""
+        if not self.cuda:
+            return end - start
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
 
 
 def shape_text(x: torch.Tensor) -> str:

@@ -38,7 +38,6 @@ import hashlib
 import io
 import json
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,21 +50,20 @@ from tqdm.auto import tqdm
 from unroll3d.config import train_settings
 from unroll3d.engine.checkpoint import resumable_state, rng_state, run_fingerprint, set_rng_state
 from unroll3d.engine.model_file import use_lipschitz
-from unroll3d.engine.operators import h_builder, load_H, mri_h_mode
+from unroll3d.engine.operators import h_builder, load_H
 from unroll3d.engine.partitioning import estimate_pair, make_partitioner
+from unroll3d.engine.run_record import model_payload, stats_record
 from unroll3d.engine.samples import Prepared, SampleCache, default_loader, fresh_mask_loader
-from unroll3d.engine.timing import peak_memory_gb, rss_growth_gb, shape_text, sync
+from unroll3d.engine.timing import StepClock, peak_memory_gb, shape_text
 from unroll3d.engine.tuning import select_pnp, validate_psnr
 from unroll3d.engine.untrained import untrained_record
-from unroll3d.models import build_variant, count_parameters, resolve_model_config
-from unroll3d.models.build import network_settings
+from unroll3d.models import build_variant, resolve_model_config
 from unroll3d.normal import NormalFit
 from unroll3d.utils import (
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
     device_name,
-    peak_rss_gb,
     reset_peak_rss,
     rss_gb,
     seed_everything,
@@ -195,16 +193,18 @@ def train_step(
     accumulate: int,
     grad_clip: float,
     partitioner=None,
-) -> float:
-    """One optimiser step with ``accumulate`` micro-batches; returns the mean loss. Each drawn
-    sample brings its setting's ‖A‖² (the step-size normalisation) and H.
+) -> torch.Tensor:
+    """One optimiser step with ``accumulate`` micro-batches; returns the mean loss as a 0-dim
+    float64 tensor on the device, unread. Each drawn sample brings its setting's ‖A‖² (the
+    step-size normalisation) and H.
 
-    The micro-steps' losses are summed on the device (in float64, as Python would) and read
-    once per step, so the queue is not drained after every micro-step. Raises
-    :class:`NonFiniteLoss` before touching the weights if a loss is not finite.
+    The micro-steps' losses are summed on the device (in float64, in the order Python's ``sum``
+    would) and nothing is read back to the host, so the queue is never drained here; the
+    training loop reads the losses once per logging interval and raises
+    :class:`NonFiniteLoss` there, naming the first non-finite step.
     """
     optimizer.zero_grad(set_to_none=True)
-    losses = []
+    total = None
     for _ in range(accumulate):
         prep = pick(generator)
         use_lipschitz(model, prep.lipschitz)
@@ -213,14 +213,12 @@ def train_step(
         )
         loss = torch.mean((est.float() - target.float()) ** 2)
         (loss / accumulate).backward()
-        losses.append(loss.detach().double())
-    values = torch.stack(losses).cpu()  # the step's one read of the device
-    if not bool(torch.isfinite(values).all()):
-        raise NonFiniteLoss(float(values[~torch.isfinite(values)][0]))
+        total = loss.detach().double() if total is None else total + loss.detach().double()
+        del prep, est, target, loss  # the next draw's tensors may take this one's memory
     if grad_clip and grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    return sum(values.tolist()) / accumulate
+    return total / accumulate
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -271,8 +269,8 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         tuned = _tune_pnp(run)
     except torch.OutOfMemoryError:
         return _write_oom(run, result)
-    stats = _stats_record(run, result, tuned)
-    atomic_torch_save(_model_payload(run, result, tuned), job.out)
+    stats = stats_record(run, result, tuned)
+    atomic_torch_save(model_payload(run, result, tuned), job.out)
     _write_csv(job.csv_path, run.rows)
     atomic_write_json(job.stats_path, stats)
     job.ckpt_path.unlink(missing_ok=True)  # resume state only lives while the job is unfinished
@@ -404,57 +402,82 @@ def _run_steps(run: _Run, stop_at: int | None) -> bool:
     )
     log_lines = bar.disable
     run.rss_base = rss_gb() if reset_peak_rss() else None
+    clock = StepClock(job.device)
     for step in range(run.start, t["steps"]):
         run.step = step
-        row = _one_step(run, pick, step)
-        _validate(run, row)
+        row = _one_step(run, pick, step, clock)
         run.rows.append(row)
+        done = step + 1
+        validating = run.val_paths and (done % t["val_every"] == 0 or done == t["steps"])
+        checkpoint = done % t["checkpoint_every"] == 0 or done == t["steps"]
+        logging = done % job.log_every == 0 or done == t["steps"]
+        stopping = stop_at is not None and done >= stop_at
         bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.3g}", refresh=False)
-        if log_lines and ((step + 1) % job.log_every == 0 or step + 1 == t["steps"]):
+        if logging or validating or checkpoint or stopping:  # the interval's one host read
+            _read_back(run, clock)
+            bar.set_postfix(loss=f"{row['loss']:.3g}", refresh=False)
+        _validate(run, row)
+        if log_lines and logging:
             _log_step(run, row)
-        if (step + 1) % t["checkpoint_every"] == 0 or step + 1 == t["steps"]:
-            _save_checkpoint(run, step + 1)
-        if stop_at is not None and step + 1 >= stop_at:
+        if checkpoint:
+            _save_checkpoint(run, done)
+        if stopping:
             return True
     bar.close()
     return False
 
 
-def _one_step(run: _Run, pick: Callable, step: int) -> dict:
-    """Optimiser step ``step`` (seeded with ``(seed, step)``) and the schedule's; its CSV row. A
-    non-finite loss writes the CSV and raises :class:`NonFiniteLoss` naming the last checkpoint."""
-    job, t, device = run.job, run.t, run.job.device
+def _one_step(run: _Run, pick: Callable, step: int, clock: StepClock) -> dict:
+    """Optimiser step ``step`` (seeded with ``(seed, step)``) and the schedule's; its CSV row,
+    whose loss and step time stay unread (on the device) until :func:`_read_back`."""
+    t, device = run.t, run.job.device
     gen = torch.Generator(device="cpu").manual_seed(run.seed * 1_000_003 + step)
-    sync(device)
-    t0 = time.perf_counter()
-    try:
-        loss = train_step(
-            run.model,
-            run.opt,
-            run.spec,
-            pick,
-            gen,
-            t["accumulate"],
-            t["grad_clip"],
-            run.partitioner,
-        )
-    except NonFiniteLoss as err:
-        ckpt = job.ckpt_path
-        last = int(torch.load(ckpt, weights_only=False)["step"]) if ckpt.exists() else 0
-        msg = f"non-finite loss ({err}) at step {step + 1}; last good checkpoint: step {last} ({ckpt})"
-        _write_csv(job.csv_path, run.rows)
-        raise NonFiniteLoss(msg) from None
+    t0 = clock.mark()
+    loss = train_step(
+        run.model,
+        run.opt,
+        run.spec,
+        pick,
+        gen,
+        t["accumulate"],
+        t["grad_clip"],
+        run.partitioner,
+    )
     run.sched.step()
-    sync(device)
     return {
         "step": step + 1,
         "loss": loss,
         "lr": run.opt.param_groups[0]["lr"],
-        "step_time_s": time.perf_counter() - t0,
+        "step_time_s": (t0, clock.mark()),
         "peak_memory_gb": peak_memory_gb(device),
         "val_psnr": None,
     }
+
+
+def _read_back(run: _Run, clock: StepClock) -> None:
+    """The rows' losses and step times read from the device at once (one host sync per logging
+    interval). A non-finite loss drops the rows from its step on, writes the CSV and raises
+    :class:`NonFiniteLoss` naming the step and the last checkpoint (checkpoints are written only
+    after a read-back, so none holds weights past a non-finite loss)."""
+    pending = [r for r in run.rows if isinstance(r["loss"], torch.Tensor)]
+    if not pending:
+        return
+    losses = torch.stack([r["loss"] for r in pending]).tolist()  # the one read
+    for r, value in zip(pending, losses, strict=True):
+        r["loss"] = value
+        r["step_time_s"] = clock.seconds(*r["step_time_s"])
+    bad = next((r for r in pending if not np.isfinite(r["loss"])), None)
+    if bad is None:
+        return
+    job = run.job
+    run.rows = [r for r in run.rows if r["step"] < bad["step"]]
+    ckpt = job.ckpt_path
+    last = int(torch.load(ckpt, weights_only=False)["step"]) if ckpt.exists() else 0
+    _write_csv(job.csv_path, run.rows)
+    raise NonFiniteLoss(
+        f"non-finite loss ({bad['loss']}) at step {bad['step']}; "
+        f"last good checkpoint: step {last} ({ckpt})"
+    )
 
 
 def _validate(run: _Run, row: dict) -> None:
@@ -527,69 +550,7 @@ def _write_oom(run: _Run, result: dict) -> dict:
     stats = {**result, "status": "oom", "message": msg, "peak_memory_gb": peak}
     stats.update(steps=step, step_time_mean_s=None, n_params=None, volume=run.volume)
     atomic_torch_save({**result, "status": "oom", "message": msg, "state_dict": None}, job.out)
+    run.rows = [r for r in run.rows if not isinstance(r["loss"], torch.Tensor)]  # read ones
     _write_csv(job.csv_path, run.rows)
     atomic_write_json(job.stats_path, stats)
     return stats
-
-
-def _stats_record(run: _Run, result: dict, tuned: dict) -> dict:
-    """The stats JSON of a finished run: steps, time after warm-up, memory, losses, what ran."""
-    job, t, rows, model = run.job, run.t, run.rows, run.model
-    times = [r["step_time_s"] for r in rows]
-    warm = t["warmup_steps"] if len(times) > t["warmup_steps"] else min(1, len(times) - 1)
-    peaks = [r["peak_memory_gb"] for r in rows if r["peak_memory_gb"] is not None]
-    vals = [r["val_psnr"] for r in rows if r["val_psnr"] is not None]
-    stats = {
-        **result,
-        "status": "ok",
-        "steps": len(rows),
-        "accumulate": t["accumulate"],
-        "volume": run.volume,
-        "n_params": count_parameters(model),
-        "lipschitz": run.lipschitz,
-        "lipschitz_by_setting": run.by_setting,
-        "settings": job.settings,
-        "peak_memory_gb": max(peaks) if peaks else None,
-        "peak_rss_gb": peak_rss_gb(),
-        "peak_rss_growth_gb": rss_growth_gb(run.rss_base),
-        "step_time_mean_s": float(np.mean(times[warm:])) if times else None,
-        "warmup_steps": warm,
-        "loss_first": rows[0]["loss"] if rows else None,
-        "loss_last": rows[-1]["loss"] if rows else None,
-        "val_psnr_last": vals[-1] if vals else None,
-        "bf16": bool(getattr(model, "bf16", False)),  # a model without a DRUNet has none
-        "network": network_settings(t, job.device),  # what ran: None = not applicable here
-        "masks": "fresh per draw" if job.redraw is not None else "fixed per volume",
-    }
-    if run.spec.use_H:  # which H the data steps used (normal.mri_h)
-        stats["normal_h"] = (
-            "the setting's data-free fit"
-            if run.h_of is None
-            else f"built from each draw's own mask (normal.mri_h: {mri_h_mode(job.task, job.config)})"
-        )
-    if run.partitioner is not None:  # what was really trained: patch, stride, inference grid
-        stats["patch_size"] = list(run.partitioner.patch_size)
-        stats["stride"] = list(run.partitioner.stride)
-        stats["n_patches"] = len(run.partitioner.starts)
-    stats.update(tuned)
-    if run.spec.kind == "unrolled":
-        stats["step_sizes"] = model.step_sizes.detach().cpu().tolist()
-        stats["sigmas"] = model.sigmas.detach().cpu().tolist()
-    return stats
-
-
-def _model_payload(run: _Run, result: dict, tuned: dict) -> dict:
-    """The model file of a finished run: weights, ‖A‖² per setting, config and PnP parameters."""
-    job = run.job
-    return {
-        **result,
-        "status": "ok",
-        "state_dict": run.model.state_dict(),
-        "lipschitz": run.lipschitz,
-        "lipschitz_by_setting": run.by_setting,
-        "settings": job.settings,
-        "model_config": job.config.get("model", {}),
-        "K": job.config.get(job.task, {}).get("K"),
-        "steps": len(run.rows),
-        "algo_params": tuned.get("algo_params"),
-    }

@@ -1,0 +1,77 @@
+"""What a finished training run writes: its stats record (the ``<stats>`` JSON) and its model
+file's payload (weights, ‖A‖² per setting, config, PnP parameters)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from unroll3d.engine.operators import mri_h_mode
+from unroll3d.engine.timing import rss_growth_gb
+from unroll3d.models import count_parameters
+from unroll3d.models.build import network_settings
+from unroll3d.utils import peak_rss_gb
+
+__all__ = ["model_payload", "stats_record"]
+
+
+def stats_record(run, result: dict, tuned: dict) -> dict:
+    """The stats JSON of a finished run: steps, time after warm-up, memory, losses, what ran."""
+    job, t, rows, model = run.job, run.t, run.rows, run.model
+    times = [r["step_time_s"] for r in rows]
+    warm = t["warmup_steps"] if len(times) > t["warmup_steps"] else min(1, len(times) - 1)
+    peaks = [r["peak_memory_gb"] for r in rows if r["peak_memory_gb"] is not None]
+    vals = [r["val_psnr"] for r in rows if r["val_psnr"] is not None]
+    stats = {
+        **result,
+        "status": "ok",
+        "steps": len(rows),
+        "accumulate": t["accumulate"],
+        "volume": run.volume,
+        "n_params": count_parameters(model),
+        "lipschitz": run.lipschitz,
+        "lipschitz_by_setting": run.by_setting,
+        "settings": job.settings,
+        "peak_memory_gb": max(peaks) if peaks else None,
+        "peak_rss_gb": peak_rss_gb(),
+        "peak_rss_growth_gb": rss_growth_gb(run.rss_base),
+        "step_time_mean_s": float(np.mean(times[warm:])) if times else None,
+        "warmup_steps": warm,
+        "loss_first": rows[0]["loss"] if rows else None,
+        "loss_last": rows[-1]["loss"] if rows else None,
+        "val_psnr_last": vals[-1] if vals else None,
+        "bf16": bool(getattr(model, "bf16", False)),  # a model without a DRUNet has none
+        "network": network_settings(t, job.device),  # what ran: None = not applicable here
+        "masks": "fresh per draw" if job.redraw is not None else "fixed per volume",
+    }
+    if run.spec.use_H:  # which H the data steps used (normal.mri_h)
+        stats["normal_h"] = (
+            "the setting's data-free fit"
+            if run.h_of is None
+            else f"built from each draw's own mask (normal.mri_h: {mri_h_mode(job.task, job.config)})"
+        )
+    if run.partitioner is not None:  # what was really trained: patch, stride, inference grid
+        stats["patch_size"] = list(run.partitioner.patch_size)
+        stats["stride"] = list(run.partitioner.stride)
+        stats["n_patches"] = len(run.partitioner.starts)
+    stats.update(tuned)
+    if run.spec.kind == "unrolled":
+        stats["step_sizes"] = model.step_sizes.detach().cpu().tolist()
+        stats["sigmas"] = model.sigmas.detach().cpu().tolist()
+    return stats
+
+
+def model_payload(run, result: dict, tuned: dict) -> dict:
+    """The model file of a finished run: weights, ‖A‖² per setting, config and PnP parameters."""
+    job = run.job
+    return {
+        **result,
+        "status": "ok",
+        "state_dict": run.model.state_dict(),
+        "lipschitz": run.lipschitz,
+        "lipschitz_by_setting": run.by_setting,
+        "settings": job.settings,
+        "model_config": job.config.get("model", {}),
+        "K": job.config.get(job.task, {}).get("K"),
+        "steps": len(run.rows),
+        "algo_params": tuned.get("algo_params"),
+    }
