@@ -82,3 +82,171 @@ def test_the_loop_reads_the_device_once_per_logging_interval(tmp_path, monkeypat
     b, wb = _losses_and_weights(job)
     assert a == b and len(a) == 8 and _same_weights(wa, wb)
     assert stats["step_time_mean_s"] > 0
+
+
+def _two_volume_job(tmp_path, variant, device_cache, H=None, steps=6):
+    cfg = toy_config(steps=steps, accumulate=2, device_cache=device_cache)
+    job = make_job(tmp_path, variant, cfg, H=H)
+    job.train_paths = ["toy0", "toy1", "toy2"]
+    return job
+
+
+@pytest.mark.parametrize("variant", ["partition-H", "unrolled"])
+def test_parked_samples_train_as_resident_ones_and_the_next_draw_is_prefetched(
+    tmp_path, monkeypatch, variant
+):
+    """device_cache 0 parks every volume (host copies, copied over when drawn, the next step's
+    first draw ahead of it): the same losses and weights, to the last bit, as every volume kept
+    (device_cache 8), and each prefetch names the volume the next step then draws first."""
+    import unroll3d.engine.samples as engine_samples
+
+    spec = variant_spec(variant)
+    H = toy_H(loader("toy0")) if spec.use_H else None
+    kept = _two_volume_job(tmp_path / "kept", variant, 8, H)
+    tr.train(kept)
+    fetched, prefetched = [], []
+    real_fetch, real_prefetch = engine_samples.SampleCache._fetch, engine_samples.SampleCache.prefetch
+
+    def fetch(self, i, whole):
+        fetched.append((i, i in self._inflight))
+        return real_fetch(self, i, whole)
+
+    def prefetch(self, i):
+        prefetched.append(i)
+        return real_prefetch(self, i)
+
+    monkeypatch.setattr(engine_samples.SampleCache, "_fetch", fetch)
+    monkeypatch.setattr(engine_samples.SampleCache, "prefetch", prefetch)
+    parked = _two_volume_job(tmp_path / "parked", variant, 0, H)
+    stats = tr.train(parked)
+    monkeypatch.undo()
+    a, wa = _losses_and_weights(kept)
+    b, wb = _losses_and_weights(parked)
+    assert a == b and _same_weights(wa, wb)
+    assert stats["device_cache"] == 0 and stats["resident_samples_gb"] is None  # CPU
+    # two draws per step: the prefetch (after a step's first draw) names the next step's first
+    firsts = fetched[2::2]  # the first draw of steps 1..6 (after setup's two get(0))
+    assert len(firsts) == 6 and prefetched == [i for i, _ in firsts[1:]]
+    # a prefetched volume is found in flight unless it was already the one on the device
+    assert any(hit for _, hit in firsts[1:])
+
+
+class _Spy:
+    """A Prefetcher double that records which tensors a parked sample's draw copies."""
+
+    def __init__(self):
+        self.copied = []
+
+    def copy(self, t):
+        self.copied.append(t)
+        return t.clone()
+
+    def ready(self, tensors):
+        pass
+
+
+@pytest.mark.parametrize(
+    "variant, copies",
+    [("unrolled", {"x", "y", "x0"}), ("partition", {"x", "y"}), ("pnp", set())],
+)
+def test_a_parked_draw_copies_only_what_its_variant_needs(variant, copies):
+    """Whole-volume variants copy x, y and x0; partitioned ones x and y (x0's patch goes over in
+    the estimate); PnP nothing (the estimate copies the ground truth's patch)."""
+    from unroll3d.engine.samples import SampleCache
+
+    cache = SampleCache(["toy0"], loader, variant_spec(variant), None, on_device=0)
+    prep = cache.get(0)  # loaded and parked
+    spy = cache._prefetcher = _Spy()
+    cache._active = None
+    got = cache.get(0)
+    host = cache._cache[0]
+    names = {"x": host.sample.x, "y": host.sample.y, "x0": host.x0}
+    assert {k for k, t in names.items() if any(t is c for c in spy.copied)} == copies
+    assert len(spy.copied) == len(copies)
+    assert got.offloaded and torch.equal(got.sample.x, prep.sample.x)
+
+
+@pytest.mark.parametrize("variant", ["partition", "partition-H", "pnp"])
+def test_the_patch_only_estimate_is_the_whole_volume_one(variant):
+    """estimate_pair of a parked sample (x0's or the ground truth's patch copied alone) gives
+    the same estimate and target, to the last bit, as with the whole volumes there."""
+    from unroll3d.engine import operators
+    from unroll3d.engine.partitioning import estimate_pair, make_partitioner
+    from unroll3d.physics import initial_reconstruction
+
+    spec = variant_spec(variant)
+    s = loader("toy1")
+    H = toy_H(loader("toy0")) if spec.use_H else None
+    cfg = toy_config()
+    torch.manual_seed(0)
+    model = tr.build_variant(variant, "cbct", cfg, lipschitz=s.meta["op_norm_sq"])
+    part = make_partitioner(model, "cbct", cfg, s.x.shape[1:])
+    phys = operators.physics_for(s, spec, H, s.meta["op_norm_sq"])
+    x0 = initial_reconstruction(s.physics, s.y)
+    out = []
+    for device in (None, torch.device("cpu")):
+        gen = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            out.append(estimate_pair(model, spec, s, phys, x0, gen, part, H, device))
+    assert all(torch.equal(a, b) for a, b in zip(out[0], out[1], strict=True))
+
+
+@pytest.fixture(scope="module")
+def mri_file(tmp_path_factory):
+    """One preprocessed toy MRI volume in the real file format."""
+    import zipfile
+
+    from unroll3d.data import mri, toy
+
+    d = tmp_path_factory.mktemp("mri")
+    vol = "e00001s3_P00001"
+    toy.write_mri_toy(d, [vol], ["e00002s3_P00002"], (8, 12, 10), n_coils=2, seed=0)
+    zips = [p for p in d.rglob("*.zip") if zipfile.is_zipfile(p)]
+    mri.preprocess_mri(zips[0], vol, d / f"{vol}.pt", partial_fourier=0.85, calib=2)
+    return str(d / f"{vol}.pt")
+
+
+def test_a_fresh_mask_draw_reads_the_file_once_and_is_the_loaded_sample(mri_file, monkeypatch):
+    """Each draw of FreshMaskLoader is load_sample's sample with that mask seed (bit for bit),
+    while the file is read once: only the mask is new."""
+    import unroll3d.engine.samples as engine_samples
+    from unroll3d.data import load_sample
+
+    reads = []
+    real = engine_samples.read_sample_file
+    monkeypatch.setattr(
+        engine_samples, "read_sample_file", lambda *a, **k: (reads.append(a), real(*a, **k))[1]
+    )
+    draw = engine_samples.FreshMaskLoader("R2", "cpu")
+    masks = set()
+    for seed in (5, 17, 5, 123):
+        got = draw(mri_file, seed)
+        want = load_sample(mri_file, "R2", mask_seed=seed)
+        assert torch.equal(got.x, want.x) and torch.equal(got.y, want.y)
+        assert torch.equal(got.physics.mask, want.physics.mask)
+        assert got.meta == want.meta
+        masks.add(got.physics.mask.sum().item())
+    assert len(reads) == 1 and len(masks) > 1
+
+
+@pytest.mark.parametrize("variant", ["partition", "unrolled"])
+def test_mri_fresh_masks_train_as_when_the_file_was_loaded_per_draw(tmp_path, mri_file, variant):
+    """Training with fresh masks on the kept k-space gives the losses and weights, to the last
+    bit, of the former path that loaded the file again for every draw."""
+    from unroll3d.data import load_sample
+
+    cfg = toy_config(steps=4, accumulate=2, fresh_masks=True)
+    cfg["mri"] = {"K": 1, "patch_size": [4, 8, 8], "stride": None}
+    jobs = []
+    for name in ("kept", "reloaded"):
+        job = tr.TrainJob(
+            task="mri", setting="R2", variant=variant, config=cfg, train_paths=[mri_file],
+            val_paths=[], out=tmp_path / name / "m.pt", progress=False,
+        )  # fmt: skip
+        if name == "reloaded":
+            job.redraw = lambda p, seed: load_sample(p, "R2", mask_seed=seed)
+        assert tr.train(job)["masks"] == "fresh per draw"
+        jobs.append(job)
+    a, wa = _losses_and_weights(jobs[0])
+    b, wb = _losses_and_weights(jobs[1])
+    assert a == b and len(a) == 4 and _same_weights(wa, wb)

@@ -9,7 +9,9 @@
   format) with the bf16 network, contiguous and channels_last_3d + cudnn.benchmark;
 - ``train_loop``: the real training loop, :func:`unroll3d.engine.train.train`, with its sample
   draws and transfers, on two synthetic volumes per task (one CBCT and one MRI variant), with the
-  samples resident on the card (``train.device_cache``) against parked in host memory;
+  samples resident on the card (``train.device_cache: auto``, the GB kept there) against parked
+  in pinned host memory (prefetched on a side stream), and the host syncs of one step counted
+  under ``torch.cuda.set_sync_debug_mode("warn")`` (CUDA only);
 - ``profile``: one CBCT ``partition-H`` training micro-step under ``torch.profiler``, its time
   by kind (convolutions, layout changes, elementwise, FFT, the projector, the rest) and the
   card's idle share.
@@ -195,7 +197,7 @@ def section_train_loop(rec, device, backend, prof, sizes, keys: dict | None = No
             samples["vol0"].meta["setting"],
         )  # fmt: skip
         shape = "×".join(map(str, samples["vol0"].x.shape[2:]))
-        for label, cache in (("resident", 2), ("parked", 0)):
+        for label, cache in (("resident", "auto"), ("parked", 0)):
             if rec.left() < 40:
                 rec.add("train_loop", f"{variant}, {task}", label, "", status="skipped",
                         note="time budget")  # fmt: skip
@@ -208,6 +210,7 @@ def section_train_loop(rec, device, backend, prof, sizes, keys: dict | None = No
                     config=config, train_paths=list(samples), val_paths=[],
                     out=Path(tmp) / "m.pt", H=H, device=device,
                     loader=samples.__getitem__, progress=False,
+                    sync_debug_step=1 if sizes["loop_steps"] > 1 else None,
                 )  # fmt: skip
                 stats = train(job)
             case = f"{variant}, {task} {shape}, {label}"
@@ -222,11 +225,28 @@ def section_train_loop(rec, device, backend, prof, sizes, keys: dict | None = No
             rec.add("train_loop", case, "time per step", stats["step_time_mean_s"], "s", note=note)
             if device.type == "cuda":
                 rec.add("train_loop", case, "peak memory", stats["peak_memory_gb"], "GB")
+                rec.add("train_loop", case, "samples resident", stats["resident_samples_gb"],
+                        "GB", note=f"train.device_cache={cache}")  # fmt: skip
+            _sync_rows(rec, case, stats)
             for s in samples.values():  # parked runs moved the operators: bring them back
                 s.physics.to(device)
         del samples, H
         torch.manual_seed(0)
         free(device)
+
+
+def _sync_rows(rec, case: str, stats: dict) -> None:
+    """The host syncs of the loop's second step (``torch.cuda.set_sync_debug_mode("warn")``):
+    their count and the first places; on the CPU a note that the check needs CUDA."""
+    found = stats.get("host_syncs_in_step")
+    if found is None:
+        rec.add("train_loop", case, "host syncs in one step", "", status="info",
+                note="set_sync_debug_mode needs CUDA: not counted here")  # fmt: skip
+        return
+    ops = found["ops"]
+    where = "; ".join(dict.fromkeys(op.split(": ", 1)[0] for op in ops))
+    rec.add("train_loop", case, "host syncs in one step", len(ops), "syncs",
+            note=f"step {found['step']}: {where[:300] or 'none'}")  # fmt: skip
 
 
 #: the kinds of work in a profile, matched on op or kernel names (first match wins: cuDNN's

@@ -15,7 +15,7 @@ from unroll3d.data.sample import Sample, fixed_mask_seed, parse_setting
 from unroll3d.data.walnut import view_indices
 from unroll3d.physics import ConeBeam
 
-__all__ = ["load_sample"]
+__all__ = ["load_sample", "read_sample_file"]
 
 
 def load_sample(
@@ -43,6 +43,20 @@ def load_sample(
     :param int mask_seed: MRI only: override the fixed per-volume mask seed.
     :param bool mmap: memory-map the file (only the selected views are read for CBCT).
     """
+    data, meta, task, value = read_sample_file(path, setting, mmap=mmap)
+    if task == "cbct":
+        return _cbct_sample(Path(path), data, meta, setting, value, device)
+    seed = mask_seed if mask_seed is not None else fixed_mask_seed(meta["volume"], setting)
+    return make_sample(data, meta, setting, value, seed, device)
+
+
+def read_sample_file(
+    path: str | Path, setting: str, mmap: bool = True
+) -> tuple[dict, dict, str, float]:
+    """``(arrays, meta, task, value)`` of a preprocessed file whose task is the setting's (the
+    arrays memory-mapped unless ``mmap`` is false; ``meta["source"]`` names the file). MRI
+    training keeps them to draw one fresh mask after another on the same k-space
+    (:func:`unroll3d.data.mri.make_sample`)."""
     path = Path(path)
     if not path.exists():
         raise DataError(
@@ -59,29 +73,31 @@ def load_sample(
         raise DataError(
             f"{path} holds task {meta.get('task')!r} but setting {setting!r} is for {task!r}"
         )
-    if task == "cbct":
-        n_full = int(meta.get("n_full", data["y"].shape[0]))
-        idx = view_indices(n_full, int(value))
-        stored = data["view_ids"].numpy() if "view_ids" in data else np.arange(n_full)
-        pos = np.searchsorted(stored, idx)
-        if np.any(pos >= len(stored)) or np.any(stored[np.minimum(pos, len(stored) - 1)] != idx):
-            raise DataError(
-                f"{path} stores {len(stored)} of {n_full} views, not all of the {len(idx)} that "
-                f"setting {setting!r} needs; preprocess it again with this view count in the "
-                f"settings (cbct.views) or with all views"
-            )
-        idx_t = torch.from_numpy(pos)
-        y = data["y"].index_select(0, idx_t).to(device)[None, None]
-        vectors = data["vectors"].index_select(0, idx_t)
-        if data["x"].dim() != 3 or len(set(data["x"].shape)) != 1:  # Walnut grids are cubic
-            raise DataError(
-                f"{path}: the volume is {' × '.join(map(str, data['x'].shape))}; Walnut volumes "
-                "are cubic (a ground-truth slice missing from the raw zip?); delete it and "
-                "preprocess it again"
-            )
-        x = data["x"].to(device)[None, None]
-        physics = ConeBeam(vectors, tuple(x.shape[-3:]), det_shape=tuple(y.shape[-2:])).to(device)
-        meta.update(setting=setting, view_indices=idx.tolist(), n_views=len(idx), n_full=n_full)
-        return Sample(x=x, y=y, physics=physics, meta=meta)
-    seed = mask_seed if mask_seed is not None else fixed_mask_seed(meta["volume"], setting)
-    return make_sample(data, meta, setting, value, seed, device)
+    return data, meta, task, value
+
+
+def _cbct_sample(path, data: dict, meta: dict, setting: str, value, device) -> Sample:
+    """The views of setting ``v<value>`` of a Walnut file's arrays, on ``device``."""
+    n_full = int(meta.get("n_full", data["y"].shape[0]))
+    idx = view_indices(n_full, int(value))
+    stored = data["view_ids"].numpy() if "view_ids" in data else np.arange(n_full)
+    pos = np.searchsorted(stored, idx)
+    if np.any(pos >= len(stored)) or np.any(stored[np.minimum(pos, len(stored) - 1)] != idx):
+        raise DataError(
+            f"{path} stores {len(stored)} of {n_full} views, not all of the {len(idx)} that "
+            f"setting {setting!r} needs; preprocess it again with this view count in the "
+            f"settings (cbct.views) or with all views"
+        )
+    idx_t = torch.from_numpy(pos)
+    y = data["y"].index_select(0, idx_t).to(device)[None, None]
+    vectors = data["vectors"].index_select(0, idx_t)
+    if data["x"].dim() != 3 or len(set(data["x"].shape)) != 1:  # Walnut grids are cubic
+        raise DataError(
+            f"{path}: the volume is {' × '.join(map(str, data['x'].shape))}; Walnut volumes "
+            "are cubic (a ground-truth slice missing from the raw zip?); delete it and "
+            "preprocess it again"
+        )
+    x = data["x"].to(device)[None, None]
+    physics = ConeBeam(vectors, tuple(x.shape[-3:]), det_shape=tuple(y.shape[-2:])).to(device)
+    meta.update(setting=setting, view_indices=idx.tolist(), n_views=len(idx), n_full=n_full)
+    return Sample(x=x, y=y, physics=physics, meta=meta)

@@ -404,7 +404,10 @@ def check_sample_arrays(data: dict, meta: dict) -> None:
 
 
 def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed: int, device):
-    """Build the :class:`~unroll3d.data.Sample` of a preprocessed MRI file under ``R<acceleration>``."""
+    """Build the :class:`~unroll3d.data.Sample` of a preprocessed MRI file under ``R<acceleration>``
+    with the mask of ``seed`` (drawn on the host). Arrays of ``data`` already on ``device`` are
+    used where they are: training keeps a volume's k-space and coil maps there and draws only
+    a new mask (:class:`unroll3d.engine.samples.FreshMaskLoader`)."""
     import torch
 
     from unroll3d.data.sample import Sample
@@ -430,6 +433,8 @@ def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed:
     else:
         mask2d = sampling_mask((ny, nz), acceleration, calib, seed) * data["pf_mask"]
         source = kind = "seeded"
+    # counted on the host, before the copy: the mask's only read (a sync on CUDA otherwise)
+    effective = float(ny * nz / max(float(mask2d.sum()), 1.0))
     mask2d = mask2d.to(device)
     maps = data["coil_maps"].to(device)[None]
     physics = MultiCoilMRI3D(mask2d, maps, (nx, ny, nz), device=device)
@@ -448,7 +453,7 @@ def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed:
         "mask_seed": seed,
         "mask": source,
         "mask_source": kind,
-        "effective_acceleration": float(ny * nz / max(float(mask2d.sum()), 1.0)),
+        "effective_acceleration": effective,
         "scale": scale,
     }
     return Sample(x=x * scale, y=y * scale, physics=physics, meta=meta)

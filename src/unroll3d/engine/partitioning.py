@@ -74,21 +74,44 @@ def estimate_pair(
     generator: torch.Generator,
     partitioner=None,
     H: NormalFit | None = None,
+    device: torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(estimate, target) of one training sample: a random patch or the full volume (PnP: the
-    denoiser on a noisy random patch of the ground truth)."""
+    denoiser on a noisy random patch of the ground truth).
+
+    ``device``: the sample is parked in host memory and only partly on ``device``
+    (:class:`unroll3d.engine.samples.SampleCache`): PnP's ground-truth patch and a partitioned
+    variant's x0 patch are copied over here, nothing more (the same corner, drawn from the same
+    generator, so the same numbers)."""
     if spec.kind == "pnp":
         start = sample_patch_start(
             partitioner.img_size, partitioner.patch_size, partitioner.train_ranges, generator
         )
-        return model.denoising_pair(crop_patch(sample.x, start, partitioner.patch_size), generator)
+        patch = crop_patch(sample.x, start, partitioner.patch_size)
+        patch = patch if device is None else patch.to(device, non_blocking=True)
+        return model.denoising_pair(patch, generator)
     if spec.partition:
+        where = {}
+        if device is not None and x0 is not None:  # x0 parked: only its patch goes over
+            start = sample_patch_start(
+                partitioner.img_size, partitioner.patch_size, partitioner.train_ranges, generator
+            )
+            x0, where = _patch_only(x0, start, partitioner.patch_size, device), {"start": start}
         return partitioner.training_pair(
             sample.y,
             physics,
             sample.x,
             generator=generator,
             x0=x0,
+            **where,
             **h_kwargs(spec, H, sample.x.shape[1:]),
         )
     return model(sample.y, physics, x_init=x0), sample.x
+
+
+def _patch_only(volume: torch.Tensor, start, patch, device) -> torch.Tensor:
+    """A zero volume on ``device`` holding ``volume``'s patch at ``start`` (the patch problem
+    reads x0 only there): one patch copied over instead of the volume."""
+    out = torch.zeros(volume.shape, dtype=volume.dtype, device=device)
+    crop_patch(out, start, patch).copy_(crop_patch(volume, start, patch), non_blocking=True)
+    return out

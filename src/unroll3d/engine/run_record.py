@@ -42,7 +42,14 @@ def stats_record(run, result: dict, tuned: dict) -> dict:
         "bf16": bool(getattr(model, "bf16", False)),  # a model without a DRUNet has none
         "network": network_settings(t, job.device),  # what ran: None = not applicable here
         "masks": "fresh per draw" if job.redraw is not None else "fixed per volume",
+        # training volumes kept on the device (train.device_cache); None on the CPU
+        "resident_samples_gb": (
+            None if job.device.type == "cpu" else sum(r.gb for r in run.residency)
+        ),
+        "device_cache": t["device_cache"],
     }
+    if run.syncs is not None:  # TrainJob.sync_debug_step on CUDA: what made the host wait
+        stats["host_syncs_in_step"] = {"step": job.sync_debug_step + 1, "ops": run.syncs}
     if run.spec.use_H:  # which H the data steps used (normal.mri_h)
         stats["normal_h"] = (
             "the setting's data-free fit"

@@ -4,20 +4,30 @@ their variant sees and their H, cached (parked in host memory past ``train.devic
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from unroll3d.data.loading import load_sample
-from unroll3d.data.sample import check_same_shape
+from unroll3d.data.loading import load_sample, read_sample_file
+from unroll3d.data.mri import make_sample
+from unroll3d.data.sample import check_same_shape, parse_setting
 from unroll3d.engine.operators import lipschitz_of, physics_for
+from unroll3d.engine.transfer import Prefetcher, Residency, host_copy, nbytes
 from unroll3d.normal import NormalFit
 from unroll3d.physics import initial_reconstruction
 from unroll3d.variants import VariantSpec
 
-__all__ = ["Prepared", "SampleCache", "default_loader", "fresh_mask_loader"]
+__all__ = [
+    "FreshMaskLoader",
+    "Prepared",
+    "SampleCache",
+    "VolumeStore",
+    "default_loader",
+    "fresh_mask_loader",
+]
 
 
 @dataclass
@@ -32,15 +42,37 @@ class Prepared:
     device: Any = None
     lipschitz: float | None = None
     H: Any = None
+    #: a parked sample's heavy operator buffers, ``[(module, name, tensor)]``: host copies in
+    #: the cache, device copies in what :meth:`SampleCache.get` returns
+    buffers: list | None = None
 
 
-def _moved(prep: Prepared, device: torch.device | str) -> Prepared:
-    """A copy of ``prep`` whose volumes (x, y, x0) live on ``device`` (physics unchanged)."""
+def _with(prep: Prepared, move, x: bool, y: bool, x0: bool, buffers: bool) -> Prepared:
+    """A copy of ``prep`` whose chosen volumes (and heavy operator buffers) went through
+    ``move`` (physics object unchanged)."""
     sample = copy.copy(prep.sample)
-    sample.x = prep.sample.x.to(device, non_blocking=True)
-    sample.y = prep.sample.y.to(device, non_blocking=True)
-    x0 = prep.x0.to(device, non_blocking=True)
-    return Prepared(sample, prep.physics, x0, prep.offloaded, prep.device, prep.lipschitz, prep.H)
+    sample.x = move(prep.sample.x) if x else prep.sample.x
+    sample.y = move(prep.sample.y) if y else prep.sample.y
+    bufs = prep.buffers
+    if buffers and bufs:
+        bufs = [(m, name, move(t)) for m, name, t in bufs]
+    x0_ = move(prep.x0) if x0 else prep.x0
+    return dataclasses.replace(prep, sample=sample, x0=x0_, buffers=bufs)
+
+
+def _heavy_buffers(physics) -> list:
+    """``[(module, name, tensor)]`` of every buffer of ``physics`` when it is heavy, else []."""
+    if not _heavy(physics):
+        return []
+    return [
+        (m, name, b) for m in physics.modules() for name, b in m._buffers.items() if b is not None
+    ]
+
+
+def _install(buffers: list) -> None:
+    """Point each module's buffer at the given tensor (no copy)."""
+    for module, name, t in buffers:
+        module._buffers[name] = t
 
 
 #: an operator whose buffers exceed this many bytes moves with its parked sample (MRI coil maps
@@ -58,11 +90,17 @@ class SampleCache:
     (:func:`h_builder`), else the setting's ``H``. Every volume must have the shape of the first
     one loaded by any cache sharing ``shape_ref`` (MRI: but kz), else a :class:`DataError`.
 
-    The first ``on_device`` samples stay on the device; the others are parked in host memory,
-    volumes (x, y, x0) and the sample's own operator (MRI coil maps ≈ 0.9 GB each at
-    256×218×170×12), and copied over one at a time when drawn (``train.device_cache``; the paper
-    config keeps none: 40 MRI volumes would hold ≈ 36 GB of coil maps). ‖A‖² is computed on the
-    first sample and shared by all (``lipschitz``).
+    Samples stay on the device while ``residency`` admits them (``train.device_cache``: the
+    first N, or ``auto``: those that fit in half the free device memory; ``on_device`` = N is
+    the short form); the others are parked in host memory (pinned on CUDA), volumes (x, y, x0)
+    and the sample's own operator when heavy (MRI coil maps ≈ 0.9 GB each at 256×218×170×12).
+    A parked sample is copied over when drawn, or ahead of its draw by :meth:`prefetch` on a
+    side stream, and only what its variant needs: nothing for ``pnp`` (the estimate copies the
+    patch), x, y and the operator for a partitioned variant (x0 stays on the host: only its
+    patch goes over, :func:`unroll3d.engine.partitioning.estimate_pair`), everything for a
+    whole-volume one. The last parked sample drawn stays on the device until another is drawn.
+    Without CUDA every copy is a no-op and the numbers are those of a resident sample. ‖A‖² is
+    computed on the first sample and shared by all (``lipschitz``).
     """
 
     def __init__(
@@ -75,6 +113,7 @@ class SampleCache:
         on_device: int | None = None,
         h_of: Callable | None = None,
         shape_ref: dict | None = None,
+        residency: Residency | None = None,
     ):
         self.paths = list(paths)
         self.h_of = h_of  # (sample, setting fit) -> the sample's own H (normal.mri_h: mask)
@@ -84,46 +123,79 @@ class SampleCache:
         self.lipschitz: float | None = None
         self._cache: dict[int, Prepared] = {}
         self.lipschitz_fn = lipschitz_fn or lipschitz_of
-        self.on_device = on_device
-        self._active: int | None = None  # the parked sample whose operator is on the device
+        self.residency = residency or Residency(count=on_device)
+        self._prefetcher: Prefetcher | None = None
+        self._active: tuple | None = None  # (i, Prepared, whole): the parked one on the device
+        self._inflight: dict[int, Prepared] = {}  # parked samples being copied over
         # the first volume's (path, shape); one dict shared by the caches of one data set
         self.shape_ref: dict = {} if shape_ref is None else shape_ref
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def get(self, i: int) -> Prepared:
+    def _load(self, i: int) -> Prepared:
+        sample = self.loader(self.paths[i])
+        check_same_shape(self.shape_ref, self.paths[i], sample)
+        with torch.no_grad():
+            x0 = initial_reconstruction(sample.physics, sample.y).float()
+        if self.lipschitz is None:
+            self.lipschitz = self.lipschitz_fn(sample, x0)
+        H = self.H if self.h_of is None else self.h_of(sample, self.H)
+        phys = physics_for(sample, self.spec, H, self.lipschitz)
+        return Prepared(sample, phys, x0, lipschitz=self.lipschitz, H=H)
+
+    def get(self, i: int, whole: bool = False) -> Prepared:
+        """Sample ``i`` as a step uses it (``whole``: every volume on the device, whatever the
+        variant needs, as evaluation and PnP's parameter search use it)."""
         if i not in self._cache:
-            sample = self.loader(self.paths[i])
-            check_same_shape(self.shape_ref, self.paths[i], sample)
-            with torch.no_grad():
-                x0 = initial_reconstruction(sample.physics, sample.y).float()
-            if self.lipschitz is None:
-                self.lipschitz = self.lipschitz_fn(sample, x0)
-            H = self.H if self.h_of is None else self.h_of(sample, self.H)
-            phys = physics_for(sample, self.spec, H, self.lipschitz)
-            prep = Prepared(sample, phys, x0, lipschitz=self.lipschitz, H=H)
-            full = self.on_device is not None and len(self._cache) >= self.on_device
-            if full and x0.device.type != "cpu":
-                prep = _moved(prep, "cpu")
-                prep.offloaded, prep.device = True, x0.device
-                self._park_operator(prep)
+            prep = self._load(i)
+            heavy = _heavy_buffers(prep.sample.physics)
+            size = nbytes([prep.sample.x, prep.sample.y, prep.x0, *(t for *_, t in heavy)])
+            if not self.residency.admit(size):
+                prep = self._park(prep, heavy)
             self._cache[i] = prep
         prep = self._cache[i]
-        if not prep.offloaded:
-            return prep
-        if self._active not in (None, i):  # one parked sample's operator on the device at a time
-            self._park_operator(self._cache[self._active])
-        self._active = i
-        if _heavy(prep.sample.physics):
-            prep.sample.physics.to(prep.device)  # in place: the variant's wrapper holds it too
-        return _moved(prep, prep.device)
+        return self._fetch(i, whole) if prep.offloaded else prep
 
-    @staticmethod
-    def _park_operator(prep: Prepared) -> None:
-        """Move a parked sample's own operator to host memory when it is heavy (coil maps)."""
-        if _heavy(prep.sample.physics):
-            prep.sample.physics.to("cpu")
+    def _park(self, prep: Prepared, heavy: list) -> Prepared:
+        """``prep`` moved to (pinned) host memory, its heavy operator buffers too."""
+        device = prep.x0.device
+        self._prefetcher = self._prefetcher or Prefetcher(device)
+        prep = dataclasses.replace(prep, buffers=heavy)
+        parked = _with(prep, lambda t: host_copy(t, device), True, True, True, True)
+        _install(parked.buffers or [])
+        return dataclasses.replace(parked, offloaded=True, device=device)
+
+    def _start(self, i: int, whole: bool = False) -> Prepared:
+        """Start copying parked sample ``i`` to its device: what its variant needs (``whole``:
+        all of it)."""
+        prep = self._cache[i]
+        needs = whole or self.spec.kind != "pnp"
+        x0 = whole or (needs and not self.spec.partition)
+        return _with(prep, self._prefetcher.copy, needs, needs, x0, needs)
+
+    def prefetch(self, i: int) -> None:
+        """Start copying parked sample ``i`` now (side stream), so that its draw finds it there;
+        nothing for a resident, not yet loaded, already copied or in-flight sample."""
+        prep = self._cache.get(i)
+        if prep is None or not prep.offloaded or i in self._inflight:
+            return
+        if self._active is None or self._active[0] != i:
+            self._inflight[i] = self._start(i)
+
+    def _fetch(self, i: int, whole: bool) -> Prepared:
+        """Parked sample ``i`` on the device: the one there already, the prefetched one, or a
+        copy started now; its operator's device buffers installed, the previous one's parked."""
+        if self._active is not None and self._active[0] == i and (self._active[2] or not whole):
+            return self._active[1]
+        dev = (None if whole else self._inflight.pop(i, None)) or self._start(i, whole)
+        bufs = dev.buffers or []
+        self._prefetcher.ready([dev.sample.x, dev.sample.y, dev.x0, *(t for *_, t in bufs)])
+        if self._active is not None:  # one parked sample's operator on the device at a time
+            _install(self._cache[self._active[0]].buffers or [])
+        _install(bufs)
+        self._active = (i, dev, whole)
+        return dev
 
     def fresh(self, i: int, redraw: Callable, seed: int) -> Prepared:
         """Sample ``i`` drawn again by ``redraw(path, seed)`` (a new MRI mask), with its x0 and
@@ -140,11 +212,12 @@ class SampleCache:
 
     def device_bytes(self) -> int:
         """Bytes of the cached samples (volumes and operators) on a non-CPU device."""
-        total = 0
-        for prep in self._cache.values():
-            tensors = [prep.sample.x, prep.sample.y, prep.x0, *prep.sample.physics.buffers()]
-            total += sum(t.numel() * t.element_size() for t in tensors if t.device.type != "cpu")
-        return total
+        preps = [*self._cache.values(), *self._inflight.values()]
+        preps += [self._active[1]] if self._active is not None else []
+        tensors = [t for p in preps for t in (p.sample.x, p.sample.y, p.x0)]
+        tensors += [t for p in self._cache.values() for t in p.sample.physics.buffers()]
+        tensors += [t for p in preps for *_, t in (p.buffers or [])]
+        return nbytes(t for t in tensors if t.device.type != "cpu")
 
 
 def default_loader(setting: str, device: torch.device) -> Callable:
@@ -156,13 +229,80 @@ def default_loader(setting: str, device: torch.device) -> Callable:
     return load
 
 
-def fresh_mask_loader(setting: str, device: torch.device) -> Callable:
+class VolumeStore:
+    """The arrays of preprocessed MRI files that fresh-mask draws rebuild their samples from
+    (k-space, coil maps, ground truth), read once per file and kept: on ``device`` while
+    ``residency`` admits them, otherwise in pinned host memory and copied over per draw (the
+    last one drawn stays; :meth:`prefetch` starts the next one's copy on a side stream). Off
+    CUDA the arrays stay the memory-mapped ones (no copy). One store serves every setting."""
+
+    KEPT = ("kspace", "coil_maps", "x")
+
+    def __init__(self, device, residency: Residency | None = None):
+        self.device = torch.device(device)
+        self.residency = residency or Residency()
+        self._files: dict[str, tuple[dict, dict, bool]] = {}  # path -> (arrays, meta, parked)
+        self._prefetcher = Prefetcher(self.device)
+        self._active: tuple[str, dict] | None = None
+        self._inflight: dict[str, dict] = {}
+
+    def _read(self, path: str, setting: str) -> tuple[dict, dict, bool]:
+        if path not in self._files:
+            data, meta, _task, _value = read_sample_file(path, setting)
+            data = dict(data)
+            parked = not self.residency.admit(nbytes(data[k] for k in self.KEPT))
+            for k in self.KEPT:
+                data[k] = host_copy(data[k], self.device) if parked else data[k].to(self.device)
+            self._files[path] = (data, meta, parked)
+        return self._files[path]
+
+    def _copy(self, data: dict) -> dict:
+        return {**data, **{k: self._prefetcher.copy(data[k]) for k in self.KEPT}}
+
+    def arrays(self, path: str, setting: str) -> tuple[dict, dict]:
+        """``(arrays, meta)`` of ``path`` with the kept arrays on the device."""
+        data, meta, parked = self._read(path, setting)
+        if not parked:
+            return data, meta
+        if self._active is None or self._active[0] != path:
+            dev = self._inflight.pop(path, None) or self._copy(data)
+            self._prefetcher.ready([dev[k] for k in self.KEPT])
+            self._active = (path, dev)
+        return self._active[1], meta
+
+    def prefetch(self, path: str) -> None:
+        """Start copying a parked file's arrays now (nothing when resident, unread, already
+        there or in flight)."""
+        entry = self._files.get(path)
+        if entry is None or not entry[2] or path in self._inflight:
+            return
+        if self._active is None or self._active[0] != path:
+            self._inflight[path] = self._copy(entry[0])
+
+
+class FreshMaskLoader:
     """``(path, seed) -> Sample``: an MRI volume under ``setting`` with the mask of ``seed`` (a
-    fresh mask per training draw, docs/paper-notes.md §10). The file is memory-mapped, so a draw reads the
-    k-space pages again (from the page cache after the first) instead of keeping every
-    volume's full k-space in memory."""
+    fresh mask per training draw, docs/paper-notes.md §10), the same sample as
+    ``load_sample(path, setting, mask_seed=seed)``. The file's k-space, coil maps and ground
+    truth are read once and kept by ``store`` (resident on the device, or parked in pinned host
+    memory), so a draw builds and copies only its (ky, kz) mask instead of reading the volume
+    again."""
 
-    def load(path, seed: int):
-        return load_sample(path, setting, device=device, mask_seed=seed)
+    def __init__(self, setting: str, device, store: VolumeStore | None = None):
+        self.setting = setting
+        self.device = torch.device(device)
+        self.store = store or VolumeStore(device)
 
-    return load
+    def __call__(self, path, seed: int):
+        data, meta = self.store.arrays(str(path), self.setting)
+        _task, value = parse_setting(self.setting)
+        return make_sample(data, meta, self.setting, value, seed, self.device)
+
+    def prefetch(self, path) -> None:
+        self.store.prefetch(str(path))
+
+
+def fresh_mask_loader(setting: str, device, store: VolumeStore | None = None) -> FreshMaskLoader:
+    """``(path, seed) -> Sample``: an MRI volume under ``setting`` with the mask of ``seed``
+    (:class:`FreshMaskLoader`; ``store`` shares the kept arrays between settings)."""
+    return FreshMaskLoader(setting, device, store)

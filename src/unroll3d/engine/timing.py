@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ __all__ = [
     "rss_growth_gb",
     "shape_text",
     "sync",
+    "sync_warnings",
     "time_train_steps",
 ]
 
@@ -70,6 +73,25 @@ class StepClock:
             return end - start
         end.synchronize()
         return start.elapsed_time(end) / 1e3
+
+
+@contextmanager
+def sync_warnings(device: torch.device, on: bool = True):
+    """Within the block, every op that makes the host wait for the CUDA device warns
+    (``torch.cuda.set_sync_debug_mode("warn")``); yields a list that receives, after the block,
+    one ``"file:line: message"`` per such op; yields None when ``on`` is false or off CUDA."""
+    if not on or device.type != "cuda" or not torch.cuda.is_available():
+        yield None
+        return
+    found: list[str] = []
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield found
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    found.extend(f"{w.filename}:{w.lineno}: {w.message}" for w in caught)
 
 
 def shape_text(x: torch.Tensor) -> str:

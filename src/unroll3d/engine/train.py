@@ -53,8 +53,15 @@ from unroll3d.engine.model_file import use_lipschitz
 from unroll3d.engine.operators import h_builder, load_H
 from unroll3d.engine.partitioning import estimate_pair, make_partitioner
 from unroll3d.engine.run_record import model_payload, stats_record
-from unroll3d.engine.samples import Prepared, SampleCache, default_loader, fresh_mask_loader
-from unroll3d.engine.timing import StepClock, peak_memory_gb, shape_text
+from unroll3d.engine.samples import (
+    Prepared,
+    SampleCache,
+    VolumeStore,
+    default_loader,
+    fresh_mask_loader,
+)
+from unroll3d.engine.timing import StepClock, peak_memory_gb, shape_text, sync_warnings
+from unroll3d.engine.transfer import plan_residency
 from unroll3d.engine.tuning import select_pnp, validate_psnr
 from unroll3d.engine.untrained import untrained_record
 from unroll3d.models import build_variant, resolve_model_config
@@ -127,6 +134,7 @@ class TrainJob:
     progress: bool | None = None
     log_every: int = 50
     settings: list[str] | None = None
+    sync_debug_step: int | None = None  # CUDA: the host syncs of this step, in the stats
 
     def __post_init__(self):
         self.out = Path(self.out)
@@ -136,10 +144,11 @@ class TrainJob:
         fresh = self.task == "mri" and train_settings(self.config)["fresh_masks"]
         self._defaults: dict[str, tuple] = {}
         if self.loader is None:
+            store = VolumeStore(self.device)  # each file's arrays once, for every setting
             self._defaults = {
                 s: (
                     default_loader(s, self.device),
-                    fresh_mask_loader(s, self.device) if fresh else None,
+                    fresh_mask_loader(s, self.device, store) if fresh else None,
                 )
                 for s in self.settings
             }
@@ -208,9 +217,11 @@ def train_step(
     for _ in range(accumulate):
         prep = pick(generator)
         use_lipschitz(model, prep.lipschitz)
+        parked_on = prep.device if prep.offloaded else None
         est, target = estimate_pair(
-            model, spec, prep.sample, prep.physics, prep.x0, generator, partitioner, prep.H
-        )
+            model, spec, prep.sample, prep.physics, prep.x0, generator, partitioner, prep.H,
+            parked_on,
+        )  # fmt: skip
         loss = torch.mean((est.float() - target.float()) ** 2)
         (loss / accumulate).backward()
         total = loss.detach().double() if total is None else total + loss.detach().double()
@@ -302,6 +313,9 @@ class _Run:
     by_setting: dict[str, float | None] = field(default_factory=dict)
     fingerprint: str = ""
     rss_base: float | None = None
+    residency: list = field(default_factory=list)  # where the training volumes stay
+    next_draw: int | None = None  # the seed of the step whose first draw is prefetched
+    syncs: list | None = None  # the host syncs of job.sync_debug_step (CUDA)
 
     @classmethod
     def prepare(cls, job: TrainJob, spec: VariantSpec, t: dict, seed: int, fits: dict) -> _Run:
@@ -310,7 +324,7 @@ class _Run:
             torch.cuda.reset_peak_memory_stats(job.device)
         if not job.train_paths:
             raise ValueError("no training volumes given (--train)")
-        on_device = t["device_cache"] // len(job.settings)  # the volumes kept per setting
+        residency = plan_residency(job.settings, t["device_cache"], job.device)
         h_of = h_builder(spec, job.task, job.config)  # normal.mri_h mask: each draw's own H
         shape_ref: dict = {}  # training and validation volumes: one data set, one shape
         caches = {
@@ -319,9 +333,9 @@ class _Run:
                 job.loader_for(s),
                 spec,
                 fits[s],
-                on_device=on_device,
                 h_of=h_of,
                 shape_ref=shape_ref,
+                residency=residency[s],
             )
             for s in job.settings
         }
@@ -332,7 +346,14 @@ class _Run:
             )
             for s in job.settings
         }
-        return cls(job, spec, t, seed, caches, val_caches, val_paths, h_of)
+        kept = list({id(r): r for r in residency.values()}.values())
+        run = cls(job, spec, t, seed, caches, val_caches, val_paths, h_of, residency=kept)
+        for s in job.settings:  # fresh MRI masks: the files' arrays share the volumes' room
+            store = getattr(job.redraw_for(s), "store", None)
+            if store is not None and store.residency not in kept:
+                store.residency = residency["store"]
+                kept.append(store.residency)
+        return run
 
 
 def _setup(run: _Run) -> None:
@@ -369,22 +390,42 @@ def _setup(run: _Run) -> None:
 
 def _picker(run: _Run) -> Callable[[torch.Generator], Prepared]:
     """``generator -> Prepared``: a setting (when the model serves several), then a volume, drawn
-    from the step's generator; with fresh masks, a new mask per draw."""
-    job = run.job
+    from the step's generator; with fresh masks, a new mask per draw. The first draw of a step
+    also starts copying the next step's first sample (:func:`_prefetch_next`)."""
 
     def pick(gen: torch.Generator) -> Prepared:
-        s = job.settings[0]
-        if len(job.settings) > 1:  # one model for every setting: a setting per draw
-            s = job.settings[int(torch.randint(len(job.settings), (1,), generator=gen))]
+        s, i, redraw, seed = _draw(run, gen)
         cache = run.caches[s]
-        i = int(torch.randint(len(cache), (1,), generator=gen))
-        redraw = job.redraw_for(s)
-        if redraw is None:
-            return cache.get(i)
-        seed = int(torch.randint(2**31 - 1, (1,), generator=gen))  # a fresh mask per draw
-        return cache.fresh(i, redraw, seed)
+        prep = cache.get(i) if redraw is None else cache.fresh(i, redraw, seed)
+        if run.next_draw is not None:
+            _prefetch_next(run, run.next_draw)
+            run.next_draw = None
+        return prep
 
     return pick
+
+
+def _draw(run: _Run, gen: torch.Generator) -> tuple:
+    """``(setting, volume, redraw, mask seed)`` of one draw from ``gen``."""
+    job = run.job
+    s = job.settings[0]
+    if len(job.settings) > 1:  # one model for every setting: a setting per draw
+        s = job.settings[int(torch.randint(len(job.settings), (1,), generator=gen))]
+    i = int(torch.randint(len(run.caches[s]), (1,), generator=gen))
+    redraw = job.redraw_for(s)
+    if redraw is None:
+        return s, i, None, None
+    return s, i, redraw, int(torch.randint(2**31 - 1, (1,), generator=gen))  # a fresh mask
+
+
+def _prefetch_next(run: _Run, step_seed: int) -> None:
+    """Start copying the first sample the step seeded with ``step_seed`` will draw (its draws
+    replayed on a generator of its own: the step's own stream is untouched)."""
+    s, i, redraw, _ = _draw(run, torch.Generator(device="cpu").manual_seed(step_seed))
+    if redraw is None:
+        run.caches[s].prefetch(i)
+    elif hasattr(redraw, "prefetch"):
+        redraw.prefetch(run.caches[s].paths[i])
 
 
 def _run_steps(run: _Run, stop_at: int | None) -> bool:
@@ -432,17 +473,15 @@ def _one_step(run: _Run, pick: Callable, step: int, clock: StepClock) -> dict:
     whose loss and step time stay unread (on the device) until :func:`_read_back`."""
     t, device = run.t, run.job.device
     gen = torch.Generator(device="cpu").manual_seed(run.seed * 1_000_003 + step)
+    if step + 1 < t["steps"]:
+        run.next_draw = run.seed * 1_000_003 + step + 1
     t0 = clock.mark()
-    loss = train_step(
-        run.model,
-        run.opt,
-        run.spec,
-        pick,
-        gen,
-        t["accumulate"],
-        t["grad_clip"],
-        run.partitioner,
-    )
+    with sync_warnings(device, step == run.job.sync_debug_step) as syncs:
+        loss = train_step(
+            run.model, run.opt, run.spec, pick, gen, t["accumulate"], t["grad_clip"],
+            run.partitioner,
+        )  # fmt: skip
+    run.syncs = run.syncs if syncs is None else syncs
     run.sched.step()
     return {
         "step": step + 1,
@@ -534,7 +573,7 @@ def _tune_pnp(run: _Run) -> dict:
     job = run.job
     for s in job.settings:
         c = run.val_caches[s] if run.val_paths else run.caches[s]
-        prepared = [c.get(i) for i in range(len(c) if run.val_paths else 1)]
+        prepared = [c.get(i, whole=True) for i in range(len(c) if run.val_paths else 1)]
         use_lipschitz(run.model, run.by_setting[s])
         for key, value in select_pnp(run.model, job.task, job.config, prepared).items():
             tuned.setdefault(key, {})[s] = value
