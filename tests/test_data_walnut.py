@@ -17,7 +17,9 @@ import torch
 import yaml
 
 from unroll3d.data import DataError, load_sample, toy, walnut
-from unroll3d.data import cli as data_cli
+from unroll3d.cli import data as data_cli
+from unroll3d.data.fdk_check import fdk_check
+from unroll3d.data.splits import prior_work_split
 from unroll3d.data import download as dl
 
 SIZE, DET, NFULL, VOX = 16, (20, 16), 48, 3.0
@@ -57,7 +59,7 @@ def test_view_indices_equispaced():
 
 
 def test_default_split_is_prior_work_split():
-    s = data_cli.prior_work_split()
+    s = prior_work_split()
     assert [len(s[k]) for k in ("train", "val", "test")] == [30, 4, 8]
     assert sorted(s["train"] + s["val"] + s["test"]) == list(range(1, 43))
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -127,7 +129,7 @@ def test_round_trip_http_download_preprocess_load(toy_dir, tmp_path):
 
 def test_fdk_check_against_shipped(toy_dir):
     src, _ = toy_dir
-    res = data_cli.fdk_check(src / "Walnut2.zip", orbit=2, voxel_size_mm=VOX)
+    res = fdk_check(src / "Walnut2.zip", orbit=2, voxel_size_mm=VOX)
     # the toy's fdk_pos2 is our FDK of the noise-free data: only noise/quantisation differ
     assert res["rel_diff_fdk_vs_shipped"] < 0.1, res
     assert res["n_views"] == NFULL
@@ -311,7 +313,7 @@ def test_bad_input_clear_error_nothing_written(marker_zip, tmp_path, case, match
 
 
 def test_cli_toy_download_preprocess(tmp_path, capsys):
-    from unroll3d.data import toy as toy_mod
+    from unroll3d.cli import toy as toy_mod
 
     assert toy_mod.main(["cbct", "--out", str(tmp_path / "toy"), "--walnuts", "3", "--size", "12",
                          "--det-shape", "14", "12", "--n-full", "24", "--voxel-mm", "4"]) == 0  # fmt: skip

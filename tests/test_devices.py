@@ -114,7 +114,7 @@ def test_device_run_forwards_sigterm_and_keeps_the_lock_until_the_child_exits(tm
 
 
 def test_bad_fake_gpu_count_is_one_line(monkeypatch, capsys):
-    from unroll3d.devices import main
+    from unroll3d.cli.device import main
 
     monkeypatch.setenv("UNROLL3D_FAKE_GPUS", "two")
     assert main(["count"]) == 2

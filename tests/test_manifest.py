@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from unroll3d import manifest
+from unroll3d.cli import manifest as manifest_cli
 
 
 def _fill(root: Path) -> dict[str, bytes]:
@@ -49,7 +50,7 @@ def test_every_file_listed_with_correct_hash(tmp_path, monkeypatch):
     _record(tmp_path, "results/eval/cbct/v30/fdk/vol.json", "evaluate", max_len=8)  # split name
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("name: unit\ntasks: [cbct]\n")
-    rc = manifest.main(["--results", "results", "--config", str(cfg), "--rules", _rules(tmp_path)])
+    rc = manifest_cli.main(["--results", "results", "--config", str(cfg), "--rules", _rules(tmp_path)])
     assert rc == 0
     m = json.loads((tmp_path / "results" / "manifest.json").read_text())
     expected = {
@@ -70,7 +71,7 @@ def test_every_file_listed_with_correct_hash(tmp_path, monkeypatch):
     assert m["hardware"]["cpu"]
     assert "commit" in m["git"]
     # logs on request; the manifest never lists itself; no temp file is left behind
-    manifest.main(["--results", "results", "--include-logs", "--inputs"])
+    manifest_cli.main(["--results", "results", "--include-logs", "--inputs"])
     m2 = json.loads((tmp_path / "results" / "manifest.json").read_text())
     assert "results/logs/report/tables_figures.log" in m2["files"]
     assert "results/manifest.json" not in m2["files"]

@@ -6,9 +6,10 @@ card a job should use (snakemake#281). Each GPU job therefore takes an exclusive
 process exits, crash or not, so a killed job never leaves a card blocked. Under SLURM the
 scheduler already restricts ``CUDA_VISIBLE_DEVICES``; the locks then index the visible cards.
 
-``unroll3d device run -- CMD`` finds the cards without torch or CUDA (``/proc/driver/nvidia``,
-``nvidia-smi -L``, ``CUDA_VISIBLE_DEVICES``), locks one and *becomes* CMD (``exec``), handing it
-the lock: a bare interpreter's start-up (~0.1 s, ~15 MB) instead of ``import torch``'s.
+``unroll3d device run -- CMD`` (:mod:`unroll3d.cli.device`) finds the cards without torch or
+CUDA (``/proc/driver/nvidia``, ``nvidia-smi -L``, ``CUDA_VISIBLE_DEVICES``), locks one and
+*becomes* CMD (``exec``), handing it the lock: a bare interpreter's start-up (~0.1 s, ~15 MB)
+instead of ``import torch``'s.
 
 :Example:
 
@@ -20,7 +21,6 @@ the lock: a bare interpreter's start-up (~0.1 s, ~15 MB) instead of ``import tor
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import os
@@ -201,38 +201,3 @@ def exec_holding_lock(command: list[str], env: dict[str, str], lock: GpuLock | N
             lock.release()
         return 127
     return 127  # pragma: no cover - execvpe does not return
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``unroll3d device run -- CMD...``: run CMD with CUDA_VISIBLE_DEVICES set to a free GPU.
-
-    Finds the cards without torch or CUDA (:func:`gpu_ids`), locks one and becomes CMD, so it
-    costs a bare interpreter's start-up; CMD does the CUDA work."""
-    parser = argparse.ArgumentParser(prog="unroll3d device", description=main.__doc__)
-    sub = parser.add_subparsers(dest="action", required=True)
-    run = sub.add_parser("run", help="run a command on one free GPU (or the CPU)")
-    run.add_argument("--lock-dir", default=str(DEFAULT_LOCK_DIR))
-    run.add_argument("--timeout", type=float, default=None)
-    run.add_argument("command", nargs=argparse.REMAINDER)
-    sub.add_parser("count", help="print the number of CUDA devices a job may be given")
-    args = parser.parse_args(argv)
-    try:
-        ids = gpu_ids()
-    except ValueError as err:
-        print(f"unroll3d device: {err}", file=sys.stderr)
-        return 2
-    if args.action == "count":
-        print(len(ids))
-        return 0
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("no command given after 'run --'")
-    env = dict(os.environ)
-    if not ids:
-        print("unroll3d device: no CUDA device, running on the CPU", file=sys.stderr)
-        env["CUDA_VISIBLE_DEVICES"] = ""
-        return exec_holding_lock(command, env, None)
-    lock = acquire_gpu(len(ids), args.lock_dir, args.timeout)
-    env["CUDA_VISIBLE_DEVICES"] = ids[lock.index]
-    print(f"unroll3d device: GPU {ids[lock.index]}", file=sys.stderr)
-    return exec_holding_lock(command, env, lock)

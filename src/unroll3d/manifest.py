@@ -1,4 +1,5 @@
-"""The reviewer manifest ``results/manifest.json`` (verb ``unroll3d manifest``).
+"""The reviewer manifest ``results/manifest.json`` (verb ``unroll3d manifest``:
+:mod:`unroll3d.cli.manifest`).
 
 For every file under the results folder: its sha256, size and the Snakemake rule that made it
 (read from ``.snakemake/metadata``, or from a JSON mapping given with ``--rules``). Plus the
@@ -16,7 +17,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import base64
 import fnmatch
 import hashlib
@@ -41,7 +41,6 @@ __all__ = [
     "git_info",
     "build_manifest",
     "write_manifest",
-    "main",
 ]
 
 MANIFEST_VERSION = 1
@@ -382,59 +381,3 @@ def write_manifest(out: str | Path = "results/manifest.json", **kwargs: Any) -> 
     manifest = build_manifest(out=out, **kwargs)
     atomic_write_json(out, manifest)
     return manifest
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="unroll3d manifest",
-        description="Write results/manifest.json: sha256 and producing rule of every output, "
-        "input checksums, software versions, hardware, git commit, config.",
-    )
-    p.add_argument("--results", default="results", help="results folder (default: results)")
-    p.add_argument("--out", default=None, help="manifest path (default: RESULTS/manifest.json)")
-    p.add_argument("--config", nargs="*", default=None, help="workflow config YAML file(s) used")
-    p.add_argument("--config-json", default=None, help="the resolved config as JSON (Snakemake)")
-    p.add_argument(
-        "--inputs",
-        nargs="*",
-        default=["resources"],
-        help="input-data folders/files to checksum (default: resources)",
-    )
-    p.add_argument("--rules", default=None, help="JSON file {path: rule} (wins over .snakemake)")
-    p.add_argument("--workdir", default=".", help="folder holding .snakemake/ and the git checkout")
-    p.add_argument("--include-logs", action="store_true", help="also list RESULTS/logs/")
-    p.add_argument("--exclude", nargs="*", default=[], help="extra glob patterns to leave out")
-    p.add_argument("--no-reuse", action="store_true", help="re-hash every file")
-    args = p.parse_args(argv)
-    out = Path(args.out) if args.out else Path(args.results) / "manifest.json"
-    rules = None
-    try:
-        if args.rules:
-            rules = json.loads(Path(args.rules).read_text())
-            if not isinstance(rules, dict):
-                raise ValueError(f"{args.rules}: expected a JSON object {{path: rule}}")
-        m = write_manifest(
-            out,
-            results=args.results,
-            config=args.config,
-            config_resolved=json.loads(args.config_json) if args.config_json else None,
-            inputs=args.inputs,
-            rules=rules,
-            workdir=args.workdir,
-            include_logs=args.include_logs,
-            exclude=args.exclude,
-            reuse=not args.no_reuse,
-        )
-    except (OSError, ValueError) as err:
-        print(f"unroll3d manifest: error: {err}", file=sys.stderr)
-        return 1
-    s = m["summary"]
-    print(
-        f"wrote {out}: {s['files']} files ({s['bytes'] / 1e6:.1f} MB), "
-        f"{s['files_without_rule']} without a known rule, {s['inputs']} input files"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -144,25 +144,22 @@ def device_name(device: Any) -> str:
     return f"CPU: {cpu_name()}"
 
 
-def positive_int(text: str) -> int:
-    """argparse type of a count that must be ≥ 1 (``--threads 0`` is refused, not ignored)."""
-    import argparse
-
+def check_count(value: str | int) -> int:
+    """``value`` as a whole number ≥ 1 (a count: threads, steps); else a ValueError in one line
+    (``--threads 0`` is refused, not ignored)."""
     try:
-        value = int(text)
+        count = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {value}")
-    return value
+        raise ValueError(f"expected a whole number ≥ 1, got {value!r}") from None
+    if count < 1:
+        raise ValueError(f"expected a whole number ≥ 1, got {count}")
+    return count
 
 
 def check_device(name: str) -> str:
     """``name`` if it names a device this machine has (``auto``, ``lock``, ``cpu``, ``cuda``,
     ``cuda:N``); else a ValueError in one line (``--device cuda`` without CUDA stops here, not
-    in a torch traceback). Also an argparse type."""
-    import argparse
-
+    in a torch traceback)."""
     if name in ("auto", "lock", "cpu"):
         return name
     import torch
@@ -170,20 +167,16 @@ def check_device(name: str) -> str:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise argparse.ArgumentTypeError(
-            f"{name!r} is not a device (auto, cpu, cuda or cuda:N)"
-        ) from None
+        raise ValueError(f"{name!r} is not a device (auto, cpu, cuda or cuda:N)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(
+            raise ValueError(
                 f"{name}: CUDA is not available on this machine; use --device cpu or auto"
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(
-                f"{name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
+            raise ValueError(f"{name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif dev.type != "cpu":
-        raise argparse.ArgumentTypeError(f"{name!r} is not a device (auto, cpu, cuda or cuda:N)")
+        raise ValueError(f"{name!r} is not a device (auto, cpu, cuda or cuda:N)")
     return name
 
 

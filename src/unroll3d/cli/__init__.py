@@ -15,15 +15,15 @@ from unroll3d.utils import check_output_args
 
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
-    "toy": ("unroll3d.data.toy", "write toy Walnut/Calgary raw files (real formats, tiny sizes)"),
-    "data": ("unroll3d.data.cli", "download, freeze checksums, preprocess, split, FDK check"),
+    "toy": ("unroll3d.cli.toy", "write toy Walnut/Calgary raw files (real formats, tiny sizes)"),
+    "data": ("unroll3d.cli.data", "download, freeze checksums, preprocess, split, FDK check"),
     "fit-normal": ("unroll3d.cli.fit_normal", "fit the diagonal-circulant approximation H of AᵀA"),
     "train": ("unroll3d.cli.train", "train one variant on one task and setting"),
     "evaluate": ("unroll3d.cli.evaluate", "evaluate one variant on one test volume"),
     "report": ("unroll3d.cli.report", "render the paper's tables and figures"),
-    "manifest": ("unroll3d.manifest", "write results/manifest.json (hashes, versions, config)"),
+    "manifest": ("unroll3d.cli.manifest", "write results/manifest.json (hashes, versions, config)"),
     "bench": ("unroll3d.cli.bench", "memory/speed benchmarks (physics, partition, normal step)"),
-    "device": ("unroll3d.devices", "pick a free GPU for a job and run a command on it"),
+    "device": ("unroll3d.cli.device", "pick a free GPU for a job and run a command on it"),
 }
 
 

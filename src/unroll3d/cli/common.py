@@ -1,15 +1,33 @@
 """Arguments shared by the verbs, defined once: ``--config``/``--config-json``, ``--device``,
-``--threads`` and ``--progress``."""
+``--threads`` and ``--progress``, and the argparse types of a count and a device (the library's
+checks :func:`unroll3d.utils.check_count` / :func:`~unroll3d.utils.check_device`, whose
+ValueError argparse prints as ``argument --x: <message>``)."""
 
 from __future__ import annotations
 
 import argparse
 
-from unroll3d.utils import positive_int
+from unroll3d.utils import check_count, check_device
 
 
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group(required=True)
+def positive_int(text: str) -> int:
+    """argparse type of a count that must be ≥ 1 (``--threads 0`` is refused, not ignored)."""
+    try:
+        return check_count(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def device_arg(name: str) -> str:
+    """argparse type of ``--device``: a device this machine has (auto, lock, cpu, cuda, cuda:N)."""
+    try:
+        return check_device(name)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_mutually_exclusive_group(required=required)
     g.add_argument("--config", help="pipeline config YAML (validated, defaults filled)")
     g.add_argument(
         "--config-json",

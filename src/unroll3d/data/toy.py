@@ -1,4 +1,4 @@
-"""Toy data in the real raw formats (``unroll3d toy``).
+"""Toy data in the real raw formats (the verb ``unroll3d toy``: :mod:`unroll3d.cli.toy`).
 
 * CBCT: miniature ``Walnut<N>.zip`` files with the real folder layout: uint16 TIFF projections
   (stored transposed and flipped, as the scanner writes them), a dark field and two flats, a
@@ -20,7 +20,6 @@ download rule can fetch them through pooch from a local HTTP server exactly as r
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
 import zipfile
@@ -409,42 +408,3 @@ def write_mri_toy(
         reg, {zpath.name: entry}, header="toy Calgary-Campinas zip written by `unroll3d toy mri`"
     )
     return reg
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI
-# ----------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``unroll3d toy cbct|mri --out DIR ...``."""
-    p = argparse.ArgumentParser(prog="unroll3d toy", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="task", required=True)
-    c = sub.add_parser("cbct", help="toy Walnut zips")
-    c.add_argument("--out", required=True, type=Path)
-    c.add_argument("--walnuts", type=int, nargs="+", required=True, help="walnut numbers")
-    c.add_argument("--size", type=int, default=24)
-    c.add_argument("--det-shape", type=int, nargs=2, default=(30, 24), metavar=("ROWS", "COLS"))
-    c.add_argument("--n-full", type=int, default=120, help="views of the full orbit")
-    c.add_argument("--orbit", type=int, default=2)
-    c.add_argument("--voxel-mm", type=float, default=2.0)
-    c.add_argument("--seed", type=int, default=0)
-    m = sub.add_parser("mri", help="toy Calgary-Campinas zip")
-    m.add_argument("--out", required=True, type=Path)
-    m.add_argument("--train", nargs="+", required=True, help="volume ids placed in Train/")
-    m.add_argument("--val", nargs="*", default=[], help="volume ids placed in Val/")
-    m.add_argument("--shape", type=int, nargs=3, default=(16, 20, 18), metavar=("X", "KY", "KZ"))
-    m.add_argument("--coils", type=int, default=4)
-    m.add_argument("--partial-fourier", type=float, default=0.85)
-    m.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    if a.task == "cbct":
-        reg = write_cbct_toy(
-            a.out, a.walnuts, a.size, tuple(a.det_shape), a.n_full, a.orbit, a.voxel_mm, a.seed
-        )
-    else:
-        reg = write_mri_toy(
-            a.out, a.train, a.val, tuple(a.shape), a.coils, a.seed, a.partial_fourier
-        )
-    print(f"wrote toy {a.task} data and {reg}")
-    return 0

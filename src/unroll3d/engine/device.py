@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from unroll3d.utils import check_device
+
 __all__ = ["DeviceError", "resolve_device"]
 
 
@@ -14,14 +16,10 @@ class DeviceError(ValueError):
 def resolve_device(name: str) -> torch.device:
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; a
     :class:`DeviceError` for a device the machine lacks (``cuda`` without CUDA)."""
-    import argparse
-
-    from unroll3d.utils import check_device
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         check_device(name)
-    except argparse.ArgumentTypeError as err:
+    except ValueError as err:
         raise DeviceError(f"--device {err}") from None
     return torch.device(name)

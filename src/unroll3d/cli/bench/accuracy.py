@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from unroll3d.bench import accuracy as lib
-from unroll3d.utils import check_device, positive_int
+from unroll3d.cli.common import device_arg, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alphas", type=float, nargs="+", default=list(lib.DEFAULT_ALPHAS))
     p.add_argument("--out", required=True, type=Path, help="long-format CSV")
     p.add_argument("--summary", type=Path, default=None, help="Markdown (default: CSV's .md)")
-    p.add_argument("--device", type=check_device, default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--device", type=device_arg, default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     return p
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from unroll3d.bench import inr as lib
-from unroll3d.utils import check_device, positive_int
+from unroll3d.cli.common import device_arg, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=float, default=0.6, help="fraction of voxels measured")
     p.add_argument("--noise", type=float, default=0.005)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", type=check_device, default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", type=device_arg, default="auto", help="auto, cpu or cuda")
     p.add_argument(
         "--threads",
         type=positive_int,

@@ -6,7 +6,7 @@ import argparse
 
 from unroll3d.bench import normal as lib
 from unroll3d.cli.bench.common import add_config_json, parse_bench_args, schema_default
-from unroll3d.utils import check_device, positive_int
+from unroll3d.cli.common import device_arg, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--backward", action="store_true", help="also back-propagate (training)")
     ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     ap.add_argument(
-        "--device", type=check_device, default="auto", help="auto, cpu, cuda, cuda:1 ..."
+        "--device", type=device_arg, default="auto", help="auto, cpu, cuda, cuda:1 ..."
     )
     ap.add_argument("--out", required=True, help="CSV output")
     add_config_json(ap, "normal")

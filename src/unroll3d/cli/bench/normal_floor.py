@@ -7,7 +7,7 @@ import argparse
 
 from unroll3d.bench import normal_floor as lib
 from unroll3d.cli.bench.common import add_config_json, parse_bench_args, schema_default
-from unroll3d.utils import positive_int
+from unroll3d.cli.common import positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from unroll3d.bench import partition as lib
 from unroll3d.cli.bench.common import add_config_json, parse_bench_args, schema_default
-from unroll3d.utils import check_device, positive_int
+from unroll3d.cli.common import device_arg, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--repeats", type=int, default=1, help="measured steps after one warm-up step")
     ap.add_argument(
-        "--device", type=check_device, default="auto", help="auto (cuda if available), cpu or cuda"
+        "--device", type=device_arg, default="auto", help="auto (cuda if available), cpu or cuda"
     )
     ap.add_argument(
         "--threads",

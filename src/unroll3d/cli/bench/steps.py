@@ -6,7 +6,7 @@ import argparse
 
 from unroll3d.bench import steps as lib
 from unroll3d.cli.bench.common import add_config_json, parse_bench_args, schema_default
-from unroll3d.utils import check_device
+from unroll3d.cli.common import device_arg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=int, default=schema_default("benchmarks.views"))
     p.add_argument("--channels", type=int, nargs=4, default=schema_default("model.channels"))
     p.add_argument("--blocks", type=int, default=schema_default("model.blocks"))
-    p.add_argument("--device", type=check_device, default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", type=device_arg, default="auto", help="auto, cpu or cuda")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", required=True, help="CSV path")
     add_config_json(p, "steps")

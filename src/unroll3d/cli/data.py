@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import sys
 from pathlib import Path
 
+from unroll3d.cli.common import device_arg
 from unroll3d.data.download import (
     DataError,
     download,
@@ -18,25 +18,8 @@ from unroll3d.data.download import (
     read_registry,
     serve_directory,
 )
-from unroll3d.utils import check_device
-
-
-def prior_work_split(
-    n: int = 42, counts: tuple[int, int, int] = (30, 4, 8), seed: int = 42
-) -> dict:
-    """The prior work's Walnut split (``create_splits.py`` of romainvo/pnp-learned-proximal-
-    trajectory): shuffle ids 1..n with ``random.seed(seed)``, then *pop from the end*: the first
-    ``counts[0]`` popped are train, the next ``counts[1]`` validation, the rest test."""
-    rng = random.Random(seed)
-    ids = list(range(1, n + 1))
-    rng.shuffle(ids)
-    popped = ids[::-1]
-    a, b = counts[0], counts[0] + counts[1]
-    return {
-        "train": sorted(popped[:a]),
-        "val": sorted(popped[a:b]),
-        "test": sorted(popped[b : b + counts[2]]),
-    }
+from unroll3d.data.fdk_check import FDK_MAX_REL_DIFF, fdk_check
+from unroll3d.data.splits import prior_work_split
 
 
 def _download(a) -> int:
@@ -147,60 +130,6 @@ def _preprocess(a) -> int:
     return 0
 
 
-def fdk_check(
-    zip_path: str | Path,
-    orbit: int = 2,
-    voxel_size_mm: float = 0.1,
-    log_clip: float = 1e-6,
-    device="cpu",
-) -> dict:
-    """Relative difference between our FDK of the whole orbit (all views, read from the zip with
-    the same pairing/reorientation as preprocessing) and the shipped ``fdk_pos<orbit>_*``
-    reconstruction, both in 1/mm; also both against the reference ``full_AGD_50``."""
-    import numpy as np
-    import torch
-
-    from unroll3d.data.walnut import WalnutZip, read_projections, read_volume
-    from unroll3d.physics import ConeBeam, fdk
-
-    with WalnutZip(zip_path, orbit) as wz:
-        proj, vec_mm, info = read_projections(wz, log_clip)
-        ref = read_volume(wz, wz.fdk, f"fdk_pos{orbit}_*")
-        gt = read_volume(wz, wz.gt, "full_AGD_50_*")
-    physics = ConeBeam(
-        torch.from_numpy(vec_mm / voxel_size_mm), gt.shape, det_shape=proj.shape[1:]
-    ).to(device)
-    y = torch.from_numpy(proj).div_(voxel_size_mm).to(device)[None, None]
-    ours = fdk(y, physics)[0, 0].cpu().numpy()
-    del y
-    if ref.shape != ours.shape:
-        raise DataError(
-            f"{zip_path}: fdk_pos{orbit} volume has shape {ref.shape}; ours is {ours.shape}"
-        )
-
-    def rel(a, b):
-        return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-    return {
-        "zip": Path(zip_path).name,
-        "orbit": orbit,
-        "n_views": info["n_full"],
-        "voxel_size_mm": voxel_size_mm,
-        "backend": getattr(physics, "backend", "?"),
-        "rel_diff_fdk_vs_shipped": rel(ours, ref),
-        "rel_diff_fdk_vs_reference_gt": rel(ours, gt),
-        "rel_diff_shipped_fdk_vs_reference_gt": rel(ref, gt),
-    }
-
-
-#: the most our FDK may differ from the shipped one (relative L2). Measured on the smoke toy
-#: (24³, 120 views): right geometry 0.036; geometry scaled by 1.02 / 1.05 / 1.1: 0.16 / 0.37 /
-#: 0.67; in other units (×10, ×0.1, ×2) or a wrong --voxel-mm (×2, ×0.5): 0.91-1.69. Two
-#: different methods on the same data (shipped FDK against the iterative reference) differ by
-#: 0.21, so a second FDK implementation stays well under 0.5 while a unit error is far over it.
-FDK_MAX_REL_DIFF = 0.5
-
-
 def _fdk_check(a) -> int:
     from unroll3d.utils import atomic_write_json
 
@@ -309,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--log-clip", type=float, default=1e-6)
     c.add_argument(
         "--device",
-        type=check_device,
+        type=device_arg,
         default="auto",
         help="auto (a free GPU via unroll3d.devices, else CPU), cpu, cuda",
     )
