@@ -27,8 +27,8 @@ from toys import loader, make_job, toy_config
 
 import unroll3d.engine.evaluate as ev
 import unroll3d.engine.train as tr
-from unroll3d.data import DataError, load_sample, toy, walnut
 from unroll3d.cli import data as data_cli
+from unroll3d.data import DataError, load_sample, toy, walnut
 from unroll3d.data import mri as mri_data
 from unroll3d.engine.model_file import ModelFileError
 

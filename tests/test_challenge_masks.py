@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from unroll3d.cli.data import main as data_main
 from unroll3d.data import DataError, fixed_mask_seed, load_sample, masks, mri, toy
 from unroll3d.data import download as dl
-from unroll3d.cli.data import main as data_main
 
 SHAPE = (16, 20, 18)  # (x, ky, kz) of the toy volumes
 VOLS = ["e00001s3_P00001", "e00002s3_P00002"]

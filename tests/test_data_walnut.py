@@ -16,11 +16,11 @@ import pytest
 import torch
 import yaml
 
-from unroll3d.data import DataError, load_sample, toy, walnut
 from unroll3d.cli import data as data_cli
+from unroll3d.data import DataError, load_sample, toy, walnut
+from unroll3d.data import download as dl
 from unroll3d.data.fdk_check import fdk_check
 from unroll3d.data.splits import prior_work_split
-from unroll3d.data import download as dl
 
 SIZE, DET, NFULL, VOX = 16, (20, 16), 48, 3.0
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,10 +14,10 @@ import pytest
 import torch
 import toys
 
+from unroll3d.cli.data import main as data_main
 from unroll3d.data import DataError
 from unroll3d.data import download as dl
 from unroll3d.data import weights as w
-from unroll3d.cli.data import main as data_main
 from unroll3d.engine import train as tr
 from unroll3d.models.dpir import checked_weights
 

@@ -687,3 +687,67 @@ def test_fit_normal_verb_defaults_are_the_schemas():
         plateau["min_improvement"],
         plateau["decay"],
     )
+
+
+def test_fit_normal_reads_its_settings_from_the_config_json_flags_override():
+    """The rules pass the fit's settings as one --config-json (unroll3d.config.fit_normal_config);
+    an option given beside it overrides its key; without either, each is the schema's default."""
+    import json
+
+    from unroll3d.config import fit_normal_config, section_defaults
+
+    base = ["--input", "x.pt", "--setting", "v30", "--out", "h.pt"]
+    cfg = fit_normal_config({"seed": 7, "normal": {"steps": 30, "lr": 1, "plateau": {"decay": 0}}})
+    assert set(cfg["normal"]) == {"steps", "lr", "lr_schedule", "plateau", "eval_every",
+                                  "floor_rows", "batch", "heldout", "checkpoint_every", "grid"}  # fmt: skip
+    assert cfg["normal"]["plateau"]["patience"] == section_defaults("normal")["plateau"]["patience"]
+    args = fit_normal_cli.parse_args([*base, "--config-json", json.dumps(cfg)])
+    assert (args.seed, args.steps, args.plateau_decay) == (7, 30, 0.0)
+    assert args.lr == 1.0 and isinstance(args.lr, float)  # typed as the option types it
+    assert args.heldout == section_defaults("normal")["heldout"]
+    args = fit_normal_cli.parse_args([*base, "--config-json", json.dumps(cfg), "--steps", "5"])
+    assert (args.steps, args.seed) == (5, 7)
+    defaults = fit_normal_cli.parse_args(base)
+    assert vars(defaults) == vars(fit_normal_cli.build_parser().parse_args(base))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"normal": {"lr": -1}}', "config key normal.lr"),
+        ('{"normal": {"plateau": {"patience": 0}}}', "config key normal.plateau.patience"),
+        ('{"normal": {"stepz": 3}}', "'stepz' was unexpected"),
+        ("{not json", "--config-json is not valid JSON"),
+    ],
+)
+def test_fit_normal_refuses_a_bad_config_json_in_one_line(text, message):
+    argv = ["--input", "x.pt", "--setting", "v30", "--out", "h.pt", "--config-json", text]
+    with pytest.raises(SystemExit) as err:
+        fit_normal_cli.parse_args(argv)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_fit_from_the_config_json_equals_the_fit_from_the_same_flags(tmp_path, monkeypatch):
+    """The rule's --config-json and the standalone flags are one set of settings: the same fit,
+    bit for bit."""
+    import json
+
+    from unroll3d.config import fit_normal_config
+
+    img_size = (1, 6, 5, 4)
+    _cli_input(monkeypatch, img_size)
+    base = ["--input", "unused.pt", "--setting", "v30", "--device", "cpu", "--no-progress"]
+    normal = {"steps": 12, "lr": 0.02, "lr_schedule": "cosine", "eval_every": 4, "heldout": 2,
+              "batch": 2, "grid": "circular", "plateau": {"patience": 2}}  # fmt: skip
+    cfg = json.dumps(fit_normal_config({"seed": 3, "normal": normal}))
+    assert fit_normal_cli.main([*base, "--out", str(tmp_path / "a.pt"), "--config-json", cfg]) == 0
+    flags = ["--steps", "12", "--lr", "0.02", "--lr-schedule", "cosine", "--eval-every", "4",
+             "--heldout", "2", "--batch", "2", "--grid", "circular", "--plateau-patience", "2",
+             "--seed", "3"]  # fmt: skip
+    assert fit_normal_cli.main([*base, "--out", str(tmp_path / "b.pt"), *flags]) == 0
+    a, b = load_normal(tmp_path / "a.pt"), load_normal(tmp_path / "b.pt")
+    assert torch.equal(a.fourier_filter, b.fourier_filter)
+    assert torch.equal(a.spatial_mask, b.spatial_mask)
+    other = ["--out", str(tmp_path / "c.pt"), "--config-json", cfg, "--seed", "4"]
+    assert fit_normal_cli.main([*base, *other]) == 0  # the override reaches the fit
+    assert not torch.equal(a.fourier_filter, load_normal(tmp_path / "c.pt").fourier_filter)

@@ -112,6 +112,45 @@ def test_train_and_evaluate_rerun_only_for_keys_they_read(tmp_path):
     assert planned() == {"train", "evaluate"}
 
 
+@pytest.mark.slow
+def test_fit_normal_reruns_only_for_keys_it_reads(tmp_path):
+    """fit_normal gets its settings as one --config-json (unroll3d.config.fit_normal_config): an
+    edit of a normal key it does not read, or of another section, reruns no fit; an edit of a
+    key it reads (top level or nested) reruns exactly the fit."""
+    config = yaml.safe_load((ROOT / "config/smoke.yaml").read_text())
+    config["tasks"] = ["mri"]  # pure torch: no ITK start-up in this test
+    config["benchmarks"]["enabled"] = False
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    target = "results/normal/mri/R5.pt"
+    res = _run(tmp_path, configfile, target)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    def planned():
+        res = _run(tmp_path, configfile, target, "-n", "--rerun-triggers", "params", "--quiet", "rules")
+        assert res.returncode == 0, res.stderr[-2000:]
+        return {
+            ln.split()[0]
+            for ln in res.stdout.splitlines()
+            if len(ln.split()) == 2 and ln.split()[1].isdigit()
+        } - {"total", "job"}
+
+    assert planned() == set()
+    config["normal"]["mri_h"] = "fit"  # which H the evaluations use: no fit setting
+    config["train"]["steps"] = 7
+    config["report"]["inset_size"] = 0.3
+    unread = yaml.safe_dump(config)
+    configfile.write_text(unread)
+    assert planned() == set()
+    for edit in (lambda n: n.update(lr=0.02), lambda n: n["plateau"].update(patience=3)):
+        config = yaml.safe_load(unread)
+        edit(config["normal"])
+        configfile.write_text(yaml.safe_dump(config))
+        assert planned() == {"fit_normal"}
+        configfile.write_text(unread)
+        assert planned() == set()  # back to the fitted values: nothing to rerun
+
+
 @pytest.mark.parametrize("store_all", [False, True])
 def test_preprocess_stores_only_the_settings_views_unless_asked(tmp_path, store_all):
     """cbct.store_all_views false: the walnut preprocess command gets --views with the union of

@@ -20,29 +20,18 @@ from typing import Any
 from unroll3d.variants import VARIANTS, variant_spec
 
 __all__ = [
-    "ConfigError",
-    "schema",
-    "validate",
-    "load_config",
-    "section_defaults",
-    "train_settings",
-    "evaluate_settings",
-    "job_config",
-    "sweep_job_config",
-    "report_config",
-    "check_patch_sizes",
-    "check_values",
-    "read_yaml",
-    "validate_partial",
-    "job_config_from_json",
-    "resolve_patch_size",
-    "volume_shape",
-    "dumps",
-    "JOB_TASK_KEYS",
-]
+    "ConfigError", "schema", "validate", "load_config", "section_defaults", "train_settings",
+    "evaluate_settings", "job_config", "sweep_job_config", "fit_normal_config", "report_config",
+    "check_patch_sizes", "check_values", "read_yaml", "validate_partial", "config_from_json",
+    "job_config_from_json", "resolve_patch_size", "volume_shape", "dumps", "JOB_TASK_KEYS",
+    "FIT_NORMAL_KEYS",
+]  # fmt: skip
 
 #: Keys of the task section (``cbct``/``mri``) that training and evaluation read.
 JOB_TASK_KEYS = ("K", "patch_size", "stride")
+#: Keys of the ``normal`` section that ``unroll3d fit-normal`` reads (with the root ``seed``).
+FIT_NORMAL_KEYS = ("steps", "lr", "lr_schedule", "plateau", "eval_every", "floor_rows", "batch",
+                   "heldout", "checkpoint_every", "grid")  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -243,6 +232,14 @@ def _own_task_keys(section: dict, task: str) -> dict:
     """``section`` without the keys meant for the other task (``cbct_crop`` for an MRI job)."""
     others = [t for t in ("cbct", "mri") if t != task]
     return {k: v for k, v in section.items() if not any(k.startswith(f"{o}_") for o in others)}
+
+
+def fit_normal_config(config: dict) -> dict:
+    """The part of ``config`` that ``unroll3d fit-normal`` reads: ``seed`` and the
+    :data:`FIT_NORMAL_KEYS` of ``normal``, defaults filled. The other ``normal`` keys choose which
+    fits run and where H is used, not how a fit runs, so changing them reruns no fit."""
+    normal = _fill_defaults(schema()["properties"]["normal"], config.get("normal") or {})
+    return {"seed": int(config.get("seed", 0)), "normal": {k: normal[k] for k in FIT_NORMAL_KEYS}}
 
 
 def sweep_job_config(config: dict, task: str, patch: list[int]) -> dict:
@@ -582,12 +579,17 @@ def validate_partial(data: Any, where: str) -> None:
         raise ConfigError(f"{where}: {err}") from None
 
 
-def job_config_from_json(text: str, task: str) -> dict:
-    """:func:`job_config` of the JSON text a rule passes as ``--config-json``, after
+def config_from_json(text: str) -> dict:
+    """The config part in the JSON text a rule passes as ``--config-json``, checked by
     :func:`validate_partial` (a negative lr stops here, not in torch)."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise ConfigError(f"--config-json is not valid JSON ({err})") from None
     validate_partial(data, "--config-json")
-    return job_config(data, task)
+    return data
+
+
+def job_config_from_json(text: str, task: str) -> dict:
+    """:func:`job_config` of a rule's ``--config-json`` (:func:`config_from_json`)."""
+    return job_config(config_from_json(text), task)

@@ -20,34 +20,14 @@
 # Downstream rules (train/evaluate of the -H variants) pull these; `rule all` does not name them.
 
 
-_NORMAL = {**u3config.section_defaults("normal"), **config["normal"]}
-_PLATEAU = {**u3config.section_defaults("normal")["plateau"], **(_NORMAL["plateau"] or {})}
-NORMAL_PARAMS = dict(
-    steps=_NORMAL["steps"],
-    lr=_NORMAL["lr"],
-    lr_schedule=_NORMAL["lr_schedule"],
-    plateau_patience=_PLATEAU["patience"],
-    plateau_min_improvement=_PLATEAU["min_improvement"],
-    plateau_decay=_PLATEAU["decay"],
-    eval_every=_NORMAL["eval_every"],
-    floor_rows=_NORMAL["floor_rows"],
-    batch=_NORMAL["batch"],
-    heldout=_NORMAL["heldout"],
-    checkpoint_every=_NORMAL["checkpoint_every"],
-    grid=_NORMAL["grid"],
-    seed=config["seed"],
-)
+# The fit's settings, the keys of `normal` it reads and seed (unroll3d.config.fit_normal_config),
+# reach it as one validated --config-json. As a param, a change to one of them reruns the fits
+# (--rerun-triggers params); a change to any other key (normal.reference, per_sample, mri_h) none.
+FIT_NORMAL_CONFIG = u3config.dumps(u3config.fit_normal_config(config))
 FIT_NORMAL = (
     "unroll3d device run -- unroll3d fit-normal --input {input}"
     " --setting {wildcards.setting} --out {output.fit} --history {output.history}"
-    " --steps {params.steps} --lr {params.lr} --lr-schedule {params.lr_schedule}"
-    " --plateau-patience {params.plateau_patience}"
-    " --plateau-min-improvement {params.plateau_min_improvement}"
-    " --plateau-decay {params.plateau_decay} --eval-every {params.eval_every}"
-    " --floor-rows {params.floor_rows}"
-    " --batch {params.batch} --heldout {params.heldout} --seed {params.seed}"
-    " --checkpoint-every {params.checkpoint_every} --grid {params.grid}"
-    " --threads {threads} --device auto"
+    " --config-json {params.config:q} --threads {threads} --device auto"
     " --no-progress > {log} 2>&1"
 )
 
@@ -59,7 +39,7 @@ rule fit_normal:
         fit=paths.normal_fit(RESULTS, "{task}", "{setting}"),
         history=paths.normal_history(RESULTS, "{task}", "{setting}"),
     params:
-        **NORMAL_PARAMS,
+        config=FIT_NORMAL_CONFIG,
     log:
         f"{LOGS}/fit_normal/{{task}}/{{setting}}.log",
     benchmark:
@@ -80,7 +60,7 @@ rule fit_normal_sample:
         fit=paths.normal_fit_sample(RESULTS, "{task}", "{setting}", "{volume}"),
         history=paths.normal_history_sample(RESULTS, "{task}", "{setting}", "{volume}"),
     params:
-        **NORMAL_PARAMS,
+        config=FIT_NORMAL_CONFIG,
     wildcard_constraints:
         volume=r"[^/]+",
     log:

@@ -26,12 +26,15 @@ def device_arg(name: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def add_config_args(
+    p: argparse.ArgumentParser, required: bool = True, cut: str = "unroll3d.config.job_config"
+) -> None:
+    """``--config`` or ``--config-json`` (one of them; ``required`` says whether one must be
+    given); ``cut`` names the function that cuts the job's section, for the help."""
     g = p.add_mutually_exclusive_group(required=required)
     g.add_argument("--config", help="pipeline config YAML (validated, defaults filled)")
     g.add_argument(
-        "--config-json",
-        help="the job's config section as JSON text (what the rules pass: unroll3d.config.job_config)",
+        "--config-json", help=f"the job's config section as JSON text (what the rules pass: {cut})"
     )
 
 

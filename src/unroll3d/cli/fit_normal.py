@@ -1,5 +1,11 @@
 """``unroll3d fit-normal``: fit H to AᵀA/‖A‖² of one preprocessed volume
-(:func:`unroll3d.normal.fit_normal_operator`) and write the fit and its history."""
+(:func:`unroll3d.normal.fit_normal_operator`) and write the fit and its history.
+
+The fit's settings are the config's ``normal`` keys and ``seed``
+(:func:`unroll3d.config.fit_normal_config`): the rules pass them as one validated
+``--config-json``; run by hand, ``--config FILE`` reads them from a config file, or each has its
+own option whose default is the schema's. An option given beside ``--config``/``--config-json``
+overrides that key."""
 
 from __future__ import annotations
 
@@ -10,14 +16,38 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unroll3d.cli.common import add_progress_args, add_runtime_args, positive_int, setup_runtime
+from unroll3d.cli.common import (
+    add_config_args,
+    add_progress_args,
+    add_runtime_args,
+    positive_int,
+    setup_runtime,
+)
 from unroll3d.config import section_defaults
 
 if TYPE_CHECKING:  # torch, deepinv and the fit load when the verb runs, not for --help
     import torch
     from deepinv.physics import LinearPhysics
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "parse_args"]
+
+#: option dest -> its key in :func:`unroll3d.config.fit_normal_config` (the fit's settings)
+SETTINGS: dict[str, tuple[str, ...]] = {
+    "steps": ("normal", "steps"),
+    "lr": ("normal", "lr"),
+    "lr_schedule": ("normal", "lr_schedule"),
+    "plateau_patience": ("normal", "plateau", "patience"),
+    "plateau_min_improvement": ("normal", "plateau", "min_improvement"),
+    "plateau_decay": ("normal", "plateau", "decay"),
+    "eval_every": ("normal", "eval_every"),
+    "floor_rows": ("normal", "floor_rows"),
+    "batch": ("normal", "batch"),
+    "heldout": ("normal", "heldout"),
+    "checkpoint_every": ("normal", "checkpoint_every"),
+    "grid": ("normal", "grid"),
+    "seed": ("seed",),
+}
+_UNSET = object()  # an option not given on the command line
 
 
 def _load_physics(
@@ -94,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch", type=positive_int, default=d["batch"])
     p.add_argument("--heldout", type=positive_int, default=d["heldout"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=_schema_seed())
     p.add_argument(
         "--two-sided",
         choices=["auto", "yes", "no"],
@@ -116,9 +146,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", help="resumable state (default: --out with .ckpt)")
     p.add_argument("--checkpoint-every", type=positive_int, default=d["checkpoint_every"])
+    add_config_args(p, required=False, cut="unroll3d.config.fit_normal_config")
     add_runtime_args(p, lock=True)
     add_progress_args(p)
     return p
+
+
+def _schema_seed() -> int:
+    from unroll3d.config import schema
+
+    return schema()["properties"]["seed"]["default"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The verb's arguments, each fit setting (:data:`SETTINGS`) taken from the option when it
+    is given, else from ``--config``/``--config-json``, else the schema's default."""
+    from unroll3d.config import ConfigError, config_from_json, fit_normal_config, load_config
+
+    parser = build_parser()
+    args = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(SETTINGS, _UNSET)))
+    try:
+        if args.config:
+            config = fit_normal_config(load_config(args.config))
+        else:
+            config = fit_normal_config(config_from_json(args.config_json or "{}"))
+    except ConfigError as err:  # one line naming the key, no traceback
+        raise SystemExit(f"unroll3d fit-normal: {err}") from None
+    types = {a.dest: a.type for a in parser._actions}
+    for dest, key in SETTINGS.items():
+        if getattr(args, dest) is _UNSET:
+            value = config
+            for part in key:
+                value = value[part]
+            setattr(args, dest, value if types[dest] is None else types[dest](value))
+    return args
 
 
 def _floor(
@@ -230,8 +291,8 @@ def _run(args: argparse.Namespace, device: torch.device) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``unroll3d fit-normal``: see :func:`build_parser`."""
-    args = build_parser().parse_args(argv)
+    """``unroll3d fit-normal``: see :func:`build_parser` and :func:`parse_args`."""
+    args = parse_args(argv)
     if args.device == "lock":  # pick and lock a free GPU here (not under `unroll3d device run`)
         import torch
 
