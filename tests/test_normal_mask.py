@@ -151,7 +151,7 @@ def test_slab_patches_resolve_to_the_whole_axis():
     when the config is loaded; other entries are a clear error."""
     from unroll3d.config import ConfigError, check_patch_sizes, resolve_patch_size
 
-    assert resolve_patch_size([12, -1, None], (24, 32, 28)) == [12, 32, 28]
+    assert resolve_patch_size([12, -1, None], (24, 32, 28)) == (12, 32, 28)
     for bad, match in (([0, 8, 8], "entry 0"), ([-2, 8, 8], "entry -2"), ([8, 40, -1], "fit")):
         with pytest.raises(ConfigError, match=match):
             resolve_patch_size(bad, (24, 32, 28), "mri.patch_size")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import numbers
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -108,46 +109,64 @@ def volume_shape(config: dict, task: str) -> tuple[int, int, int]:
     return REAL_VOLUME_SHAPES[task]
 
 
-def resolve_patch_size(patch, shape, key: str = "patch_size") -> list[int]:
-    """``patch`` with each ``-1`` / ``None`` entry replaced by the whole axis of ``shape`` (an MRI
-    readout slab: ``[12, -1, -1]`` spans the whole ky–kz plane); a ConfigError names ``key`` for
-    three entries that are not each ≥ 1 or -1, or that do not fit in ``shape``."""
-    shape = [int(n) for n in shape]
-    if patch is None or len(patch) != 3:
-        raise ConfigError(f"config key {key}: a patch needs 3 entries (D, H, W); got {patch}")
+def _integer(value) -> int | None:
+    """``value`` as an int when it is an integer (Python or NumPy; not a bool), else None."""
+    return (
+        int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
+    )
+
+
+def resolve_patch_size(patch, shape, key: str = "patch_size") -> tuple[int, ...]:
+    """The one normaliser of a patch size: ``patch`` against the spatial ``shape`` it tiles.
+
+    ``patch`` is an int (a cube: the same size on every axis of ``shape``) or one entry per axis
+    of ``shape``, each a size ≥ 1 or ``-1`` / ``None`` for the whole axis (an MRI readout slab:
+    ``[12, -1, -1]`` spans the whole ky–kz plane). Returns the sizes as a tuple; anything else,
+    or a patch that does not fit in ``shape``, is a one-line ConfigError naming ``key``.
+    Called where a patch enters: the config (:func:`check_patch_sizes`, key ``<task>.patch_size``
+    or ``sweep.<task>[i]``) and the library's partitioning classes (``patch_size``)."""
+    shape = tuple(int(n) for n in shape)
+    if _integer(patch) is not None:
+        patch = (patch,) * len(shape)
+    elif isinstance(patch, list | tuple):
+        patch = tuple(patch)
+    if not isinstance(patch, tuple) or len(patch) != len(shape):
+        axes = "(D, H, W)" if len(shape) == 3 else f"(one per axis of {list(shape)})"
+        raise ConfigError(f"{key}: a patch needs {len(shape)} entries {axes}; got {patch}")
     out = []
     for p, n in zip(patch, shape, strict=True):
-        if p is None or (isinstance(p, int) and not isinstance(p, bool) and p == -1):
+        size = _integer(p)
+        if p is None or size == -1:
             out.append(n)
-        elif isinstance(p, int) and not isinstance(p, bool) and p >= 1:
-            out.append(p)
+        elif size is not None and size >= 1:
+            out.append(size)
         else:
             raise ConfigError(
-                f"config key {key}: patch entry {p!r} is neither a size ≥ 1 nor -1 (the whole axis)"
+                f"{key}: patch entry {p!r} is neither a size ≥ 1 nor -1 (the whole axis)"
             )
     if any(p > n for p, n in zip(out, shape, strict=True)):
         raise ConfigError(
-            f"config key {key}: patch {list(patch)} does not fit in volumes of "
+            f"{key}: patch {list(patch)} does not fit in volumes of "
             f"{'×'.join(map(str, shape))} voxels"
         )
-    return out
+    return tuple(out)
 
 
 def check_patch_sizes(config: dict) -> None:
     """Every patch the run would train (``<task>.patch_size`` and the sweep's) must fit in the
     task's volumes; a ConfigError names the key and both shapes (nothing is clamped later).
-    ``-1`` entries (the whole axis) are resolved here, in place, once for every later reader."""
+    Each is normalised here, in place, once for every later reader (``-1`` entries become the
+    whole axis); the engine and the partitioner take the result as it is."""
     sweep = config.get("sweep") or {}
     for task in config.get("tasks", []):
         shape = volume_shape(config, task)
         section = config.get(task) or {}
         if section.get("patch_size") is not None:
-            section["patch_size"] = resolve_patch_size(
-                section["patch_size"], shape, f"{task}.patch_size"
-            )
+            key = f"config key {task}.patch_size"
+            section["patch_size"] = list(resolve_patch_size(section["patch_size"], shape, key))
         if sweep.get("enabled") and sweep.get(task):
             sweep[task] = [
-                resolve_patch_size(p, shape, f"sweep.{task}[{i}]")
+                list(resolve_patch_size(p, shape, f"config key sweep.{task}[{i}]"))
                 for i, p in enumerate(sweep[task])
             ]
 
@@ -268,7 +287,7 @@ def report_config(config: dict) -> dict:
     }
     for task, key in (("cbct", "views"), ("mri", "accelerations")):
         section = config.get(task) or {}
-        patch = section.get("patch_size") or section_defaults(task)["patch_size"]
+        patch = {**section_defaults(task), **section}["patch_size"]
         out[task] = {
             key: list(section.get(key, [])),
             "splits": {"test": list((section.get("splits") or {}).get("test", []))},

@@ -8,10 +8,11 @@ from contextlib import contextmanager
 
 import torch
 
-from unroll3d.config import resolve_patch_size, train_settings
+from unroll3d.config import train_settings
 from unroll3d.engine.operators import h_kwargs
 from unroll3d.normal import NormalFit
-from unroll3d.partition import PartitionedReconstructor, crop_patch, sample_patch_start
+from unroll3d.partition import PartitionedReconstructor, crop_patch
+from unroll3d.partition.grid import draw_corner
 from unroll3d.variants import VariantSpec
 
 __all__ = ["estimate_pair", "make_partitioner", "patch_ranges", "tiled"]
@@ -36,22 +37,23 @@ def patch_ranges(spatial: Sequence[int], patch: Sequence[int], margin: Sequence[
 
 
 def make_partitioner(model, task: str, config: dict, img_size: Sequence[int]):
-    """``PartitionedReconstructor`` around ``model`` with the task's patch size and stride (a
-    patch larger than the volume is an error, not silently clamped)."""
-    tcfg = config.get(task, {})
-    # -1 = the whole axis; a patch larger than the volume is an error, never clamped
-    patch = resolve_patch_size(
-        tcfg.get("patch_size", [8, 16, 16]), img_size[-3:], f"{task}.patch_size"
-    )
+    """``PartitionedReconstructor`` around ``model`` with the task's patch size and stride.
+
+    The patch size is the config's as it is (normalised once, when the config was loaded); the
+    partitioner's own entry resolves it against the real volume, so a patch that does not fit
+    is an error there, never clamped. Training corners are drawn within the margins of
+    ``train.<task>_patch_margin``."""
+    tcfg = config[task]
     stride = tcfg.get("stride")
-    margin = train_settings(config).get(f"{task}_patch_margin")
-    return PartitionedReconstructor(
+    partitioner = PartitionedReconstructor(
         base_reconstructor=model,
         img_size=tuple(img_size),
-        patch_size=tuple(patch),
+        patch_size=tcfg["patch_size"],
         stride=None if stride is None else tuple(stride),
-        train_ranges=patch_ranges(img_size[-3:], patch, margin),
     )
+    margin = train_settings(config).get(f"{task}_patch_margin")
+    partitioner.train_ranges = patch_ranges(partitioner.spatial, partitioner.patch_size, margin)
+    return partitioner
 
 
 @contextmanager
@@ -84,8 +86,8 @@ def estimate_pair(
     variant's x0 patch are copied over here, nothing more (the same corner, drawn from the same
     generator, so the same numbers)."""
     if spec.kind == "pnp":
-        start = sample_patch_start(
-            partitioner.img_size, partitioner.patch_size, partitioner.train_ranges, generator
+        start = draw_corner(
+            partitioner.spatial, partitioner.patch_size, partitioner.train_ranges, generator
         )
         patch = crop_patch(sample.x, start, partitioner.patch_size)
         patch = patch if device is None else patch.to(device, non_blocking=True)

@@ -7,38 +7,45 @@ Conventions: tensors are ``(B, C, *spatial)`` with 2 or 3 spatial axes; ``img_si
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
+
+from unroll3d.config import resolve_patch_size
 
 __all__ = [
     "Start",
     "spatial_sizes",
     "default_stride",
     "patch_grid",
+    "grid_corners",
     "blend_window",
     "blend_normaliser",
     "crop_patch",
     "embed_patch",
     "sample_patch_start",
+    "draw_corner",
 ]
 
 Start = tuple[int, ...]
 
 
 def spatial_sizes(img_size: Sequence[int], patch_size: int | Sequence[int]) -> tuple[tuple, tuple]:
-    """Return ``(spatial_img_size, patch_size)`` as tuples of equal length.
+    """Return ``(spatial_img_size, patch_size)`` as tuples of equal length: the library's entry
+    for a patch size (the public classes and functions of this package call it once, on their
+    own arguments; what they pass on is already normalised).
 
-    An int ``patch_size`` applies to the last 3 axes of ``img_size`` (the last 2 if ``img_size``
-    has only 2 entries); a 2D problem with a channel axis needs a tuple ``patch_size``.
+    ``patch_size`` is normalised by :func:`unroll3d.config.resolve_patch_size`, the one
+    normaliser of a patch size: an int is a cube on the last 3 axes of ``img_size`` (the last 2
+    if ``img_size`` has only 2 entries; a 2D problem with a channel axis needs a tuple), ``-1`` or
+    ``None`` is the whole axis, and a patch that does not fit is a one-line error.
     """
     img_size = tuple(int(s) for s in img_size)
-    if isinstance(patch_size, int):
-        ndim = 2 if len(img_size) == 2 else 3
-        patch_size = (patch_size,) * ndim
-    patch_size = tuple(int(p) for p in patch_size)
-    ndim = len(patch_size)
+    if isinstance(patch_size, Iterable) and not isinstance(patch_size, str):
+        patch_size = tuple(patch_size)
+    # one entry per spatial axis; else an int, a cube (anything else: the normaliser refuses it)
+    ndim = len(patch_size) if isinstance(patch_size, tuple) else 2 if len(img_size) == 2 else 3
     if ndim not in (2, 3):
         raise ValueError(f"patch_size must have 2 or 3 spatial entries, got {patch_size}")
     if len(img_size) not in (ndim, ndim + 1):
@@ -47,12 +54,7 @@ def spatial_sizes(img_size: Sequence[int], patch_size: int | Sequence[int]) -> t
             f"{ndim} spatial sizes, optionally preceded by the channel count"
         )
     spatial = img_size[-ndim:]
-    for n, p in zip(spatial, patch_size, strict=True):
-        if p < 1 or p > n:
-            raise ValueError(
-                f"patch_size {patch_size} must be >= 1 and fit in the volume {spatial} on every axis"
-            )
-    return spatial, patch_size
+    return spatial, resolve_patch_size(patch_size, spatial)
 
 
 def default_stride(patch_size: Sequence[int]) -> tuple[int, ...]:
@@ -81,7 +83,14 @@ def patch_grid(
     >>> len(patch_grid((9, 9, 9), 4))  # corners 0, 2, 4, 5 per axis
     64
     """
-    spatial, patch = spatial_sizes(img_size, patch_size)
+    return grid_corners(*spatial_sizes(img_size, patch_size), stride)
+
+
+def grid_corners(
+    spatial: Sequence[int], patch: Sequence[int], stride: int | Sequence[int] | None = None
+) -> list[Start]:
+    """:func:`patch_grid` of a volume ``spatial`` and a patch already normalised by
+    :func:`spatial_sizes` (not checked again)."""
     if stride is None:
         stride = default_stride(patch)
     elif isinstance(stride, int):
@@ -178,7 +187,17 @@ def sample_patch_start(
         the whole axis ``[0, n − p]`` (paper §10: CBCT corners z ∈ [80, n − 80 − D]). Bounds are
         clipped to the valid range.
     """
-    spatial, patch = spatial_sizes(img_size, patch_size)
+    return draw_corner(*spatial_sizes(img_size, patch_size), ranges, generator)
+
+
+def draw_corner(
+    spatial: Sequence[int],
+    patch: Sequence[int],
+    ranges: Sequence[tuple[int, int] | None] | None = None,
+    generator: torch.Generator | None = None,
+) -> Start:
+    """:func:`sample_patch_start` for a patch already normalised by :func:`spatial_sizes` (not
+    checked again)."""
     if ranges is None:
         ranges = [None] * len(patch)
     if len(ranges) != len(patch):

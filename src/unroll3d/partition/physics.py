@@ -89,7 +89,8 @@ class PartitionedPhysics(LinearPhysics):
     :param physics: global ``LinearPhysics`` (x: ``(B, C, *spatial)``).
     :param img_size: ``(C, *spatial)`` or ``spatial`` of the global volume.
     :param start: patch corner (tuple) or list of corners.
-    :param patch_size: spatial patch size.
+    :param patch_size: spatial patch size: one entry per spatial axis (``-1`` or ``None``: the
+        whole axis) or an int (a cube); normalised here, once (:func:`spatial_sizes`).
     :param y: global measurements ``(B, ...)``.
     :param x_context: global volume ``(B, C, *spatial)`` whose values outside the patch are the
         context (values inside the patch are ignored).

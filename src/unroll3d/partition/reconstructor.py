@@ -15,8 +15,8 @@ from unroll3d.partition.grid import (
     blend_window,
     crop_patch,
     default_stride,
-    patch_grid,
-    sample_patch_start,
+    draw_corner,
+    grid_corners,
     spatial_sizes,
 )
 from unroll3d.partition.physics import PartitionedPhysics
@@ -33,7 +33,8 @@ class PartitionedReconstructor(Reconstructor):
 
     :param base_reconstructor: the patch reconstructor (e.g. an unrolled network).
     :param img_size: ``(C, *spatial)`` or ``spatial`` of the global volume.
-    :param patch_size: spatial patch size (int: same on every axis).
+    :param patch_size: spatial patch size: one entry per spatial axis (``-1`` or ``None``: the
+        whole axis) or an int (a cube); normalised here, once (:func:`spatial_sizes`).
     :param stride: inference stride, default half overlap ``max(1, p // 2)``.
     :param blend: ``"uniform"`` (count-map average, default) or ``"triangular"``.
     :param patch_batch: number of patch positions reconstructed together at inference.
@@ -74,7 +75,7 @@ class PartitionedReconstructor(Reconstructor):
         self.img_size = tuple(int(s) for s in img_size)
         self.spatial, self.patch_size = spatial_sizes(self.img_size, patch_size)
         self.stride = default_stride(self.patch_size) if stride is None else stride
-        self.starts = patch_grid(self.img_size, self.patch_size, self.stride)
+        self.starts = grid_corners(self.spatial, self.patch_size, self.stride)
         blend_window(self.patch_size, blend)  # validates the mode
         self.blend = blend
         if patch_batch < 1:
@@ -303,7 +304,7 @@ class PartitionedReconstructor(Reconstructor):
         self._check_volume(x_true, "x_true")
         if start is None:
             ranges = self.train_ranges if ranges is None else ranges
-            start = sample_patch_start(self.img_size, self.patch_size, ranges, generator)
+            start = draw_corner(self.spatial, self.patch_size, ranges, generator)
         start = tuple(int(s) for s in start)
         self.last_start = start
         factory, scaling = self._normal_factory(physics, fourier_filter, spatial_mask, normal)
