@@ -73,7 +73,9 @@ def test_the_library_entry_takes_an_int_cube_and_names_the_argument():
     assert spatial_sizes((2, 9, 10, 11), (3, -1, None)) == ((9, 10, 11), (3, 10, 11))
     with pytest.raises(ValueError, match=r"^patch_size: patch \[4, 4, 12\] does not fit in vol"):
         PartitionedReconstructor(lambda y, physics, **kw: y, (1, 9, 10, 11), (4, 4, 12))
-    with pytest.raises(ValueError, match=r"^patch_size: a patch needs 3 entries .*got 4\.5$"):
+    with pytest.raises(
+        ValueError, match=r"^patch_size: a patch needs 3 entries, one per axis; got 4\.5$"
+    ):
         spatial_sizes((9, 9, 9), 4.5)
 
 

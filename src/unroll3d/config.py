@@ -109,37 +109,25 @@ def volume_shape(config: dict, task: str) -> tuple[int, int, int]:
     return REAL_VOLUME_SHAPES[task]
 
 
-def _integer(value) -> int | None:
-    """``value`` as an int when it is an integer (Python or NumPy; not a bool), else None."""
-    return (
-        int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
-    )
-
-
 def resolve_patch_size(patch, shape, key: str = "patch_size") -> tuple[int, ...]:
-    """The one normaliser of a patch size: ``patch`` against the spatial ``shape`` it tiles.
+    """The one normaliser of a patch size, against the spatial ``shape`` it tiles: an int (a
+    cube) or one entry per axis, each ≥ 1 or ``-1`` / ``None`` for the whole axis (``[12, -1,
+    -1]``: an MRI readout slab). Called where a patch enters, the config (once per key) and the
+    partition package's entry; anything else is a one-line ConfigError naming ``key``."""
 
-    ``patch`` is an int (a cube: the same size on every axis of ``shape``) or one entry per axis
-    of ``shape``, each a size ≥ 1 or ``-1`` / ``None`` for the whole axis (an MRI readout slab:
-    ``[12, -1, -1]`` spans the whole ky–kz plane). Returns the sizes as a tuple; anything else,
-    or a patch that does not fit in ``shape``, is a one-line ConfigError naming ``key``.
-    Called where a patch enters: the config (:func:`check_patch_sizes`, key ``<task>.patch_size``
-    or ``sweep.<task>[i]``) and the library's partitioning classes (``patch_size``)."""
+    def size(v):  # an integer (Python or NumPy; not a bool) as an int, else None
+        return int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else None
+
     shape = tuple(int(n) for n in shape)
-    if _integer(patch) is not None:
-        patch = (patch,) * len(shape)
-    elif isinstance(patch, list | tuple):
-        patch = tuple(patch)
-    if not isinstance(patch, tuple) or len(patch) != len(shape):
-        axes = "(D, H, W)" if len(shape) == 3 else f"(one per axis of {list(shape)})"
-        raise ConfigError(f"{key}: a patch needs {len(shape)} entries {axes}; got {patch}")
+    patch = (patch,) * len(shape) if size(patch) is not None else patch
+    if not isinstance(patch, list | tuple) or len(patch) != len(shape):
+        raise ConfigError(f"{key}: a patch needs {len(shape)} entries, one per axis; got {patch}")
     out = []
     for p, n in zip(patch, shape, strict=True):
-        size = _integer(p)
-        if p is None or size == -1:
+        if p is None or size(p) == -1:
             out.append(n)
-        elif size is not None and size >= 1:
-            out.append(size)
+        elif size(p) is not None and size(p) >= 1:
+            out.append(size(p))
         else:
             raise ConfigError(
                 f"{key}: patch entry {p!r} is neither a size ≥ 1 nor -1 (the whole axis)"
@@ -155,8 +143,7 @@ def resolve_patch_size(patch, shape, key: str = "patch_size") -> tuple[int, ...]
 def check_patch_sizes(config: dict) -> None:
     """Every patch the run would train (``<task>.patch_size`` and the sweep's) must fit in the
     task's volumes; a ConfigError names the key and both shapes (nothing is clamped later).
-    Each is normalised here, in place, once for every later reader (``-1`` entries become the
-    whole axis); the engine and the partitioner take the result as it is."""
+    Each is normalised here, in place, once for every later reader (-1: the whole axis)."""
     sweep = config.get("sweep") or {}
     for task in config.get("tasks", []):
         shape = volume_shape(config, task)
