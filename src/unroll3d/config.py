@@ -124,14 +124,12 @@ def resolve_patch_size(patch, shape, key: str = "patch_size") -> tuple[int, ...]
         raise ConfigError(f"{key}: a patch needs {len(shape)} entries, one per axis; got {patch}")
     out = []
     for p, n in zip(patch, shape, strict=True):
-        if p is None or size(p) == -1:
-            out.append(n)
-        elif size(p) is not None and size(p) >= 1:
-            out.append(size(p))
-        else:
+        whole = p is None or size(p) == -1
+        if not whole and (size(p) is None or size(p) < 1):
             raise ConfigError(
                 f"{key}: patch entry {p!r} is neither a size ≥ 1 nor -1 (the whole axis)"
             )
+        out.append(n if whole else size(p))
     if any(p > n for p, n in zip(out, shape, strict=True)):
         raise ConfigError(
             f"{key}: patch {list(patch)} does not fit in volumes of "

@@ -95,8 +95,8 @@ def estimate_pair(
     if spec.partition:
         where = {}
         if device is not None and x0 is not None:  # x0 parked: only its patch goes over
-            start = sample_patch_start(
-                partitioner.img_size, partitioner.patch_size, partitioner.train_ranges, generator
+            start = draw_corner(
+                partitioner.spatial, partitioner.patch_size, partitioner.train_ranges, generator
             )
             x0, where = _patch_only(x0, start, partitioner.patch_size, device), {"start": start}
         return partitioner.training_pair(
