@@ -152,6 +152,25 @@ class DiagCirculantWrapper(LinearPhysics):
         :func:`unroll3d.physics.initial_reconstruction`."""
         return initial_reconstruction(self.physics, y, **kwargs)
 
+    # the wrapped physics' exact readout-slab operators (a partitioned patch's Ã, Ãᵀ and exact
+    # S AᵀA Sᵀ use them when it has them: 3D MRI)
+    @property
+    def readout_slabs(self) -> bool:
+        return bool(getattr(self.physics, "readout_slabs", False))
+
+    def readout_mask(self) -> torch.Tensor | None:
+        return self.physics.readout_mask()
+
+    def A_slab(self, x_slab: torch.Tensor, first: int) -> torch.Tensor:
+        return self.physics.A_slab(x_slab, first)
+
+    def A_adjoint_slab(self, y: torch.Tensor, first: int, length: int) -> torch.Tensor:
+        return self.physics.A_adjoint_slab(y, first, length)
+
+    def normal_slab(self, x_slab: torch.Tensor, first: int) -> torch.Tensor | None:
+        """The exact AᵀA on readout slices (not H)."""
+        return self.physics.normal_slab(x_slab, first)
+
     def A_adjoint_A(
         self,
         x: torch.Tensor,

@@ -232,13 +232,49 @@ class PartitionedPhysics(LinearPhysics):
             dim=0,
         )
 
+    # -- readout slabs: a physics with ``A_slab``/``A_adjoint_slab``/``normal_slab`` (3D MRI) is
+    # applied to the patch's slices along the first spatial axis only (same maps, less work)
+    def _slabs(self) -> bool:
+        return len(self.spatial) == 3 and bool(getattr(self.physics, "readout_slabs", False))
+
+    def _per_slab(self, fn: Callable, t: Tensor) -> Tensor:
+        """``fn(chunk, start)`` over the patch-major chunks, concatenated."""
+        if len(self.starts) == 1:
+            return fn(t, self.starts[0])
+        return torch.cat(
+            [fn(c, st) for c, st in zip(t.split(self.batch), self.starts, strict=True)]
+        )
+
+    def _to_slab(self, x_patch: Tensor, st: Start) -> Tensor:
+        """The patch zero-padded to its full readout slices ``(B, C, P_0, N_1, N_2)``."""
+        return embed_patch(x_patch, (0, *st[1:]), (self.patch_size[0], *self.spatial[1:]))
+
+    def _from_slab(self, slab: Tensor, st: Start) -> Tensor:
+        return crop_patch(slab, (0, *st[1:]), self.patch_size)
+
     def _fwd(self, x_patch: Tensor) -> Tensor:
+        if self._slabs():
+            return self._per_slab(
+                lambda c, st: self.physics.A_slab(self._to_slab(c, st), st[0]), x_patch
+            )
         return self._global(self.physics.A, self.embed(x_patch))
 
     def _adj(self, y: Tensor) -> Tensor:
+        if self._slabs() and y.shape[0] == len(self.starts) * self.batch:
+            p0 = self.patch_size[0]
+            return self._per_slab(
+                lambda c, st: self._from_slab(self.physics.A_adjoint_slab(c, st[0], p0), st), y
+            )
         return self.crop(self._global(self.physics.A_adjoint, y))
 
     def _normal(self, x_patch: Tensor) -> Tensor:
+        if self._slabs() and self.physics.readout_mask() is not None:
+            return self._per_slab(
+                lambda c, st: self._from_slab(
+                    self.physics.normal_slab(self._to_slab(c, st), st[0]), st
+                ),
+                x_patch,
+            )
         full = self.embed(x_patch)
         return self.crop(self._global(lambda t: self.physics.A_adjoint(self.physics.A(t)), full))
 

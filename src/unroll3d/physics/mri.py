@@ -343,3 +343,59 @@ class MultiCoilMRI3D(MultiCoilMRI):
         """The models' first estimate: :meth:`zero_filled` (``A_dagger`` is the least-squares
         one)."""
         return self.zero_filled(y)
+
+    # ---- readout slabs: the operator on a few readout slices ----------------------------------
+    # The centred 3D FFT is the product of centred 1D FFTs along D, H and W. A (ky, kz) mask
+    # commutes with the one along D, so AᵀA = Σ_c S_cᴴ F_HWᴴ M² F_HW S_c acts on each readout
+    # slice alone; A and Aᵀ of a signal living on a slab need one 1D FFT along D of the full
+    # k-space and 2D FFTs on the slab only.
+    #: this physics has the readout-slab operators below (a domain-partitioned patch uses them)
+    readout_slabs = True
+
+    def readout_mask(self) -> torch.Tensor | None:
+        """The (ky, kz) mask ``(B_m, H, W)`` when the mask is the same on every readout slice (and
+        in both channels), else None. Checked once per mask tensor (one host sync)."""
+        m = self.mask
+        if getattr(self, "_readout_checked", None) is not m or self._readout_version != m._version:
+            first = m[:, :1, :1]
+            self._readout_same = bool(torch.equal(m, first.expand_as(m)))
+            self._readout_checked, self._readout_version = m, m._version
+        return m[:, 0, 0] if self._readout_same else None
+
+    def _slab_maps(self, first: int, length: int) -> torch.Tensor:
+        d = self.coil_maps.shape[-3]
+        if not (0 <= first and length >= 1 and first + length <= d):
+            raise ValueError(f"readout slab [{first}, {first + length}) is outside 0..{d}")
+        return self.coil_maps[:, :, first : first + length]
+
+    def normal_slab(self, x_slab: torch.Tensor, first: int) -> torch.Tensor | None:
+        """``(AᵀA x)`` on readout slices ``first : first + L`` for an ``x`` that is zero outside
+        them: ``x_slab`` is ``(B, 2, L, H, W)``. Exact because the mask does not depend on kx;
+        None when it does (:meth:`readout_mask`)."""
+        m = self.readout_mask()
+        if m is None:
+            return None
+        maps = self._slab_maps(first, x_slab.shape[-3])
+        k = self.fft(maps * self.to_torch_complex(x_slab)[:, None], dim=(-2, -1))
+        k = k * (m * m)[:, None, None]  # A applies M and Aᵀ applies it again
+        img = self.ifft(k, dim=(-2, -1))
+        return self.from_torch_complex((maps.conj() * img).sum(1))
+
+    def A_slab(self, x_slab: torch.Tensor, first: int) -> torch.Tensor:
+        """``A x`` (full k-space ``(B, 2, N, D, H, W)``) for an ``x`` that is zero outside the
+        readout slices ``first : first + L``; ``x_slab`` is ``(B, 2, L, H, W)``. Exact for any
+        mask."""
+        maps = self._slab_maps(first, x_slab.shape[-3])
+        k2 = self.fft(maps * self.to_torch_complex(x_slab)[:, None], dim=(-2, -1))
+        full = k2.new_zeros((*k2.shape[:2], self.coil_maps.shape[-3], *k2.shape[-2:]))
+        full[:, :, first : first + k2.shape[-3]] = k2
+        return self.mask[:, :, None] * self.from_torch_complex(self.fft(full, dim=(-3,)))
+
+    def A_adjoint_slab(self, y: torch.Tensor, first: int, length: int) -> torch.Tensor:
+        """``Aᵀ y`` on the readout slices ``first : first + length`` only, ``(B, 2, L, H, W)``
+        (one 1D inverse FFT along D of the full k-space, 2D ones on the slab). Exact for any
+        mask."""
+        maps = self._slab_maps(first, length)
+        hybrid = self.ifft(self.to_torch_complex(self.mask[:, :, None] * y), dim=(-3,))
+        img = self.ifft(hybrid[:, :, first : first + length], dim=(-2, -1))
+        return self.from_torch_complex((maps.conj() * img).sum(1))

@@ -1,0 +1,131 @@
+"""Time and peak memory of one exact MRI patch data step, readout-slab path against full volume.
+
+A (ky, kz) mask makes AᵀA act slice by slice along the readout, so a partitioned patch's exact
+``S AᵀA Sᵀ`` (and Ã, Ãᵀ) need only the patch's readout slices. Each (path, operation) runs in a
+fresh interpreter so that its peak resident memory is its own: the inputs are built first
+(random k-space, no temporaries), then ``ru_maxrss`` after a warm-up and the timed calls minus the resident
+size before them is the operation's extra peak. CPU, one thread unless ``--threads``.
+
+Operations: ``normal`` one ``S AᵀA Sᵀ u``; ``setup`` building the patch problem (ỹ = y − A S⊥ᵀx,
+a full forward on both paths) and ``Ãᵀỹ``; ``unrolled`` K gradient steps
+``z − η(ÃᵀÃ z − Ãᵀỹ)`` forward and backward (a training step without the network).
+
+    python benchmarks/mri_slab_step.py --size 64 128 128 --coils 8 --patch 8 64 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _child(args) -> dict:
+    import torch
+
+    from unroll3d.partition import PartitionedPhysics
+    from unroll3d.physics import MultiCoilMRI3D, poisson_disc_mask
+
+    torch.set_num_threads(args.threads)
+
+    class FullVolumeMRI(MultiCoilMRI3D):
+        readout_slabs = False  # PartitionedPhysics then takes the full-volume path
+
+    d, h, w = args.size
+    g = torch.Generator().manual_seed(0)
+    mask = poisson_disc_mask((h, w), acceleration=5, calib=4, seed=0)
+    maps = torch.randn(args.coils, d, h, w, dtype=torch.complex64, generator=g)
+    cls = MultiCoilMRI3D if args.path == "slab" else FullVolumeMRI
+    physics = cls(mask, maps, (d, h, w))
+    del maps
+    y = torch.randn(1, 2, args.coils, d, h, w, generator=g)
+    ctx = torch.randn(1, 2, d, h, w, generator=g)
+    patch = tuple(args.patch)
+    start = tuple((n - p) // 2 for n, p in zip(args.size, patch, strict=True))
+    u = torch.randn(1, 2, *patch, generator=g)
+
+    def build():
+        return PartitionedPhysics(physics, (2, d, h, w), start, patch, y, ctx, x_init=ctx)
+
+    pp = build() if args.op != "setup" else None
+
+    def run():
+        if args.op == "normal":
+            with torch.no_grad():
+                return pp.A_adjoint_A(u)
+        if args.op == "setup":
+            with torch.no_grad():
+                p = build()
+                return p.A_adjoint(p.y_tilde)
+        eta = torch.tensor(0.5, requires_grad=True)
+        aty = pp.A_adjoint(pp.y_tilde)
+        z = u.clone().requires_grad_(True)
+        x = z
+        for _ in range(args.K):
+            x = x - eta * (pp.A_adjoint_A(x) - aty)
+        x.square().sum().backward()
+        return x.detach()
+
+    base = _rss_kib()
+    run()  # warm-up (FFT plans, allocator), inside the memory window
+    times = []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "path": args.path,
+        "op": args.op,
+        "size": list(args.size),
+        "coils": args.coils,
+        "patch": list(patch),
+        "threads": args.threads,
+        "repeat": args.repeat,
+        "s_min": round(min(times), 4),
+        "s_median": round(statistics.median(times), 4),
+        "extra_peak_MiB": round(max(0, peak - base) / 1024, 1),
+    }
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, nargs=3, default=[64, 128, 128], metavar=("D", "H", "W"))
+    ap.add_argument("--coils", type=int, default=8)
+    ap.add_argument("--patch", type=int, nargs=3, default=[8, 64, 64])
+    ap.add_argument("--K", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ops", nargs="+", default=["normal", "setup", "unrolled"])
+    ap.add_argument("--path", choices=["slab", "full"], help=argparse.SUPPRESS)
+    ap.add_argument("--op", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.path is not None:  # a child: one measurement
+        print(json.dumps(_child(args)))
+        return
+    common = ["--size", *map(str, args.size), "--coils", str(args.coils), "--patch",
+              *map(str, args.patch), "--K", str(args.K), "--repeat", str(args.repeat),
+              "--threads", str(args.threads)]  # fmt: skip
+    for op in args.ops:
+        rows = {}
+        for path in ("full", "slab"):
+            cmd = [sys.executable, __file__, *common, "--path", path, "--op", op]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            rows[path] = json.loads(out.strip().splitlines()[-1])
+            print(json.dumps(rows[path]), flush=True)
+        speed = rows["full"]["s_median"] / max(rows["slab"]["s_median"], 1e-9)
+        print(f"# {op}: {speed:.1f}x faster on readout slabs", flush=True)
+
+
+if __name__ == "__main__":
+    main()
