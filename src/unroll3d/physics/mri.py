@@ -359,7 +359,7 @@ class MultiCoilMRI3D(MultiCoilMRI):
         if getattr(self, "_readout_checked", None) is not m or self._readout_version != m._version:
             first = m[:, :1, :1]
             self._readout_same = bool(torch.equal(m, first.expand_as(m)))
-            self._readout_checked, self._readout_version = m, m._version
+            self._readout_checked, self._readout_version = m, m._version  # a reference: no reuse
         return m[:, 0, 0] if self._readout_same else None
 
     def _slab_maps(self, first: int, length: int) -> torch.Tensor:
