@@ -84,6 +84,21 @@ def test_a_mask_that_varies_along_the_readout_has_no_slab_normal(gen):
     assert physics.readout_mask() is not None
 
 
+def test_a_kykz_mask_needs_no_check_and_a_new_mask_is_checked(gen, monkeypatch):
+    """A mask given as (H, W) is the same on every slice by construction: no comparison (a host
+    sync on a GPU) per freshly drawn mask; a mask set later is compared once."""
+    physics, mask, _ = _mri(gen)
+    calls = []
+    real_equal = torch.equal
+    monkeypatch.setattr(torch, "equal", lambda a, b: calls.append(1) or real_equal(a, b))
+    assert physics.readout_mask() is not None and not calls
+    varying = physics.mask.clone()
+    varying[:, :, 0] = 1 - varying[:, :, 0]
+    physics.update_parameters(mask=varying)
+    assert physics.readout_mask() is None and physics.readout_mask() is None
+    assert len(calls) == 1
+
+
 PATCHES = [
     ((0, 0, 0), (3, 4, 5)),  # corner
     ((D - 3, H - 4, W - 5), (3, 4, 5)),  # opposite corner

@@ -281,7 +281,8 @@ class MultiCoilMRI3D(MultiCoilMRI):
             raise ValueError(f"img_size must be (2, D, H, W) or (D, H, W); got {img_size}")
         _, d, h, w = img_size
         mask = torch.as_tensor(mask, dtype=torch.float32)
-        if mask.shape == (h, w):
+        kykz_mask = mask.shape == (h, w)
+        if kykz_mask:
             mask = mask[None].expand(d, h, w)
         if tuple(mask.shape[-3:]) != (d, h, w):
             raise ValueError(
@@ -304,6 +305,9 @@ class MultiCoilMRI3D(MultiCoilMRI):
             device=device,
             **kwargs,
         )
+        if kykz_mask:  # the same on every readout slice by construction: no check (host sync)
+            self._readout_checked, self._readout_version = self.mask, self.mask._version
+            self._readout_same = True
 
     @staticmethod
     def to_torch_complex(x: torch.Tensor) -> torch.Tensor:
