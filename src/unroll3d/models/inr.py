@@ -64,6 +64,10 @@ class HashGridEncoding(nn.Module):
     (N_l + 1)³ fits in T = 2^log2_table_size entries indexes it densely (no collisions), a finer
     one through :func:`hash_index`. Output: the L levels' features concatenated, (N, L·F).
 
+    Rows are gathered with ``embedding``, whose CPU backward sums each row's gradient in index
+    order whatever the thread count; ``table[rows]``'s backward (``index_put_`` accumulate) adds
+    with float atomics on more than one thread, so fits differed run to run (same forward).
+
     :param aspect: per-axis factor on the resolutions (e.g. n_axis / max(n)), default isotropic.
     :param generator: seeds the table's uniform ±``init_scale`` initialisation.
     """
@@ -137,7 +141,7 @@ class HashGridEncoding(nn.Module):
         for level in range(self.levels):
             vertices, w = self.cell(level, coords)
             rows = self.index(level, vertices) + self.offsets[level]
-            out.append((w[..., None] * self.table[rows]).sum(1))
+            out.append((w[..., None] * nn.functional.embedding(rows, self.table)).sum(1))
         return torch.cat(out, dim=-1)
 
 
