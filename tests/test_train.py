@@ -85,6 +85,29 @@ def test_resume_gives_identical_weights(tmp_path):
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4", "5", "6"]
 
 
+def test_weights_do_not_depend_on_what_loading_drew(tmp_path):
+    """The model's init is seeded right before it is built: a loader that draws from the global
+    RNGs (as the toy loader does the first time it builds a volume) leaves the weights as they
+    are. It made the resume test pass or fail with the tests run before it."""
+    import random
+
+    import numpy as np
+
+    def drawing_loader(path):
+        torch.rand(3), random.random(), np.random.rand()
+        return loader(path)
+
+    loader("toy0")  # built (and its draws made) before either run
+    cfg = toy_config(steps=2)
+    a = make_job(tmp_path / "a", "partition", cfg)
+    tr.train(a)
+    b = dataclasses.replace(make_job(tmp_path / "b", "partition", cfg), loader=drawing_loader)
+    tr.train(b)
+    wa = torch.load(a.out, weights_only=False)["state_dict"]
+    wb = torch.load(b.out, weights_only=False)["state_dict"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 class NaNAfter:
     """Physics double: exact until ``n`` calls of A_adjoint_A, then NaN."""
 

@@ -366,6 +366,8 @@ def _setup(run: _Run) -> None:
         run.caches[s].get(0)
         run.by_setting[s] = run.val_caches[s].lipschitz = run.caches[s].lipschitz
     run.lipschitz = run.by_setting[job.settings[0]]
+    # the init depends on the seed only, not on what loading the volumes drew from the RNGs
+    seed_everything(run.seed)
     # build_variant applies train.bf16/tf32/channels_last/cudnn_benchmark/compile
     model = build_variant(job.variant, job.task, job.config, run.lipschitz, device=job.device)
     run.model = model
