@@ -336,6 +336,45 @@ def test_fit_is_deterministic_and_resume_equals_uninterrupted(tmp_path, schedule
     # restarts from step 0: tests/test_fit_resume.py
 
 
+def test_fit_returns_the_best_held_out_step_not_the_last(tmp_path):
+    """A constant lr too large for the end of the fit: the held-out error is lowest at step 8
+    of 12. The fit returns the step-8 parameters (bit-equal to a fit stopped there), records
+    the step, and a run resumed from a checkpoint written after it returns the same."""
+    img_size = (1, 8, 7, 6)
+    physics = _exact_operator(img_size)
+    kw = dict(lr=5e-2, lr_schedule="constant", eval_every=1, seed=5, heldout=4, progress=False)
+    lam, m, hist = fit_normal_operator(physics, img_size, n_steps=12, **kw)
+    errors = hist["heldout_rel_error"]
+    assert hist["best_step"] == 8 == errors.index(min(errors))
+    assert hist["best_heldout_rel_error"] == min(errors) < errors[-1]
+    assert hist["final_heldout_rel_error"] == errors[-1] and hist["stop_step"] == 12
+    lam_8, m_8, _ = fit_normal_operator(physics, img_size, n_steps=8, **kw)
+    assert torch.equal(lam, lam_8) and torch.equal(m, m_8)
+    ckpt, kw = tmp_path / "fit.ckpt", {**kw, "sqnorm": hist["sqnorm"]}  # no power method calls
+    orig, calls = physics.A_adjoint_A, {"n": 0}
+
+    def crashing(x, **k):
+        calls["n"] += 1
+        if calls["n"] > 1 + 4 + 10:  # impulse response + 4 held-out probes + 10 steps
+            raise KeyboardInterrupt
+        return orig(x, **k)
+
+    physics.A_adjoint_A = crashing
+    with pytest.raises(KeyboardInterrupt):
+        fit_normal_operator(physics, img_size, n_steps=12, checkpoint=ckpt, checkpoint_every=5, **kw)
+    physics.A_adjoint_A = orig
+    assert torch.load(ckpt, weights_only=False)["step"] == 10
+    lam_r, m_r, hist_r = fit_normal_operator(
+        physics, img_size, n_steps=12, checkpoint=ckpt, checkpoint_every=5, **kw
+    )
+    assert torch.equal(lam, lam_r) and torch.equal(m, m_r) and hist_r["best_step"] == 8
+    # a fit whose last step is its best (the usual plateau tail) returns the last step
+    _, _, monotone = fit_normal_operator(physics, img_size, n_steps=6, **{**kw, "lr": 3e-2})
+    assert monotone["best_step"] == 6 and monotone["best_heldout_rel_error"] == min(
+        monotone["heldout_rel_error"]
+    )
+
+
 def test_plateau_fit_stops_early_or_at_the_maximum_and_reports_the_floor():
     """The plateau schedule stops before the maximum on an exact operator with a coarse
     threshold, runs its tail to the maximum when no plateau comes (reason max_steps), and
@@ -349,7 +388,7 @@ def test_plateau_fit_stops_early_or_at_the_maximum_and_reports_the_floor():
     )  # fmt: skip
     assert early["stop_reason"] == "plateau" and early["stop_step"] < 300
     assert early["stop_step"] == early["decay_start"] + math.ceil(0.5 * early["decay_start"])
-    assert early["floor"] == 0.0 and early["floor_gap"] == early["final_heldout_rel_error"]
+    assert early["floor"] == 0.0 and early["floor_gap"] == early["best_heldout_rel_error"]
     _, _, capped = fit_normal_operator(physics, img_size, n_steps=20, **kw)
     assert capped["stop_reason"] == "max_steps" and capped["stop_step"] == 20
     assert capped["decay_start"] == 16  # floor(20 / 1.25): the tail still ends at the maximum

@@ -197,8 +197,7 @@ def fit_H(physics, n: int, lip: float, steps: int, setting: str, device):
         scaling=float(hist["sqnorm"]),
         meta={"setting": setting},
     )
-    heldout = list(hist.get("heldout_rel_error") or [])
-    return fit, (float(heldout[-1]) if heldout else None)
+    return fit, float(hist["best_heldout_rel_error"])  # the returned (best) step's
 
 
 class GradientSteps:

@@ -154,7 +154,7 @@ def bench_one(
         "heldout_rows": heldout_rows,
         "fit_steps": steps,
         "fit_heldout_initial": hist["heldout_rel_error"][0],
-        "fit_heldout": hist["heldout_rel_error"][-1],
+        "fit_heldout": hist["best_heldout_rel_error"],  # of the returned (best) step
         "fit_phantom": phantom_err,
         "seconds_floor": t_floor,
         "seconds_fit": t_fit,

@@ -281,7 +281,8 @@ def _run(args: argparse.Namespace, device: torch.device) -> int:
     print(
         f"fit-normal: held-out relative error {history['heldout_rel_error'][0]:.4f} (init) -> "
         f"{history['final_heldout_rel_error']:.4f} after {history['stop_step']} steps "
-        f"(stopped: {history['stop_reason'].replace('_', ' ')}); {gap}; "
+        f"(stopped: {history['stop_reason'].replace('_', ' ')}; kept step {history['best_step']}, "
+        f"{history['best_heldout_rel_error']:.4f}); {gap}; "
         f"‖A‖² = {history['sqnorm']:.6g}; {history['seconds']:.1f} s; wrote {out}",
         file=sys.stderr,
     )

@@ -197,11 +197,13 @@ def evaluate_volume(
         H = build(sample, H)
         result["normal_fit"] = h_record(H, sample)
     elif H is not None:  # which fit was used, and its held-out error (per sample or not)
-        heldout = list((H.history or {}).get("heldout_rel_error") or [])
+        history = H.history or {}
+        heldout = list(history.get("heldout_rel_error") or [])  # a fit keeps its best step's
+        kept = history.get("best_heldout_rel_error", heldout[-1] if heldout else None)
         result["normal_fit"] = {
             "file": str(normal_path),
             "fitted_on": Path(str(H.meta.get("input", "?"))).stem,
-            "heldout_rel_error": float(heldout[-1]) if heldout else None,
+            "heldout_rel_error": None if kept is None else float(kept),
             "h": "fit",
         }
     result["refinement"] = refine_record(task, config, spec)

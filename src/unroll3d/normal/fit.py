@@ -161,6 +161,9 @@ def fit_normal_operator(
     without a plateau by step n_steps / (1 + plateau_decay) starts the same tail there and ends
     at n_steps (``"max_steps"``). The fixed schedules always end at n_steps (``"max_steps"``).
 
+    The returned (λ, m) are those of the lowest held-out error over every evaluation (the
+    later one on a tie; ``history["best_step"]``), not necessarily the last step's.
+
     :param physics: the operator (only ``A_adjoint_A`` is called).
     :param img_size: ``(C, D, H, W)``; C = 2 means real/imag images (complex λ, full FFT).
     :param int n_steps: Adam iterations.
@@ -189,13 +192,15 @@ def fit_normal_operator(
     :param eval_every: steps between held-out evaluations (default n_steps // 20).
     :param progress: a tqdm bar (None: only on a terminal; without a bar, each held-out
         evaluation prints one log line).
-    :return: ``(fourier_filter, spatial_mask, history)``; ``history`` holds ``step`` and
+    :return: ``(fourier_filter, spatial_mask, history)`` of the best held-out evaluation;
+        ``history`` holds ``step`` and
         ``heldout_rel_error`` (‖AᵀAx − Hx‖/‖AᵀAx‖ on the held-out probes), ``train_rel_error``
         (running mean over the steps since the previous evaluation), ``sqnorm``, ``grid``,
         ``two_sided``, ``seconds``, ``stop_reason`` (``plateau`` / ``max_steps``),
         ``stop_step``, ``decay_start`` (plateau schedule: where the tail began, else None),
-        ``final_heldout_rel_error``, ``floor`` and ``floor_gap`` (final − floor; None without a
-        floor) and ``floor_note``.
+        ``final_heldout_rel_error`` (the last evaluation's), ``best_step`` and
+        ``best_heldout_rel_error`` (the returned parameters'), ``floor`` and ``floor_gap``
+        (best − floor; None without a floor) and ``floor_note``.
     """
     img_size = _check_img_size(img_size)
     complex_images = img_size[0] == 2
@@ -249,7 +254,7 @@ def fit_normal_operator(
         state = resumable_checkpoint(
             checkpoint,
             key,
-            required=("step", "lam", "m", "optim", "history", "sqnorm"),
+            required=("step", "lam", "m", "optim", "history", "sqnorm", "best"),
             inputs=inputs,
             what="operator, image size, settings or code",
             restart="fitting from step 0",
@@ -303,12 +308,15 @@ def fit_normal_operator(
         "decay_end": None,
         "reason": "max_steps",
     }
+    # the parameters of the lowest held-out error so far (what the fit returns), on the CPU
+    best: dict[str, Any] = {"step": None, "err": math.inf, "lam": None, "m": None}
     if state is not None:
         opt.load_state_dict(state["optim"])
         history = state["history"]
         step = int(state["step"])
         running = list(state.get("running", []))
         stop = dict(state.get("stop", stop))
+        best = dict(state["best"])
     # no plateau by here: the tail starts here and ends at n_steps
     forced_decay = math.floor(n_steps / (1.0 + plateau_decay)) if plateau else n_steps
 
@@ -334,6 +342,12 @@ def fit_normal_operator(
 
     def h_apply(x: torch.Tensor) -> torch.Tensor:
         return _apply_h(x, lam_value(), m_value(), grid, complex_images, two_sided)
+
+    def keep_if_best(err: float) -> None:
+        """Remember the parameters of the lowest held-out error (the later one on a tie)."""
+        if err <= best["err"]:
+            lam_cpu, m_cpu = (v().detach().to("cpu", copy=True) for v in (lam_value, m_value))
+            best.update(step=step, err=err, lam=lam_cpu, m=m_cpu)
 
     # held-out targets, computed once
     held_x = [_probe((1, *img_size), seed, 1, i) for i in range(heldout)]
@@ -365,6 +379,7 @@ def fit_normal_operator(
                 "history": history,
                 "running": list(running),
                 "stop": dict(stop),
+                "best": dict(best),
                 "sqnorm": sqnorm,
             },
             checkpoint,
@@ -375,6 +390,7 @@ def fit_normal_operator(
         history["heldout_rel_error"].append(evaluate())
         history["train_rel_error"].append(float("nan"))
         track(history["heldout_rel_error"][-1])
+        keep_if_best(history["heldout_rel_error"][-1])
 
     bar = tqdm(
         total=n_steps,
@@ -412,6 +428,7 @@ def fit_normal_operator(
             running = []
             was_constant = stop["decay_start"] is None
             track(history["heldout_rel_error"][-1])
+            keep_if_best(history["heldout_rel_error"][-1])
             if bar.disable:  # a log, not a terminal: one line per evaluation
                 note = ""
                 if plateau and was_constant and stop["decay_start"] is not None:
@@ -431,8 +448,12 @@ def fit_normal_operator(
     history["stop_step"] = int(step)
     history["decay_start"] = stop["decay_start"]
     history["final_heldout_rel_error"] = final
+    if best["step"] is None or best["step"] == step:  # the last step is the best (or all NaN)
+        best.update(step=step, err=final, lam=lam_value().detach(), m=m_value().detach())
+    history["best_step"] = int(best["step"])
+    history["best_heldout_rel_error"] = float(best["err"])
     history["floor"] = None if floor is None else float(floor)
-    history["floor_gap"] = None if floor is None else final - float(floor)
+    history["floor_gap"] = None if floor is None else float(best["err"]) - float(floor)
     history["floor_note"] = (
         floor_note or "floor not computed"
         if floor is None
@@ -443,4 +464,4 @@ def fit_normal_operator(
     history["two_sided"] = bool(two_sided)
     history["seconds"] = history.get("seconds", 0.0) + time.perf_counter() - t_start
     history["config"] = config
-    return lam_value().detach().clone(), m_value().detach().clone(), history
+    return best["lam"].to(device, copy=True), best["m"].to(device, copy=True), history
