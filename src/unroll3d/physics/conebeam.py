@@ -116,53 +116,40 @@ def _vmap_by_loop(fn, in_dims, t, op):
     return torch.stack([fn(s, op) for s in t.unbind(bdim)]), 0
 
 
-class _Project(torch.autograd.Function):
-    """``A x`` (raw projector, no graph); its derivative is :class:`_BackProject`, so
-    ``backward``, double backward and the ``torch.func`` transforms all use the exact adjoint."""
+def _linear_function(name: str, raw: str, doc: str) -> type[torch.autograd.Function]:
+    """An autograd Function computing ``op.<raw>(t)`` with no graph. Linear: its jvp is itself,
+    its vmap a loop over the batch, its backward the Function named by its ``adjoint``
+    attribute (set once both exist), so every derivative is the exact adjoint."""
 
-    @staticmethod
-    def forward(x, op):
-        return op._forward_raw(x)
+    def forward(t, op):
+        return getattr(op, raw)(t)
 
-    @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.op = inputs[1]
 
-    @staticmethod
     def backward(ctx, grad):
-        return _BackProject.apply(grad, ctx.op), None
+        return cls.adjoint.apply(grad, ctx.op), None
 
-    @staticmethod
-    def jvp(ctx, x_tangent, _):
-        return _Project.apply(x_tangent, ctx.op)
+    def jvp(ctx, tangent, _):
+        return cls.apply(tangent, ctx.op)
 
-    @staticmethod
-    def vmap(info, in_dims, x, op):
-        return _vmap_by_loop(_Project.apply, in_dims, x, op)
+    def vmap(info, in_dims, t, op):
+        return _vmap_by_loop(cls.apply, in_dims, t, op)
+
+    rules = {"forward": forward, "setup_context": setup_context, "backward": backward}
+    rules.update(jvp=jvp, vmap=vmap)
+    body = {k: staticmethod(f) for k, f in rules.items()}
+    cls = type(name, (torch.autograd.Function,), {"__doc__": doc, **body})
+    return cls
 
 
-class _BackProject(torch.autograd.Function):
-    """``Aᵀ y`` (raw back projector, no graph); its derivative is :class:`_Project`."""
-
-    @staticmethod
-    def forward(y, op):
-        return op._adjoint_raw(y)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.op = inputs[1]
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _Project.apply(grad, ctx.op), None
-
-    @staticmethod
-    def jvp(ctx, y_tangent, _):
-        return _BackProject.apply(y_tangent, ctx.op)
-
-    @staticmethod
-    def vmap(info, in_dims, y, op):
-        return _vmap_by_loop(_BackProject.apply, in_dims, y, op)
+_Project = _linear_function(
+    "_Project", "_forward_raw", "``A x`` (raw projector); its derivative is :class:`_BackProject`."
+)
+_BackProject = _linear_function(
+    "_BackProject", "_adjoint_raw", "``Aᵀ y`` (raw back projector); its derivative is ``A``."
+)
+_Project.adjoint, _BackProject.adjoint = _BackProject, _Project
 
 
 class ConeBeam(LinearPhysics):
