@@ -460,9 +460,9 @@ def test_mri_training_draws_a_fresh_seeded_mask_each_time(tmp_path, mri_volume, 
     monkeypatch.setattr(engine_samples, "load_sample", spy)
     real_make = engine_samples.make_sample
 
-    def spy_draw(data, meta, setting, value, seed, device):  # a draw on the kept k-space
+    def spy_draw(data, meta, setting, value, seed, device, **kw):  # a draw on the kept k-space
         seeds.append(seed)
-        return real_make(data, meta, setting, value, seed, device)
+        return real_make(data, meta, setting, value, seed, device, **kw)
 
     monkeypatch.setattr(engine_samples, "make_sample", spy_draw)
     cfg = toy_config(steps=3)

@@ -224,6 +224,9 @@ def test_a_fresh_mask_draw_reads_the_file_once_and_is_the_loaded_sample(mri_file
         want = load_sample(mri_file, "R2", mask_seed=seed)
         assert torch.equal(got.x, want.x) and torch.equal(got.y, want.y)
         assert torch.equal(got.physics.mask, want.physics.mask)
+        scale = got.meta.pop("scale")  # kept on the device, unread: the value in float32
+        assert isinstance(scale, torch.Tensor)
+        assert float(scale) == float(torch.tensor(want.meta.pop("scale"), dtype=torch.float32))
         assert got.meta == want.meta
         masks.add(got.physics.mask.sum().item())
     assert len(reads) == 1 and len(masks) > 1

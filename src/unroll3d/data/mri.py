@@ -403,11 +403,21 @@ def check_sample_arrays(data: dict, meta: dict) -> None:
         )
 
 
-def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed: int, device):
+def make_sample(
+    data: dict,
+    meta: dict,
+    setting: str,
+    acceleration: float,
+    seed: int,
+    device,
+    host_scale: bool = True,
+):
     """Build the :class:`~unroll3d.data.Sample` of a preprocessed MRI file under ``R<acceleration>``
     with the mask of ``seed`` (drawn on the host). Arrays of ``data`` already on ``device`` are
     used where they are: training keeps a volume's k-space and coil maps there and draws only
-    a new mask (:class:`unroll3d.engine.samples.FreshMaskLoader`)."""
+    a new mask (:class:`unroll3d.engine.samples.FreshMaskLoader`), with ``host_scale`` false:
+    the k-space scale then stays a 0-dim tensor on the device, unread (``meta["scale"]``; the
+    same numbers, without the host waiting for the quantile)."""
     import torch
 
     from unroll3d.data.sample import Sample
@@ -435,7 +445,7 @@ def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed:
         source = kind = "seeded"
     # counted on the host, before the copy: the mask's only read (a sync on CUDA otherwise)
     effective = float(ny * nz / max(float(mask2d.sum()), 1.0))
-    mask2d = mask2d.to(device)
+    mask2d = mask2d.to(device, non_blocking=True)  # one (ky, kz) plane, no wait for the queue
     maps = data["coil_maps"].to(device)[None]
     physics = MultiCoilMRI3D(mask2d, maps, (nx, ny, nz), device=device)
     yk = (kspace.to(device) * mask2d)[None]  # (1, N, x, y, z), mask broadcast along x
@@ -443,7 +453,7 @@ def make_sample(data: dict, meta: dict, setting: str, acceleration: float, seed:
     xc = data["x"].to(device)
     x = torch.stack([xc.real, xc.imag])[None].float()  # (1, 2, x, y, z)
     try:
-        scale = 1.0 / kspace_scale(y, physics, quantile=0.995)
+        scale = 1.0 / kspace_scale(y, physics, quantile=0.995, on_device=not host_scale)
     except ValueError as err:
         raise DataError(f"volume {meta.get('volume')}: {err}") from err
     meta = {

@@ -296,7 +296,7 @@ class FreshMaskLoader:
     def __call__(self, path, seed: int):
         data, meta = self.store.arrays(str(path), self.setting)
         _task, value = parse_setting(self.setting)
-        return make_sample(data, meta, self.setting, value, seed, self.device)
+        return make_sample(data, meta, self.setting, value, seed, self.device, host_scale=False)
 
     def prefetch(self, path) -> None:
         self.store.prefetch(str(path))

@@ -237,14 +237,21 @@ def estimate_coil_maps(
     return maps
 
 
-def kspace_scale(y: torch.Tensor, physics, quantile: float = 0.99) -> float:
+def kspace_scale(
+    y: torch.Tensor, physics, quantile: float = 0.99, on_device: bool = False
+) -> float | torch.Tensor:
     """Scale factor such that the zero-filled reconstruction of ``y / scale`` has its
-    ``quantile`` magnitude at 1 (a per-volume normalisation; store it with the data)."""
+    ``quantile`` magnitude at 1 (a per-volume normalisation; store it with the data).
+    ``on_device``: the 0-dim tensor where ``y`` is, unread and unchecked (no host sync)."""
     x = physics.zero_filled(y)
     mag = torch.sqrt((x**2).sum(1)).flatten()
     if mag.numel() > 2**24:
-        mag = mag[torch.randperm(mag.numel(), generator=torch.Generator().manual_seed(0))[: 2**24]]
-    s = float(torch.quantile(mag.float(), quantile))
+        pick = torch.randperm(mag.numel(), generator=torch.Generator().manual_seed(0))[: 2**24]
+        mag = mag[pick.to(mag.device, non_blocking=True)]
+    q = torch.quantile(mag.float(), quantile)
+    if on_device:
+        return q
+    s = float(q)
     if not s > 0:
         raise ValueError("k-space is all zeros; cannot normalise")
     return s
