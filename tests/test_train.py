@@ -402,8 +402,8 @@ def test_parked_samples_keep_their_coil_maps_on_the_host(monkeypatch):
     samples = {f"s{i}": _mri_sample(i, "cuda") for i in range(3)}
     ref = {k: s.physics.A_adjoint(s.y).cpu() for k, s in samples.items()}
     cache = engine_samples.SampleCache(
-        list(samples), samples.__getitem__, variant_spec("partition"), None, on_device=0
-    )
+        list(samples), samples.__getitem__, variant_spec("unrolled"), None, on_device=0
+    )  # a whole-volume variant: x0 goes over too (a partitioned one copies only its patch)
     one = None
     for i in (0, 1, 2, 0):
         prep = cache.get(i)

@@ -253,3 +253,35 @@ def test_mri_fresh_masks_train_as_when_the_file_was_loaded_per_draw(tmp_path, mr
     a, wa = _losses_and_weights(jobs[0])
     b, wb = _losses_and_weights(jobs[1])
     assert a == b and len(a) == 4 and _same_weights(wa, wb)
+
+
+def test_a_parked_operator_is_swapped_in_and_out_without_copying_back(monkeypatch):
+    """A parked sample's heavy operator (MRI coil maps) gets its device copy installed when
+    drawn, and the previous one gets its host copy back (no copy to the host): one sample's
+    operator on the device at a time, computing as before."""
+    import unroll3d.engine.samples as engine_samples
+    from unroll3d.data.sample import Sample
+    from unroll3d.physics import MultiCoilMRI3D, poisson_disc_mask
+
+    monkeypatch.setattr(engine_samples, "HEAVY_PHYSICS_BYTES", 0)  # toy coil maps count
+    samples = {}
+    for i in range(2):
+        g = torch.Generator().manual_seed(i)
+        maps = torch.randn((3, 4, 8, 6), dtype=torch.complex64, generator=g)
+        phys = MultiCoilMRI3D(poisson_disc_mask((8, 6), 2, calib=2, seed=i), maps, (4, 8, 6))
+        x = torch.randn((1, 2, 4, 8, 6), generator=g)
+        samples[f"s{i}"] = Sample(x, phys.A(x), phys, {"op_norm_sq": 1.0, "setting": "R2"})
+    ref = {k: s.physics.A_adjoint(s.y) for k, s in samples.items()}
+    cache = engine_samples.SampleCache(
+        list(samples), samples.__getitem__, variant_spec("unrolled"), None, on_device=0
+    )
+    cache.get(0), cache.get(1)  # loaded and parked
+    host = {i: dict((n, t) for _, n, t in cache._cache[i].buffers) for i in (0, 1)}
+    cache._prefetcher, cache._active = _Spy(), None
+    for i in (0, 1, 0):
+        prep = cache.get(i)
+        here, other = samples[f"s{i}"].physics, samples[f"s{1 - i}"].physics
+        assert here.coil_maps is not host[i]["coil_maps"]  # the device copy
+        assert torch.equal(here.coil_maps, host[i]["coil_maps"])
+        assert other.coil_maps is host[1 - i]["coil_maps"]  # parked: its host copy, as it was
+        assert torch.equal(prep.physics.A_adjoint(prep.sample.y), ref[f"s{i}"])
