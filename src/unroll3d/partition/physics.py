@@ -82,6 +82,10 @@ class PartitionedPhysics(LinearPhysics):
     Global operators never build an autograd graph; gradients w.r.t. the patch variable are
     obtained through the adjoint (``Ãᵀ`` for ``Ã``, ``Ã`` for ``Ãᵀ``, ``ÃᵀÃ`` for itself).
 
+    A physics with ``readout_slabs`` (3D MRI: ``A_slab``, ``A_adjoint_slab``, ``normal_slab``)
+    is applied to the patch's slices along the first spatial axis only: the exact ``S AᵀA Sᵀ``
+    then costs in proportion to the patch's first extent, not the volume (same numbers).
+
     Several patch positions can be processed at once: pass a list of corners as ``start``. Patch
     tensors then have batch ``len(start) * B`` ordered patch-major (patch ``i`` of sample ``b`` at
     index ``i * B + b``), and ``normal_op`` may be a list with one callable per corner.
