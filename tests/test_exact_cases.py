@@ -173,17 +173,16 @@ def _pair(model, name, sample, H, task, config, s, x0):
     spec = variant_spec(name)
     physics = physics_for(sample, spec, H, s)
     part = make_partitioner(model, task, config, sample.x.shape[1:])
-    extra = {"normal": H.operator(sample.x.shape[1:])} if spec.use_H else {}
     g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        est, target = part.training_pair(sample.y, physics, sample.x, generator=g, x0=x0, **extra)
+    with torch.no_grad():  # the H variant's H travels in physics (a DiagCirculantWrapper)
+        est, target = part.training_pair(sample.y, physics, sample.x, generator=g, x0=x0)
     return est, target, part.last_start
 
 
 def _volume(model, name, sample, H, task, config, s, x0):
     spec = variant_spec(name)
     physics = physics_for(sample, spec, H, s)
-    return reconstruct(model, spec, task, config, sample, physics, x0, H=H, refine=True)
+    return reconstruct(model, spec, task, config, sample, physics, x0, refine=True)
 
 
 def _compare(case: str, scale: float = 1.0) -> dict[str, float]:

@@ -167,7 +167,7 @@ def _old_train_step(model, optimizer, spec, pick, generator, accumulate, grad_cl
         prep = pick(generator)
         use_lipschitz(model, prep.lipschitz)
         est, target = estimate_pair(
-            model, spec, prep.sample, prep.physics, prep.x0, generator, part, prep.H
+            model, spec, prep.sample, prep.physics, prep.x0, generator, part
         )
         loss = torch.mean((est.float() - target.float()) ** 2)
         (loss / accumulate).backward()

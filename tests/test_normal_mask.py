@@ -131,10 +131,8 @@ def test_mri_h_rows_use_h_at_test_time():
     x0 = initial_reconstruction(sample.physics, sample.y)
     exact_H = operators.own_normal(sample, None, "mask-coils")
     phys = operators.physics_for(sample, spec, exact_H, 1.0)
-    first = reconstruct.reconstruct(
-        model, spec, "mri", cfg, sample, phys, x0, exact_H, refine=False
-    )
-    with_h = reconstruct.reconstruct(model, spec, "mri", cfg, sample, phys, x0, exact_H)
+    first = reconstruct.reconstruct(model, spec, "mri", cfg, sample, phys, x0, refine=False)
+    with_h = reconstruct.reconstruct(model, spec, "mri", cfg, sample, phys, x0)
     exact = reconstruct.reconstruct(model, variant_spec("partition"), "mri", cfg, sample,
                              sample.physics, x0, refine=True)  # fmt: skip
     assert not torch.allclose(with_h, first, atol=1e-4)  # the refinement ran
@@ -142,7 +140,7 @@ def test_mri_h_rows_use_h_at_test_time():
     wrong = mask_normal(sample.physics, (2, *SHAPE), m="ones", kernel="mask")
     wrong.fourier_filter = wrong.fourier_filter * 0.5
     bad = reconstruct.reconstruct(model, spec, "mri", cfg, sample,
-                           operators.physics_for(sample, spec, wrong, 1.0), x0, wrong)  # fmt: skip
+                           operators.physics_for(sample, spec, wrong, 1.0), x0)  # fmt: skip
     assert not torch.allclose(bad, exact, atol=1e-4)
 
 

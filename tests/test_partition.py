@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
-import types
 
 import deepinv as dinv
 import pytest
@@ -14,6 +12,7 @@ import torch.nn.functional as F
 from unroll3d.partition import (
     PartitionedPhysics,
     PartitionedReconstructor,
+    PatchNormal,
     blend_normaliser,
     blend_window,
     crop_patch,
@@ -552,7 +551,7 @@ class _ExactRestrictedNormal:
         return op
 
 
-def test_normal_op_replaces_exact_normal(gen, monkeypatch):
+def test_normal_op_replaces_exact_normal(gen):
     size = (10, 9, 8)
     physics = mild_blur(3, torch.float64, gen)
     x = torch.rand(1, 1, *size, dtype=torch.float64, generator=gen)
@@ -572,16 +571,8 @@ def test_normal_op_replaces_exact_normal(gen, monkeypatch):
     torch.testing.assert_close(pphys.A_adjoint_A(u), 2.0 * pphys.A_adjoint(pphys.A(u)))
     assert double.calls == 1
 
-    # forward(fourier_filter=..., spatial_mask=...) builds unroll3d.normal.DiagCirculant lazily
-    built = {}
-
-    def fake_diag_circulant(fourier_filter, spatial_mask, img_size, **kw):
-        built.update(ff=fourier_filter, m=spatial_mask, img_size=img_size)
-        return double
-
-    fake = types.ModuleType("unroll3d.normal")
-    fake.DiagCirculant = fake_diag_circulant
-    monkeypatch.setitem(sys.modules, "unroll3d.normal", fake)
+    # a PatchNormal given as normal= is the patch normal operator, applied as it is
+    assert isinstance(double, PatchNormal)
     rec = PartitionedReconstructor(
         LeastSquaresBase(tol=1e-10),
         (1, *size),
@@ -590,14 +581,18 @@ def test_normal_op_replaces_exact_normal(gen, monkeypatch):
         patch_batch=8,
         progress=False,
     )
-    ff, m = torch.ones(3), torch.ones(3)
     double.calls = 0
-    out = rec(y, physics, fourier_filter=ff, spatial_mask=m, x_init=x, x0=torch.zeros_like(x))
-    assert built["ff"] is ff and built["m"] is m and built["img_size"] == (1, *size)
+    out = rec(y, physics, normal=double, x_init=x, x0=torch.zeros_like(x))
     assert double.calls > 0
     assert relerr(out, x) < 1e-4
-    est, target = rec.training_pair(y, physics, x, generator=gen, fourier_filter=ff, spatial_mask=m)
+    est, target = rec.training_pair(y, physics, x, generator=gen, normal=double)
     assert relerr(est, target) < 1e-4
+    # H's parameters need the DiagCirculantWrapper that knows its image size, form and scaling
+    ff, m = torch.ones(3), torch.ones(3)
+    with pytest.raises(ValueError, match="pass them with a DiagCirculantWrapper physics"):
+        rec(y, physics, fourier_filter=ff, spatial_mask=m, x_init=x)
+    with pytest.raises(TypeError, match="normal must be None, False or a PatchNormal"):
+        rec.training_pair(y, physics, x, generator=gen, normal=physics.A_adjoint_A)
 
 
 def circular_normal_filter(physics, size):

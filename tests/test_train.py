@@ -36,7 +36,7 @@ def fixed_loss(model, variant, H):
         losses = []
         for start in [(0, 0, 0), (4, 8, 2), (8, 4, 8)]:
             est, tgt = part.training_pair(
-                s.y, phys, s.x, start=start, x0=x0, **operators.h_kwargs(spec, H, s.x.shape[1:])
+                s.y, phys, s.x, start=start, x0=x0, **operators.h_kwargs(spec, phys)
             )
             losses.append(float(((est - tgt) ** 2).mean()))
         return sum(losses) / len(losses)

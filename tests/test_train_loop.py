@@ -187,7 +187,7 @@ def test_the_patch_only_estimate_is_the_whole_volume_one(variant):
     for device in (None, torch.device("cpu")):
         gen = torch.Generator().manual_seed(3)
         with torch.no_grad():
-            out.append(estimate_pair(model, spec, s, phys, x0, gen, part, H, device))
+            out.append(estimate_pair(model, spec, s, phys, x0, gen, part, device))
     assert all(torch.equal(a, b) for a, b in zip(out[0], out[1], strict=True))
 
 

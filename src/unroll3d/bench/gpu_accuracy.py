@@ -403,7 +403,7 @@ def train_timeboxed(variant, config, preps, H, lip, seconds, lr, device, seed):
         i = int(torch.randint(len(preps), (1,), generator=gen))
         sample, physics, x0 = preps[i]
         opt.zero_grad(set_to_none=True)
-        est, target = estimate_pair(model, spec, sample, physics, x0, gen, part, H)
+        est, target = estimate_pair(model, spec, sample, physics, x0, gen, part)
         loss = torch.mean((est.float() - target.float()) ** 2)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

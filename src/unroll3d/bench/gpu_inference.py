@@ -41,7 +41,7 @@ def section_inference(rec, device, backend, prof, min_left_s: float) -> None:
     free(device)
     t0 = time.perf_counter()
     with torch.no_grad():
-        est = reconstruct(model, spec, "cbct", config, sample, physics, x0, H, refine=True)
+        est = reconstruct(model, spec, "cbct", config, sample, physics, x0, refine=True)
     sync(device)
     rec.add("inference", case, "time", time.perf_counter() - t0, "s", note=f"{windows} windows")
     if device.type == "cuda":

@@ -320,7 +320,7 @@ def _micro_step(model, spec, sample, physics, x0, part, H, seed: int) -> None:
     from unroll3d.engine.partitioning import estimate_pair
 
     gen = torch.Generator().manual_seed(seed)
-    est, target = estimate_pair(model, spec, sample, physics, x0, gen, part, H)
+    est, target = estimate_pair(model, spec, sample, physics, x0, gen, part)
     torch.mean((est.float() - target.float()) ** 2).backward()
     model.zero_grad(set_to_none=True)
 

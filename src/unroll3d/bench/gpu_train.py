@@ -78,9 +78,7 @@ def train_case(
     physics = physics_for(sample, spec, H, lip)
     free(device)
     base = peak_gb(device)
-    stats = time_train_steps(
-        model, spec, task, config, sample, physics, x0, H, prof["steps"], device
-    )
+    stats = time_train_steps(model, spec, task, config, sample, physics, x0, prof["steps"], device)
     case = f"{variant}, {task} {'×'.join(map(str, shape))}" + (
         f", patch {'×'.join(map(str, patch))}" if spec.partition else ", whole volume"
     )

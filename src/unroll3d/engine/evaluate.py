@@ -219,7 +219,7 @@ def evaluate_volume(
             x0 = initial_reconstruction(sample.physics, sample.y).float()
         lip = payload.get("lipschitz") or lipschitz_of(sample, x0)
         physics = physics_for(sample, spec, H, lip)
-        rec = reconstruct(model, spec, task, config, sample, physics, x0, H)
+        rec = reconstruct(model, spec, task, config, sample, physics, x0)
         sync(device)
         result["inference_time_s"] = time.perf_counter() - t0
         result["inference_peak_memory_gb"] = peak_memory_gb(device)
@@ -251,7 +251,7 @@ def evaluate_volume(
         )
     if spec.learned and int(ecfg["timing_steps"]) > 0:
         result["train_step"] = time_train_steps(
-            model, spec, task, config, sample, physics, x0, H, int(ecfg["timing_steps"]), device
+            model, spec, task, config, sample, physics, x0, int(ecfg["timing_steps"]), device
         )
     if slices_path is not None:
         save_slices(

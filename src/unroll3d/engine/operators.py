@@ -1,10 +1,10 @@
 """The operators a variant sees: ‖A‖² of a sample, the fitted H (from its file, or built from
-an MRI sample's own mask), the physics wrapped with H, and H's keyword arguments for the
-partitioner."""
+an MRI sample's own mask), and the physics wrapped with H: the one object that carries H to the
+model and to the partitioner."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,20 +43,23 @@ def load_H(path: str | Path | None, device: torch.device | str = "cpu") -> Norma
     return load_normal(path).to(device)
 
 
-def h_kwargs(spec: VariantSpec, H: NormalFit | None, img_size: Sequence[int]) -> dict:
-    """Keyword arguments that carry H to a ``PartitionedReconstructor`` call (the
-    :class:`~unroll3d.normal.DiagCirculant`, built once per image size by ``H.operator``, and
-    ``anchored`` for a variant whose H step is anchored at the patch's initial iterate)."""
+def h_kwargs(spec: VariantSpec, physics) -> dict:
+    """Keyword arguments of a ``PartitionedReconstructor`` call for a variant: ``anchored`` when
+    its H step is anchored at the patch's initial iterate. H itself travels as ``physics``, the
+    :class:`~unroll3d.normal.DiagCirculantWrapper` of :func:`physics_for`."""
     if not spec.use_H:
         return {}
-    if H is None:
-        raise ValueError(f"variant {spec.name!r} uses H but no normal-operator file was given")
-    anchored = {"anchored": True} if spec.anchored_H else {}
-    return {"normal": H.operator(tuple(img_size)), **anchored}
+    if not isinstance(physics, DiagCirculantWrapper):
+        raise ValueError(
+            f"variant {spec.name!r} uses H but its physics is {type(physics).__name__}, not the "
+            "DiagCirculantWrapper of physics_for"
+        )
+    return {"anchored": True} if spec.anchored_H else {}
 
 
 def physics_for(sample, spec: VariantSpec, H: NormalFit | None, lipschitz: float):
-    """The physics a variant sees: the sample's own, or wrapped with H (``scaling`` = ‖A‖²).
+    """The physics a variant sees: the sample's own, or wrapped with H (``scaling`` = ‖A‖²;
+    :meth:`~unroll3d.normal.DiagCirculantWrapper.from_fit`, so H is built once per fit).
     H must have been fitted for the sample's setting and image size
     (:func:`unroll3d.normal.check_fit_matches`)."""
     if not spec.use_H:
@@ -70,15 +73,12 @@ def physics_for(sample, spec: VariantSpec, H: NormalFit | None, lipschitz: float
         sample.x.shape[1:],
         meta.get("source") or f"volume {meta.get('volume', '?')}",
     )
-    return DiagCirculantWrapper(
+    return DiagCirculantWrapper.from_fit(
         sample.physics,
-        img_size=tuple(sample.x.shape[1:]),
+        H,
         scaling=float(lipschitz if H.scaling is None else H.scaling),
+        img_size=tuple(sample.x.shape[1:]),
         device=sample.x.device,
-        fourier_filter=H.fourier_filter,
-        spatial_mask=H.spatial_mask,
-        two_sided=H.two_sided,
-        grid=H.grid,
     )
 
 

@@ -10,7 +10,6 @@ import torch
 
 from unroll3d.config import train_settings
 from unroll3d.engine.operators import h_kwargs
-from unroll3d.normal import NormalFit
 from unroll3d.partition import PartitionedReconstructor, crop_patch
 from unroll3d.partition.grid import draw_corner
 from unroll3d.variants import VariantSpec
@@ -75,11 +74,11 @@ def estimate_pair(
     x0: torch.Tensor,
     generator: torch.Generator,
     partitioner=None,
-    H: NormalFit | None = None,
     device: torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(estimate, target) of one training sample: a random patch or the full volume (PnP: the
-    denoiser on a noisy random patch of the ground truth).
+    denoiser on a noisy random patch of the ground truth). A variant with H gets it from
+    ``physics`` (:func:`unroll3d.engine.operators.physics_for`).
 
     ``device``: the sample is parked in host memory and only partly on ``device``
     (:class:`unroll3d.engine.samples.SampleCache`): PnP's ground-truth patch and a partitioned
@@ -106,7 +105,7 @@ def estimate_pair(
             generator=generator,
             x0=x0,
             **where,
-            **h_kwargs(spec, H, sample.x.shape[1:]),
+            **h_kwargs(spec, physics),
         )
     return model(sample.y, physics, x_init=x0), sample.x
 

@@ -8,7 +8,6 @@ import torch
 from unroll3d.config import evaluate_settings
 from unroll3d.engine.operators import h_kwargs
 from unroll3d.engine.partitioning import make_partitioner, tiled
-from unroll3d.normal import NormalFit
 from unroll3d.variants import VariantSpec
 
 __all__ = ["reconstruct", "refine_enabled", "refine_record"]
@@ -47,7 +46,6 @@ def reconstruct(
     sample,
     physics,
     x0: torch.Tensor,
-    H: NormalFit | None = None,
     refine: bool | None = None,
 ) -> torch.Tensor:
     """Full-volume reconstruction of ``sample`` by a variant (no gradient).
@@ -55,7 +53,8 @@ def reconstruct(
     Partitioned unrolled variants follow Algorithm 1 (paper §4.4): a first pass of the network on
     the whole problem (data steps on the full volume with the exact operator, prior step patch
     by patch), then, when ``refine`` (default: :func:`refine_enabled`), one refinement pass per
-    patch with that estimate as context (with H when the variant uses it). ``postproc`` is the
+    patch with that estimate as context (with H when the variant uses it: ``physics`` is then
+    the :class:`~unroll3d.normal.DiagCirculantWrapper` of :func:`~unroll3d.engine.operators.physics_for`). ``postproc`` is the
     DRUNet applied patch by patch to x0 (the same grid and blending); ``pnp`` runs α-PGD on the
     whole volume with its denoiser applied the same way; ``inr`` and ``dpir`` reconstruct the
     whole volume themselves.
@@ -77,5 +76,5 @@ def reconstruct(
             x0=x0,
             x_init=est,
             refine=True,
-            **h_kwargs(spec, H, sample.x.shape[1:]),
+            **h_kwargs(spec, physics),
         )

@@ -101,7 +101,7 @@ def shape_text(x: torch.Tensor) -> str:
 
 
 def time_train_steps(
-    model, spec: VariantSpec, task, config, prep_sample, physics, x0, H, n_steps: int, device
+    model, spec: VariantSpec, task, config, prep_sample, physics, x0, n_steps: int, device
 ) -> dict:
     """Time ``n_steps`` training micro-steps (batch 1) after one warm-up, on a copy of ``model``."""
     net = copy.deepcopy(model).train()
@@ -121,7 +121,7 @@ def time_train_steps(
             sync(device)
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            est, target = estimate_pair(net, spec, prep_sample, physics, x0, gen, partitioner, H)
+            est, target = estimate_pair(net, spec, prep_sample, physics, x0, gen, partitioner)
             loss = torch.mean((est.float() - target.float()) ** 2)
             loss.backward()
             opt.step()

@@ -219,9 +219,8 @@ def train_step(
         use_lipschitz(model, prep.lipschitz)
         parked_on = prep.device if prep.offloaded else None
         est, target = estimate_pair(
-            model, spec, prep.sample, prep.physics, prep.x0, generator, partitioner, prep.H,
-            parked_on,
-        )  # fmt: skip
+            model, spec, prep.sample, prep.physics, prep.x0, generator, partitioner, parked_on
+        )
         loss = torch.mean((est.float() - target.float()) ** 2)
         (loss / accumulate).backward()
         total = loss.detach().double() if total is None else total + loss.detach().double()

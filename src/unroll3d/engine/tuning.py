@@ -28,8 +28,8 @@ def _name(prep: Prepared) -> str:
 
 
 def _inputs(prep: Prepared) -> tuple:
-    """``reconstruct``'s sample, physics, x0 and H of a prepared sample."""
-    return prep.sample, prep.physics, prep.x0, prep.H
+    """``reconstruct``'s sample, physics (H included) and x0 of a prepared sample."""
+    return prep.sample, prep.physics, prep.x0
 
 
 def _denoised(model, task, config, prep: Prepared) -> torch.Tensor:

@@ -383,7 +383,6 @@ class RestrictedDiagCirculant(nn.Module):
         channels: int,
         two_sided: bool = False,
         symmetrize: bool = False,
-        scaling: float = 1.0,
     ) -> None:
         super().__init__()
         self.grid = tuple(int(g) for g in grid)
@@ -391,7 +390,6 @@ class RestrictedDiagCirculant(nn.Module):
         self.channels = channels
         self.two_sided = two_sided
         self.symmetrize = symmetrize
-        self.scaling = float(scaling)
         self.register_buffer("fourier_filter", fourier_filter)
         self.register_buffer("spatial_mask", spatial_mask)
 
@@ -409,10 +407,8 @@ class RestrictedDiagCirculant(nn.Module):
         m = self.spatial_mask.to(x.device)
         args = (lam, m, self.grid, self.complex_images, self.two_sided)
         if self.symmetrize:
-            y = 0.5 * (_apply_h(x, *args) + _apply_h(x, *args, adjoint=True))
-        else:
-            y = _apply_h(x, *args)
-        return y * self.scaling if self.scaling != 1.0 else y
+            return 0.5 * (_apply_h(x, *args) + _apply_h(x, *args, adjoint=True))
+        return _apply_h(x, *args)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,13 +10,8 @@ from typing import Any
 import torch
 from deepinv.physics import LinearPhysics
 
-from unroll3d.normal.io import load_normal
-from unroll3d.normal.operator import (
-    DiagCirculant,
-    RestrictedDiagCirculant,
-    _check_img_size,
-    operator_hash,
-)
+from unroll3d.normal.io import NormalFit, load_normal
+from unroll3d.normal.operator import DiagCirculant, _check_img_size, operator_hash
 from unroll3d.physics import initial_reconstruction
 
 __all__ = ["DiagCirculantWrapper"]
@@ -30,7 +25,11 @@ class DiagCirculantWrapper(LinearPhysics):
     ``scaling · H x``. H was fitted to :math:`A^\top A / \|A\|^2`, so pass
     ``scaling = ‖A‖²`` (the ``scaling`` stored by :func:`save_normal`) for an unnormalised A.
     The parameters can be given here or at call time
-    (``A_adjoint_A(x, fourier_filter=..., spatial_mask=...)``), as on the project page.
+    (``A_adjoint_A(x, fourier_filter=..., spatial_mask=...)``), as on the project page;
+    :meth:`from_fit` wraps with a :class:`NormalFit`'s own H (no second copy of it).
+
+    This is how H reaches a :class:`~unroll3d.partition.PartitionedReconstructor`: given this
+    physics, its patch data steps use ``scaling · S H Sᵀ`` (:meth:`DiagCirculant.restrict`).
 
     :param physics: the global operator.
     :param img_size: ``(C, D, H, W)``.
@@ -68,30 +67,51 @@ class DiagCirculantWrapper(LinearPhysics):
             self.set_parameters(fourier_filter, spatial_mask, device=device)
 
     @classmethod
+    def from_fit(
+        cls,
+        physics: LinearPhysics,
+        fit: NormalFit,
+        scaling: float | None = None,
+        img_size: Sequence[int] | None = None,
+        device: torch.device | str | None = None,
+    ) -> DiagCirculantWrapper:
+        """Wrap ``physics`` with the H of ``fit``: the fit's own :meth:`NormalFit.operator`
+        (built once per image size and shared), scaled by ``scaling`` (default: the fit's
+        ‖A‖²)."""
+        if scaling is None:
+            if fit.scaling is None:
+                raise ValueError(
+                    f"{fit.source or 'the fit'} records no scaling (‖A‖²): pass scaling="
+                )
+            scaling = fit.scaling
+        img_size = fit.img_size if img_size is None else img_size
+        wrapped = cls(
+            physics,
+            img_size,
+            scaling=scaling,
+            device=device,
+            two_sided=fit.two_sided,
+            grid=fit.grid,
+        )
+        wrapped.normal_op = fit.operator(wrapped.img_size)
+        return wrapped
+
+    @classmethod
     def from_file(
         cls,
         physics: LinearPhysics,
         path: str | Path,
         check_hash: bool = True,
         device: torch.device | str | None = None,
-        **kwargs: Any,
     ) -> DiagCirculantWrapper:
         """Wrap ``physics`` with the fit stored at ``path`` (hash-checked against ``physics``)."""
         fit = load_normal(
             path,
             expected_operator_hash=operator_hash(physics) if check_hash else None,
         )
-        return cls(
-            physics,
-            fit.img_size,
-            scaling=fit.scaling,
-            device=device,
-            fourier_filter=fit.fourier_filter,
-            spatial_mask=fit.spatial_mask,
-            two_sided=fit.two_sided,
-            grid=fit.grid,
-            **kwargs,
-        )
+        if device is not None:
+            fit = fit.to(device)
+        return cls.from_fit(physics, fit, device=device)
 
     def set_parameters(
         self,
@@ -112,9 +132,12 @@ class DiagCirculantWrapper(LinearPhysics):
             grid=self._grid,
         )
 
-    def _op(
-        self, fourier_filter: torch.Tensor | None, spatial_mask: torch.Tensor | None
+    def operator(
+        self,
+        fourier_filter: torch.Tensor | None = None,
+        spatial_mask: torch.Tensor | None = None,
     ) -> DiagCirculant:
+        """H (unscaled): the one held, or one with λ and m given at call time (then held)."""
         if fourier_filter is not None or spatial_mask is not None:
             if fourier_filter is None or spatial_mask is None:
                 raise ValueError("give both fourier_filter and spatial_mask, or neither")
@@ -179,16 +202,4 @@ class DiagCirculantWrapper(LinearPhysics):
         **kwargs: Any,
     ) -> torch.Tensor:
         """scaling · H x."""
-        return self.scaling * self._op(fourier_filter, spatial_mask)(x)
-
-    def restrict(
-        self,
-        start: Sequence[int],
-        patch_size: Sequence[int],
-        fourier_filter: torch.Tensor | None = None,
-        spatial_mask: torch.Tensor | None = None,
-    ) -> RestrictedDiagCirculant:
-        """scaling · S H Sᵀ on the patch at ``start`` (the partitioned data step's normal op)."""
-        r = self._op(fourier_filter, spatial_mask).restrict(start, patch_size)
-        r.scaling = self.scaling
-        return r
+        return self.scaling * self.operator(fourier_filter, spatial_mask)(x)

@@ -26,7 +26,7 @@ from unroll3d.partition.grid import (
     patch_grid,
     sample_patch_start,
 )
-from unroll3d.partition.physics import PartitionedPhysics
+from unroll3d.partition.physics import PartitionedPhysics, PatchNormal
 from unroll3d.partition.reconstructor import PartitionedReconstructor
 
 __all__ = [
@@ -38,4 +38,5 @@ __all__ = [
     "sample_patch_start",
     "PartitionedPhysics",
     "PartitionedReconstructor",
+    "PatchNormal",
 ]

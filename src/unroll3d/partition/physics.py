@@ -7,6 +7,7 @@ autograd function whose backward is the adjoint operator, so only patch-sized te
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 from deepinv.physics import LinearPhysics
@@ -14,7 +15,18 @@ from torch import Tensor
 
 from unroll3d.partition.grid import Start, crop_patch, embed_patch, spatial_sizes
 
-__all__ = ["PartitionedPhysics"]
+__all__ = ["PartitionedPhysics", "PatchNormal"]
+
+
+@runtime_checkable
+class PatchNormal(Protocol):
+    """A normal operator that can be restricted to a patch: ``restrict(start, patch_size)``
+    returns ``x_patch -> S N Sᵀ x_patch`` (e.g. :class:`unroll3d.normal.DiagCirculant`, or a
+    mix of the exact operator and H). ``PartitionedReconstructor(..., normal=...)`` takes one."""
+
+    def restrict(
+        self, start: Sequence[int], patch_size: Sequence[int]
+    ) -> Callable[[Tensor], Tensor]: ...
 
 
 # --------------------------------------------------------------------------------------------

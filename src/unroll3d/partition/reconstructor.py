@@ -10,6 +10,7 @@ from deepinv.physics import LinearPhysics
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from unroll3d.normal.wrapper import DiagCirculantWrapper
 from unroll3d.partition.grid import (
     Start,
     blend_window,
@@ -19,7 +20,7 @@ from unroll3d.partition.grid import (
     grid_corners,
     spatial_sizes,
 )
-from unroll3d.partition.physics import PartitionedPhysics
+from unroll3d.partition.physics import PartitionedPhysics, PatchNormal
 from unroll3d.physics.initial import initial_reconstruction
 
 __all__ = ["PartitionedReconstructor"]
@@ -88,44 +89,37 @@ class PartitionedReconstructor(Reconstructor):
 
     # -- normal operator ----------------------------------------------------------------------
     def _normal_factory(self, physics, fourier_filter, spatial_mask, normal):
-        """Return ``(start -> restricted H) | None`` and the scaling for the patch data step.
+        """Return ``(start -> the patch data step's normal operator) | None`` and its scaling.
 
-        ``normal``: ``False`` forces the exact ``S AᵀA Sᵀ``; an object with ``restrict(start,
-        patch_size)`` is used as H; ``None`` (auto) builds ``unroll3d.normal.DiagCirculant`` from
-        ``fourier_filter``/``spatial_mask`` when given, else uses the H already held by a
-        ``DiagCirculantWrapper`` physics, else the exact operator. The scaling is the
-        wrapper's ``scaling`` (``‖A‖²``), 1 otherwise.
+        H comes in one way: as the physics, a :class:`~unroll3d.normal.DiagCirculantWrapper`
+        (its H restricted to the patch, times its ``scaling``; ``fourier_filter`` and
+        ``spatial_mask``, when given, are installed in it first, as on the project page).
+        ``normal=False`` forces the exact ``S AᵀA Sᵀ``; a :class:`PatchNormal` replaces the
+        patch normal operator, applied as it is (no scaling).
         """
+        if (fourier_filter is None) != (spatial_mask is None):
+            raise ValueError("give both fourier_filter and spatial_mask, or neither")
+        given = fourier_filter is not None
+        if given and not isinstance(physics, DiagCirculantWrapper):
+            raise ValueError(
+                "fourier_filter and spatial_mask are the parameters of H: pass them with a "
+                f"DiagCirculantWrapper physics (unroll3d.normal), not {type(physics).__name__}"
+            )
         if normal is False:
             return None, 1.0
-        if normal is None and (fourier_filter is not None or spatial_mask is not None):
-            if fourier_filter is None or spatial_mask is None:
-                raise ValueError("give both fourier_filter and spatial_mask, or neither")
-            if hasattr(physics, "set_parameters") and hasattr(physics, "normal_op"):
-                # a DiagCirculantWrapper: let it build H with its own options (two-sided, grid)
-                op = physics.normal_op
-                if (
-                    op is None
-                    or getattr(op, "fourier_filter", None) is not fourier_filter
-                    or getattr(op, "spatial_mask", None) is not spatial_mask
-                ):
-                    physics.set_parameters(fourier_filter, spatial_mask)
-                normal = physics.normal_op
-            else:
-                from unroll3d.normal import DiagCirculant  # lazy: optional module
-
-                kw = {}
-                if getattr(physics, "two_sided", None) is not None:
-                    kw["two_sided"] = bool(physics.two_sided)
-                normal = DiagCirculant(fourier_filter, spatial_mask, self.img_size, **kw)
-        if normal is None:
-            held = getattr(physics, "normal_op", None)
-            if held is None or not hasattr(held, "restrict"):
-                return None, 1.0
-            normal = held
-        scaling = getattr(physics, "scaling", 1.0)
-        scaling = float(scaling) if scaling is not None else 1.0
-        return (lambda st: normal.restrict(st, self.patch_size)), scaling
+        if normal is not None:
+            if not isinstance(normal, PatchNormal):
+                raise TypeError(
+                    "normal must be None, False or a PatchNormal (with restrict(start, "
+                    f"patch_size)), got {type(normal).__name__}"
+                )
+            if given:
+                raise ValueError("give normal= or fourier_filter/spatial_mask, not both")
+            return (lambda st: normal.restrict(st, self.patch_size)), 1.0
+        if not isinstance(physics, DiagCirculantWrapper):
+            return None, 1.0
+        H = physics.operator(fourier_filter, spatial_mask)
+        return (lambda st: H.restrict(st, self.patch_size)), physics.scaling
 
     def _patch_physics(self, physics, starts, y, context, x0, factory, scaling, anchored=False):
         normal_op = None if factory is None else [factory(st) for st in starts]
@@ -240,9 +234,11 @@ class PartitionedReconstructor(Reconstructor):
         3. When ``refine``: ``n_refine`` passes, each reconstructing every patch with the current
            estimate as context (Algorithm 1, step 2), blended.
 
-        With ``fourier_filter``/``spatial_mask`` (or a ``normal`` object with ``restrict``), the
-        patch data step uses the restricted approximation H instead of ``S AᵀA Sᵀ``; with
-        ``anchored``, H anchored at each patch's initial iterate (one exact application per patch).
+        With a :class:`~unroll3d.normal.DiagCirculantWrapper` physics (λ and m held, or given as
+        ``fourier_filter``/``spatial_mask``), the patch data step uses ``scaling · S H Sᵀ``
+        instead of ``S AᵀA Sᵀ`` (``normal=False``: the exact one; a :class:`PatchNormal`: that
+        one); with ``anchored``, H anchored at each patch's initial iterate (one exact
+        application per patch).
         Extra keyword arguments go to the base reconstructor.
         """
         n_refine = self.n_refine if n_refine is None else int(n_refine)
