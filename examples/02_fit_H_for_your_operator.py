@@ -20,7 +20,7 @@ voxel mask (30 % of the voxels missing, as in a deconvolution-inpainting problem
 1. fits H with the plateau schedule (constant step size, stop when the held-out error stops
    improving) and prints the held-out error curve;
 2. computes the error floor, the best any H of this form can do, from exact rows of
-   :math:`A^\top A` (:func:`unroll3d.research.normal_floor.error_floor`), and shows that the fit
+   :math:`A^\top A` (:func:`unroll3d.normal.floor.error_floor`), and shows that the fit
    reaches it;
 3. wraps the operator in :class:`unroll3d.DiagCirculantWrapper` and measures its error on fresh
    held-out probes;
@@ -40,7 +40,7 @@ from deepinv.physics import Blur, Inpainting
 
 from unroll3d import DiagCirculantWrapper, fit_normal_operator, save_normal
 from unroll3d.normal import NormalFileError, operator_hash, relative_error
-from unroll3d.research.normal_floor import error_floor
+from unroll3d.normal.floor import error_floor
 
 torch.manual_seed(0)
 

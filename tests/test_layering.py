@@ -25,7 +25,6 @@ LAYERS = {
     "models": 2,
     "normal": 2,
     "engine": 3,
-    "research": 3,
     "report": 4,
     "bench": 4,
     "manifest": 4,

@@ -11,7 +11,7 @@ Measured relative errors ‖AᵀAx − Hx‖/‖AᵀAx‖ of fitted H (CPU, seed
   100 views: 0.235 after 300 steps.
 * toy multi-coil MRI (deepinv MultiCoilMRI, 4 coils): held-out 0.05 (two-sided, 600 steps).
 
-Why the cone-beam bound fails: :func:`unroll3d.research.normal_floor.error_floor` builds the best one-sided H
+Why the cone-beam bound fails: :func:`unroll3d.normal.floor.error_floor` builds the best one-sided H
 from exact rows of AᵀA (``unroll3d bench normal_floor``; 32³, 30 views, 1,536 rows, CPU):
 
 =====================================  ===========  =================  ============

@@ -1,4 +1,4 @@
-"""The error floor of H (unroll3d.research.normal_floor.error_floor): the best one-sided
+"""The error floor of H (unroll3d.normal.floor.error_floor): the best one-sided
 H = diag(m) C from exact rows of AᵀA is zero for an operator in the family, positive outside it,
 and no probe-based fit beats it. The measured cone-beam floors are in tests/test_normal.py's
 docstring and the README."""
@@ -12,7 +12,7 @@ import torch
 from deepinv.physics import LinearPhysics
 
 from unroll3d.normal import DiagCirculant, fit_normal_operator, padded_grid
-from unroll3d.research.normal_floor import error_floor
+from unroll3d.normal.floor import error_floor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -3,7 +3,7 @@
 For a sweep of small circular cone-beam geometries (voxel units, RTK Joseph projectors) this
 writes, per geometry:
 
-* ``floor``: the best one-sided H found from exact rows of AᵀA (``unroll3d.research.normal_floor.error_floor``:
+* ``floor``: the best one-sided H found from exact rows of AᵀA (``unroll3d.normal.floor.error_floor``:
   alternating closed forms for the kernel and the mask), i.e. the relative error
   ‖AᵀA − H‖_F / ‖AᵀA‖_F that the model itself allows, measured on held-out rows;
 * ``floor_no_mask``: the same with m = 1 (a convex problem: the Toeplitz projection);
@@ -94,8 +94,8 @@ def bench_one(
     terms: Sequence[int] = (),
 ):
     from unroll3d.normal import DiagCirculantWrapper, fit_normal_operator, relative_error
+    from unroll3d.normal.floor import error_floor
     from unroll3d.physics import ConeBeam
-    from unroll3d.research.normal_floor import error_floor
 
     so_n, od_n, pitch = GEOMETRIES[name]
     so, od = so_n * n, od_n * n
@@ -181,7 +181,7 @@ def markdown(rows: list[dict]) -> str:
     devices = sorted({r["device"] for r in rows})
     notes = (
         "\nRelative errors ‖AᵀAx − Hx‖/‖AᵀAx‖. *Floor*: the best one-sided H for the operator, "
-        "from exact rows of AᵀA (`unroll3d.research.normal_floor.error_floor`), i.e. the error on white Gaussian "
+        "from exact rows of AᵀA (`unroll3d.normal.floor.error_floor`), i.e. the error on white Gaussian "
         "probes that no fit of this form can go much below. *Sum of K terms*: an upper bound for "
         "Σ_k diag(m_k) F⁻¹ diag(λ_k) F (the one-term optimum plus K − 1 SVD terms of its "
         "residual). *Fit*: `fit_normal_operator` on "

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d["floor_rows"],
         help="estimate H's error floor from this many exact rows of AᵀA (real images; "
-        "unroll3d.research.normal_floor.error_floor) and report the fit's gap to it; 0 = not",
+        "unroll3d.normal.floor.error_floor) and report the fit's gap to it; 0 = not",
     )
     p.add_argument("--batch", type=positive_int, default=d["batch"])
     p.add_argument("--heldout", type=positive_int, default=d["heldout"])
@@ -191,7 +191,7 @@ def _floor(
         return None, "floor not computed (--floor-rows 0)"
     if img_size[0] != 1:
         return None, "floor not computed: error_floor handles real images only (not MRI)"
-    from unroll3d.research.normal_floor import error_floor
+    from unroll3d.normal.floor import error_floor
 
     n_vox = math.prod(img_size[1:])
     n_rows = min(int(rows), max(1, (2 * n_vox) // 3))

@@ -29,6 +29,7 @@ STEP_CODE = (
     "models",
     "partition",
     "normal/operator.py",
+    "normal/wrapper.py",
 )
 
 

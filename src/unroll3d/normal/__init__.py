@@ -1,7 +1,7 @@
 """Diagonal-circulant approximation H = diag(m) F⁻¹ diag(λ) F of a normal operator AᵀA (paper
 §4.5–4.6): the operator and its exact patch restriction (:mod:`.operator`), the physics wrapper
-(:mod:`.wrapper`), the data-free fit (:mod:`.fit`), the MRI H built from a mask (:mod:`.mask`),
-files (:mod:`.io`) and the figure (:mod:`.plot`). The ``unroll3d fit-normal`` verb is
+(:mod:`.wrapper`), the data-free fit (:mod:`.fit`) and its error floor (:mod:`.floor`), the MRI
+H built from a mask (:mod:`.mask`), files (:mod:`.io`) and the figure (:mod:`.plot`). The ``unroll3d fit-normal`` verb is
 :mod:`unroll3d.cli.fit_normal`.
 """
 

@@ -184,7 +184,7 @@ def fit_normal_operator(
     :param float plateau_decay: length of the final cosine tail, as a fraction of the steps
         before it.
     :param floor: the error floor of this operator if known (e.g.
-        :func:`unroll3d.research.normal_floor.error_floor`); recorded with the gap to it.
+        :func:`unroll3d.normal.floor.error_floor`); recorded with the gap to it.
     :param floor_note: why no floor is given (recorded when ``floor`` is None).
     :param grid: FFT grid (default :func:`padded_grid`).
     :param sqnorm: ‖A‖² if known (else the power method).

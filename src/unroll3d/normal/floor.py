@@ -1,6 +1,6 @@
-"""Research diagnostics of H (not on the library path): the best one-sided H of the paper's form
-for a given operator, from exact rows of AᵀA (:func:`error_floor`), the floor any fit of H can
-reach on white probes."""
+"""The error floor of H: the best one-sided H of the paper's form for a given operator, from
+exact rows of AᵀA (:func:`error_floor`), the floor any fit of H can reach on white probes
+(``unroll3d fit-normal`` reports a fit's gap to it)."""
 
 from __future__ import annotations
 
