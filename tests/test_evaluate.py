@@ -302,3 +302,38 @@ def test_truncated_model_or_h_file_is_one_line_naming_it(trained, tmp_path, caps
         assert rc == 1
         assert f"{h} is not a readable normal-operator file" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_per_sample_fit_for_another_operator_is_refused(trained, tmp_path, capsys):
+    """A fit of the test volume (normal.per_sample) whose operator hash is not the volume's
+    operator's stops the evaluation with one line naming both hashes; the volume's own fit
+    evaluates."""
+    from unroll3d.cli import main as cli_main
+    from unroll3d.normal import operator_hash, save_normal
+
+    cfg, H, jobs = trained
+    own = operator_hash(loader("toy3").physics, (1, 16, 16, 16))
+    other = operator_hash(loader("toy0").physics, (1, 16, 16, 16))
+    assert own != other
+    args = ["evaluate", "--task", "cbct", "--setting", "v30", "--config-json", json.dumps(cfg),
+            "--sample", "toy3", "--volume", "toy3", "--device", "cpu", "--variant",
+            "partition-H", "--model", str(jobs["partition-H"].out)]  # fmt: skip
+    fits = {}
+    for name, op_hash in (("stale", other), ("own", own)):
+        fits[name] = tmp_path / f"{name}.pt"
+        save_normal(fits[name], H.fourier_filter, H.spatial_mask, H.img_size, H.scaling,
+                    operator_hash=op_hash, grid=H.grid,
+                    meta={"volume_meta": {"volume": "toy3", "op_norm_sq": 1.0}})  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(samples, "load_sample", lambda path, setting, device=None: loader(path))
+        out = tmp_path / "r.json"
+        assert cli_main([*args, "--normal", str(fits["stale"]), "--out", str(out)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == (
+            f"unroll3d evaluate: error: {fits['stale']} was fitted for operator {other}, but the "
+            f"operator in use hashes to {own} (different geometry, mask or coil maps); refit H "
+            "for this operator or pass expected_operator_hash=None to skip the check"
+        )
+        assert not out.exists()
+        assert cli_main([*args, "--normal", str(fits["own"]), "--out", str(out)]) == 0
+        assert json.loads(out.read_text())["status"] == "ok"

@@ -489,7 +489,9 @@ def test_normal_illustration_exact_for_a_scaled_identity(tmp_path, monkeypatch):
         "heldout_rel_error": [0.5, 0.1],
         "train_rel_error": [float("nan"), 0.2],
     }
-    normal.save_normal(tmp_path / "fit.pt", lam, torch.ones(img[1:]), img, 4.0, history=hist)
+    own = normal.operator_hash(physics, img)
+    normal.save_normal(tmp_path / "fit.pt", lam, torch.ones(img[1:]), img, 4.0, history=hist,
+                       operator_hash=own)  # fmt: skip
     out = report.normal_illustration(tmp_path / "fit.pt", "unused.pt", "v30", tmp_path / "n.npz")
     z = np.load(out)
     assert float(z["rel_err_x"]) < 1e-5
@@ -499,6 +501,16 @@ def test_normal_illustration_exact_for_a_scaled_identity(tmp_path, monkeypatch):
     assert z["lam"].shape == grid[1:] and np.allclose(z["lam"], 0.0, atol=1e-5)  # log10|1| = 0
     assert float(z["heldout_rel_err"]) == pytest.approx(0.1)
     np.testing.assert_array_equal(z["history_step"], [0, 10])
+    # a fit for another operator (one with a sampling mask) is refused, naming both hashes
+    masked = dinv.physics.LinearPhysics(A=lambda v: 2 * v, A_adjoint=lambda v: 2 * v)
+    masked.register_buffer("mask", torch.ones(img[1:]))
+    other = normal.operator_hash(masked, img)
+    assert other != own
+    normal.save_normal(tmp_path / "other.pt", lam, torch.ones(img[1:]), img, 4.0,
+                       operator_hash=other)  # fmt: skip
+    with pytest.raises(report.ReportError, match=f"fitted for operator {other}, but the operator in use "
+                                          f"hashes to {own}"):  # fmt: skip
+        report.normal_illustration(tmp_path / "other.pt", "unused.pt", "v30", tmp_path / "o.npz")
 
 
 @pytest.mark.parametrize("grid", [(6, 5, 7), (4, 6, 8)])

@@ -579,3 +579,32 @@ def test_a_shared_h_variant_gets_the_fit_of_each_setting(tmp_path):
     job.H = {"v30": fits["v30"]}
     with pytest.raises(ValueError, match=r"no fitted H for setting\(s\) \['v50'\]"):
         job.normal_fits()
+
+
+def test_the_reference_volume_of_a_fit_for_another_operator_is_refused(tmp_path):
+    """A setting's fit records the volume it was fitted on: trained on that volume, its operator
+    must hash as the fit's (else one line naming both hashes); on the setting's other volumes
+    the fit is used as it is (another walnut, another MRI mask), with no operator to compare."""
+    from unroll3d.normal import NormalFileError, operator_hash, save_normal
+
+    H = toy_H(loader("toy0"))
+    own = operator_hash(loader("toy0").physics, (1, *SHAPE))
+    other = operator_hash(loader("toy1").physics, (1, *SHAPE))
+    assert own != other
+    cfg = toy_config(steps=1)
+    fits = {}
+    for name, op_hash in (("stale", other), ("own", own)):
+        fits[name] = tmp_path / f"{name}.pt"
+        save_normal(fits[name], H.fourier_filter, H.spatial_mask, (1, *SHAPE), H.scaling,
+                    operator_hash=op_hash, grid=H.grid,
+                    meta={"volume_meta": {"volume": "toy0"}})  # fmt: skip
+    stale = make_job(tmp_path, "partition-H", cfg, name="a", normal_path=str(fits["stale"]))
+    msg = f"{fits['stale']} was fitted for operator {other}, but the operator in use hashes to {own}"
+    with pytest.raises(NormalFileError, match=msg):
+        tr.train(stale)
+    assert not stale.out.exists()
+    own_job = make_job(tmp_path, "partition-H", cfg, name="b", normal_path=str(fits["own"]))
+    assert tr.train(own_job)["status"] == "ok"
+    elsewhere = make_job(tmp_path, "partition-H", cfg, name="c", normal_path=str(fits["stale"]))
+    elsewhere.train_paths = ["toy1"]  # not the fit's volume: the setting's fit, used as it is
+    assert tr.train(elsewhere)["status"] == "ok"

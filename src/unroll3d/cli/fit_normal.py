@@ -258,6 +258,7 @@ def _run(args: argparse.Namespace, device: torch.device) -> int:
             if isinstance(v, (str, int, float, bool, list))
         },
     }
+    op_hash = operator_hash(physics, img_size)
     save_normal(
         out,
         lam,
@@ -265,14 +266,16 @@ def _run(args: argparse.Namespace, device: torch.device) -> int:
         img_size,
         history["sqnorm"],
         history=history,
-        operator_hash=operator_hash(physics, img_size),
+        operator_hash=op_hash,
         two_sided=history["two_sided"],
         grid=history["grid"],
         meta=meta,
     )
     write_history_csv(Path(args.history) if args.history else out.with_suffix(".csv"), history)
     if args.figure and getattr(sample, "x", None) is not None:
-        plot_normal(load_normal(out), physics, sample.x, args.figure)
+        plot_normal(
+            load_normal(out, expected_operator_hash=op_hash), physics, sample.x, args.figure
+        )
     gap = (
         f"floor {history['floor']:.4f}, gap {history['floor_gap']:+.4f}"
         if history["floor"] is not None

@@ -9,12 +9,20 @@ from pathlib import Path
 
 import torch
 
-from unroll3d.normal import DiagCirculantWrapper, NormalFit, check_fit_matches, load_normal
+from unroll3d.normal import (
+    DiagCirculantWrapper,
+    NormalFit,
+    check_fit_matches,
+    check_operator_hash,
+    load_normal,
+    operator_hash,
+)
 from unroll3d.normal.mask import mask_normal, probe_error
 from unroll3d.physics import sqnorm
 from unroll3d.variants import VariantSpec
 
 __all__ = [
+    "check_fit_operator",
     "h_builder",
     "h_kwargs",
     "h_record",
@@ -41,6 +49,20 @@ def load_H(path: str | Path | None, device: torch.device | str = "cpu") -> Norma
     if path is None:
         return None
     return load_normal(path).to(device)
+
+
+def check_fit_operator(H: NormalFit, sample) -> None:
+    """:func:`~unroll3d.normal.load_normal`'s operator-hash check for ``H`` used on the volume
+    it was fitted on (:meth:`~unroll3d.normal.NormalFit.fitted_on`: the setting's reference
+    volume in training, a per-sample fit at test time): that volume's operator must hash as the
+    one ``H`` was fitted to, else a one-line error naming both hashes. On the other volumes of
+    its setting a setting's fit is used by design (another walnut, another MRI mask), with no
+    operator of its own to be checked against."""
+    meta = getattr(sample, "meta", None) or {}
+    if H.operator_hash is None or not H.fitted_on(meta):
+        return
+    actual = operator_hash(sample.physics, tuple(sample.x.shape[1:]))
+    check_operator_hash(H.operator_hash, actual, H.source or "the fitted H")
 
 
 def h_kwargs(spec: VariantSpec, physics) -> dict:
@@ -73,6 +95,7 @@ def physics_for(sample, spec: VariantSpec, H: NormalFit | None, lipschitz: float
         sample.x.shape[1:],
         meta.get("source") or f"volume {meta.get('volume', '?')}",
     )
+    check_fit_operator(H, sample)
     return DiagCirculantWrapper.from_fit(
         sample.physics,
         H,
@@ -106,6 +129,7 @@ def own_normal(sample, reference: NormalFit | None, mode: str) -> NormalFit:
                 "normal-operator file was given (--normal), or use normal.mri_h: mask-coils"
             )
         check_fit_matches(reference, meta.get("setting"), img, where)
+        check_fit_operator(reference, sample)
         m, grid, m_from = reference.spatial_mask, reference.grid, reference.source or "fit"
     elif mode == "mask-coils":
         m, grid, m_from = "coils", None, "coil maps"

@@ -19,6 +19,7 @@ __all__ = [
     "NormalFileError",
     "NormalFitMismatch",
     "check_fit_matches",
+    "check_operator_hash",
     "save_normal",
     "load_normal",
     "write_history_csv",
@@ -61,6 +62,16 @@ class NormalFit:
     def setting(self) -> str | None:
         """The setting (``v30``, ``R5``, ...) the fit was made for, when recorded."""
         return self.meta.get("setting")
+
+    def fitted_on(self, volume_meta: dict | None) -> bool:
+        """Whether the volume of ``volume_meta`` (a sample's ``meta``) is the one this fit was
+        fitted on: the same recorded volume id, setting and mask (``mask_seed``, ``mask``). A fit
+        that records no volume (``meta["volume_meta"]``) is fitted on none."""
+        own = self.meta.get("volume_meta") or {}
+        other = volume_meta or {}
+        if own.get("volume") is None or own.get("volume") != other.get("volume"):
+            return False
+        return all(own.get(k) == other.get(k) for k in ("setting", "mask_seed", "mask"))
 
     def to(self, device: torch.device | str) -> NormalFit:
         """A copy with λ and m on ``device`` (the operator cache is not carried over)."""
@@ -149,12 +160,8 @@ def load_normal(
         raise NormalFileError(
             f"{path} has format version {fit.get('version')}, expected {FORMAT_VERSION}"
         )
-    if expected_operator_hash is not None and fit.get("operator_hash") != expected_operator_hash:
-        raise NormalFileError(
-            f"{path} was fitted for operator {fit.get('operator_hash')}, but the operator in use "
-            f"hashes to {expected_operator_hash} (different geometry, mask or coil maps); "
-            "refit H for this operator or pass expected_operator_hash=None to skip the check"
-        )
+    if expected_operator_hash is not None:
+        check_operator_hash(fit.get("operator_hash"), expected_operator_hash, path)
     return NormalFit(
         fourier_filter=fit["fourier_filter"],
         spatial_mask=fit["spatial_mask"],
@@ -167,6 +174,18 @@ def load_normal(
         meta=dict(fit.get("meta") or {}),
         source=str(path),
     )
+
+
+def check_operator_hash(stored: str | None, expected: str, where: str | Path) -> None:
+    """Refuse a fit whose stored operator hash (:func:`operator_hash` at fitting time) is not
+    ``expected``, the hash of the operator it is used for: a one-line
+    :class:`NormalFileError` naming ``where`` (the file) and both hashes."""
+    if stored != expected:
+        raise NormalFileError(
+            f"{where} was fitted for operator {stored}, but the operator in use "
+            f"hashes to {expected} (different geometry, mask or coil maps); "
+            "refit H for this operator or pass expected_operator_hash=None to skip the check"
+        )
 
 
 class NormalFitMismatch(ValueError):

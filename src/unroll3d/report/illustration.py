@@ -82,11 +82,14 @@ def normal_illustration(
     import torch
 
     from unroll3d.data import load_sample
-    from unroll3d.normal import load_normal
+    from unroll3d.normal import load_normal, operator_hash
 
     sample = load_sample(data_path, setting, device=device)
-    try:
-        fit = load_normal(normal_path)
+    try:  # H and the volume it was fitted on: the same operator
+        fit = load_normal(
+            normal_path,
+            expected_operator_hash=operator_hash(sample.physics, tuple(sample.x.shape[1:])),
+        )
     except (FileNotFoundError, ValueError) as err:
         raise ReportError(str(err)) from err
     fit = fit.to(device)
