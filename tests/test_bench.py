@@ -394,6 +394,44 @@ def test_gpu_check_refuses_a_reference_of_another_size(tmp_path):
     assert rec.rows[-1]["status"] == "failed" and "99³" in rec.rows[-1]["note"]
 
 
+def test_gpu_check_train_rows_of_a_step_that_fits_and_one_that_runs_out_of_memory(
+    tmp_path, monkeypatch
+):
+    """A training case that fits gives its peak (with what was held before) and its time per
+    micro-step; one that runs out of memory only its peak, status oom, with the message."""
+    import torch
+    import toys
+
+    import unroll3d.models
+    from unroll3d.bench.gpu_check import PROFILES
+    from unroll3d.bench.gpu_recorder import Recorder
+    from unroll3d.bench.gpu_samples import check_config
+    from unroll3d.bench.gpu_train import train_case
+
+    prof, cpu = dict(PROFILES["tiny"]), torch.device("cpu")
+    rec = Recorder(tmp_path, 60, "tiny")
+    args = ("cbct", prof["volume"], prof, "rtk", cpu, check_config(prof))
+    assert train_case(rec, "partition", *args) == "ok"
+    monkeypatch.setattr(unroll3d.models, "build_variant", lambda *a, **k: toys.OOMModel())
+    assert train_case(rec, "partition", *args) == "oom"
+    n, p = prof["volume"], "×".join(map(str, prof["patch"]))
+    case = f"partition, cbct {n}×{n}×{n}, patch {p}"
+    note = f"K={prof['K']}, DRUNet {prof['channels']}×{prof['blocks']}, fp32, batch 1"
+    fits, timed, oom = rec.rows
+    assert {k: fits[k] for k in ("section", "case", "metric", "unit", "status")} == dict(
+        section="train", case=case, metric="peak memory", unit="GB", status="n/a"
+    )  # no CUDA peak on the CPU
+    assert fits["note"] == f"{note}; held before the step 0.00 GB; not tracked on the CPU"
+    assert (timed["metric"], timed["unit"], timed["status"], timed["note"]) == (
+        "time per micro-step", "s", "ok", note
+    )
+    assert timed["case"] == case and timed["value"] > 0
+    assert (oom["case"], oom["metric"], oom["value"], oom["status"]) == (
+        case, "peak memory", 0.0, "oom"
+    )
+    assert oom["note"] == f"{note}; OOM at volume {n}³, peak 0.00 GB"
+
+
 def test_cost_estimate_counts_jobs_and_names_its_sources(tmp_path):
     """`unroll3d bench cost`: train hours = steps × accumulate × measured s/step; a variant whose
     measured training OOMs costs nothing; a variant without a GPU-check row of the same setup is

@@ -87,26 +87,12 @@ def train_case(
     precision += ", cudnn.benchmark" if config["train"].get("cudnn_benchmark") else ""
     precision += ", checkpointed iterations" if checkpoint else ""
     note = f"K={K}, DRUNet {prof['channels']}×{prof['blocks']}, {precision}, batch 1"
-    if stats["status"] == "ok":
-        rec.add(
-            "train",
-            case,
-            "peak memory",
-            stats["peak_memory_gb"],
-            "GB",
-            note=f"{note}; held before the step {base or 0:.2f} GB",
-        )
+    ok = stats["status"] == "ok"  # else "oom": the peak reached, and no time
+    detail = f"held before the step {base or 0:.2f} GB" if ok else stats["message"]
+    peak = stats["peak_memory_gb"]
+    rec.add("train", case, "peak memory", peak, "GB", "ok" if ok else "oom", f"{note}; {detail}")
+    if ok:
         rec.add("train", case, "time per micro-step", stats["step_time_s"], "s", note=note)
-    else:
-        rec.add(
-            "train",
-            case,
-            "peak memory",
-            stats["peak_memory_gb"],
-            "GB",
-            status="oom",
-            note=f"{note}; {stats['message']}",
-        )
     del H, model, physics, sample, x0
     if task != "cbct" or size != prof["volume"]:
         SAMPLES.clear()
