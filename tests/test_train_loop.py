@@ -285,3 +285,91 @@ def test_a_parked_operator_is_swapped_in_and_out_without_copying_back(monkeypatc
         assert torch.equal(here.coil_maps, host[i]["coil_maps"])
         assert other.coil_maps is host[1 - i]["coil_maps"]  # parked: its host copy, as it was
         assert torch.equal(prep.physics.A_adjoint(prep.sample.y), ref[f"s{i}"])
+
+
+def test_a_cropped_context_draw_copies_the_residual_and_trains_to_rounding(tmp_path, monkeypatch):
+    """With the context cropped (the default on CUDA, forced here), a parked partitioned sample
+    keeps y − A x: a draw copies that alone (the ground truth and x0 go over as patches), ỹ =
+    (y − A x) + Ã S x matches y − A S⊥ᵀ S⊥ x to rounding, and training gives the resident run's
+    losses to float32 rounding."""
+    from unroll3d.engine import operators
+    from unroll3d.engine.partitioning import estimate_pair, make_partitioner
+    from unroll3d.engine.samples import SampleCache
+
+    spec = variant_spec("partition-H")
+    H = toy_H(loader("toy0"))
+    monkeypatch.setattr(SampleCache, "crop_context", True)
+    lip = loader("toy1").meta["op_norm_sq"]
+    cache = SampleCache(["toy1"], loader, spec, H, on_device=0)
+    cache.get(0)
+    spy = cache._prefetcher = _Spy()
+    cache._active = None
+    got = cache.get(0)
+    host = cache._cache[0]
+    assert got.y_residual and spy.copied == [host.residual]  # neither y, x nor x0
+    s = loader("toy1")
+    assert torch.allclose(host.residual, s.y - s.physics.A(s.x))
+    # the estimate from the residual and the patches equals the whole-volume one, to rounding
+    cfg = toy_config()
+    torch.manual_seed(0)
+    model = tr.build_variant("partition-H", "cbct", cfg, lipschitz=lip)
+    part = make_partitioner(model, "cbct", cfg, s.x.shape[1:])
+    phys = operators.physics_for(s, spec, H, lip)
+    whole = SampleCache(["toy1"], loader, spec, H).get(0)
+    out = []
+    for prep, device in ((whole, None), (got, torch.device("cpu"))):
+        gen = torch.Generator().manual_seed(4)
+        with torch.no_grad():
+            est, target = estimate_pair(
+                model, spec, prep.sample, phys if device is None else prep.physics, prep.x0,
+                gen, part, device, prep.y_residual,
+            )  # fmt: skip
+        out.append((est, target))
+    assert torch.equal(out[0][1], out[1][1])  # the same patch of the ground truth
+    assert torch.allclose(out[0][0], out[1][0], rtol=1e-5, atol=1e-6)
+    # training: the parked run with cropped context against the resident one
+    kept = _two_volume_job(tmp_path / "kept", "partition-H", 8, H)
+    tr.train(kept)
+    parked = _two_volume_job(tmp_path / "parked", "partition-H", 0, H)
+    tr.train(parked)
+    a, wa = _losses_and_weights(kept)
+    b, wb = _losses_and_weights(parked)
+    assert [float(v) for v in a] == pytest.approx([float(v) for v in b], rel=1e-4)
+    assert all(torch.allclose(wa[k], wb[k], rtol=1e-3, atol=1e-5) for k in wa)
+
+
+def test_the_residual_estimate_of_mri_readout_slabs_is_the_whole_one(monkeypatch):
+    """MRI (readout slabs): the estimate from y − A x and the patches alone equals the one
+    from the whole volumes to float32 rounding, with the same target."""
+    from unroll3d.data.sample import Sample
+    from unroll3d.engine.partitioning import estimate_pair, make_partitioner
+    from unroll3d.engine.samples import SampleCache
+    from unroll3d.physics import MultiCoilMRI3D, poisson_disc_mask
+
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn((3, 8, 12, 10), dtype=torch.complex64, generator=g)
+    phys = MultiCoilMRI3D(poisson_disc_mask((12, 10), 2, calib=2, seed=0), maps, (8, 12, 10))
+    x = torch.randn((1, 2, 8, 12, 10), generator=g)
+    y = phys.A(x)
+    sample = Sample(x, y + 0.01 * torch.randn(y.shape, generator=g), phys, {"op_norm_sq": 1.0})
+    spec = variant_spec("partition")
+    monkeypatch.setattr(SampleCache, "crop_context", True)
+    parked = SampleCache(["v"], lambda p: sample, spec, None, on_device=0)
+    parked.get(0)
+    got = parked.get(0)
+    whole = SampleCache(["v"], lambda p: sample, spec, None).get(0)
+    cfg = toy_config()
+    cfg["mri"] = {"K": 2, "patch_size": [4, 8, 8], "stride": None}
+    torch.manual_seed(0)
+    model = tr.build_variant("partition", "mri", cfg, lipschitz=1.0)
+    part = make_partitioner(model, "mri", cfg, x.shape[1:])
+    out = []
+    for prep, device in ((whole, None), (got, torch.device("cpu"))):
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            out.append(
+                estimate_pair(model, spec, prep.sample, prep.physics, prep.x0, gen, part, device,
+                              prep.y_residual)  # fmt: skip
+            )
+    assert got.y_residual and torch.equal(out[0][1], out[1][1])
+    assert torch.allclose(out[0][0], out[1][0], rtol=1e-5, atol=1e-6)

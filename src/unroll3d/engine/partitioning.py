@@ -75,6 +75,7 @@ def estimate_pair(
     generator: torch.Generator,
     partitioner=None,
     device: torch.device | None = None,
+    y_residual: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(estimate, target) of one training sample: a random patch or the full volume (PnP: the
     denoiser on a noisy random patch of the ground truth). A variant with H gets it from
@@ -83,7 +84,9 @@ def estimate_pair(
     ``device``: the sample is parked in host memory and only partly on ``device``
     (:class:`unroll3d.engine.samples.SampleCache`): PnP's ground-truth patch and a partitioned
     variant's x0 patch are copied over here, nothing more (the same corner, drawn from the same
-    generator, so the same numbers)."""
+    generator, so the same numbers). ``y_residual``: ``sample.y`` is the parked volume's
+    residual ``y − A x`` and the ground truth stays on the host too: only its patch goes over
+    (``ỹ = (y − A x) + Ã S x``, the same ỹ up to rounding)."""
     if spec.kind == "pnp":
         start = draw_corner(
             partitioner.spatial, partitioner.patch_size, partitioner.train_ranges, generator
@@ -98,10 +101,14 @@ def estimate_pair(
                 partitioner.spatial, partitioner.patch_size, partitioner.train_ranges, generator
             )
             x0, where = _patch_only(x0, start, partitioner.patch_size, device), {"start": start}
+        x = sample.x
+        if where and y_residual:  # the ground truth's patch alone, ỹ from the residual
+            x = _patch_only(x, where["start"], partitioner.patch_size, device)
+            where["y_is_residual"] = True
         return partitioner.training_pair(
             sample.y,
             physics,
-            sample.x,
+            x,
             generator=generator,
             x0=x0,
             **where,

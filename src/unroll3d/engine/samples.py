@@ -45,6 +45,10 @@ class Prepared:
     #: a parked sample's heavy operator buffers, ``[(module, name, tensor)]``: host copies in
     #: the cache, device copies in what :meth:`SampleCache.get` returns
     buffers: list | None = None
+    #: a parked partitioned sample's residual y − A x (host copy): a draw copies it in place of
+    #: y and x (``y_residual`` on the drawn copy), the ground truth then goes over as a patch
+    residual: Any = None
+    y_residual: bool = False
 
 
 def _with(prep: Prepared, move, x: bool, y: bool, x0: bool, buffers: bool) -> Prepared:
@@ -98,10 +102,15 @@ class SampleCache:
     side stream, and only what its variant needs: nothing for ``pnp`` (the estimate copies the
     patch), x, y and the operator for a partitioned variant (x0 stays on the host: only its
     patch goes over, :func:`unroll3d.engine.partitioning.estimate_pair`), everything for a
-    whole-volume one. The last parked sample drawn stays on the device until another is drawn.
+    whole-volume one. On CUDA (``crop_context``) a partitioned sample keeps its residual
+    y − A x, computed once when parked, and a draw copies that and the operator only: the ground
+    truth goes over as a patch too (ỹ = (y − A x) + Ã S x, the same ỹ up to rounding). The last parked sample drawn stays on the device until another is drawn.
     Without CUDA every copy is a no-op and the numbers are those of a resident sample. ‖A‖² is
     computed on the first sample and shared by all (``lipschitz``).
     """
+
+    #: parked partitioned samples keep y − A x to copy instead of y and x (None = on CUDA)
+    crop_context: bool | None = None
 
     def __init__(
         self,
@@ -161,15 +170,25 @@ class SampleCache:
         """``prep`` moved to (pinned) host memory, its heavy operator buffers too."""
         device = prep.x0.device
         self._prefetcher = self._prefetcher or Prefetcher(device)
+        residual = None
+        crop = self.crop_context
+        if self.spec.partition and (crop or (crop is None and device.type == "cuda")):
+            with torch.no_grad():  # once per volume: ỹ = r + Ã S x needs x's patch only
+                residual = host_copy(prep.sample.y - prep.sample.physics.A(prep.sample.x), device)
         prep = dataclasses.replace(prep, buffers=heavy)
         parked = _with(prep, lambda t: host_copy(t, device), True, True, True, True)
         _install(parked.buffers or [])
-        return dataclasses.replace(parked, offloaded=True, device=device)
+        return dataclasses.replace(parked, offloaded=True, device=device, residual=residual)
 
     def _start(self, i: int, whole: bool = False) -> Prepared:
         """Start copying parked sample ``i`` to its device: what its variant needs (``whole``:
         all of it)."""
         prep = self._cache[i]
+        if prep.residual is not None and not whole:  # y − A x instead of y and x
+            sample = copy.copy(prep.sample)
+            sample.y = self._prefetcher.copy(prep.residual)
+            prep = dataclasses.replace(prep, sample=sample, y_residual=True)
+            return _with(prep, self._prefetcher.copy, False, False, False, True)
         needs = whole or self.spec.kind != "pnp"
         x0 = whole or (needs and not self.spec.partition)
         return _with(prep, self._prefetcher.copy, needs, needs, x0, needs)

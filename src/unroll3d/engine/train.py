@@ -219,8 +219,9 @@ def train_step(
         use_lipschitz(model, prep.lipschitz)
         parked_on = prep.device if prep.offloaded else None
         est, target = estimate_pair(
-            model, spec, prep.sample, prep.physics, prep.x0, generator, partitioner, parked_on
-        )
+            model, spec, prep.sample, prep.physics, prep.x0, generator, partitioner, parked_on,
+            prep.y_residual,
+        )  # fmt: skip
         loss = torch.mean((est.float() - target.float()) ** 2)
         (loss / accumulate).backward()
         total = loss.detach().double() if total is None else total + loss.detach().double()

@@ -115,6 +115,10 @@ class PartitionedPhysics(LinearPhysics):
     :param normal_op: optional callable (or list of callables) replacing ``S AᵀA Sᵀ``.
     :param normal_scaling: factor applied to ``normal_op`` (e.g. ``‖A‖²`` when H was fitted to
         the normalised operator).
+    :param bool y_is_residual: ``y`` is the whole volume's residual ``y − A x_context``
+        (computed once per volume): ``ỹ = y + Ã S x_context`` then reads ``x_context`` inside
+        the patch only (the same ỹ up to rounding), so a training step needs the ground truth's
+        patch, not the volume.
     :param bool normal_anchor: anchor the approximation at the initial iterate ``a = S x_init``:
         ``A_adjoint_A(x) = S AᵀA Sᵀ a + s H (x − a)``, exact at ``a`` (one exact normal
         application per patch instead of one per iteration), so H's error scales with
@@ -143,6 +147,7 @@ class PartitionedPhysics(LinearPhysics):
         normal_op: Callable | Sequence[Callable] | None = None,
         normal_scaling: float = 1.0,
         normal_anchor: bool = False,
+        y_is_residual: bool = False,
         **kwargs,
     ):
         spatial, patch = spatial_sizes(img_size, patch_size)
@@ -185,17 +190,21 @@ class PartitionedPhysics(LinearPhysics):
         self.normal_scaling = normal_scaling
 
         with torch.no_grad():
-            ctx = x_context.detach().repeat(len(starts), *([1] * (x_context.ndim - 1)))
-            for i, st in enumerate(starts):
-                crop_patch(ctx[i * self.batch : (i + 1) * self.batch], st, patch).zero_()
             y_rep = (
                 y.detach()
                 if len(starts) == 1
                 else y.detach().repeat(len(starts), *([1] * (y.ndim - 1)))
             )
+            if y_is_residual:  # ỹ = (y − A x) + Ã S x: the patch of x_context only
+                y_tilde = y_rep + self.A(self.crop(x_context.detach()))
+            else:
+                ctx = x_context.detach().repeat(len(starts), *([1] * (x_context.ndim - 1)))
+                for i, st in enumerate(starts):
+                    crop_patch(ctx[i * self.batch : (i + 1) * self.batch], st, patch).zero_()
+                y_tilde = y_rep - self._global(physics.A, ctx)
+                del ctx
             # a buffer: state_dict() and .to() carry it
-            self.register_buffer("y_tilde", y_rep - self._global(physics.A, ctx))
-            del ctx
+            self.register_buffer("y_tilde", y_tilde)
             self.x_init_patch = None if x_init is None else self.crop(x_init.detach())
         self.normal_correction = None
         if normal_anchor:

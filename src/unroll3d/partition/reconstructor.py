@@ -287,6 +287,7 @@ class PartitionedReconstructor(Reconstructor):
         normal=None,
         ranges: Sequence[tuple[int, int] | None] | None = None,
         anchored: bool = False,
+        y_is_residual: bool = False,
         **kwargs,
     ) -> tuple[Tensor, Tensor]:
         """One partitioned training sample (paper Eq. L_PART).
@@ -295,7 +296,9 @@ class PartitionedReconstructor(Reconstructor):
         ground-truth context, runs the base reconstructor on the patch problem and returns
         ``(R̃(ỹ, Ã), S x*)``; the loss ``‖estimate − target‖²`` backpropagates only through the
         patch. ``x0`` (default ``initial_reconstruction(physics, y)``, no grad) gives the initial iterate
-        ``S x0``. The corner used is stored in ``self.last_start``.
+        ``S x0``. The corner used is stored in ``self.last_start``. ``y_is_residual``: ``y`` is
+        the residual ``y − A x_true`` (:class:`PartitionedPhysics`), and ``x_true`` and ``x0``
+        need to be right inside the patch only.
         """
         self._check_volume(x_true, "x_true")
         if start is None:
@@ -319,6 +322,7 @@ class PartitionedReconstructor(Reconstructor):
             normal_op=normal_op,
             normal_scaling=scaling,
             normal_anchor=anchored and normal_op is not None,
+            y_is_residual=y_is_residual,
         )
         estimate = self.base(pphys.y_tilde, pphys, **kwargs)
         target = crop_patch(x_true, start, self.patch_size)
