@@ -6,17 +6,23 @@ fresh interpreter: the inputs are built first, the peak resident size is reset
 (``/proc/self/clear_refs``), and the peak after a warm-up and the timed calls minus the resident
 size before them is the operation's extra peak memory. CPU, one thread unless ``--threads``.
 
-Operations: ``normal`` one ``S AᵀA Sᵀ u``; ``setup`` building the patch problem (ỹ = y − A S⊥ᵀx,
-a full forward on both paths) and ``Ãᵀỹ``; ``unrolled`` K gradient steps
-``z − η(ÃᵀÃ z − Ãᵀỹ)`` forward and backward (a training step without the network).
+Operations: ``normal`` one ``S AᵀA Sᵀ u``; ``setup`` building the patch problem and ``Ãᵀỹ`` as
+the unrolled network asks for it (``A_adjoint(None)`` where the patch problem gets it on the
+readout slab without forming ỹ, else ỹ = y − A S⊥ᵀx, a full forward, then ``Ãᵀỹ``); ``unrolled``
+K gradient steps ``z − η(ÃᵀÃ z − Ãᵀỹ)`` forward and backward (a training step without the
+network); ``step`` the setup and the K steps together.
 
     python benchmarks/mri_slab_step.py --size 64 128 128 --coils 8 --patch 8 64 64
+
+Before/after a change: run it with ``PYTHONPATH`` at each tree's ``src`` (each child imports
+from there); ``--paths slab`` measures the readout-slab path only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -42,6 +48,7 @@ def _reset_peak() -> bool:
 def _child(args) -> dict:
     import torch
 
+    import unroll3d
     from unroll3d.partition import PartitionedPhysics
     from unroll3d.physics import MultiCoilMRI3D, poisson_disc_mask
 
@@ -66,7 +73,12 @@ def _child(args) -> dict:
     def build():
         return PartitionedPhysics(physics, (2, d, h, w), start, patch, y, ctx, x_init=ctx)
 
-    pp = build() if args.op != "setup" else None
+    pp = build() if args.op not in ("setup", "step") else None
+
+    def back_projection(p):
+        """Ãᵀỹ as the unrolled network gets it (PartitionedReconstructor passes y=None for ỹ
+        where the patch problem has it on the readout slab)."""
+        return p.A_adjoint(None if getattr(p, "context_on_slabs", False) else p.y_tilde)
 
     def run():
         if args.op == "normal":
@@ -74,14 +86,14 @@ def _child(args) -> dict:
                 return pp.A_adjoint_A(u)
         if args.op == "setup":
             with torch.no_grad():
-                p = build()
-                return p.A_adjoint(p.y_tilde)
+                return back_projection(build())
+        p = build() if args.op == "step" else pp
         eta = torch.tensor(0.5, requires_grad=True)
-        aty = pp.A_adjoint(pp.y_tilde)
+        aty = back_projection(p)
         z = u.clone().requires_grad_(True)
         x = z
         for _ in range(args.K):
-            x = x - eta * (pp.A_adjoint_A(x) - aty)
+            x = x - eta * (p.A_adjoint_A(x) - aty)
         x.square().sum().backward()
         return x.detach()
 
@@ -96,6 +108,7 @@ def _child(args) -> dict:
     peak = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "path": args.path,
+        "src": os.path.dirname(os.path.dirname(unroll3d.__file__)),
         "op": args.op,
         "size": list(args.size),
         "coils": args.coils,
@@ -117,7 +130,8 @@ def main(argv=None) -> None:
     ap.add_argument("--K", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--ops", nargs="+", default=["normal", "setup", "unrolled"])
+    ap.add_argument("--ops", nargs="+", default=["normal", "setup", "unrolled", "step"])
+    ap.add_argument("--paths", nargs="+", choices=["full", "slab"], default=["full", "slab"])
     ap.add_argument("--path", choices=["slab", "full"], help=argparse.SUPPRESS)
     ap.add_argument("--op", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -129,13 +143,14 @@ def main(argv=None) -> None:
               "--threads", str(args.threads)]  # fmt: skip
     for op in args.ops:
         rows = {}
-        for path in ("full", "slab"):
+        for path in args.paths:
             cmd = [sys.executable, __file__, *common, "--path", path, "--op", op]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows[path] = json.loads(out.strip().splitlines()[-1])
             print(json.dumps(rows[path]), flush=True)
-        speed = rows["full"]["s_median"] / max(rows["slab"]["s_median"], 1e-9)
-        print(f"# {op}: {speed:.1f}x faster on readout slabs", flush=True)
+        if len(rows) == 2:
+            speed = rows["full"]["s_median"] / max(rows["slab"]["s_median"], 1e-9)
+            print(f"# {op}: {speed:.1f}x faster on readout slabs", flush=True)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,10 @@ class UnrolledPGD(Tiling, Reconstructor):
         self.bf16 = False
         self.checkpoint = bool(checkpoint)
 
+    #: ``y`` is read only as ``physics.A_adjoint(y)`` and ``initial_reconstruction(physics, y)``
+    #: (a partitioned patch then passes ``None`` for ỹ: see ``PartitionedPhysics.A_adjoint``)
+    reads_y_via_adjoint = True
+
     @property
     def step_sizes(self) -> torch.Tensor:
         """Current :math:`\\eta_k`, shape (K,)."""
@@ -154,6 +158,9 @@ class PostProcess(Tiling, Reconstructor):
         self.sigma_raw = nn.Parameter(torch.tensor(inv_softplus(sigma_init)))
         self.register_buffer("lipschitz", torch.tensor(float(lipschitz)))
         self.bf16 = False
+
+    #: ``y`` is read only by ``initial_reconstruction(physics, y)`` (see :class:`UnrolledPGD`)
+    reads_y_via_adjoint = True
 
     def forward(self, y, physics, x_init: torch.Tensor | None = None, **kwargs: Any):
         x0 = initial_reconstruction(physics, y) if x_init is None else x_init

@@ -83,7 +83,7 @@ class PartitionedPhysics(LinearPhysics):
     """The exact patch problem ``ỹ = Ã x_patch`` of a global ``LinearPhysics`` (paper §4.3).
 
     - ``A(x_patch) = A Sᵀ x_patch`` (patch embedded in zeros, then the global forward);
-    - ``A_adjoint(y) = S Aᵀ y``;
+    - ``A_adjoint(y) = S Aᵀ y``; ``A_adjoint(None)`` is ``Ãᵀỹ``;
     - ``A_adjoint_A(x_patch) = S AᵀA Sᵀ x_patch`` exactly, or ``normal_op(x_patch)`` when given
       (a restricted normal-operator approximation, e.g. ``DiagCirculant.restrict(start, patch)``);
     - ``y_tilde = y − A S⊥ᵀ S⊥ x_context``, computed once without gradient as
@@ -96,7 +96,10 @@ class PartitionedPhysics(LinearPhysics):
 
     A physics with ``readout_slabs`` (3D MRI: ``A_slab``, ``A_adjoint_slab``, ``normal_slab``)
     is applied to the patch's slices along the first spatial axis only: the exact ``S AᵀA Sᵀ``
-    then costs in proportion to the patch's first extent, not the volume (same numbers).
+    then costs in proportion to the patch's first extent, not the volume (same numbers). With
+    a (ky, kz) mask, ``Ãᵀỹ = S Aᵀy − S AᵀA S⊥ᵀS⊥x`` is computed there too, without the global
+    forward that ``ỹ`` costs; ``y_tilde`` is then formed on first use from ``y`` and
+    ``x_context`` (held by reference: do not modify them in between).
 
     Several patch positions can be processed at once: pass a list of corners as ``start``. Patch
     tensors then have batch ``len(start) * B`` ordered patch-major (patch ``i`` of sample ``b`` at
@@ -188,24 +191,24 @@ class PartitionedPhysics(LinearPhysics):
             raise ValueError(f"got {len(normal_op)} normal operators for {len(starts)} patches")
         self.normal_op = normal_op
         self.normal_scaling = normal_scaling
+        self.y_is_residual = bool(y_is_residual)
 
         with torch.no_grad():
-            y_rep = (
-                y.detach()
-                if len(starts) == 1
-                else y.detach().repeat(len(starts), *([1] * (y.ndim - 1)))
-            )
-            if y_is_residual:  # ỹ = (y − A x) + Ã S x: the patch of x_context only
-                y_tilde = y_rep + self.A(self.crop(x_context.detach()))
-            else:
-                ctx = x_context.detach().repeat(len(starts), *([1] * (x_context.ndim - 1)))
-                for i, st in enumerate(starts):
-                    crop_patch(ctx[i * self.batch : (i + 1) * self.batch], st, patch).zero_()
-                y_tilde = y_rep - self._global(physics.A, ctx)
-                del ctx
-            # a buffer: state_dict() and .to() carry it
-            self.register_buffer("y_tilde", y_tilde)
             self.x_init_patch = None if x_init is None else self.crop(x_init.detach())
+            # 3D MRI with a (ky, kz) mask: Ãᵀỹ on the patch's readout slab, ỹ formed on demand
+            self.context_on_slabs = self._slabs() and physics.readout_mask() is not None
+            if self.context_on_slabs:
+                # references, not copies (ỹ is formed from them on first use): non-persistent
+                # buffers, so .to() and clone() carry them
+                self.register_buffer("_y_source", y.detach(), persistent=False)
+                self.register_buffer("_context_source", x_context.detach(), persistent=False)
+                self._buffers["y_tilde"] = None
+                self.register_buffer(
+                    "_back_projection", self._slab_back_projection(), persistent=False
+                )
+            else:  # a buffer: state_dict() and .to() carry it
+                self._buffers["y_tilde"] = self._context_corrected(y, x_context)
+                self._back_projection = None
         self.normal_correction = None
         if normal_anchor:
             if normal_op is None or x_init is None:
@@ -219,6 +222,58 @@ class PartitionedPhysics(LinearPhysics):
     def start(self) -> Start:
         """The patch corner (first corner when batched)."""
         return self.starts[0]
+
+    @property
+    def y_tilde(self) -> Tensor:
+        """``ỹ = y − A S⊥ᵀ S⊥ x_context`` (patch-major), a buffer; on the readout-slab path
+        formed on first use from ``y`` and ``x_context`` (do not modify them before)."""
+        if self._buffers.get("y_tilde") is None:
+            with torch.no_grad():
+                self._buffers["y_tilde"] = self._context_corrected(
+                    self._y_source, self._context_source
+                )
+        return self._buffers["y_tilde"]
+
+    def _context_corrected(self, y: Tensor, x_context: Tensor) -> Tensor:
+        """``y − A(x_context with the patch zeroed)``: one global forward per patch (with
+        ``y_is_residual``: ``y + Ã S x_context``)."""
+        n = len(self.starts)
+        y_rep = y.detach() if n == 1 else y.detach().repeat(n, *([1] * (y.ndim - 1)))
+        if self.y_is_residual:  # ỹ = (y − A x) + Ã S x: the patch of x_context only
+            return y_rep + self.A(self.crop(x_context.detach()))
+        ctx = x_context.detach().repeat(n, *([1] * (x_context.ndim - 1)))
+        for i, st in enumerate(self.starts):
+            crop_patch(ctx[i * self.batch : (i + 1) * self.batch], st, self.patch_size).zero_()
+        return y_rep - self._global(self.physics.A, ctx)
+
+    def _slab_back_projection(self) -> Tensor:
+        """``Ãᵀỹ = S Aᵀy − S AᵀA S⊥ᵀS⊥ x`` on each patch's readout slab: AᵀA acts per readout
+        slice, so only the context's slab slices enter, and ``S Aᵀy`` needs one 1D inverse FFT
+        along the readout and 2D ones on the slab (no global forward). With ``y_is_residual``:
+        ``S Aᵀy + S AᵀA Sᵀ S x``."""
+        p0, y, ctx = self.patch_size[0], self._y_source, self._context_source
+        out = []
+        for st in self.starts:
+            slab = self.physics.A_adjoint_slab(y, st[0], p0)
+            if self.y_is_residual:
+                inside = self._to_slab(crop_patch(ctx, st, self.patch_size), st)
+                slab = slab + self.physics.normal_slab(inside, st[0])
+            else:
+                context = ctx[:, :, st[0] : st[0] + p0].clone()
+                crop_patch(context, (0, *st[1:]), self.patch_size).zero_()
+                slab = slab - self.physics.normal_slab(context, st[0])
+            out.append(self._from_slab(slab, st))
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: D102
+        if prefix + "y_tilde" in state_dict:  # a loaded ỹ is the data: Ãᵀỹ is formed from it
+            self.y_tilde  # noqa: B018 (materialise the buffer it is loaded into)
+            self._back_projection = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: D102
+        self.y_tilde  # noqa: B018 (the state carries ỹ)
+        super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _global(self, fn: Callable, t: Tensor) -> Tensor:
         """Apply a global operator to a patch-major batch, chunked per patch when ``B > 1``."""
@@ -308,8 +363,13 @@ class PartitionedPhysics(LinearPhysics):
         """``Ã x = A Sᵀ x``."""
         return _linear(x, self._fwd, self._adj)
 
-    def A_adjoint(self, y: Tensor, **kwargs) -> Tensor:
-        """``Ãᵀ y = S Aᵀ y``."""
+    def A_adjoint(self, y: Tensor | None, **kwargs) -> Tensor:
+        """``Ãᵀ y = S Aᵀ y``; ``y=None`` stands for ``ỹ`` (on the readout-slab path ``Ãᵀỹ`` was
+        computed without forming ỹ)."""
+        if y is None:
+            if self._back_projection is not None:
+                return self._back_projection
+            y = self.y_tilde
         return _linear(y, self._adj, self._fwd)
 
     def A_adjoint_A(self, x: Tensor, **kwargs) -> Tensor:
@@ -326,12 +386,12 @@ class PartitionedPhysics(LinearPhysics):
         out = out * self.normal_scaling if self.normal_scaling != 1.0 else out
         return out if self.normal_correction is None else out + self.normal_correction
 
-    def initial_reconstruction(self, y: Tensor, **kwargs) -> Tensor:
+    def initial_reconstruction(self, y: Tensor | None, **kwargs) -> Tensor:
         """The patch network's first iterate: the crop ``S x_init`` when ``x_init`` was given,
-        else ``A_dagger(y)`` (deepinv's least-squares solve)."""
+        else ``A_dagger(y)`` (deepinv's least-squares solve; ``y=None`` stands for ``ỹ``)."""
         if self.x_init_patch is not None:
             return self.x_init_patch
-        return self.A_dagger(y, **kwargs)
+        return self.A_dagger(self.y_tilde if y is None else y, **kwargs)
 
 
 def _is_corner(start) -> bool:

@@ -136,6 +136,12 @@ class PartitionedReconstructor(Reconstructor):
             normal_anchor=anchored and normal_op is not None,
         )
 
+    def _patch_measurements(self, pphys: PartitionedPhysics) -> Tensor | None:
+        """What the base gets as ``y``: ``None`` (standing for ỹ) when it declares
+        ``reads_y_via_adjoint`` (it reads ``y`` only as ``physics.A_adjoint(y)`` and
+        ``initial_reconstruction(physics, y)``), so a 3D MRI patch never forms ỹ; else ỹ."""
+        return None if getattr(self.base, "reads_y_via_adjoint", False) else pphys.y_tilde
+
     # -- tiling ----------------------------------------------------------------------------------
     def _batches(self) -> list[list[Start]]:
         b = self.patch_batch
@@ -206,7 +212,7 @@ class PartitionedReconstructor(Reconstructor):
                 pphys = self._patch_physics(
                     physics, starts, y, context, x0, factory, scaling, anchored
                 )
-                return self.base(pphys.y_tilde, pphys, **kwargs)
+                return self.base(self._patch_measurements(pphys), pphys, **kwargs)
 
             return self._blend(run, context, progress, "patches")
 
@@ -324,7 +330,7 @@ class PartitionedReconstructor(Reconstructor):
             normal_anchor=anchored and normal_op is not None,
             y_is_residual=y_is_residual,
         )
-        estimate = self.base(pphys.y_tilde, pphys, **kwargs)
+        estimate = self.base(self._patch_measurements(pphys), pphys, **kwargs)
         target = crop_patch(x_true, start, self.patch_size)
         return estimate, target
 
