@@ -202,3 +202,19 @@ def test_patchwise_inference_same_volume(gen):
         rec = PartitionedReconstructor(model, SIZE, (4, 6, 5), patch_batch=3, progress=False)
         vols.append(rec(y, physics))
     assert _relerr(vols[0], vols[1]) < 1e-5
+
+
+@pytest.mark.parametrize("start", [(0, 0, 0), (2, 3, 1), (D - 3, H - 4, W - 5)])
+def test_residual_data_on_the_slab(gen, start):
+    """A parked sample's residual ``y − A x`` with the ground truth's patch alone
+    (``y_is_residual``): Ãᵀỹ = S Aᵀ(y − A x) + S AᵀA Sᵀ S x on the slab, the old Ãᵀỹ."""
+    fast, slow = _pair(gen, n_coils=3, batch_maps=2)
+    x, y, _ = _data(gen, slow, batch=2)
+    patch = (3, 4, 5)
+    only = embed_patch(crop_patch(x, start, patch), start, (D, H, W))
+    pf = PartitionedPhysics(fast, SIZE, start, patch, y - slow.A(x), only, y_is_residual=True)
+    ps = PartitionedPhysics(slow, SIZE, start, patch, y, x)
+    assert pf.context_on_slabs
+    assert _relerr(pf.A_adjoint(None), ps.A_adjoint(ps.y_tilde)) < 1e-5
+    assert pf._buffers["y_tilde"] is None
+    assert _relerr(pf.y_tilde, ps.y_tilde) < 1e-5
