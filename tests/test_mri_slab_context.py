@@ -218,3 +218,27 @@ def test_residual_data_on_the_slab(gen, start):
     assert _relerr(pf.A_adjoint(None), ps.A_adjoint(ps.y_tilde)) < 1e-5
     assert pf._buffers["y_tilde"] is None
     assert _relerr(pf.y_tilde, ps.y_tilde) < 1e-5
+
+
+@pytest.mark.parametrize("columns", ["sampled", "all"])
+@pytest.mark.parametrize("kind", ["kykz", "kx-dependent", "weighted"])
+def test_slab_adjoint_restricted_idft_equals_the_full_adjoint(gen, monkeypatch, columns, kind):
+    """S Aᵀy on a slab (an (L, D) inverse DFT on the sampled (ky, kz) columns, or on every column
+    as off the CPU) is the full adjoint's slab, for any mask; a new mask is seen."""
+    if columns == "all":
+        monkeypatch.setattr(MultiCoilMRI3D, "_sampled_columns", lambda self: None)
+    kykz = poisson_disc_mask((H, W), 3, calib=1, seed=2) * partial_kz_mask((H, W), 0.8)
+    if kind == "kykz":
+        mask = kykz
+    elif kind == "kx-dependent":
+        mask = kykz * (torch.rand(D, H, W, generator=gen) > 0.4).float()
+    else:
+        mask = kykz * torch.rand(H, W, generator=gen)
+    maps = torch.randn(2, 3, D, H, W, dtype=torch.complex64, generator=gen)
+    physics = MultiCoilMRI3D(mask, maps, (D, H, W))
+    y = torch.randn(2, 2, 3, D, H, W, generator=gen)
+    for first, length in [(0, 2), (3, 4), (D - 1, 1), (0, D)]:
+        ref = physics.A_adjoint(y)[:, :, first : first + length]
+        assert _relerr(physics.A_adjoint_slab(y, first, length), ref) < 1e-5
+    physics.update_parameters(mask=torch.ones(H, W)[None].expand(D, H, W).clone())
+    assert _relerr(physics.A_adjoint_slab(y, 2, 3), physics.A_adjoint(y)[:, :, 2:5]) < 1e-5

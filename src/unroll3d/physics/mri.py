@@ -403,10 +403,44 @@ class MultiCoilMRI3D(MultiCoilMRI):
         return self.mask[:, :, None] * self.from_torch_complex(self.fft(full, dim=(-3,)))
 
     def A_adjoint_slab(self, y: torch.Tensor, first: int, length: int) -> torch.Tensor:
-        """``Aᵀ y`` on the readout slices ``first : first + length`` only, ``(B, 2, L, H, W)``
-        (one 1D inverse FFT along D of the full k-space, 2D ones on the slab). Exact for any
-        mask."""
+        """``Aᵀ y`` on the readout slices ``first : first + length`` only, ``(B, 2, L, H, W)``.
+        Exact for any mask: the centred inverse DFT along D is needed at ``L`` positions only,
+        a ``(L, D)`` matrix applied to the sampled (ky, kz) columns of the k-space
+        (:meth:`_sampled_columns`), then 2D inverse FFTs on the slab."""
         maps = self._slab_maps(first, length)
-        hybrid = self.ifft(self.to_torch_complex(self.mask[:, :, None] * y), dim=(-3,))
-        img = self.ifft(hybrid[:, :, first : first + length], dim=(-2, -1))
+        d, h, w = self.coil_maps.shape[-3:]
+        cols = self._sampled_columns()
+        flat = y.reshape(*y.shape[:4], h * w)  # (B, 2, N, D, H W)
+        mask = self.mask.reshape(*self.mask.shape[:2], 1, d, h * w)  # (B_m, 2, 1, D, H W)
+        if cols is not None:  # unsampled columns are zero: leave them out
+            flat, mask = flat[..., cols], mask[..., cols]
+        k = torch.complex(flat[:, 0] * mask[:, 0], flat[:, 1] * mask[:, 1])  # (B, N, D, S)
+        part = torch.matmul(self._readout_idft(first, length, k), k)  # (B, N, L, S)
+        if cols is not None:
+            hybrid = part.new_zeros((*part.shape[:3], h * w))
+            hybrid[..., cols] = part
+        else:
+            hybrid = part
+        img = self.ifft(hybrid.reshape(*part.shape[:3], h, w), dim=(-2, -1))
         return self.from_torch_complex((maps.conj() * img).sum(1))
+
+    def _readout_idft(self, first: int, length: int, like: torch.Tensor) -> torch.Tensor:
+        """Rows ``first : first + length`` of the centred orthonormal inverse DFT along D, as
+        the operator applies it (its columns are the inverse FFTs of the unit vectors), in
+        ``like``'s dtype and device."""
+        d = self.coil_maps.shape[-3]
+        unit = torch.eye(d, dtype=like.dtype, device=like.device).reshape(d, d, 1, 1)
+        return self.ifft(unit, dim=(-3,))[:, first : first + length, 0, 0].T
+
+    def _sampled_columns(self) -> torch.Tensor | None:
+        """Flat (ky, kz) indices where the mask samples some readout position, or None (use
+        every column): found for a mask on the CPU only (elsewhere a host sync), once per mask
+        tensor."""
+        m = self.mask
+        if m.device.type != "cpu":
+            return None
+        if getattr(self, "_columns_of", None) is not m or self._columns_version != m._version:
+            sampled = (m != 0).flatten(0, -3).any(dim=0).reshape(-1)
+            self._columns = torch.nonzero(sampled).squeeze(1)
+            self._columns_of, self._columns_version = m, m._version  # a reference: no reuse
+        return self._columns
