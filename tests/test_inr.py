@@ -19,7 +19,7 @@ from unroll3d.models.inr import (
     fit_inr,
     hash_index,
 )
-from unroll3d.physics import initial_reconstruction
+from unroll3d.physics import initial_reconstruction, sqnorm
 
 torch.set_num_threads(1)
 
@@ -60,8 +60,7 @@ def blur_problem():
     n = 16
     x = _blobs(n)
     physics = ToyBlur((n, n, n))
-    probe = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
-    physics.sqnorm = float(physics.compute_sqnorm(probe, max_iter=300, tol=1e-6, verbose=False))
+    physics.sqnorm = sqnorm(physics, img_size=(1, n, n, n), max_iter=300, rtol=1e-6, seed=2)
     y = physics.A(x) + 0.005 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     return x, y, physics, initial_reconstruction(physics, y)
 

@@ -8,7 +8,7 @@ import torch
 from toys import ToyBlur, toy_sample
 
 from unroll3d.models.pnp import AlphaPGDIteration, PnPAlphaPGD
-from unroll3d.physics import initial_reconstruction
+from unroll3d.physics import initial_reconstruction, sqnorm
 
 torch.set_num_threads(1)
 
@@ -43,7 +43,7 @@ def test_perfect_denoiser_iterations_converge_to_the_piecewise_constant_phantom(
     (non-invertible: 40 % of the voxels unmeasured) converges to the phantom from A†y."""
     x, labels = _piecewise_constant()
     phys = ToyBlur(x.shape[2:], keep=0.6, seed=1)
-    L = float(phys.compute_sqnorm(torch.randn_like(x), max_iter=200, tol=1e-7, verbose=False))
+    L = sqnorm(phys, img_size=tuple(x.shape[1:]), max_iter=300, rtol=1e-7)  # seeded
     y = phys.A(x)
     model = PnPAlphaPGD(1, (4, 8, 8, 8), 1, lipschitz=L, iters=300, alpha=alpha, stepsize=1.0)
     model.denoiser = RegionMean(labels)

@@ -14,6 +14,7 @@ from deepinv.physics import LinearPhysics
 
 from unroll3d.engine.train import TrainJob
 from unroll3d.normal import NormalFit, fit_normal_operator
+from unroll3d.physics import sqnorm
 
 TINY = {"channels": [4, 8, 8, 8], "blocks": 1}
 
@@ -70,9 +71,11 @@ def toy_volume(shape, channels=1, seed=0):
 
 
 def toy_sample(shape=(16, 16, 16), channels=1, seed=0, noise=0.01):
+    """A seeded toy volume, its measurements and ‖A‖² (seeded power method: deepinv's
+    ``compute_sqnorm`` starts from the global RNG, which a fresh interpreter seeds at random)."""
     x = toy_volume(shape, channels, seed)
     phys = ToyBlur(shape, channels, seed=seed)
-    sq = float(phys.compute_sqnorm(torch.randn_like(x), max_iter=200, tol=1e-7, verbose=False))
+    sq = sqnorm(phys, img_size=tuple(x.shape[1:]), max_iter=300, rtol=1e-7, seed=seed)
     phys.sqnorm = sq
     g = torch.Generator().manual_seed(seed + 100)
     y = phys.A(x) + noise * torch.randn(x.shape, generator=g)

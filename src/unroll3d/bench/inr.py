@@ -84,14 +84,17 @@ def measure(
     from unroll3d.bench.memory import gb, peak_rss_gb, reset_peak_rss, rss_gb
     from unroll3d.metrics import psnr
     from unroll3d.models.inr import HashGridEncoding, fit_inr
+    from unroll3d.physics import sqnorm
 
     dev = torch.device(device)
     x = blobs(n, seed=seed).to(dev)
     physics = masked_blur(n, keep, seed=seed, device=dev)
     g = torch.Generator().manual_seed(seed + 1)
     y = physics.A(x) + noise * torch.randn(x.shape, generator=g).to(dev)
-    probe = torch.randn(x.shape, generator=g).to(dev)
-    sq = float(physics.compute_sqnorm(probe, max_iter=300, tol=1e-6, verbose=False))
+    # seeded power method (deepinv's compute_sqnorm starts from the global RNG, random per process)
+    sq = sqnorm(
+        physics, img_size=tuple(x.shape[1:]), max_iter=300, rtol=1e-6, seed=seed, device=dev
+    )
     x0 = physics.A_adjoint(y) / sq
     enc = dict(
         levels=levels,
