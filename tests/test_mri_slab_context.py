@@ -242,3 +242,38 @@ def test_slab_adjoint_restricted_idft_equals_the_full_adjoint(gen, monkeypatch, 
         assert _relerr(physics.A_adjoint_slab(y, first, length), ref) < 1e-5
     physics.update_parameters(mask=torch.ones(H, W)[None].expand(D, H, W).clone())
     assert _relerr(physics.A_adjoint_slab(y, 2, 3), physics.A_adjoint(y)[:, :, 2:5]) < 1e-5
+
+
+@pytest.mark.parametrize("variant", ["partition", "postproc"])
+def test_the_engine_training_pair_forms_no_y_tilde(gen, monkeypatch, variant):
+    """The training loop's pair (``estimate_pair``) for an MRI partitioned variant never runs
+    the global forward of ỹ, and gives the old path's estimate."""
+    from types import SimpleNamespace
+
+    from unroll3d.engine.partitioning import estimate_pair
+    from unroll3d.variants import variant_spec
+
+    fast, slow = _pair(gen, n_coils=2)
+    x, y, _ = _data(gen, slow, batch=1)
+    formed = []
+    real = PartitionedPhysics._context_corrected
+    monkeypatch.setattr(
+        PartitionedPhysics, "_context_corrected", lambda s, *a: formed.append(1) or real(s, *a)
+    )
+    torch.manual_seed(0)
+    if variant == "partition":
+        model = UnrolledPGD(K=2, channels=2, nc=(4, 4, 4, 4), nb=1)
+    else:
+        model = PostProcess(channels=2, nc=(4, 4, 4, 4), nb=1)
+    out = []
+    for physics in (fast, slow):
+        formed.clear()
+        rec = PartitionedReconstructor(model, SIZE, (3, 5, 4))
+        sample = SimpleNamespace(x=x, y=y)
+        gen_draw = torch.Generator().manual_seed(3)
+        est, _ = estimate_pair(
+            model, variant_spec(variant), sample, physics, slow.A_adjoint(y), gen_draw, rec
+        )
+        out.append((est.detach(), len(formed)))
+    assert out[0][1] == 0 and out[1][1] == 1  # the old path forms ỹ once
+    assert _relerr(out[0][0], out[1][0]) < 1e-5
