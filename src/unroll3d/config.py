@@ -25,7 +25,7 @@ __all__ = [
     "evaluate_settings", "job_config", "sweep_job_config", "fit_normal_config", "report_config",
     "check_patch_sizes", "check_values", "read_yaml", "validate_partial", "config_from_json",
     "job_config_from_json", "resolve_patch_size", "volume_shape", "dumps", "JOB_TASK_KEYS",
-    "FIT_NORMAL_KEYS",
+    "FIT_NORMAL_KEYS", "fill_defaults",
 ]  # fmt: skip
 
 #: Keys of the task section (``cbct``/``mri``) that training and evaluation read.
@@ -48,7 +48,7 @@ def schema() -> dict:
     return yaml.safe_load(text)
 
 
-def _fill_defaults(node: dict, value: Any) -> Any:
+def fill_defaults(node: dict, value: Any) -> Any:
     """``value`` with the schema's defaults filled in, recursively, for missing object keys."""
     if not isinstance(value, dict) or node.get("type") != "object":
         return value
@@ -57,7 +57,7 @@ def _fill_defaults(node: dict, value: Any) -> Any:
         if key not in out and "default" in sub:
             out[key] = copy.deepcopy(sub["default"])
         if key in out:
-            out[key] = _fill_defaults(sub, out[key])
+            out[key] = fill_defaults(sub, out[key])
     return out
 
 
@@ -66,7 +66,7 @@ def validate(config: dict) -> dict:
     variant registry. Raises :class:`ConfigError` naming the offending key."""
     import jsonschema
 
-    filled = _fill_defaults(schema(), config)
+    filled = fill_defaults(schema(), config)
     errors = sorted(
         jsonschema.Draft202012Validator(schema()).iter_errors(filled), key=lambda e: list(e.path)
     )
@@ -190,7 +190,7 @@ def load_config(path: str | Path) -> dict:
 def section_defaults(name: str) -> dict:
     """Defaults of one top-level object section (``train``, ``evaluate``, ...) from the schema."""
     node = schema()["properties"][name]
-    return _fill_defaults(node, {})
+    return fill_defaults(node, {})
 
 
 def train_settings(config: dict) -> dict:
@@ -242,7 +242,7 @@ def fit_normal_config(config: dict) -> dict:
     """The part of ``config`` that ``unroll3d fit-normal`` reads: ``seed`` and the
     :data:`FIT_NORMAL_KEYS` of ``normal``, defaults filled. The other ``normal`` keys choose which
     fits run and where H is used, not how a fit runs, so changing them reruns no fit."""
-    normal = _fill_defaults(schema()["properties"]["normal"], config.get("normal") or {})
+    normal = fill_defaults(schema()["properties"]["normal"], config.get("normal") or {})
     return {"seed": int(config.get("seed", 0)), "normal": {k: normal[k] for k in FIT_NORMAL_KEYS}}
 
 

@@ -176,12 +176,12 @@ def fit_H(physics, n: int, lip: float, steps: int, setting: str, device):
     import torch
 
     from unroll3d.normal import NormalFit, fit_normal_operator, padded_grid
-    from unroll3d.normal.fit import _impulse_filter
+    from unroll3d.normal.fit import impulse_filter
 
     img = (1, n, n, n)
     if steps <= 0:
         grid = padded_grid(img[1:])
-        lam = _impulse_filter(physics, img, grid, lip, device)
+        lam = impulse_filter(physics, img, grid, lip, device)
         fit = NormalFit(lam, torch.ones(img[1:], device=device), img, grid=grid, scaling=lip)
         fit.meta["setting"] = setting
         return fit, None

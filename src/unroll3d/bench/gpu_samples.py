@@ -15,11 +15,11 @@ def impulse_H(physics, img, lipschitz: float, device, setting: str):
     import torch
 
     from unroll3d.normal import NormalFit, padded_grid
-    from unroll3d.normal.fit import _impulse_filter
+    from unroll3d.normal.fit import impulse_filter
 
     img = (1, img, img, img) if isinstance(img, int) else tuple(img)
     grid = padded_grid(img[1:])
-    lam = _impulse_filter(physics, img, grid, lipschitz, device)
+    lam = impulse_filter(physics, img, grid, lipschitz, device)
     return NormalFit(
         lam,
         torch.ones(img[1:], device=device),

@@ -72,7 +72,7 @@ def bench_one(
     circular cone beam with ``views`` views and a ``n × 2n`` detector)."""
     import torch
 
-    from unroll3d.normal import DiagCirculant, _impulse_filter, padded_grid
+    from unroll3d.normal import DiagCirculant, impulse_filter, padded_grid
     from unroll3d.physics import ConeBeam
 
     img_size = (1, n, n, n)
@@ -86,7 +86,7 @@ def bench_one(
             det_spacing=1.5,
         ).to(device)
     grid = padded_grid(img_size[1:])
-    lam = _impulse_filter(physics, img_size, grid, 1.0, device)
+    lam = impulse_filter(physics, img_size, grid, 1.0, device)
     H = DiagCirculant(lam, torch.ones(img_size[1:], device=device), img_size)
     start = tuple((n - p) // 2 for _ in range(3))
     sl = (slice(None), slice(None)) + tuple(slice(s, s + p) for s in start)

@@ -9,7 +9,7 @@ import copy
 import json
 from typing import Any
 
-from unroll3d.config import ConfigError, _fill_defaults, schema, validate_partial
+from unroll3d.config import ConfigError, fill_defaults, schema, validate_partial
 
 #: benchmark -> the dotted config keys its workflow rule reads (and nothing else: a change to
 #: any other key reruns none of the benchmark's jobs under ``--rerun-triggers params``)
@@ -45,7 +45,7 @@ def schema_default(key: str) -> Any:
         except KeyError:
             raise ConfigError(f"config key {key}: not in the schema") from None
     if node.get("type") == "object":
-        return _fill_defaults(node, copy.deepcopy(node.get("default", {})))
+        return fill_defaults(node, copy.deepcopy(node.get("default", {})))
     if "default" not in node:
         raise ConfigError(f"config key {key}: the schema states no default")
     return copy.deepcopy(node["default"])

@@ -5,7 +5,7 @@ H built from a mask (:mod:`.mask`), files (:mod:`.io`) and the figure (:mod:`.pl
 :mod:`unroll3d.cli.fit_normal`.
 """
 
-from unroll3d.normal.fit import _impulse_filter, fit_normal_operator
+from unroll3d.normal.fit import fit_normal_operator, impulse_filter
 from unroll3d.normal.io import (
     FORMAT_VERSION,
     NormalFileError,
@@ -39,7 +39,7 @@ __all__ = [
     "check_fit_matches",
     "check_operator_hash",
     "RestrictedDiagCirculant",
-    "_impulse_filter",
+    "impulse_filter",
     "fit_normal_operator",
     "load_normal",
     "mask_normal",

@@ -18,14 +18,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from unroll3d.normal.operator import (
-    _DIMS,
-    _apply_h,
-    _check_img_size,
-    _physics_device,
-    _to_complex,
+    SPATIAL_DIMS,
+    apply_h,
+    check_img_size,
     operator_hash,
     operator_sqnorm,
     padded_grid,
+    physics_device,
+    to_complex,
 )
 from unroll3d.utils import atomic_torch_save, fingerprint, resumable_checkpoint, source_digest
 
@@ -57,7 +57,7 @@ def _probe(shape: Sequence[int], seed: int, tag: int, index: int) -> torch.Tenso
     return torch.randn(tuple(shape), generator=g)
 
 
-def _impulse_filter(
+def impulse_filter(
     physics: LinearPhysics,
     img_size: tuple[int, ...],
     grid: tuple[int, ...],
@@ -72,15 +72,15 @@ def _impulse_filter(
     with torch.no_grad():
         r = physics.A_adjoint_A(e) / sqnorm
     complex_images = img_size[0] == 2
-    r = _to_complex(r)[0] if complex_images else r[0, 0]
+    r = to_complex(r)[0] if complex_images else r[0, 0]
     idx = [
         ((torch.arange(n) - cd) % g).to(device) for n, cd, g in zip(spatial, c, grid, strict=True)
     ]
     h = torch.zeros(grid, dtype=r.dtype, device=device)
     h[idx[0][:, None, None], idx[1][None, :, None], idx[2][None, None, :]] = r
     if complex_images:
-        return torch.fft.fftn(h, dim=_DIMS).to(torch.complex64)
-    return torch.fft.rfftn(h, dim=_DIMS).to(torch.complex64)
+        return torch.fft.fftn(h, dim=SPATIAL_DIMS).to(torch.complex64)
+    return torch.fft.rfftn(h, dim=SPATIAL_DIMS).to(torch.complex64)
 
 
 SCHEDULES = ("cosine", "constant", "plateau")
@@ -202,13 +202,13 @@ def fit_normal_operator(
         ``best_heldout_rel_error`` (the returned parameters'), ``floor`` and ``floor_gap``
         (best − floor; None without a floor) and ``floor_note``.
     """
-    img_size = _check_img_size(img_size)
+    img_size = check_img_size(img_size)
     complex_images = img_size[0] == 2
     if two_sided is None:
         two_sided = complex_images
     spatial = img_size[1:]
     grid = padded_grid(spatial) if grid is None else tuple(int(g) for g in grid)
-    device = torch.device(device) if device is not None else _physics_device(physics)
+    device = torch.device(device) if device is not None else physics_device(physics)
     if complex_mask and not complex_images:
         raise ValueError("complex_mask needs real/imag images (img_size[0] == 2)")
     if n_steps < 0 or batch < 1 or heldout < 1 or lr <= 0:
@@ -277,7 +277,7 @@ def fit_normal_operator(
         lam0 = state["lam"]
         m0 = state["m"]
     else:
-        lam0 = _impulse_filter(physics, img_size, grid, sqnorm, device)
+        lam0 = impulse_filter(physics, img_size, grid, sqnorm, device)
         if symmetric_kernel:
             lam0 = lam0.real.clone()
         m0 = torch.ones(spatial)
@@ -341,7 +341,7 @@ def fit_normal_operator(
         return torch.view_as_complex(m_p) if m_p.dim() == 4 else m_p
 
     def h_apply(x: torch.Tensor) -> torch.Tensor:
-        return _apply_h(x, lam_value(), m_value(), grid, complex_images, two_sided)
+        return apply_h(x, lam_value(), m_value(), grid, complex_images, two_sided)
 
     def keep_if_best(err: float) -> None:
         """Remember the parameters of the lowest held-out error (the later one on a tie)."""

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from deepinv.physics import LinearPhysics
 
-from unroll3d.normal.operator import _check_img_size
+from unroll3d.normal.operator import check_img_size
 
 __all__ = ["error_floor"]
 
@@ -53,7 +53,7 @@ def error_floor(
         ``sum_of_terms_heldout_rel_error`` ({K: bound}), ``n_rows``, ``n_heldout``, ``fit_mask``,
         ``seconds``.
     """
-    img_size = _check_img_size(img_size)
+    img_size = check_img_size(img_size)
     if img_size[0] != 1:
         raise ValueError(f"error_floor handles real images (1, D, H, W), got {img_size}")
     spatial = img_size[1:]

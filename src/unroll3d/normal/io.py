@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from unroll3d.normal.operator import DiagCirculant, _check_img_size, _infer_grid
+from unroll3d.normal.operator import DiagCirculant, check_img_size, infer_grid
 from unroll3d.utils import atomic_path, atomic_torch_save
 
 __all__ = [
@@ -112,9 +112,9 @@ def save_normal(
     :param scaling: ‖A‖², the factor H must be multiplied by (``DiagCirculantWrapper(scaling=)``).
     :param operator_hash: :func:`operator_hash` of the operator the fit is for.
     """
-    img_size = _check_img_size(img_size)
+    img_size = check_img_size(img_size)
     if grid is None:
-        grid = _infer_grid(fourier_filter.shape, img_size)
+        grid = infer_grid(fourier_filter.shape, img_size)
     DiagCirculant(fourier_filter, spatial_mask, img_size, two_sided, grid=grid)  # validates shapes
     atomic_torch_save(
         {

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 
 from unroll3d.normal.io import NormalFit
-from unroll3d.normal.operator import _DIMS, _check_img_size, padded_grid
+from unroll3d.normal.operator import SPATIAL_DIMS, check_img_size, padded_grid
 
 __all__ = ["MASK_KERNELS", "MASK_M", "mask_filter", "mask_normal", "mask_weights", "probe_error"]
 
@@ -69,9 +69,9 @@ def _autocorr(t: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
     t = t.reshape(-1, *t.shape[-3:])
     power = None
     for one in t:  # coil by coil: one padded spectrum at a time (≈ 0.6 GB each at 256×218×170)
-        p = torch.fft.fftn(one.to(torch.complex64), s=tuple(grid), dim=_DIMS).abs().square()
+        p = torch.fft.fftn(one.to(torch.complex64), s=tuple(grid), dim=SPATIAL_DIMS).abs().square()
         power = p if power is None else power.add_(p)
-    return torch.fft.ifftn(power.to(torch.complex64), dim=_DIMS).conj()
+    return torch.fft.ifftn(power.to(torch.complex64), dim=SPATIAL_DIMS).conj()
 
 
 def mask_filter(
@@ -92,10 +92,10 @@ def mask_filter(
     spatial = tuple(int(n) for n in mask.shape[-3:])
     grid = tuple(int(g) for g in grid)
     mask = mask.reshape(spatial).to(torch.float32)
-    eig = torch.fft.ifftshift(mask, dim=_DIMS)
+    eig = torch.fft.ifftshift(mask, dim=SPATIAL_DIMS)
     if grid == spatial and coil_maps is None:
         return eig.to(torch.complex64)
-    k = _lay(torch.fft.ifftn(eig.to(torch.complex64), dim=_DIMS), spatial, grid)
+    k = _lay(torch.fft.ifftn(eig.to(torch.complex64), dim=SPATIAL_DIMS), spatial, grid)
     if coil_maps is not None:
         m = torch.ones(spatial, device=mask.device) if m is None else torch.as_tensor(m)
         m = m.to(coil_maps.device)
@@ -103,7 +103,7 @@ def mask_filter(
         den = _autocorr(m.abs().square(), grid).real
         ok = den > 1e-6 * den.abs().max()
         k = k * torch.where(ok, num / torch.where(ok, den, 1.0), 0.0)
-    return torch.fft.fftn(k, dim=_DIMS).to(torch.complex64)
+    return torch.fft.fftn(k, dim=SPATIAL_DIMS).to(torch.complex64)
 
 
 def mask_weights(coil_maps: torch.Tensor, m: str = "coils") -> torch.Tensor:
@@ -142,7 +142,7 @@ def mask_normal(
         least-squares optimal for this m) or ``mask`` (the mask's kernel alone).
     :return: a :class:`NormalFit` with ``scaling`` 1 and ``meta["h"] = "mask"``.
     """
-    img_size = _check_img_size(img_size)
+    img_size = check_img_size(img_size)
     if img_size[0] != 2:
         raise ValueError(f"the mask-built H is for complex (MRI) images; got img_size {img_size}")
     spatial = img_size[1:]

@@ -68,9 +68,16 @@ __all__ = [
     "operator_hash",
     "operator_sqnorm",
     "relative_error",
+    # shared by the other modules of unroll3d.normal (not re-exported by the package)
+    "SPATIAL_DIMS",
+    "apply_h",
+    "check_img_size",
+    "infer_grid",
+    "physics_device",
+    "to_complex",
 ]
 
-_DIMS = (-3, -2, -1)
+SPATIAL_DIMS = (-3, -2, -1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,7 +110,7 @@ def _filter_shape(grid: Sequence[int], complex_images: bool) -> tuple[int, ...]:
     return grid if complex_images else grid[:-1] + (grid[-1] // 2 + 1,)
 
 
-def _check_img_size(img_size: Sequence[int]) -> tuple[int, ...]:
+def check_img_size(img_size: Sequence[int]) -> tuple[int, ...]:
     img_size = tuple(int(s) for s in img_size)
     if len(img_size) != 4 or img_size[0] not in (1, 2):
         raise ValueError(
@@ -112,7 +119,7 @@ def _check_img_size(img_size: Sequence[int]) -> tuple[int, ...]:
     return img_size
 
 
-def _infer_grid(filter_shape: Sequence[int], img_size: Sequence[int]) -> tuple[int, ...]:
+def infer_grid(filter_shape: Sequence[int], img_size: Sequence[int]) -> tuple[int, ...]:
     complex_images = img_size[0] == 2
     spatial = tuple(img_size[1:])
     for grid in (padded_grid(spatial), spatial):
@@ -126,7 +133,7 @@ def _infer_grid(filter_shape: Sequence[int], img_size: Sequence[int]) -> tuple[i
     )
 
 
-def _to_complex(x: torch.Tensor) -> torch.Tensor:
+def to_complex(x: torch.Tensor) -> torch.Tensor:
     """(B, 2, D, H, W) real/imag channels → (B, D, H, W) complex."""
     return torch.view_as_complex(x.movedim(1, -1).contiguous())
 
@@ -145,17 +152,17 @@ def _conv(
     if lam.is_complex() and adjoint:
         lam = lam.conj()
     if real:
-        X = torch.fft.rfftn(x, s=grid, dim=_DIMS)
+        X = torch.fft.rfftn(x, s=grid, dim=SPATIAL_DIMS)
         X = X.mul_(lam) if not (X.requires_grad or lam.requires_grad) else X * lam
-        y = torch.fft.irfftn(X, s=grid, dim=_DIMS)
+        y = torch.fft.irfftn(X, s=grid, dim=SPATIAL_DIMS)
     else:
-        X = torch.fft.fftn(x, s=grid, dim=_DIMS)
+        X = torch.fft.fftn(x, s=grid, dim=SPATIAL_DIMS)
         X = X.mul_(lam) if not (X.requires_grad or lam.requires_grad) else X * lam
-        y = torch.fft.ifftn(X, s=grid, dim=_DIMS)
+        y = torch.fft.ifftn(X, s=grid, dim=SPATIAL_DIMS)
     return y[..., : out[0], : out[1], : out[2]]
 
 
-def _apply_h(
+def apply_h(
     x: torch.Tensor,
     lam: torch.Tensor,
     m: torch.Tensor,
@@ -168,7 +175,7 @@ def _apply_h(
     if complex_images:
         if x.shape[1] != 2:
             raise ValueError(f"expected (B, 2, D, H, W) real/imag images, got {tuple(x.shape)}")
-        z = _to_complex(x)
+        z = to_complex(x)
     else:
         z = x
     mc = m.conj() if m.is_complex() else m
@@ -234,9 +241,9 @@ def _kernel_crop_filter(
         h = torch.fft.irfft(h, n=grid[2], dim=-1)
     h = crop_axis(h, 2)
     if complex_images:
-        lam_k = torch.fft.fftn(h, dim=_DIMS)
+        lam_k = torch.fft.fftn(h, dim=SPATIAL_DIMS)
     else:
-        lam_k = torch.fft.rfftn(h, dim=_DIMS)
+        lam_k = torch.fft.rfftn(h, dim=SPATIAL_DIMS)
     return lam_k, k
 
 
@@ -269,7 +276,7 @@ class DiagCirculant(nn.Module):
         grid: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        self.img_size = _check_img_size(img_size)
+        self.img_size = check_img_size(img_size)
         self.complex_images = self.img_size[0] == 2
         spatial = self.img_size[1:]
         fourier_filter = torch.as_tensor(fourier_filter)
@@ -284,7 +291,7 @@ class DiagCirculant(nn.Module):
                 f"for img_size {self.img_size}"
             )
         if grid is None:
-            grid = _infer_grid(fourier_filter.shape, self.img_size)
+            grid = infer_grid(fourier_filter.shape, self.img_size)
         self.grid = tuple(int(g) for g in grid)
         if any(g < n for g, n in zip(self.grid, spatial, strict=True)):
             raise ValueError(f"grid {self.grid} is smaller than the image {spatial}")
@@ -319,8 +326,8 @@ class DiagCirculant(nn.Module):
         m = self.spatial_mask.to(x.device)
         args = (lam, m, self.grid, self.complex_images, self.two_sided)
         if self.symmetrize:
-            return 0.5 * (_apply_h(x, *args) + _apply_h(x, *args, adjoint=True))
-        return _apply_h(x, *args)
+            return 0.5 * (apply_h(x, *args) + apply_h(x, *args, adjoint=True))
+        return apply_h(x, *args)
 
     def adjoint(self, x: torch.Tensor) -> torch.Tensor:
         """H* x (H_sym is self-adjoint)."""
@@ -329,7 +336,7 @@ class DiagCirculant(nn.Module):
         self._check_x(x, self.img_size[1:])
         lam = _cast_filter(self.fourier_filter, x)
         m = self.spatial_mask.to(x.device)
-        return _apply_h(x, lam, m, self.grid, self.complex_images, self.two_sided, adjoint=True)
+        return apply_h(x, lam, m, self.grid, self.complex_images, self.two_sided, adjoint=True)
 
     def cropped_filter(self, patch_size: Sequence[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
         """(λ_k, k) for patches of ``patch_size``; cached per patch size (independent of the
@@ -407,8 +414,8 @@ class RestrictedDiagCirculant(nn.Module):
         m = self.spatial_mask.to(x.device)
         args = (lam, m, self.grid, self.complex_images, self.two_sided)
         if self.symmetrize:
-            return 0.5 * (_apply_h(x, *args) + _apply_h(x, *args, adjoint=True))
-        return _apply_h(x, *args)
+            return 0.5 * (apply_h(x, *args) + apply_h(x, *args, adjoint=True))
+        return apply_h(x, *args)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -487,14 +494,14 @@ def operator_hash(physics: nn.Module, img_size: Sequence[int] | None = None) -> 
         g = torch.Generator().manual_seed(1234)
         x = torch.randn((1, *tuple(img_size)), generator=g)
         with torch.no_grad():
-            y = physics.A(x.to(_physics_device(physics)))
+            y = physics.A(x.to(physics_device(physics)))
         y = y.detach().cpu().double()
         q = torch.round(y / (y.abs().max() + 1e-30) * 1e4).to(torch.int64)
         h.update(q.numpy().tobytes())
     return h.hexdigest()[:16]
 
 
-def _physics_device(physics: nn.Module) -> torch.device:
+def physics_device(physics: nn.Module) -> torch.device:
     for t in list(physics.buffers()) + list(physics.parameters()):
         return t.device
     return torch.device("cpu")

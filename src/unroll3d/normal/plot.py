@@ -9,7 +9,7 @@ import torch
 from deepinv.physics import LinearPhysics
 
 from unroll3d.normal.io import NormalFit, load_normal
-from unroll3d.normal.operator import _physics_device, relative_error
+from unroll3d.normal.operator import physics_device, relative_error
 from unroll3d.utils import atomic_path
 
 __all__ = ["plot_normal"]
@@ -43,7 +43,7 @@ def plot_normal(
     if not isinstance(fit, NormalFit):
         fit = load_normal(fit)
     H = fit.operator()
-    device = _physics_device(physics)
+    device = physics_device(physics)
     x = x.to(device)
     H = H.to(device)
     with torch.no_grad():

@@ -11,7 +11,7 @@ import torch
 from deepinv.physics import LinearPhysics
 
 from unroll3d.normal.io import NormalFit, load_normal
-from unroll3d.normal.operator import DiagCirculant, _check_img_size, operator_hash
+from unroll3d.normal.operator import DiagCirculant, check_img_size, operator_hash
 from unroll3d.physics import initial_reconstruction
 
 __all__ = ["DiagCirculantWrapper"]
@@ -55,7 +55,7 @@ class DiagCirculantWrapper(LinearPhysics):
     ) -> None:
         super().__init__(img_size=tuple(img_size), device=device or "cpu")
         self.physics = physics
-        self.img_size = _check_img_size(img_size)
+        self.img_size = check_img_size(img_size)
         self.scaling = float(scaling)
         self.two_sided = bool(two_sided)
         self.symmetrize = bool(symmetrize)

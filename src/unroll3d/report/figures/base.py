@@ -16,7 +16,7 @@ from unroll3d.utils import atomic_path
 log = logging.getLogger("unroll3d.report")
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -58,11 +58,11 @@ def save_figure(fig, out_dir: str | Path, name: str) -> list[Path]:
                 tmp, format=fmt, metadata={"Software": "unroll3d report"} if fmt == "png" else None
             )
         paths.append(path)
-    _plt().close(fig)
+    pyplot().close(fig)
     return paths
 
 
-def _mark_oom(ax, sizes, color) -> None:
+def mark_oom(ax, sizes, color) -> None:
     """A faint vertical line labelled "OOM" at each volume size that ran out of memory."""
     for n in sizes:
         ax.axvline(n, color=color, alpha=0.3, lw=0.8)
@@ -71,7 +71,7 @@ def _mark_oom(ax, sizes, color) -> None:
         )
 
 
-def _log_y(ax) -> None:
+def log_y_axis(ax) -> None:
     """Log y axis with plain tick labels (0.2, 1, 3 rather than 2×10⁻¹)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -81,7 +81,7 @@ def _log_y(ax) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def _read_csv(path: Path):
+def read_csv(path: Path):
     import pandas as pd
 
     try:
@@ -93,15 +93,15 @@ def _read_csv(path: Path):
     return df
 
 
-def _col(df, names: Sequence[str], path: Path, required: bool = True):
+def find_column(df, names: Sequence[str], path: Path, required: bool = True):
     return pick_column(df.columns, names, path, required)
 
 
-def _size_col(df, path):
-    return _col(df, ("n", "size", "N", "volume_size", "img_size"), path)
+def size_column(df, path):
+    return find_column(df, ("n", "size", "N", "volume_size", "img_size"), path)
 
 
-def _mem_gb(df, path, name: str = "peak_memory_gb"):
+def memory_column_gb(df, path, name: str = "peak_memory_gb"):
     """A memory column, in GB (10⁹ B) as every benchmark writes it (``peak_memory_gb``,
     ``*_memory_gb``); no other name or unit is read, and a missing column is an error that names
     the file and the column."""
@@ -119,13 +119,13 @@ def pd_numeric(series):
     return pd.to_numeric(series, errors="coerce").astype(float)
 
 
-def _devices(df) -> str:
+def device_label(df) -> str:
     if df is None or "device" not in df.columns:
         return ""
     return ", ".join(sorted({str(d) for d in df["device"].dropna()}))
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+def load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -135,7 +135,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise ReportError(f"{path}: cannot read .npz ({err})") from err
 
 
-def _to_image(a: np.ndarray, name: str = "") -> np.ndarray:
+def to_image(a: np.ndarray, name: str = "") -> np.ndarray:
     """2D float image: magnitude of (2, H, W) real/imag or complex arrays, squeezed."""
     a = np.asarray(a)
     if np.iscomplexobj(a):
@@ -148,7 +148,7 @@ def _to_image(a: np.ndarray, name: str = "") -> np.ndarray:
     return a.astype(np.float64)
 
 
-def _imshow(ax, img, vmin=None, vmax=None, cmap="gray", title=None):
+def imshow(ax, img, vmin=None, vmax=None, cmap="gray", title=None):
     im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])

@@ -7,16 +7,16 @@ import logging
 from pathlib import Path
 
 from unroll3d.report.figures.base import (
-    _col,
-    _devices,
-    _log_y,
-    _mark_oom,
-    _mem_gb,
-    _plt,
-    _read_csv,
-    _size_col,
+    device_label,
+    find_column,
+    log_y_axis,
+    mark_oom,
+    memory_column_gb,
     no_data,
+    pyplot,
+    read_csv,
     save_figure,
+    size_column,
 )
 from unroll3d.report.figures.style import STYLE
 
@@ -25,20 +25,20 @@ log = logging.getLogger("unroll3d.report")
 
 def fig_data_vs_network(bench_csv: Path, out_dir: Path, reason: str | None = None) -> list[Path]:
     """Fig. 1: peak memory and time of one data step vs one 3D DRUNet step against N."""
-    plt = _plt()
+    plt = pyplot()
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.6))
-        df = None if reason else _read_csv(bench_csv)
+        df = None if reason else read_csv(bench_csv)
         if df is None or df.empty:
             for ax, what in zip(axes, ("peak memory", "time of forward + backward"), strict=True):
                 no_data(ax, reason or f"{bench_csv} not found")
                 ax.set_title(what)
             fig.suptitle("Data step vs network step (Fig. 1)", fontsize=8)
         else:
-            ncol = _size_col(df, bench_csv)
-            scol = _col(df, ("step", "component", "kind"), bench_csv)
-            df = df.assign(_mem=_mem_gb(df, bench_csv))
-            tcol = _col(df, ("time_s", "wall_s", "seconds"), bench_csv)
+            ncol = size_column(df, bench_csv)
+            scol = find_column(df, ("step", "component", "kind"), bench_csv)
+            df = df.assign(_mem=memory_column_gb(df, bench_csv))
+            tcol = find_column(df, ("time_s", "wall_s", "seconds"), bench_csv)
             status = df["status"] if "status" in df.columns else None
             labels = {
                 "data": "data step  x − ηAᵀ(Ax − y)",
@@ -63,8 +63,8 @@ def fig_data_vs_network(bench_csv: Path, out_dir: Path, reason: str | None = Non
                     )
                     if status is not None:
                         bad = sub[sub["status"].astype(str) != "ok"]
-                        _mark_oom(ax, bad[ncol], c)
-                _log_y(ax)
+                        mark_oom(ax, bad[ncol], c)
+                log_y_axis(ax)
                 ax.set_xlabel("volume size N (N³ voxels)")
                 ax.set_ylabel(ylabel)
                 sizes = sorted(df[ncol].unique())
@@ -84,6 +84,6 @@ def fig_data_vs_network(bench_csv: Path, out_dir: Path, reason: str | None = Non
                 method = ", memory: " + ", ".join(
                     sorted(set(df["mem_method"].dropna().astype(str)))
                 )
-            fig.suptitle(f"Data step vs network step ({_devices(df)}{method})", fontsize=8)
+            fig.suptitle(f"Data step vs network step ({device_label(df)}{method})", fontsize=8)
         fig.tight_layout()
         return save_figure(fig, out_dir, "fig1_data_vs_network")

@@ -10,13 +10,13 @@ import numpy as np
 
 from unroll3d.report.common import TASK_TITLE, ReportError
 from unroll3d.report.figures.base import (
-    _imshow,
-    _load_npz,
-    _log_y,
-    _plt,
-    _to_image,
+    imshow,
+    load_npz,
+    log_y_axis,
     no_data,
+    pyplot,
     save_figure,
+    to_image,
 )
 from unroll3d.report.figures.style import STYLE
 
@@ -31,7 +31,7 @@ def fig_normal(
     ``npz_paths`` maps setting → illustration file (see :func:`normal_illustration`); the first
     existing one gives the six panels.
     """
-    plt = _plt()
+    plt = pyplot()
     name = f"fig_normal_{task}"
     title = f"{TASK_TITLE[task]}: diagonal-circulant H ≈ AᵀA"
     existing = {s: p for s, p in npz_paths.items() if p.exists()} if not reason else {}
@@ -52,11 +52,11 @@ def fig_normal(
         axes = [fig.add_subplot(gs[i, j]) for i in range(2) for j in range(3)]
         curve = fig.add_subplot(gs[:, 3])
         setting, path = next(iter(existing.items()))
-        z = _load_npz(path)
+        z = load_npz(path)
         for key in ("x", "AtAx", "Hx", "lam", "mask"):
             if key not in z:
                 raise ReportError(f"{path}: missing array {key!r} (has {sorted(z)})")
-        x, ata, hx = (_to_image(z[k], k) for k in ("x", "AtAx", "Hx"))
+        x, ata, hx = (to_image(z[k], k) for k in ("x", "AtAx", "Hx"))
         err = (ata - hx) ** 2
         lo, hi = np.percentile(np.concatenate([ata.ravel(), hx.ravel()]), [0.5, 99.5])
         rel = (
@@ -69,22 +69,22 @@ def fig_normal(
             (ata, lo, hi, "gray", "AᵀA x (exact)"),
             (hx, lo, hi, "gray", "H x"),
             (
-                _to_image(z["lam"], "lam"),
+                to_image(z["lam"], "lam"),
                 None,
                 None,
                 "viridis",
                 "filter λ\n(log₁₀|λ|, centred)",
             ),
-            (_to_image(z["mask"], "mask"), None, None, "viridis", "mask m"),
+            (to_image(z["mask"], "mask"), None, None, "viridis", "mask m"),
             (err, None, None, "magma", f"(AᵀAx − Hx)²\n‖AᵀAx − Hx‖/‖AᵀAx‖ = {rel:.3f}"),
         ]
         for ax, (img, a, b, cmap, title) in zip(axes, panels, strict=True):
-            im = _imshow(ax, img, a, b, cmap=cmap, title=title)
+            im = imshow(ax, img, a, b, cmap=cmap, title=title)
             cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, format="%.3g")
             cbar.ax.tick_params(labelsize=5.5)
         drew = False
         for s_, p in existing.items():
-            zz = _load_npz(p)
+            zz = load_npz(p)
             hist = np.asarray(zz.get("history", np.array([])), dtype=float).ravel()
             if not hist.size:
                 continue
@@ -103,7 +103,7 @@ def fig_normal(
                 )
             drew = True
         if drew:
-            _log_y(curve)
+            log_y_axis(curve)
             curve.set_xlabel("Adam step")
             curve.set_ylabel("‖AᵀAx − Hx‖ / ‖AᵀAx‖ (Gaussian probes)")
             curve.set_title("fit of H to AᵀA/‖A‖²")

@@ -7,16 +7,16 @@ from pathlib import Path
 
 from unroll3d.report.common import variant_style
 from unroll3d.report.figures.base import (
-    _col,
-    _devices,
-    _log_y,
-    _mark_oom,
-    _mem_gb,
-    _plt,
-    _read_csv,
-    _size_col,
+    device_label,
+    find_column,
+    log_y_axis,
+    mark_oom,
+    memory_column_gb,
     no_data,
+    pyplot,
+    read_csv,
     save_figure,
+    size_column,
 )
 from unroll3d.report.figures.style import STYLE
 
@@ -26,20 +26,20 @@ log = logging.getLogger("unroll3d.report")
 def fig_partition_memory(bench_csv: Path, out_dir: Path, reason: str | None = None) -> list[Path]:
     """Peak training memory of a partitioned step (fixed patch) vs full-volume unrolling,
     against N (``peak_memory_gb``, and ``step_memory_gb`` when present)."""
-    plt = _plt()
+    plt = pyplot()
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(3.6, 3.4))
-        df = None if reason else _read_csv(bench_csv)
+        df = None if reason else read_csv(bench_csv)
         if df is None or df.empty:
             no_data(ax, reason or f"{bench_csv} not found")
             ax.set_title("Partitioned vs full-volume training memory", fontsize=7)
         else:
-            ncol = _size_col(df, bench_csv)
-            mcol = _col(df, ("method", "variant", "mode", "kind"), bench_csv)
-            df = df.assign(_mem=_mem_gb(df, bench_csv))
-            step_col = _col(df, ("step_memory_gb",), bench_csv, required=False)
+            ncol = size_column(df, bench_csv)
+            mcol = find_column(df, ("method", "variant", "mode", "kind"), bench_csv)
+            df = df.assign(_mem=memory_column_gb(df, bench_csv))
+            step_col = find_column(df, ("step_memory_gb",), bench_csv, required=False)
             if step_col:
-                df = df.assign(_step=_mem_gb(df, bench_csv, step_col))
+                df = df.assign(_step=memory_column_gb(df, bench_csv, step_col))
             names = {"full": "full-volume unrolling", "partitioned": "partitioned (fixed patch)"}
             for method, sub in df.groupby(mcol):
                 sub = sub.sort_values(ncol)
@@ -68,19 +68,21 @@ def fig_partition_memory(bench_csv: Path, out_dir: Path, reason: str | None = No
                         color=color,
                         label=f"{label}: added by the step",
                     )
-                _mark_oom(ax, sub[ncol][~ok], color)
-            _log_y(ax)
+                mark_oom(ax, sub[ncol][~ok], color)
+            log_y_axis(ax)
             ax.set_xlabel("volume size N (N³ voxels)")
             ax.set_ylabel("peak training memory (GB)")
             sizes = sorted(df[ncol].unique())
             ax.set_xticks(sizes)
             ax.set_xticklabels([str(int(s)) for s in sizes])
             patch = ""
-            pcol = _col(df, ("patch", "patch_size"), bench_csv, required=False)
+            pcol = find_column(df, ("patch", "patch_size"), bench_csv, required=False)
             if pcol:
                 vals = sorted(set(df[pcol].astype(str)))
                 patch = ", patch " + ", ".join(v + "³" if v.isdigit() else v for v in vals)
             ax.legend(frameon=False, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.22))
-            ax.set_title(f"Partitioned vs full-volume training{patch}\n{_devices(df)}", fontsize=7)
+            ax.set_title(
+                f"Partitioned vs full-volume training{patch}\n{device_label(df)}", fontsize=7
+            )
         fig.tight_layout()
         return save_figure(fig, out_dir, "fig_partition_memory")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from unroll3d.report.figures.base import _plt, save_figure
+from unroll3d.report.figures.base import pyplot, save_figure
 from unroll3d.report.figures.style import STYLE
 
 log = logging.getLogger("unroll3d.report")
@@ -39,7 +39,7 @@ def _box(ax, x0, y0, w, h, d, face, edge, alpha=1.0, z=1):
 def fig_partition_schematic(out_dir: Path) -> list[Path]:
     """Fig. 2 equivalent: a patch x_patch recovered given the context, with the exact reduced
     problem."""
-    plt = _plt()
+    plt = pyplot()
     with plt.rc_context({**STYLE, "axes.grid": False}):
         fig, ax = plt.subplots(figsize=(6.6, 2.6))
         ax.set_xlim(0, 10)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from unroll3d.report.common import SWEEP_FIGURE, TASK_TITLE, short_label, variant_style
-from unroll3d.report.figures.base import _plt, no_data, save_figure
+from unroll3d.report.figures.base import no_data, pyplot, save_figure
 from unroll3d.report.figures.style import STYLE
 from unroll3d.report.records import collect_sweep, task_settings
 
@@ -24,7 +24,7 @@ def fig_patch_sweep(
 ) -> list[Path]:
     """Figs. 7/8: mean test PSNR and training s/step against training peak memory, one point per
     partition patch size (config ``sweep``)."""
-    plt = _plt()
+    plt = pyplot()
     name = SWEEP_FIGURE[task]
     points = [] if reason else collect_sweep(results, config, task)
     if not reason and not points:

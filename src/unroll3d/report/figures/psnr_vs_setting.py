@@ -9,7 +9,7 @@ import numpy as np
 
 from unroll3d.paper_numbers import paper_value
 from unroll3d.report.common import TASK_TITLE, TASKS, short_label, variant_style
-from unroll3d.report.figures.base import _plt, no_data, save_figure
+from unroll3d.report.figures.base import no_data, pyplot, save_figure
 from unroll3d.report.figures.style import STYLE
 from unroll3d.report.records import EvalRecord, setting_value, task_settings
 from unroll3d.report.tables import aggregate
@@ -21,7 +21,7 @@ def fig_psnr_vs_setting(
     cells: dict[tuple[str, str, str], list[EvalRecord]], config: dict, out_dir: Path
 ) -> list[Path]:
     """PSNR against views (CBCT) and acceleration (MRI) per method; the paper's values dashed."""
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.lines import Line2D
 
     with plt.rc_context(STYLE):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from unroll3d.report.common import REPORT_DEFAULTS, TASK_TITLE, ReportError, short_label
-from unroll3d.report.figures.base import _imshow, _load_npz, _plt, _to_image, no_data, save_figure
+from unroll3d.report.figures.base import imshow, load_npz, no_data, pyplot, save_figure, to_image
 from unroll3d.report.figures.style import STYLE
 from unroll3d.report.records import EvalRecord, task_settings
 
@@ -46,7 +46,7 @@ def read_slices(path: str | Path) -> dict[str, np.ndarray]:
     :data:`_SLICE_KEYS`); optional ``data_range`` (scalar) for the corner PSNR.
     """
     path = Path(path)
-    z = _load_npz(path)
+    z = load_npz(path)
     out = {}
     for key, names in _SLICE_KEYS.items():
         hit = next((n for n in names if n in z), None)
@@ -54,7 +54,7 @@ def read_slices(path: str | Path) -> dict[str, np.ndarray]:
             raise ReportError(
                 f"{path}: missing slice {key!r} (accepted names {names}; has {sorted(z)})"
             )
-        out[key] = _to_image(z[hit], f"{path}:{hit}")
+        out[key] = to_image(z[hit], f"{path}:{hit}")
     if "data_range" in z:
         out["data_range"] = np.asarray(z["data_range"], dtype=float)
     elif "meta" in z:
@@ -103,7 +103,7 @@ def fig_slices(
 ) -> list[Path]:
     """Figs. 3/4: axial and vertical slices of the ground truth and each method, PSNR in the
     corner."""
-    plt = _plt()
+    plt = pyplot()
     name = f"fig_slices_{task}"
     rep = {**REPORT_DEFAULTS, **(config.get("report") or {})}
     variants = list(config.get("variants", []))
@@ -148,7 +148,7 @@ def fig_slices(
                 vmin = max(vmin, 0.0)
             row_names = {"axial": "axial", "vertical": "vertical" if task == "cbct" else "coronal"}
             for i, orient in enumerate(("axial", "vertical")):
-                _imshow(
+                imshow(
                     axes[i, 0], gts[orient], vmin, vmax, title="ground truth" if i == 0 else None
                 )
                 axes[i, 0].set_ylabel(row_names[orient])
@@ -179,7 +179,7 @@ def fig_slices(
                             f"{r.slices}: {orient} slice shape {img.shape} differs from the ground "
                             f"truth's {gts[orient].shape}"
                         )
-                    _imshow(ax, img, vmin, vmax, title=title)
+                    imshow(ax, img, vmin, vmax, title=title)
                     dr = slices[v].get("data_range", r.data_range)
                     p = slice_psnr(img, gts[orient], float(dr) if dr is not None else None)
                     ax.text(
