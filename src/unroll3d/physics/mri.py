@@ -56,27 +56,80 @@ def _calib_region(shape, calib) -> np.ndarray:
     return out
 
 
-def _dart_throw(order, radius, shape, r_max):
-    """Greedy Poisson-disc selection: visit candidates in ``order``, keep one if no kept sample
-    lies closer than its radius. Returns the kept flat indices in acceptance order."""
-    ny, nz = shape
-    pad = r_max
-    grid = np.zeros((ny + 2 * pad, nz + 2 * pad), dtype=bool)
-    off = np.arange(-pad, pad + 1)
-    dist2 = off[:, None] ** 2 + off[None, :] ** 2
-    kept = []
-    for idx in order:
-        r = radius[idx]
-        i, j = divmod(int(idx), nz)
-        w = int(math.ceil(r))
-        if w > 0:
-            win = grid[i + pad - w : i + pad + w + 1, j + pad - w : j + pad + w + 1]
-            d2 = dist2[pad - w : pad + w + 1, pad - w : pad + w + 1]
-            if np.any(win & (d2 < r * r)):
+def _conflict_edges(pos, rr):
+    """Conflicts of the greedy pass: ``(earlier, later, d²)`` for every pair of visit positions
+    whose squared distance d² is below ``rr`` of the later cell, one vectorised pass per integer
+    offset inside the largest radius."""
+    ny, nz = pos.shape
+    rr_max = float(rr.max())
+    w = int(math.ceil(math.sqrt(rr_max))) + 1 if rr_max > 0 else 0
+    src, dst, dist2 = [], [], []
+    for di in range(-w, w + 1):
+        for dj in range(-w, w + 1):
+            d2 = di * di + dj * dj
+            if d2 == 0 or not d2 < rr_max or abs(di) >= ny or abs(dj) >= nz:
                 continue
-        grid[i + pad, j + pad] = True
-        kept.append(idx)
-    return kept
+            later = (slice(max(0, -di), ny - max(0, di)), slice(max(0, -dj), nz - max(0, dj)))
+            earlier = (slice(max(0, di), ny - max(0, -di)), slice(max(0, dj), nz - max(0, -dj)))
+            p_later, p_earlier = pos[later], pos[earlier]
+            hit = (p_earlier < p_later) & (d2 < rr[later])
+            src.append(p_earlier[hit])
+            dst.append(p_later[hit])
+            dist2.append(np.full(len(src[-1]), d2, dtype=np.int64))
+    if not src:
+        return (np.zeros(0, np.int64),) * 3
+    return np.concatenate(src), np.concatenate(dst), np.concatenate(dist2)
+
+
+def _greedy_keep(n, src, dst):
+    """The greedy pass over visit positions 0..n-1 (keep one unless a kept earlier one conflicts)
+    in parallel rounds: a position with no undecided earlier conflict is kept (all those are
+    dropped), and every later position it conflicts with is dropped. Returns the kept flags."""
+    state = np.zeros(n, np.int8)  # 0 undecided, 1 kept, 2 dropped
+    while True:
+        blocked = np.zeros(n, bool)
+        blocked[dst] = True
+        keep = (state == 0) & ~blocked
+        state[keep] = 1
+        state[dst[keep[src]]] = 2
+        live = (state[src] == 0) & (state[dst] == 0)
+        src, dst = src[live], dst[live]
+        if not (state == 0).any():
+            return state == 1
+
+
+class _DartThrower:
+    """Greedy Poisson-disc selection at a radius scale r0: visit every cell in ``order``, keep
+    one if no kept cell lies closer than its radius ``r0 · profile`` (squared distance <
+    radius²); radius 0 is always kept. :meth:`kept` gives the kept flat indices in visit order,
+    those of the sequential greedy, computed in vectorised rounds. The conflicts at a larger r0
+    hold those at a smaller one, so a bisection filters the last ones ≥ r0 instead of
+    searching the grid again."""
+
+    def __init__(self, order, profile, fixed, shape):
+        self.order, self.profile, self.fixed, self.shape = order, profile, fixed, shape
+        self.pos = np.empty(len(order), dtype=np.int64)
+        self.pos[order] = np.arange(len(order))
+        self.edges = {}  # r0 -> (src, dst, d²), at most two kept
+        self.runs = {}
+
+    def kept(self, r0: float) -> np.ndarray:
+        if r0 in self.runs:
+            return self.runs[r0]
+        rad = r0 * self.profile
+        rad[self.fixed] = 0.0
+        rr = rad * rad
+        above = [r for r in self.edges if r >= r0]
+        if above:
+            src, dst, d2 = self.edges[min(above)]
+            hit = d2 < rr[self.order][dst]  # rr of each edge's later cell, by visit position
+            edges = (src[hit], dst[hit], d2[hit])
+            self.edges = {min(above): self.edges[min(above)], r0: edges}
+        else:
+            edges = _conflict_edges(self.pos.reshape(self.shape), rr.reshape(self.shape))
+            self.edges = {r0: edges}
+        self.runs[r0] = self.order[_greedy_keep(len(self.order), edges[0], edges[1])]
+        return self.runs[r0]
 
 
 def poisson_disc_mask(
@@ -123,15 +176,12 @@ def poisson_disc_mask(
     order = cand[rng.permutation(len(cand))]
     need = target - n_calib
 
+    # calibration samples count as already placed (radius 0: kept first, never dropped)
+    grid_order = np.concatenate([np.flatnonzero(centre.reshape(-1)), order])
+    thrower = _DartThrower(grid_order, profile, centre.reshape(-1), (ny, nz))
+
     def run(r0):
-        radius = r0 * profile
-        r_max = int(math.ceil(radius.max())) + 1
-        # calibration samples count as already placed
-        grid_order = np.concatenate([np.flatnonzero(centre.reshape(-1)), order])
-        rad = radius.copy()
-        rad[centre.reshape(-1)] = 0.0
-        kept = _dart_throw(grid_order, rad, (ny, nz), r_max)
-        return kept[n_calib:]
+        return thrower.kept(r0)[n_calib:]
 
     lo, hi = 0.0, 1.0
     while len(run(hi)) >= need and hi < max(ny, nz):
