@@ -112,8 +112,8 @@ def iterate_errors(model, physics, img_size, start, patch, y, context, x0, h_pat
         raise ValueError(f"steps must be 'exact' or 'H', got {steps!r}")
     with torch.no_grad():
         pp = PartitionedPhysics(physics, img_size, start, patch, y, context, x_init=x0)
-        x = pp.initial_reconstruction(pp.y_tilde).float()
-        b = pp.A_adjoint(pp.y_tilde)
+        x = pp.initial_reconstruction(None).float()  # S x0: ỹ not needed
+        b = pp.A_adjoint(None)  # Ãᵀỹ as the model's data step gets it
         eta, sig = model.step_sizes, model.sigmas
         out = []
         for k in range(model.K):
@@ -136,7 +136,7 @@ def gt_errors(physics, img_size, start, patch, y, x_true, h_patch, scaling) -> t
     with torch.no_grad():
         pp = PartitionedPhysics(physics, img_size, start, patch, y, x_true)
         x = pp.crop(x_true).float()
-        b = pp.A_adjoint(pp.y_tilde)
+        b = pp.A_adjoint(None)  # Ãᵀỹ
         n = pp.A_adjoint_A(x)
         err = _norm(n - scaling * h_patch(x))
         return _ratio(err, _norm(n)), _ratio(err, _norm(n - b))

@@ -87,7 +87,9 @@ class PartitionedPhysics(LinearPhysics):
     - ``A_adjoint_A(x_patch) = S AᵀA Sᵀ x_patch`` exactly, or ``normal_op(x_patch)`` when given
       (a restricted normal-operator approximation, e.g. ``DiagCirculant.restrict(start, patch)``);
     - ``y_tilde = y − A S⊥ᵀ S⊥ x_context``, computed once without gradient as
-      ``y − A(x_context with the patch zeroed)``;
+      ``y − A(x_context with the patch zeroed)``, on first use (``y`` and ``x_context`` are held
+      by reference: do not modify them in between), so a base that reads only the initial
+      iterate ``S x_init`` (post-processing) costs no global forward;
     - ``A_dagger(y)`` is deepinv's least-squares solve on the patch; ``initial_reconstruction(y)``
       (the patch network's first iterate) is the crop ``S x_init`` when ``x_init`` is given.
 
@@ -98,8 +100,7 @@ class PartitionedPhysics(LinearPhysics):
     is applied to the patch's slices along the first spatial axis only: the exact ``S AᵀA Sᵀ``
     then costs in proportion to the patch's first extent, not the volume (same numbers). With
     a (ky, kz) mask, ``Ãᵀỹ = S Aᵀy − S AᵀA S⊥ᵀS⊥x`` is computed there too, without the global
-    forward that ``ỹ`` costs; ``y_tilde`` is then formed on first use from ``y`` and
-    ``x_context`` (held by reference: do not modify them in between).
+    forward that ``ỹ`` costs.
 
     Several patch positions can be processed at once: pass a list of corners as ``start``. Patch
     tensors then have batch ``len(start) * B`` ordered patch-major (patch ``i`` of sample ``b`` at
@@ -195,19 +196,19 @@ class PartitionedPhysics(LinearPhysics):
 
         with torch.no_grad():
             self.x_init_patch = None if x_init is None else self.crop(x_init.detach())
-            # 3D MRI with a (ky, kz) mask: Ãᵀỹ on the patch's readout slab, ỹ formed on demand
+            # ỹ is formed on first use from references (not copies) to y and x_context:
+            # non-persistent buffers, so .to() and clone() carry them; ỹ itself is a buffer
+            # (state_dict() forms it), so a base that never reads it costs no global forward
+            self.register_buffer("_y_source", y.detach(), persistent=False)
+            self.register_buffer("_context_source", x_context.detach(), persistent=False)
+            self._buffers["y_tilde"] = None
+            # 3D MRI with a (ky, kz) mask: Ãᵀỹ on the patch's readout slab, without ỹ
             self.context_on_slabs = self._slabs() and physics.readout_mask() is not None
             if self.context_on_slabs:
-                # references, not copies (ỹ is formed from them on first use): non-persistent
-                # buffers, so .to() and clone() carry them
-                self.register_buffer("_y_source", y.detach(), persistent=False)
-                self.register_buffer("_context_source", x_context.detach(), persistent=False)
-                self._buffers["y_tilde"] = None
                 self.register_buffer(
                     "_back_projection", self._slab_back_projection(), persistent=False
                 )
-            else:  # a buffer: state_dict() and .to() carry it
-                self._buffers["y_tilde"] = self._context_corrected(y, x_context)
+            else:
                 self._back_projection = None
         self.normal_correction = None
         if normal_anchor:
@@ -225,10 +226,11 @@ class PartitionedPhysics(LinearPhysics):
 
     @property
     def y_tilde(self) -> Tensor:
-        """``ỹ = y − A S⊥ᵀ S⊥ x_context`` (patch-major), a buffer; on the readout-slab path
-        formed on first use from ``y`` and ``x_context`` (do not modify them before)."""
+        """``ỹ = y − A S⊥ᵀ S⊥ x_context`` (patch-major), a buffer formed on first use from
+        ``y`` and ``x_context`` (do not modify them before), in fp32 outside any autocast."""
         if self._buffers.get("y_tilde") is None:
-            with torch.no_grad():
+            device = self._y_source.device.type
+            with torch.no_grad(), torch.autocast(device, enabled=False):
                 self._buffers["y_tilde"] = self._context_corrected(
                     self._y_source, self._context_source
                 )
