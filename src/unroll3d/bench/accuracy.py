@@ -99,6 +99,13 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 else (0.0 if num == 0 else math.inf)
 
 
+def _back_projection(pp):
+    """``Ãᵀỹ`` as these numbers were measured, bit for bit: ``Ãᵀ(ỹ)`` with ỹ formed once. On
+    the MRI readout-slab path ``A_adjoint(None)`` (the model's own) would save ỹ's global
+    forward but differs from it at round-off, so it is not used here."""
+    return pp.A_adjoint(pp.y_tilde if pp.context_on_slabs else None)
+
+
 def iterate_errors(model, physics, img_size, start, patch, y, context, x0, h_patch, scaling, steps):
     """H's errors at each iterate x_k (k < K) of ``model`` on one patch problem (``context``
     outside the patch, first iterate S x0), stepping with the exact N (``steps="exact"``) or
@@ -113,7 +120,7 @@ def iterate_errors(model, physics, img_size, start, patch, y, context, x0, h_pat
     with torch.no_grad():
         pp = PartitionedPhysics(physics, img_size, start, patch, y, context, x_init=x0)
         x = pp.initial_reconstruction(None).float()  # S x0: ỹ not needed
-        b = pp.A_adjoint(None)  # Ãᵀỹ as the model's data step gets it
+        b = _back_projection(pp)
         eta, sig = model.step_sizes, model.sigmas
         out = []
         for k in range(model.K):
@@ -136,7 +143,7 @@ def gt_errors(physics, img_size, start, patch, y, x_true, h_patch, scaling) -> t
     with torch.no_grad():
         pp = PartitionedPhysics(physics, img_size, start, patch, y, x_true)
         x = pp.crop(x_true).float()
-        b = pp.A_adjoint(None)  # Ãᵀỹ
+        b = _back_projection(pp)
         n = pp.A_adjoint_A(x)
         err = _norm(n - scaling * h_patch(x))
         return _ratio(err, _norm(n)), _ratio(err, _norm(n - b))
