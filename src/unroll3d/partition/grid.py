@@ -16,6 +16,7 @@ from unroll3d.config import resolve_patch_size
 
 __all__ = [
     "Start",
+    "is_corner",
     "spatial_sizes",
     "default_stride",
     "patch_grid",
@@ -29,6 +30,11 @@ __all__ = [
 ]
 
 Start = tuple[int, ...]
+
+
+def is_corner(start) -> bool:
+    """True for one corner ``(i, j, k)``, False for a list of corners."""
+    return len(start) > 0 and not isinstance(start[0], Sequence)
 
 
 def spatial_sizes(img_size: Sequence[int], patch_size: int | Sequence[int]) -> tuple[tuple, tuple]:

@@ -13,7 +13,7 @@ import torch
 from deepinv.physics import LinearPhysics
 from torch import Tensor
 
-from unroll3d.partition.grid import Start, crop_patch, embed_patch, spatial_sizes
+from unroll3d.partition.grid import Start, crop_patch, embed_patch, is_corner, spatial_sizes
 
 __all__ = ["PartitionedPhysics", "PatchNormal"]
 
@@ -156,7 +156,7 @@ class PartitionedPhysics(LinearPhysics):
     ):
         spatial, patch = spatial_sizes(img_size, patch_size)
         nd = len(patch)
-        starts = [tuple(int(v) for v in start)] if _is_corner(start) else [tuple(s) for s in start]
+        starts = [tuple(int(v) for v in start)] if is_corner(start) else [tuple(s) for s in start]
         if not starts:
             raise ValueError("start must be a corner tuple or a non-empty list of corners")
         for st in starts:
@@ -184,7 +184,7 @@ class PartitionedPhysics(LinearPhysics):
         self.spatial = spatial
         self.patch_size = patch
         self.starts = starts
-        self.batched = not _is_corner(start)
+        self.batched = not is_corner(start)
         self.batch = y.shape[0]
         if normal_op is not None and callable(normal_op):
             normal_op = [normal_op] * len(starts) if len(starts) > 1 else [normal_op]
@@ -394,8 +394,3 @@ class PartitionedPhysics(LinearPhysics):
         if self.x_init_patch is not None:
             return self.x_init_patch
         return self.A_dagger(self.y_tilde if y is None else y, **kwargs)
-
-
-def _is_corner(start) -> bool:
-    """True for one corner ``(i, j, k)``, False for a list of corners."""
-    return len(start) > 0 and not isinstance(start[0], Sequence)

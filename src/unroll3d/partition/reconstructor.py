@@ -18,6 +18,7 @@ from unroll3d.partition.grid import (
     default_stride,
     draw_corner,
     grid_corners,
+    is_corner,
     spatial_sizes,
 )
 from unroll3d.partition.physics import PartitionedPhysics, PatchNormal
@@ -121,12 +122,20 @@ class PartitionedReconstructor(Reconstructor):
         H = physics.operator(fourier_filter, spatial_mask)
         return (lambda st: H.restrict(st, self.patch_size)), physics.scaling
 
-    def _patch_physics(self, physics, starts, y, context, x0, factory, scaling, anchored=False):
-        normal_op = None if factory is None else [factory(st) for st in starts]
+    def _patch_physics(
+        self, physics, starts, y, context, x0, factory, scaling, anchored=False, **kwargs
+    ):
+        """The patch problem at ``starts`` (a corner, or a list of corners), its normal operator
+        restricted from ``factory``; ``kwargs`` go to :class:`PartitionedPhysics`."""
+        if is_corner(starts):
+            normal_op = None if factory is None else factory(starts)
+        else:
+            starts = list(starts)
+            normal_op = None if factory is None else [factory(st) for st in starts]
         return PartitionedPhysics(
             physics,
             self.img_size,
-            list(starts),
+            starts,
             self.patch_size,
             y,
             context,
@@ -134,6 +143,7 @@ class PartitionedReconstructor(Reconstructor):
             normal_op=normal_op,
             normal_scaling=scaling,
             normal_anchor=anchored and normal_op is not None,
+            **kwargs,
         )
 
     def _patch_measurements(self, pphys: PartitionedPhysics) -> Tensor | None:
@@ -316,19 +326,8 @@ class PartitionedReconstructor(Reconstructor):
         if x0 is None:
             with torch.no_grad():
                 x0 = initial_reconstruction(physics, y)
-        normal_op = None if factory is None else factory(start)
-        pphys = PartitionedPhysics(
-            physics,
-            self.img_size,
-            start,
-            self.patch_size,
-            y,
-            x_true,
-            x_init=x0,
-            normal_op=normal_op,
-            normal_scaling=scaling,
-            normal_anchor=anchored and normal_op is not None,
-            y_is_residual=y_is_residual,
+        pphys = self._patch_physics(
+            physics, start, y, x_true, x0, factory, scaling, anchored, y_is_residual=y_is_residual
         )
         estimate = self.base(self._patch_measurements(pphys), pphys, **kwargs)
         target = crop_patch(x_true, start, self.patch_size)
