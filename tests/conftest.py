@@ -1,6 +1,7 @@
 """Shared fixtures: the device (CPU unless a test is marked gpu), seeded generators, the toy
-training config, a toy sample and its fitted H. The plain helpers behind them are in toys.py
-(imported by each fixture, so a break there fails only the tests that use it)."""
+training config, a toy sample and its fitted H, a preprocessed toy MRI volume. The plain helpers
+behind them are in toys.py (imported by each fixture, so a break there fails only the tests that
+use it)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def mri_volume(tmp_path_factory):
+    """One preprocessed toy MRI volume in the real format (Calgary-Campinas h5 → .pt)."""
+    import zipfile
+
+    from unroll3d.data import mri, toy
+
+    d = tmp_path_factory.mktemp("mri")
+    vol = "e00001s3_P00001"
+    toy.write_mri_toy(d, [vol], ["e00002s3_P00002"], (8, 12, 10), n_coils=2, seed=0)
+    zips = [p for p in d.rglob("*.zip") if zipfile.is_zipfile(p)]
+    mri.preprocess_mri(zips[0], vol, d / f"{vol}.pt", partial_fourier=0.85, calib=2)
+    return str(d / f"{vol}.pt")

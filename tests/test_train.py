@@ -429,21 +429,6 @@ def test_only_heavy_operators_move_with_a_parked_sample(monkeypatch):
     assert engine_samples._heavy(mri) and not engine_samples._heavy(cb)
 
 
-@pytest.fixture(scope="module")
-def mri_volume(tmp_path_factory):
-    """One preprocessed toy MRI volume in the real format (Calgary-Campinas h5 → .pt)."""
-    import zipfile
-
-    from unroll3d.data import mri, toy
-
-    d = tmp_path_factory.mktemp("mri")
-    vol = "e00001s3_P00001"
-    toy.write_mri_toy(d, [vol], ["e00002s3_P00002"], (8, 12, 10), n_coils=2, seed=0)
-    zips = [p for p in d.rglob("*.zip") if zipfile.is_zipfile(p)]
-    mri.preprocess_mri(zips[0], vol, d / f"{vol}.pt", partial_fourier=0.85, calib=2)
-    return str(d / f"{vol}.pt")
-
-
 @pytest.mark.parametrize("fresh", [True, False])
 def test_mri_training_draws_a_fresh_seeded_mask_each_time(tmp_path, mri_volume, fresh, monkeypatch):
     """With train.fresh_masks each MRI training draw has a new mask (its seed

@@ -191,22 +191,7 @@ def test_the_patch_only_estimate_is_the_whole_volume_one(variant):
     assert all(torch.equal(a, b) for a, b in zip(out[0], out[1], strict=True))
 
 
-@pytest.fixture(scope="module")
-def mri_file(tmp_path_factory):
-    """One preprocessed toy MRI volume in the real file format."""
-    import zipfile
-
-    from unroll3d.data import mri, toy
-
-    d = tmp_path_factory.mktemp("mri")
-    vol = "e00001s3_P00001"
-    toy.write_mri_toy(d, [vol], ["e00002s3_P00002"], (8, 12, 10), n_coils=2, seed=0)
-    zips = [p for p in d.rglob("*.zip") if zipfile.is_zipfile(p)]
-    mri.preprocess_mri(zips[0], vol, d / f"{vol}.pt", partial_fourier=0.85, calib=2)
-    return str(d / f"{vol}.pt")
-
-
-def test_a_fresh_mask_draw_reads_the_file_once_and_is_the_loaded_sample(mri_file, monkeypatch):
+def test_a_fresh_mask_draw_reads_the_file_once_and_is_the_loaded_sample(mri_volume, monkeypatch):
     """Each draw of FreshMaskLoader is load_sample's sample with that mask seed (bit for bit),
     while the file is read once: only the mask is new."""
     import unroll3d.engine.samples as engine_samples
@@ -220,8 +205,8 @@ def test_a_fresh_mask_draw_reads_the_file_once_and_is_the_loaded_sample(mri_file
     draw = engine_samples.FreshMaskLoader("R2", "cpu")
     masks = set()
     for seed in (5, 17, 5, 123):
-        got = draw(mri_file, seed)
-        want = load_sample(mri_file, "R2", mask_seed=seed)
+        got = draw(mri_volume, seed)
+        want = load_sample(mri_volume, "R2", mask_seed=seed)
         assert torch.equal(got.x, want.x) and torch.equal(got.y, want.y)
         assert torch.equal(got.physics.mask, want.physics.mask)
         scale = got.meta.pop("scale")  # kept on the device, unread: the value in float32
@@ -233,7 +218,7 @@ def test_a_fresh_mask_draw_reads_the_file_once_and_is_the_loaded_sample(mri_file
 
 
 @pytest.mark.parametrize("variant", ["partition", "unrolled"])
-def test_mri_fresh_masks_train_as_when_the_file_was_loaded_per_draw(tmp_path, mri_file, variant):
+def test_mri_fresh_masks_train_as_when_the_file_was_loaded_per_draw(tmp_path, mri_volume, variant):
     """Training with fresh masks on the kept k-space gives the losses and weights, to the last
     bit, of the former path that loaded the file again for every draw."""
     from unroll3d.data import load_sample
@@ -243,7 +228,7 @@ def test_mri_fresh_masks_train_as_when_the_file_was_loaded_per_draw(tmp_path, mr
     jobs = []
     for name in ("kept", "reloaded"):
         job = tr.TrainJob(
-            task="mri", setting="R2", variant=variant, config=cfg, train_paths=[mri_file],
+            task="mri", setting="R2", variant=variant, config=cfg, train_paths=[mri_volume],
             val_paths=[], out=tmp_path / name / "m.pt", progress=False,
         )  # fmt: skip
         if name == "reloaded":
