@@ -40,7 +40,9 @@ import re
 import shutil
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -403,30 +405,25 @@ def check_sample_arrays(data: dict, meta: dict) -> None:
         )
 
 
-def make_sample(
-    data: dict,
-    meta: dict,
-    setting: str,
-    acceleration: float,
-    seed: int,
-    device,
-    host_scale: bool = True,
-):
-    """Build the :class:`~unroll3d.data.Sample` of a preprocessed MRI file under ``R<acceleration>``
-    with the mask of ``seed`` (drawn on the host). Arrays of ``data`` already on ``device`` are
-    used where they are: training keeps a volume's k-space and coil maps there and draws only
-    a new mask (:class:`unroll3d.engine.samples.FreshMaskLoader`), with ``host_scale`` false:
-    the k-space scale then stays a 0-dim tensor on the device, unread (``meta["scale"]``; the
-    same numbers, without the host waiting for the quantile)."""
-    import torch
+@dataclass(frozen=True)
+class DrawnMask:
+    """The (ky, kz) mask of one MRI draw, on the host (partial-Fourier block applied): what
+    :func:`make_sample` needs besides the file's arrays, so that it can be drawn ahead."""
 
-    from unroll3d.data.sample import Sample
+    mask: Any  # torch.Tensor (ky, kz), float32
+    acceleration: float
+    seed: int
+    source: str  # "seeded" or "challenge R<r> #<index>"
+    kind: str  # "seeded" or "challenge"
+    effective: float  # ky·kz / number of samples
 
-    kspace = data["kspace"]
+
+def draw_sample_mask(data: dict, meta: dict, acceleration: float, seed: int) -> DrawnMask:
+    """The mask of ``seed`` for a preprocessed MRI file under ``R<acceleration>``: mask
+    ``seed % n`` of the file's challenge masks for that R when it has them, else a seeded
+    Poisson-disc draw (host only; reads neither k-space nor coil maps)."""
     check_sample_arrays(data, meta)
-    n, nx, ny, nz = kspace.shape
-    from unroll3d.physics import MultiCoilMRI3D, kspace_scale
-
+    ny, nz = data["kspace"].shape[-2:]
     calib = int(meta.get("calib", 18))
     challenge = data.get("challenge_masks") or {}
     key = f"{acceleration:g}"
@@ -445,7 +442,43 @@ def make_sample(
         source = kind = "seeded"
     # counted on the host, before the copy: the mask's only read (a sync on CUDA otherwise)
     effective = float(ny * nz / max(float(mask2d.sum()), 1.0))
-    mask2d = mask2d.to(device, non_blocking=True)  # one (ky, kz) plane, no wait for the queue
+    return DrawnMask(mask2d, acceleration, int(seed), source, kind, effective)
+
+
+def make_sample(
+    data: dict,
+    meta: dict,
+    setting: str,
+    acceleration: float,
+    seed: int,
+    device,
+    host_scale: bool = True,
+    mask: DrawnMask | None = None,
+):
+    """Build the :class:`~unroll3d.data.Sample` of a preprocessed MRI file under ``R<acceleration>``
+    with the mask of ``seed`` (drawn on the host by :func:`draw_sample_mask`, or ``mask`` when it
+    was drawn ahead for that seed and R). Arrays of ``data`` already on ``device`` are
+    used where they are: training keeps a volume's k-space and coil maps there and draws only
+    a new mask (:class:`unroll3d.engine.samples.FreshMaskLoader`), with ``host_scale`` false:
+    the k-space scale then stays a 0-dim tensor on the device, unread (``meta["scale"]``; the
+    same numbers, without the host waiting for the quantile)."""
+    import torch
+
+    from unroll3d.data.sample import Sample
+
+    kspace = data["kspace"]
+    check_sample_arrays(data, meta)
+    n, nx, ny, nz = kspace.shape
+    from unroll3d.physics import MultiCoilMRI3D, kspace_scale
+
+    if mask is None:
+        mask = draw_sample_mask(data, meta, acceleration, seed)
+    elif (mask.seed, mask.acceleration) != (int(seed), acceleration):
+        raise ValueError(
+            f"make_sample: the mask given was drawn for seed {mask.seed} at R{mask.acceleration:g}, "
+            f"not seed {seed} at R{acceleration:g}"
+        )
+    mask2d = mask.mask.to(device, non_blocking=True)  # one (ky, kz) plane, no wait for the queue
     maps = data["coil_maps"].to(device)[None]
     physics = MultiCoilMRI3D(mask2d, maps, (nx, ny, nz), device=device)
     yk = (kspace.to(device) * mask2d)[None]  # (1, N, x, y, z), mask broadcast along x
@@ -461,9 +494,9 @@ def make_sample(
         "setting": setting,
         "acceleration": acceleration,
         "mask_seed": seed,
-        "mask": source,
-        "mask_source": kind,
-        "effective_acceleration": effective,
+        "mask": mask.source,
+        "mask_source": mask.kind,
+        "effective_acceleration": mask.effective,
         "scale": scale,
     }
     return Sample(x=x * scale, y=y * scale, physics=physics, meta=meta)

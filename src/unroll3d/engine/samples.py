@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from unroll3d.data.loading import load_sample, read_sample_file
-from unroll3d.data.mri import make_sample
+from unroll3d.data.mri import DrawnMask, draw_sample_mask, make_sample
 from unroll3d.data.sample import check_same_shape, parse_setting
 from unroll3d.engine.operators import lipschitz_of, physics_for
 from unroll3d.engine.transfer import Prefetcher, Residency, host_copy, nbytes
@@ -22,9 +23,11 @@ from unroll3d.variants import VariantSpec
 
 __all__ = [
     "FreshMaskLoader",
+    "MaskPrefetch",
     "Prepared",
     "SampleCache",
     "VolumeStore",
+    "close_redraws",
     "default_loader",
     "fresh_mask_loader",
 ]
@@ -248,6 +251,44 @@ def default_loader(setting: str, device: torch.device) -> Callable:
     return load
 
 
+class MaskPrefetch:
+    """The next fresh MRI mask, drawn ahead on one worker thread (numpy releases the GIL for
+    most of a Poisson-disc draw), so that the draw that needs it finds it done. One draw is
+    pending at a time, under its key (setting, path, seed); :meth:`take` hands it over only to
+    the draw with that key. :meth:`close` ends the thread (a later :meth:`start` starts one)."""
+
+    def __init__(self):
+        self._pool: ThreadPoolExecutor | None = None
+        self._next: tuple[tuple, Future] | None = None
+
+    def start(self, key: tuple, draw: Callable[[], DrawnMask]) -> None:
+        """Start ``draw()`` for ``key`` (replacing another pending draw; nothing if ``key``'s is
+        pending already)."""
+        if self._next is not None:
+            if self._next[0] == key:
+                return
+            self._next[1].cancel()  # a replaced draw not yet started never runs
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="unroll3d-mask")
+        self._next = (key, self._pool.submit(draw))
+
+    def take(self, key: tuple) -> DrawnMask | None:
+        """The mask drawn ahead for ``key`` (waiting for it if in flight), else None (a pending
+        draw for another key stays pending)."""
+        if self._next is None or self._next[0] != key:
+            return None
+        _, future = self._next
+        self._next = None
+        return future.result()
+
+    def close(self) -> None:
+        """Drop the pending draw and end the worker thread (waits for a draw in flight)."""
+        self._next = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
 class VolumeStore:
     """The arrays of preprocessed MRI files that fresh-mask draws rebuild their samples from
     (k-space, coil maps, ground truth), read once per file and kept: on ``device`` while
@@ -264,6 +305,12 @@ class VolumeStore:
         self._prefetcher = Prefetcher(self.device)
         self._active: tuple[str, dict] | None = None
         self._inflight: dict[str, dict] = {}
+        self.masks = MaskPrefetch()  # the next draw's mask, drawn ahead
+
+    def kept(self, path: str) -> tuple[dict, dict] | None:
+        """``(arrays, meta)`` of ``path`` as kept (resident or parked), None while unread."""
+        entry = self._files.get(path)
+        return None if entry is None else entry[:2]
 
     def _read(self, path: str, setting: str) -> tuple[dict, dict, bool]:
         if path not in self._files:
@@ -305,7 +352,8 @@ class FreshMaskLoader:
     ``load_sample(path, setting, mask_seed=seed)``. The file's k-space, coil maps and ground
     truth are read once and kept by ``store`` (resident on the device, or parked in pinned host
     memory), so a draw builds and copies only its (ky, kz) mask instead of reading the volume
-    again."""
+    again; :meth:`prefetch` draws the next draw's mask ahead, on the store's worker thread
+    (:class:`MaskPrefetch`; the same mask, bit for bit). :meth:`close` ends that thread."""
 
     def __init__(self, setting: str, device, store: VolumeStore | None = None):
         self.setting = setting
@@ -313,12 +361,40 @@ class FreshMaskLoader:
         self.store = store or VolumeStore(device)
 
     def __call__(self, path, seed: int):
-        data, meta = self.store.arrays(str(path), self.setting)
+        path = str(path)
+        data, meta = self.store.arrays(path, self.setting)
         _task, value = parse_setting(self.setting)
-        return make_sample(data, meta, self.setting, value, seed, self.device, host_scale=False)
+        mask = self.store.masks.take((self.setting, path, seed))  # drawn ahead by prefetch
+        if mask is None:
+            mask = draw_sample_mask(data, meta, value, seed)
+        return make_sample(
+            data, meta, self.setting, value, seed, self.device, host_scale=False, mask=mask
+        )
 
-    def prefetch(self, path) -> None:
-        self.store.prefetch(str(path))
+    def prefetch(self, path, seed: int | None = None) -> None:
+        """Start copying ``path``'s parked arrays and, given the draw's ``seed``, drawing its mask
+        on the store's worker thread (once the file was read: its first draw draws inline)."""
+        path = str(path)
+        self.store.prefetch(path)
+        kept = self.store.kept(path)
+        if seed is None or kept is None:
+            return
+        (data, meta), (_task, value) = kept, parse_setting(self.setting)
+        self.store.masks.start(
+            (self.setting, path, seed), lambda: draw_sample_mask(data, meta, value, seed)
+        )
+
+    def close(self) -> None:
+        """End the store's mask worker thread."""
+        self.store.masks.close()
+
+
+def close_redraws(redraws: Iterable) -> None:
+    """Close each redraw that has a ``close`` (the fresh-mask loaders' worker threads)."""
+    for redraw in redraws:
+        close = getattr(redraw, "close", None)
+        if close is not None:
+            close()
 
 
 def fresh_mask_loader(setting: str, device, store: VolumeStore | None = None) -> FreshMaskLoader:

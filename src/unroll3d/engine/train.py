@@ -57,6 +57,7 @@ from unroll3d.engine.samples import (
     Prepared,
     SampleCache,
     VolumeStore,
+    close_redraws,
     default_loader,
     fresh_mask_loader,
 )
@@ -280,6 +281,8 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
         tuned = _tune_pnp(run)
     except torch.OutOfMemoryError:
         return _write_oom(run, result)
+    finally:  # the fresh-mask loaders' worker thread
+        close_redraws(job.redraw_for(s) for s in job.settings)
     stats = stats_record(run, result, tuned)
     atomic_torch_save(model_payload(run, result, tuned), job.out)
     _write_csv(job.csv_path, run.rows)
@@ -423,11 +426,11 @@ def _draw(run: _Run, gen: torch.Generator) -> tuple:
 def _prefetch_next(run: _Run, step_seed: int) -> None:
     """Start copying the first sample the step seeded with ``step_seed`` will draw (its draws
     replayed on a generator of its own: the step's own stream is untouched)."""
-    s, i, redraw, _ = _draw(run, torch.Generator(device="cpu").manual_seed(step_seed))
+    s, i, redraw, mask_seed = _draw(run, torch.Generator(device="cpu").manual_seed(step_seed))
     if redraw is None:
         run.caches[s].prefetch(i)
-    elif hasattr(redraw, "prefetch"):
-        redraw.prefetch(run.caches[s].paths[i])
+    elif hasattr(redraw, "prefetch"):  # its arrays' copy and its mask's draw
+        redraw.prefetch(run.caches[s].paths[i], mask_seed)
 
 
 def _run_steps(run: _Run, stop_at: int | None) -> bool:
