@@ -17,11 +17,16 @@ it, trains it with :class:`unroll3d.engine.train.TrainJob` and evaluates it with
 :func:`unroll3d.engine.evaluate.evaluate_volume`, on a small masked-blur problem whose
 loader stands in for ``unroll3d.data.loading.load_sample``.
 
-To make the variant part of the Snakemake workflow (``unroll3d train``/``evaluate`` jobs and
-the tables), put the same two lines in the package instead of at run time: the
-:func:`~unroll3d.variants.register` call in ``src/unroll3d/variants.py`` and the builder in
-``BUILDERS`` (``src/unroll3d/models/build.py``), then list the name under ``variants:`` in your
-config. The rules read the registry, so nothing else changes.
+To run the variant through the Snakemake workflow (``unroll3d train``/``evaluate`` jobs and
+the tables) without editing the package, put sections 1 and 2 (the class, the builder and the
+:func:`~unroll3d.variants.register` call) in a file of your own, say ``my_methods.py`` in the
+folder you run Snakemake from, and name it in your config::
+
+    plugins: [my_methods.py]   # or a module name Python can import: [my_methods]
+    variants: [fdk, partition-H, learned-landweber]
+
+Config validation imports the plugins before it checks ``variants:``, and the train, evaluate
+and report jobs of the variant import them too (:mod:`unroll3d.plugins`).
 
 Runs on the CPU in a few seconds.
 """

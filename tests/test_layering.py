@@ -14,6 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "unroll3d"
 LAYERS = {
     "utils": 0,
     "variants": 0,
+    "plugins": 0,
     "paths": 0,
     "paper_numbers": 0,
     "config": 1,

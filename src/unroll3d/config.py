@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from unroll3d.plugins import load as load_plugins
 from unroll3d.variants import VARIANTS, variant_spec
 
 __all__ = [
@@ -74,11 +75,10 @@ def validate(config: dict) -> dict:
         err = errors[0]
         where = ".".join(str(p) for p in err.path) or "(top level)"
         raise ConfigError(f"config key {where}: {err.message}")
-    for name in filled.get("variants", []):
-        if name not in VARIANTS:
-            raise ConfigError(
-                f"config key variants: unknown variant {name!r}; known: {list(VARIANTS)}"
-            )
+    load_plugins(filled.get("plugins"))  # their variants join the registry before the check
+    if unknown := [n for n in filled.get("variants", []) if n not in VARIANTS]:
+        raise ConfigError(f"config key variants: unknown variant {unknown[0]!r}; known: "
+                          f"{list(VARIANTS)} (your own? list its module under plugins)")  # fmt: skip
     sweep = filled.get("sweep") or {}
     if sweep.get("variant") is not None:
         spec = VARIANTS.get(sweep["variant"])
@@ -577,6 +577,7 @@ def validate_partial(data: Any, where: str) -> None:
     if errors:
         key = ".".join(str(p) for p in errors[0].path) or "(top level)"
         raise ConfigError(f"{where}: config key {key}: {errors[0].message}")
+    load_plugins(data.get("plugins"))  # a job of a plugin's variant gets the list (plugins_for)
     try:
         check_values(data)
     except ConfigError as err:

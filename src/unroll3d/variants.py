@@ -7,7 +7,8 @@ whether its jobs want a GPU (``gpu``), and how tables and figures name and draw 
 
 This module imports nothing heavy (no torch), so the Snakemake rules, the report and the
 library all read the same registry. Adding a variant means one :func:`register` call here and
-its model code in :mod:`unroll3d.models` (a builder in ``BUILDERS`` for a new kind).
+its model code in :mod:`unroll3d.models` (a builder in ``BUILDERS`` for a new kind), or the same
+two in a module of your own named by the config key ``plugins`` (:mod:`unroll3d.plugins`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "VariantSpec",
     "VARIANTS",
+    "BUILTIN_VARIANTS",
     "TASKS",
     "register",
     "variant_spec",
@@ -153,6 +155,9 @@ register(VariantSpec(
     label=_both("Unrolled[3D] + partition + anchored H (ours, beyond the paper)"),
     short=_both("Partition + anchored H"), style=("#e6550d", "*"), anchored_H=True,
 ))  # fmt: skip
+
+#: the package's own variants (a plugin's are registered after this line has run)
+BUILTIN_VARIANTS = frozenset(VARIANTS)
 
 
 def variant_spec(name: str) -> VariantSpec:

@@ -14,12 +14,14 @@ from unroll3d import paths
 from unroll3d.bench.settings import bench_config
 from unroll3d.data.masks import challenge_mask_files
 from unroll3d.data.weights import DOWNLOAD as DPIR_DOWNLOAD, weights_file as dpir_weights_file
+from unroll3d.plugins import plugins_for
 from unroll3d.variants import VARIANTS, needs_H
 
 
 # The schema is package data (unroll3d/schemas): the library and the workflow validate with the
 # same file. The library's check runs first: its error is one line naming the key, and it also
-# checks the values' meaning (unroll3d.config.check_values) and the variant registry.
+# checks the values' meaning (unroll3d.config.check_values) and the variant registry, after
+# importing the config's plugins (unroll3d.plugins), whose variants VARIANTS then holds.
 u3config.validate(config)
 validate(config, "../../src/unroll3d/schemas/config.schema.yaml")
 u3config.check_patch_sizes(config)  # -1 patch entries (the whole axis) resolved once, in place
@@ -95,10 +97,16 @@ def bench_config_json(name):
     return u3config.dumps(bench_config(config, name))
 
 
+def _job_config(task, variant=None):
+    """job_config of the task, plus the plugins list for a job of a plugin's variant
+    (unroll3d.plugins.plugins_for: the package's variants' jobs never see it)."""
+    return {**u3config.job_config(config, task), **plugins_for(config, [variant] if variant else [])}
+
+
 def job_config_json(wildcards):
     """The part of the config that train/evaluate read for the job's task (params: a change to
     any other key reruns none of these jobs under --rerun-triggers params)."""
-    return u3config.dumps(u3config.job_config(config, wildcards.task))
+    return u3config.dumps(_job_config(wildcards.task, getattr(wildcards, "variant", None)))
 
 
 def _training_view(job_cfg):
@@ -111,7 +119,7 @@ def _training_view(job_cfg):
 
 def train_config_json(wildcards):
     """job_config_json as the train rule gets it (_training_view)."""
-    return _training_view(u3config.job_config(config, wildcards.task))
+    return _training_view(_job_config(wildcards.task, wildcards.variant))
 
 
 def gpu_for(wildcards):
@@ -336,16 +344,21 @@ def sweep_trained_patches(task):
     ]
 
 
+def _sweep_job_config(wildcards):
+    """sweep_job_config at the {patch} wildcard, plus the plugins list for a plugin's variant."""
+    patch = paths.parse_patch_label(wildcards.patch)
+    out = u3config.sweep_job_config(config, wildcards.task, patch)
+    return {**out, **plugins_for(config, [SWEEP["variant"]])}
+
+
 def sweep_config_json(wildcards):
     """job_config_json with the task's patch size replaced by the {patch} wildcard."""
-    patch = paths.parse_patch_label(wildcards.patch)
-    return u3config.dumps(u3config.sweep_job_config(config, wildcards.task, patch))
+    return u3config.dumps(_sweep_job_config(wildcards))
 
 
 def sweep_train_config_json(wildcards):
     """sweep_config_json as the train_sweep rule gets it (_training_view)."""
-    patch = paths.parse_patch_label(wildcards.patch)
-    return _training_view(u3config.sweep_job_config(config, wildcards.task, patch))
+    return _training_view(_sweep_job_config(wildcards))
 
 
 def sweep_train_inputs(wildcards):
@@ -415,6 +428,13 @@ def report_eval_inputs():
     and the patch-size sweep's evaluations (sweep.smk)."""
     jsons = eval_targets()
     return jsons + [j[: -len(".json")] + ".npz" for j in jsons] + sweep_eval_targets()
+
+
+def report_config_json():
+    """The keys the report reads (unroll3d.config.report_config), plus the plugins list when a
+    listed or swept variant is a plugin's (it reads their labels from the registry)."""
+    read = [*config["variants"], SWEEP["variant"]]
+    return u3config.dumps({**u3config.report_config(config), **plugins_for(config, read)})
 
 
 def report_bench_inputs(wildcards):

@@ -11,7 +11,7 @@ ILLUSTRATIONS = paths.illustrations_dir(RESULTS)
 REPORT_CONFIG = config.get("report", {})
 # The report gets only the keys it reads; the manifest records the whole config (it is the
 # reviewer's record of the run, and runs last).
-REPORT_CONFIG_JSON = u3config.dumps(u3config.report_config(config))
+REPORT_CONFIG_JSON = report_config_json()
 FULL_CONFIG_JSON = u3config.dumps(config)
 # config files named from the repository root (the Snakefile's folder), also under --directory
 CONFIG_FILES = [os.path.relpath(f, workflow.basedir) for f in workflow.configfiles] or [

@@ -29,8 +29,8 @@ def load_config(path: str | Path) -> dict:
     a partial config renders too."""
     path = Path(path)
     config = read_yaml(path)
+    validate_partial(config, str(path))  # first: it imports the config's plugins
     _check_config(config, path)
-    validate_partial(config, str(path))
     return report_config(config)
 
 
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                 config = json.loads(args.config_json)
             except json.JSONDecodeError as err:
                 raise ReportError(f"--config-json is not valid JSON ({err})") from err
+            validate_partial(config, "--config-json")  # first: it imports the plugins
             _check_config(config, "--config-json")
-            validate_partial(config, "--config-json")
         else:
             config = load_config(args.config)
         label = args.config_label or args.config

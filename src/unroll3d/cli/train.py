@@ -22,7 +22,11 @@ def add_job_args(p: argparse.ArgumentParser, normals: bool = False) -> None:
     ``normals``: one H file per setting of a shared model (``unroll3d train``)."""
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--setting", required=True, help="v30, v50, ... (CBCT) or R5, R10 (MRI)")
-    p.add_argument("--variant", required=True, choices=list(VARIANTS))
+    p.add_argument(
+        "--variant",
+        required=True,
+        help=f"a registered variant: {', '.join(VARIANTS)}, or one of the config's plugins",
+    )
     if normals:
         p.add_argument(
             "--normal",
@@ -32,6 +36,15 @@ def add_job_args(p: argparse.ArgumentParser, normals: bool = False) -> None:
         )
     else:
         p.add_argument("--normal", default=None, help="fitted H file (variants that use H)")
+
+
+def check_variant(name: str) -> None:
+    """``--variant`` must be registered once the job's config (and its plugins) is read."""
+    if name not in VARIANTS:
+        raise SystemExit(
+            f"unroll3d: --variant {name!r} is not registered; known: {list(VARIANTS)} (a variant "
+            "of a plugin needs the config key plugins naming it)"
+        )
 
 
 def _one_or_several(values):
@@ -65,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = read_job_config(args, args.task)
+    check_variant(args.variant)
     device = setup_runtime(args)
     from unroll3d.engine.train import NonFiniteLoss, TrainJob, train
     from unroll3d.normal import NormalFitMismatch

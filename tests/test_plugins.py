@@ -1,0 +1,229 @@
+"""The config key ``plugins`` (unroll3d.plugins): a user's module registers a variant and its
+builder, and config validation, the workflow's plan and the ``unroll3d train``/``evaluate`` jobs
+all see it, without editing the package."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from unroll3d import cli, plugins
+from unroll3d import config as u3config
+from unroll3d.config import ConfigError
+from unroll3d.models import BUILDERS
+from unroll3d.plugins import PluginError
+from unroll3d.variants import BUILTIN_VARIANTS, VARIANTS
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+#: example 04's learned Landweber as a plugin: K gradient steps with learned step sizes
+PLUGIN = """
+import torch
+import torch.nn.functional as F
+from deepinv.models import Reconstructor
+
+from unroll3d import models, variants
+from unroll3d.physics import initial_reconstruction
+
+
+class LearnedLandweber(Reconstructor):
+    def __init__(self, K, lipschitz):
+        super().__init__()
+        self.register_buffer("lipschitz", torch.tensor(float(lipschitz)))
+        self.step_raw = torch.nn.Parameter(torch.zeros(K))
+
+    def set_tiling(self, tiler, stride=None):
+        return self
+
+    def forward(self, y, physics, x_init=None, **kwargs):
+        x = initial_reconstruction(physics, y) if x_init is None else x_init
+        aty = physics.A_adjoint(y)
+        for eta in F.softplus(self.step_raw) / self.lipschitz:
+            x = x - eta * (physics.A_adjoint_A(x) - aty)
+        return x
+
+
+models.BUILDERS["landweber"] = lambda c: LearnedLandweber(int(c.task_config["K"]), c.lipschitz)
+variants.register(variants.VariantSpec(
+    name="learned-landweber", kind="landweber", partition=True, use_H=False, learned=True,
+    gpu=False, label={"mri": "Learned Landweber"},
+))
+"""
+NAME = "learned-landweber"
+
+
+def _forget_plugins(modules_before: set[str]) -> None:
+    """The registry, the builders and the import record as a fresh process has them."""
+    for name in set(VARIANTS) - BUILTIN_VARIANTS:
+        del VARIANTS[name]
+    BUILDERS.pop("landweber", None)
+    plugins._LOADED.clear()
+    for name in set(sys.modules) - modules_before:
+        if name.startswith("unroll3d_plugin_") or name.startswith("my_methods"):
+            del sys.modules[name]
+
+
+@pytest.fixture
+def fresh():
+    """Each test starts and ends with the package's variants only; ``fresh()`` resets mid-test
+    (what a new job process sees)."""
+    before = set(sys.modules)
+    _forget_plugins(before)
+    yield lambda: _forget_plugins(before)
+    _forget_plugins(before)
+
+
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch):
+    """tmp_path holding my_methods.py, as the working directory."""
+    (tmp_path / "my_methods.py").write_text(PLUGIN)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _smoke(**edits) -> dict:
+    config = yaml.safe_load((ROOT / "config/smoke.yaml").read_text())
+    config.update(edits)
+    return config
+
+
+def test_a_file_path_and_a_module_name_both_register_the_variant(fresh, plugin_dir, monkeypatch):
+    assert plugins.load(["my_methods.py"]) == [NAME]
+    assert VARIANTS[NAME].kind == "landweber" and "landweber" in BUILDERS
+    assert plugins.load(["./my_methods.py"]) == [NAME]  # the same file: imported once
+    fresh()
+    monkeypatch.syspath_prepend(str(plugin_dir))
+    assert plugins.load(["my_methods"]) == [NAME]
+    assert plugins.load(["my_methods"]) == [NAME]  # no second import, no clash
+
+
+def test_validation_accepts_the_plugins_variant_only_with_plugins(fresh, plugin_dir):
+    config = _smoke(variants=["fdk", NAME])
+    with pytest.raises(ConfigError, match=rf"variants: unknown variant '{NAME}'.*under plugins"):
+        u3config.validate(config)
+    assert u3config.validate(_smoke())["plugins"] == []  # the schema's default
+    config["plugins"] = ["my_methods.py"]
+    filled = u3config.validate(config)
+    assert filled["variants"] == ["fdk", NAME] and filled["plugins"] == ["my_methods.py"]
+    assert u3config.validate(config)["variants"] == ["fdk", NAME]  # validating again is fine
+
+
+@pytest.mark.parametrize(
+    ("entry", "text", "message"),
+    [
+        ("no_such_module", None, r"'no_such_module' cannot be imported \(ModuleNotFoundError"),
+        ("missing.py", None, r"'missing.py': no file .*missing.py \(a .py entry is a path"),
+        ("empty.py", "x = 1\n", r"'empty.py' registered no variant"),
+        ("broken.py", "def f(:\n", r"'broken.py' cannot be imported \(SyntaxError"),
+        (
+            "clash.py",
+            PLUGIN.replace(f'name="{NAME}"', 'name="tv"'),
+            r"'clash.py': variant 'tv' is already registered",
+        ),
+    ],
+)
+def test_a_bad_plugin_is_one_line_naming_it(fresh, tmp_path, monkeypatch, entry, text, message):
+    monkeypatch.chdir(tmp_path)
+    if text is not None:
+        (tmp_path / entry).write_text(text)
+    config = _smoke(plugins=[entry])
+    with pytest.raises(PluginError, match=rf"^config key plugins: {message}") as err:
+        u3config.validate(config)
+    assert "\n" not in str(err.value)
+    assert set(VARIANTS) == BUILTIN_VARIANTS  # nothing half-registered
+
+
+def test_a_failed_plugin_leaves_no_half_registered_variant(fresh, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = PLUGIN + "\nraise RuntimeError('after registering')\n"
+    (tmp_path / "late.py").write_text(text)
+    with pytest.raises(PluginError, match="RuntimeError: after registering"):
+        plugins.load(["late.py"])
+    assert NAME not in VARIANTS
+    (tmp_path / "late.py").write_text(PLUGIN)
+    assert plugins.load(["late.py"]) == [NAME]  # fixed: loads, no clash with the failed try
+
+
+def test_only_jobs_of_a_plugins_variant_carry_the_list(fresh, plugin_dir):
+    config = u3config.validate(_smoke(variants=["fdk", NAME], plugins=["my_methods.py"]))
+    assert plugins.plugins_for(config, ["fdk"]) == {}
+    assert plugins.plugins_for(config, [NAME]) == {"plugins": ["my_methods.py"]}
+    assert plugins.plugins_for(config, ["fdk", NAME]) == {"plugins": ["my_methods.py"]}
+    assert plugins.plugins_for({"plugins": []}, [NAME]) == {}
+
+
+def test_cli_train_and_evaluate_a_plugins_variant(fresh, plugin_dir, mri_volume, capsys):
+    """The job loads the plugin from its --config-json alone (a fresh registry, as in a new
+    process), trains the learned step sizes and evaluates the model on the toy MRI volume."""
+    config = _smoke(variants=["fdk", NAME], plugins=["my_methods.py"])
+    config["mri"]["patch_size"] = [4, 6, 6]
+    config["train"].update(steps=6, warmup_steps=1, lr=0.05)
+    config = u3config.validate(config)
+    job = {**u3config.job_config(config, "mri"), **plugins.plugins_for(config, [NAME])}
+    fresh()  # what `unroll3d train` starts from in its own process
+    model, stats = plugin_dir / "m.pt", plugin_dir / "m.json"
+    common = ["--task", "mri", "--setting", "R2", "--variant", NAME, "--device", "cpu",
+              "--threads", "1"]  # fmt: skip
+    no_plugins = json.dumps({k: v for k, v in job.items() if k != "plugins"})
+    with pytest.raises(SystemExit, match=rf"--variant '{NAME}' is not registered"):
+        cli.main(["train", *common, "--config-json", no_plugins, "--train", mri_volume,
+                  "--out", str(model)])  # fmt: skip
+    assert not model.exists()
+    argv = ["train", *common, "--config-json", u3config.dumps(job), "--train", mri_volume,
+            "--out", str(model), "--stats", str(stats), "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 0
+    steps = torch.load(model, weights_only=False)["state_dict"]["step_raw"]
+    assert steps.shape == (config["mri"]["K"],) and steps.abs().max() > 0  # trained
+    fresh()  # evaluate runs in a process of its own too
+    out = plugin_dir / "eval.json"
+    argv = ["evaluate", *common, "--config-json", u3config.dumps(job), "--model", str(model),
+            "--train-stats", str(stats), "--sample", mri_volume, "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["variant"] == NAME and result["status"] == "ok"
+    assert result["psnr"] > result["psnr_x0"]  # learned steps improve on the initial estimate
+    capsys.readouterr()
+
+
+def _snakemake(workdir, configfile, *args):
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    return subprocess.run(
+        [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory",
+         str(workdir), "--configfile", str(configfile), "--cores", "1", *args],
+        capture_output=True, text=True, cwd=ROOT, env=env,
+    )  # fmt: skip
+
+
+def test_the_workflow_plans_a_plugins_variant(tmp_path):
+    """A dry run with the plugin's variant plans its train and evaluate jobs; their
+    --config-json carries the plugins list, the package's variants' jobs do not (so changing
+    the list reruns only the plugin's jobs and the report); without the key the plan stops."""
+    (tmp_path / "my_methods.py").write_text(PLUGIN)
+    config = _smoke(tasks=["mri"], variants=["fdk", NAME], plugins=["my_methods.py"])
+    config["benchmarks"]["enabled"] = False
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    res = _snakemake(tmp_path, configfile, "-n", "-p")
+    assert res.returncode == 0, res.stderr[-3000:]
+    commands = [ln for ln in res.stdout.splitlines() if "unroll3d train " in ln or
+                "unroll3d evaluate " in ln or "unroll3d report --results" in ln]  # fmt: skip
+    mine = [c for c in commands if f"--variant {NAME}" in c]
+    assert any("unroll3d train " in c for c in mine) and any(
+        "unroll3d evaluate " in c for c in mine
+    )
+    for command in commands:
+        has_list = '"plugins": ["my_methods.py"]' in command
+        assert has_list == (f"--variant {NAME}" in command or "unroll3d report" in command)
+    del config["plugins"]
+    configfile.write_text(yaml.safe_dump(config))
+    res = _snakemake(tmp_path, configfile, "-n")
+    assert res.returncode != 0
+    assert f"config key variants: unknown variant '{NAME}'" in res.stderr + res.stdout
