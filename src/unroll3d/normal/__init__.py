@@ -6,6 +6,7 @@ H built from a mask (:mod:`.mask`), files (:mod:`.io`) and the figure (:mod:`.pl
 """
 
 from unroll3d.normal.fit import fit_normal_operator, impulse_filter
+from unroll3d.normal.identity import operator_hash
 from unroll3d.normal.io import (
     FORMAT_VERSION,
     NormalFileError,
@@ -21,7 +22,6 @@ from unroll3d.normal.mask import mask_normal
 from unroll3d.normal.operator import (
     DiagCirculant,
     RestrictedDiagCirculant,
-    operator_hash,
     operator_sqnorm,
     padded_grid,
     relative_error,

@@ -17,11 +17,11 @@ from deepinv.physics import LinearPhysics
 from torch import nn
 from tqdm.auto import tqdm
 
+from unroll3d.normal.identity import operator_hash
 from unroll3d.normal.operator import (
     SPATIAL_DIMS,
     apply_h,
     check_img_size,
-    operator_hash,
     operator_sqnorm,
     padded_grid,
     physics_device,

@@ -52,11 +52,8 @@ True
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from typing import Any
 
-import numpy as np
 import torch
 from deepinv.physics import LinearPhysics
 from torch import nn
@@ -65,7 +62,6 @@ __all__ = [
     "DiagCirculant",
     "RestrictedDiagCirculant",
     "padded_grid",
-    "operator_hash",
     "operator_sqnorm",
     "relative_error",
     # shared by the other modules of unroll3d.normal (not re-exported by the package)
@@ -419,86 +415,7 @@ class RestrictedDiagCirculant(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# operator identity, norm, errors
-
-
-_HASH_ATTRS = (
-    "vectors",
-    "geometry_vectors",
-    "mask",
-    "coil_maps",
-    "det_shape",
-    "voxel_size",
-    "det_spacing",
-    "img_size",
-)
-_HASH_SKIP = ("norm", "noise_model", "sensor")
-
-
-def _hash_value(h: Any, name: str, value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        t = value.detach().cpu()
-        if t.is_complex():
-            t = torch.view_as_real(t.to(torch.complex64))
-        elif t.is_floating_point():
-            t = t.to(torch.float32)
-        h.update(f"{name}:{tuple(value.shape)}:{t.dtype}".encode())
-        h.update(t.contiguous().numpy().tobytes())
-        return True
-    if isinstance(value, np.ndarray):
-        return _hash_value(h, name, torch.from_numpy(np.ascontiguousarray(value)))
-    if isinstance(value, (int, float, str, tuple, list)) and not isinstance(value, bool):
-        h.update(f"{name}={value!r}".encode())
-        return False
-    return False
-
-
-def operator_hash(physics: nn.Module, img_size: Sequence[int] | None = None) -> str:
-    """A short hash of an operator's description: its class, its buffers (geometry vectors,
-    sampling mask, coil maps, ...; cached norms and noise models excluded) and the attributes
-    ``vectors``, ``mask``, ``coil_maps``, ``det_shape``, ``voxel_size``, ``img_size`` when present.
-
-    Two operators with the same geometry hash equally whatever their backend (astra / RTK). An
-    operator exposing no tensor at all is hashed by its response to a fixed seeded probe
-    (needs ``img_size``).
-    """
-    if isinstance(getattr(physics, "normal_op", None), DiagCirculant) or hasattr(
-        physics, "set_parameters"
-    ):  # a DiagCirculantWrapper: hash the operator it wraps
-        physics = physics.physics
-    h = hashlib.sha256()
-    h.update(type(physics).__name__.encode())
-    found = False
-    seen: set[str] = set()
-    for name, buf in sorted(physics.named_buffers(), key=lambda kv: kv[0]):
-        if any(s in name.lower() for s in _HASH_SKIP):
-            continue
-        seen.add(name.split(".")[-1])
-        found |= _hash_value(h, name, buf)
-    for attr in _HASH_ATTRS:
-        if attr in seen or not hasattr(physics, attr):
-            continue
-        try:
-            value = getattr(physics, attr)
-        except Exception:  # noqa: BLE001 - a property that cannot be evaluated is skipped
-            continue
-        found |= _hash_value(h, attr, value)
-    if not found:
-        if img_size is None:
-            img_size = getattr(physics, "img_size", None)
-        if img_size is None:
-            raise ValueError(
-                f"cannot hash {type(physics).__name__}: no buffers or geometry attributes; "
-                "pass img_size to hash its response to a probe"
-            )
-        g = torch.Generator().manual_seed(1234)
-        x = torch.randn((1, *tuple(img_size)), generator=g)
-        with torch.no_grad():
-            y = physics.A(x.to(physics_device(physics)))
-        y = y.detach().cpu().double()
-        q = torch.round(y / (y.abs().max() + 1e-30) * 1e4).to(torch.int64)
-        h.update(q.numpy().tobytes())
-    return h.hexdigest()[:16]
+# device, norm, errors (the operator hash: identity.py)
 
 
 def physics_device(physics: nn.Module) -> torch.device:

@@ -10,14 +10,15 @@ from typing import Any
 import torch
 from deepinv.physics import LinearPhysics
 
-from unroll3d.normal.io import NormalFit, load_normal
-from unroll3d.normal.operator import DiagCirculant, check_img_size, operator_hash
+from unroll3d.normal.identity import WrapsPhysics, operator_hash
+from unroll3d.normal.io import NormalFit, check_operator_hash, load_normal
+from unroll3d.normal.operator import DiagCirculant, check_img_size
 from unroll3d.physics import initial_reconstruction
 
 __all__ = ["DiagCirculantWrapper"]
 
 
-class DiagCirculantWrapper(LinearPhysics):
+class DiagCirculantWrapper(LinearPhysics, WrapsPhysics):
     r"""Any :class:`deepinv.physics.LinearPhysics` with its normal operator replaced by H.
 
     ``A``, ``A_adjoint``, ``A_dagger`` and ``initial_reconstruction`` are the wrapped physics'
@@ -104,11 +105,12 @@ class DiagCirculantWrapper(LinearPhysics):
         check_hash: bool = True,
         device: torch.device | str | None = None,
     ) -> DiagCirculantWrapper:
-        """Wrap ``physics`` with the fit stored at ``path`` (hash-checked against ``physics``)."""
-        fit = load_normal(
-            path,
-            expected_operator_hash=operator_hash(physics) if check_hash else None,
-        )
+        """Wrap ``physics`` with the fit stored at ``path``, refused unless ``physics`` hashes as
+        the operator it was fitted for (``check_hash``; a physics described by no tensor is
+        hashed by its response at the fit's image size)."""
+        fit = load_normal(path)
+        if check_hash:
+            check_operator_hash(fit.operator_hash, operator_hash(physics, fit.img_size), path)
         if device is not None:
             fit = fit.to(device)
         return cls.from_fit(physics, fit, device=device)
