@@ -127,7 +127,7 @@ def _callers(name: str) -> set[str]:
 def test_only_the_doors_call_the_normaliser_and_no_module_has_a_default_of_its_own():
     # the config (once per key) and the library's entry; the engine never normalises again
     assert _callers("resolve_patch_size") == {
-        "config.py::check_patch_sizes",
+        "config/patches.py::check_patch_sizes",
         "partition/grid.py::spatial_sizes",
     }
     assert _callers("spatial_sizes") == {

@@ -13,8 +13,10 @@ import unroll3d.cli.train as train_cli
 import unroll3d.engine.model_file as model_file
 import unroll3d.engine.operators as operators
 import unroll3d.engine.partitioning as partitioning
+import unroll3d.engine.run_record as run_record
 import unroll3d.engine.samples as engine_samples
 import unroll3d.engine.train as tr
+import unroll3d.engine.train_loop as loop
 from unroll3d.engine.evaluate import validate_result
 from unroll3d.physics import initial_reconstruction
 from unroll3d.variants import variant_spec
@@ -62,7 +64,7 @@ def test_training_lowers_loss(tmp_path, variant):
     assert after < 0.7 * before, (before, after)
     # logs
     rows = (tmp_path / "m.csv").read_text().splitlines()
-    assert rows[0].split(",") == tr.CSV_FIELDS and len(rows) == 31
+    assert rows[0].split(",") == run_record.CSV_FIELDS and len(rows) == 31
     js = json.loads((tmp_path / "m.json").read_text())
     assert js["step_time_mean_s"] > 0 and js["device"].startswith("CPU")
     validate_result(js, "train_stats")
@@ -526,8 +528,8 @@ def test_one_model_for_several_settings_normalises_each_draw_by_its_own_norm(tmp
 
     _two_settings(monkeypatch)
     seen = []
-    real = tr.use_lipschitz
-    monkeypatch.setattr(tr, "use_lipschitz", lambda m, L: (seen.append(L), real(m, L)))
+    real = loop.use_lipschitz
+    monkeypatch.setattr(loop, "use_lipschitz", lambda m, L: (seen.append(L), real(m, L)))
     cfg = toy_config(steps=12)
     job = tr.TrainJob(
         task="cbct", setting="all", variant="partition", config=cfg,

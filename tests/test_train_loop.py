@@ -11,6 +11,7 @@ import torch
 from toys import loader, make_job, toy_config, toy_H
 
 import unroll3d.engine.train as tr
+import unroll3d.engine.train_loop as loop
 from unroll3d.variants import variant_spec
 
 torch.set_num_threads(1)
@@ -37,7 +38,7 @@ def count_host_reads(monkeypatch) -> dict:
             return _real(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, spy)
-    for fn, key in ((tr._one_step, "step"), (tr._read_back, "read_back")):
+    for fn, key in ((loop._one_step, "step"), (loop._read_back, "read_back")):
 
         def within(*args, _fn=fn, _key=key, **kwargs):
             phase.append(_key)
@@ -47,7 +48,7 @@ def count_host_reads(monkeypatch) -> dict:
             finally:
                 phase.pop()
 
-        monkeypatch.setattr(tr, fn.__name__, within)
+        monkeypatch.setattr(loop, fn.__name__, within)
     return reads
 
 

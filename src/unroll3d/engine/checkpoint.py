@@ -21,6 +21,7 @@ __all__ = ["resumable_state", "rng_state", "run_fingerprint", "set_rng_state"]
 #: modules whose code decides what a training step computes (part of the run fingerprint)
 STEP_CODE = (
     "engine/train.py",
+    "engine/train_loop.py",
     "engine/operators.py",
     "engine/partitioning.py",
     "engine/samples.py",

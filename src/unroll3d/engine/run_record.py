@@ -1,17 +1,26 @@
-"""What a finished training run writes: its stats record (the ``<stats>`` JSON) and its model
-file's payload (weights, ‖A‖² per setting, config, PnP parameters)."""
+"""What a training run writes: its per-step CSV (:data:`CSV_FIELDS`), its stats record (the
+``<stats>`` JSON), its model file's payload (weights, ‖A‖² per setting, config, PnP parameters),
+and the result of a run that ran out of CUDA memory."""
 
 from __future__ import annotations
 
+import csv
+import io
+import sys
+from pathlib import Path
+
 import numpy as np
+import torch
 
 from unroll3d.engine.operators import mri_h_mode
-from unroll3d.engine.timing import rss_growth_gb
+from unroll3d.engine.timing import peak_memory_gb, rss_growth_gb
 from unroll3d.models import count_parameters
 from unroll3d.models.build import network_settings
-from unroll3d.utils import peak_rss_gb
+from unroll3d.utils import atomic_torch_save, atomic_write_json, atomic_write_text, peak_rss_gb
 
-__all__ = ["model_payload", "stats_record"]
+__all__ = ["CSV_FIELDS", "model_payload", "stats_record", "write_csv", "write_oom"]
+
+CSV_FIELDS = ["step", "loss", "lr", "step_time_s", "peak_memory_gb", "val_psnr"]
 
 
 def stats_record(run, result: dict, tuned: dict) -> dict:
@@ -82,3 +91,28 @@ def model_payload(run, result: dict, tuned: dict) -> dict:
         "steps": len(run.rows),
         "algo_params": tuned.get("algo_params"),
     }
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """The per-step rows as CSV (:data:`CSV_FIELDS`; None as empty), written atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_oom(run, result: dict) -> dict:
+    """CUDA ran out of memory: status ``oom`` with the volume and peak, written as the result."""
+    job, step = run.job, run.step
+    peak = peak_memory_gb(job.device) or 0.0
+    msg = f"OOM at volume {run.volume}, peak {peak:.2f} GB (step {step + 1})"
+    print(msg, file=sys.stderr)
+    stats = {**result, "status": "oom", "message": msg, "peak_memory_gb": peak}
+    stats.update(steps=step, step_time_mean_s=None, n_params=None, volume=run.volume)
+    atomic_torch_save({**result, "status": "oom", "message": msg, "state_dict": None}, job.out)
+    run.rows = [r for r in run.rows if not isinstance(r["loss"], torch.Tensor)]  # read ones
+    write_csv(job.csv_path, run.rows)
+    atomic_write_json(job.stats_path, stats)
+    return stats

@@ -29,13 +29,14 @@
 
 Outputs: ``<out>`` (final model), ``<csv>`` (per step: loss, lr, step time, peak memory,
 validation PSNR), ``<stats>`` (JSON: peak memory, mean step time after warm-up, device).
+
+Here: the job, the run's state and setup, and each step's draws; the step loop is
+:mod:`unroll3d.engine.train_loop`, what a run writes :mod:`unroll3d.engine.run_record`.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import sys
 from collections.abc import Callable
@@ -43,16 +44,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from unroll3d.config import train_settings
-from unroll3d.engine.checkpoint import resumable_state, rng_state, run_fingerprint, set_rng_state
-from unroll3d.engine.model_file import use_lipschitz
+from unroll3d.engine.checkpoint import resumable_state, run_fingerprint, set_rng_state
 from unroll3d.engine.operators import h_builder, load_H
-from unroll3d.engine.partitioning import estimate_pair, make_partitioner
-from unroll3d.engine.run_record import model_payload, stats_record
+from unroll3d.engine.partitioning import make_partitioner
+from unroll3d.engine.run_record import model_payload, stats_record, write_csv, write_oom
 from unroll3d.engine.samples import (
     Prepared,
     SampleCache,
@@ -61,21 +59,14 @@ from unroll3d.engine.samples import (
     default_loader,
     fresh_mask_loader,
 )
-from unroll3d.engine.timing import StepClock, peak_memory_gb, shape_text, sync_warnings
+from unroll3d.engine.timing import shape_text
+from unroll3d.engine.train_loop import NonFiniteLoss, ValidationFailed, run_steps, train_step
 from unroll3d.engine.transfer import plan_residency
-from unroll3d.engine.tuning import select_pnp, validate_psnr
+from unroll3d.engine.tuning import tune_pnp, validate_psnr
 from unroll3d.engine.untrained import untrained_record
 from unroll3d.models import build_variant, resolve_model_config
 from unroll3d.normal import NormalFit
-from unroll3d.utils import (
-    atomic_torch_save,
-    atomic_write_json,
-    atomic_write_text,
-    device_name,
-    reset_peak_rss,
-    rss_gb,
-    seed_everything,
-)
+from unroll3d.utils import atomic_torch_save, atomic_write_json, device_name, seed_everything
 from unroll3d.variants import VariantSpec, variant_spec
 
 __all__ = [
@@ -87,16 +78,6 @@ __all__ = [
     "validate_psnr",
     "config_hash",
 ]
-
-CSV_FIELDS = ["step", "loss", "lr", "step_time_s", "peak_memory_gb", "val_psnr"]
-
-
-class NonFiniteLoss(RuntimeError):
-    """Raised when the training loss becomes NaN or inf."""
-
-
-class ValidationFailed(RuntimeError):
-    """The validation PSNR could not be computed (the message names the volume and the step)."""
 
 
 def config_hash(config: dict) -> str:
@@ -194,54 +175,6 @@ class TrainJob:
         return self.out.with_name(self.out.name + ".ckpt")
 
 
-def train_step(
-    model,
-    optimizer,
-    spec: VariantSpec,
-    pick: Callable[[torch.Generator], Prepared],
-    generator: torch.Generator,
-    accumulate: int,
-    grad_clip: float,
-    partitioner=None,
-) -> torch.Tensor:
-    """One optimiser step with ``accumulate`` micro-batches; returns the mean loss as a 0-dim
-    float64 tensor on the device, unread. Each drawn sample brings its setting's ‖A‖² (the
-    step-size normalisation) and H.
-
-    The micro-steps' losses are summed on the device (in float64, in the order Python's ``sum``
-    would) and nothing is read back to the host, so the queue is never drained here; the
-    training loop reads the losses once per logging interval and raises
-    :class:`NonFiniteLoss` there, naming the first non-finite step.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    total = None
-    for _ in range(accumulate):
-        prep = pick(generator)
-        use_lipschitz(model, prep.lipschitz)
-        parked_on = prep.device if prep.offloaded else None
-        est, target = estimate_pair(
-            model, spec, prep.sample, prep.physics, prep.x0, generator, partitioner, parked_on,
-            prep.y_residual,
-        )  # fmt: skip
-        loss = torch.mean((est.float() - target.float()) ** 2)
-        (loss / accumulate).backward()
-        total = loss.detach().double() if total is None else total + loss.detach().double()
-        del prep, est, target, loss  # the next draw's tensors may take this one's memory
-    if grad_clip and grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    return total / accumulate
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
-    atomic_write_text(path, buf.getvalue())
-
-
 def _base_result(job: TrainJob, spec: VariantSpec) -> dict:
     return {
         "task": job.task,
@@ -270,22 +203,22 @@ def train(job: TrainJob, stop_at: int | None = None) -> dict:
     if not spec.learned:
         payload, stats = untrained_record(job, spec, t, result, fits[job.settings[0]])
         atomic_torch_save(payload, job.out)
-        _write_csv(job.csv_path, [])
+        write_csv(job.csv_path, [])
         atomic_write_json(job.stats_path, stats)
         return stats
     run = _Run.prepare(job, spec, t, seed, fits)
     try:
         _setup(run)
-        if _run_steps(run, stop_at):
+        if run_steps(run, _picker(run), stop_at):
             return {"stopped_at": run.step + 1}
-        tuned = _tune_pnp(run)
+        tuned = tune_pnp(run)
     except torch.OutOfMemoryError:
-        return _write_oom(run, result)
+        return write_oom(run, result)
     finally:  # the fresh-mask loaders' worker thread
         close_redraws(job.redraw_for(s) for s in job.settings)
     stats = stats_record(run, result, tuned)
     atomic_torch_save(model_payload(run, result, tuned), job.out)
-    _write_csv(job.csv_path, run.rows)
+    write_csv(job.csv_path, run.rows)
     atomic_write_json(job.stats_path, stats)
     job.ckpt_path.unlink(missing_ok=True)  # resume state only lives while the job is unfinished
     return stats
@@ -431,170 +364,3 @@ def _prefetch_next(run: _Run, step_seed: int) -> None:
         run.caches[s].prefetch(i)
     elif hasattr(redraw, "prefetch"):  # its arrays' copy and its mask's draw
         redraw.prefetch(run.caches[s].paths[i], mask_seed)
-
-
-def _run_steps(run: _Run, stop_at: int | None) -> bool:
-    """The steps from ``run.start`` on, each validated, logged and checkpointed on schedule;
-    True when ``stop_at`` stopped the run early."""
-    job, t = run.job, run.t
-    pick = _picker(run)
-    # a bar on a terminal only (disable=None); logs get one line every log_every steps
-    bar = tqdm(
-        total=t["steps"],
-        initial=run.start,
-        desc=job.variant,
-        file=sys.stderr,
-        disable=None if job.progress is None else not job.progress,
-    )
-    log_lines = bar.disable
-    run.rss_base = rss_gb() if reset_peak_rss() else None
-    clock = StepClock(job.device)
-    for step in range(run.start, t["steps"]):
-        run.step = step
-        row = _one_step(run, pick, step, clock)
-        run.rows.append(row)
-        done = step + 1
-        validating = run.val_paths and (done % t["val_every"] == 0 or done == t["steps"])
-        checkpoint = done % t["checkpoint_every"] == 0 or done == t["steps"]
-        logging = done % job.log_every == 0 or done == t["steps"]
-        stopping = stop_at is not None and done >= stop_at
-        bar.update(1)
-        if logging or validating or checkpoint or stopping:  # the interval's one host read
-            _read_back(run, clock)
-            bar.set_postfix(loss=f"{row['loss']:.3g}", refresh=False)
-        _validate(run, row)
-        if log_lines and logging:
-            _log_step(run, row)
-        if checkpoint:
-            _save_checkpoint(run, done)
-        if stopping:
-            return True
-    bar.close()
-    return False
-
-
-def _one_step(run: _Run, pick: Callable, step: int, clock: StepClock) -> dict:
-    """Optimiser step ``step`` (seeded with ``(seed, step)``) and the schedule's; its CSV row,
-    whose loss and step time stay unread (on the device) until :func:`_read_back`."""
-    t, device = run.t, run.job.device
-    gen = torch.Generator(device="cpu").manual_seed(run.seed * 1_000_003 + step)
-    if step + 1 < t["steps"]:
-        run.next_draw = run.seed * 1_000_003 + step + 1
-    t0 = clock.mark()
-    with sync_warnings(device, step == run.job.sync_debug_step) as syncs:
-        loss = train_step(
-            run.model, run.opt, run.spec, pick, gen, t["accumulate"], t["grad_clip"],
-            run.partitioner,
-        )  # fmt: skip
-    run.syncs = run.syncs if syncs is None else syncs
-    run.sched.step()
-    return {
-        "step": step + 1,
-        "loss": loss,
-        "lr": run.opt.param_groups[0]["lr"],
-        "step_time_s": (t0, clock.mark()),
-        "peak_memory_gb": peak_memory_gb(device),
-        "val_psnr": None,
-    }
-
-
-def _read_back(run: _Run, clock: StepClock) -> None:
-    """The rows' losses and step times read from the device at once (one host sync per logging
-    interval). A non-finite loss drops the rows from its step on, writes the CSV and raises
-    :class:`NonFiniteLoss` naming the step and the last checkpoint (checkpoints are written only
-    after a read-back, so none holds weights past a non-finite loss)."""
-    pending = [r for r in run.rows if isinstance(r["loss"], torch.Tensor)]
-    if not pending:
-        return
-    losses = torch.stack([r["loss"] for r in pending]).tolist()  # the one read
-    for r, value in zip(pending, losses, strict=True):
-        r["loss"] = value
-        r["step_time_s"] = clock.seconds(*r["step_time_s"])
-    bad = next((r for r in pending if not np.isfinite(r["loss"])), None)
-    if bad is None:
-        return
-    job = run.job
-    run.rows = [r for r in run.rows if r["step"] < bad["step"]]
-    ckpt = job.ckpt_path
-    last = int(torch.load(ckpt, weights_only=False)["step"]) if ckpt.exists() else 0
-    _write_csv(job.csv_path, run.rows)
-    raise NonFiniteLoss(
-        f"non-finite loss ({bad['loss']}) at step {bad['step']}; "
-        f"last good checkpoint: step {last} ({ckpt})"
-    )
-
-
-def _validate(run: _Run, row: dict) -> None:
-    """On a validation step (every ``val_every`` and the last), the mean validation PSNR into
-    ``row``; a PSNR that cannot be computed writes the CSV and raises :class:`ValidationFailed`."""
-    job, t, done = run.job, run.t, row["step"]
-    if not run.val_paths or (done % t["val_every"] != 0 and done != t["steps"]):
-        return
-    prepared = [c.get(i) for c in run.val_caches.values() for i in range(len(c))]
-    try:
-        row["val_psnr"] = validate_psnr(run.model, run.spec, job.task, job.config, prepared)
-    except ValueError as err:
-        _write_csv(job.csv_path, run.rows)
-        raise ValidationFailed(f"step {done}: {err}") from None
-
-
-def _log_step(run: _Run, row: dict) -> None:
-    """One progress line on stderr (where there is no progress bar)."""
-    val = "" if row["val_psnr"] is None else f", val PSNR {row['val_psnr']:.2f} dB"
-    print(
-        f"{run.job.variant}: step {row['step']}/{run.t['steps']}, loss {row['loss']:.4g}, "
-        f"{row['step_time_s']:.3f} s/step{val}",
-        file=sys.stderr,
-        flush=True,
-    )
-
-
-def _save_checkpoint(run: _Run, at_step: int) -> None:
-    """The resume state after ``at_step`` steps (atomically) and the CSV so far."""
-    atomic_torch_save(
-        {
-            "step": at_step,
-            "variant": run.job.variant,
-            "fingerprint": run.fingerprint,
-            "config": run.job.config,
-            "model": run.model.state_dict(),
-            "optimizer": run.opt.state_dict(),
-            "scheduler": run.sched.state_dict(),
-            "rng": rng_state(),
-            "history": run.rows,
-            "lipschitz": run.lipschitz,
-        },
-        run.job.ckpt_path,
-    )
-    _write_csv(run.job.csv_path, run.rows)
-
-
-def _tune_pnp(run: _Run) -> dict:
-    """PnP: α-PGD's test-time parameters chosen per setting on its validation volumes (on its
-    first training volume without them); ``{}`` for the other variants."""
-    tuned: dict = {}
-    if run.spec.kind != "pnp":
-        return tuned
-    job = run.job
-    for s in job.settings:
-        c = run.val_caches[s] if run.val_paths else run.caches[s]
-        prepared = [c.get(i, whole=True) for i in range(len(c) if run.val_paths else 1)]
-        use_lipschitz(run.model, run.by_setting[s])
-        for key, value in select_pnp(run.model, job.task, job.config, prepared).items():
-            tuned.setdefault(key, {})[s] = value
-    return tuned
-
-
-def _write_oom(run: _Run, result: dict) -> dict:
-    """CUDA ran out of memory: status ``oom`` with the volume and peak, written as the result."""
-    job, step = run.job, run.step
-    peak = peak_memory_gb(job.device) or 0.0
-    msg = f"OOM at volume {run.volume}, peak {peak:.2f} GB (step {step + 1})"
-    print(msg, file=sys.stderr)
-    stats = {**result, "status": "oom", "message": msg, "peak_memory_gb": peak}
-    stats.update(steps=step, step_time_mean_s=None, n_params=None, volume=run.volume)
-    atomic_torch_save({**result, "status": "oom", "message": msg, "state_dict": None}, job.out)
-    run.rows = [r for r in run.rows if not isinstance(r["loss"], torch.Tensor)]  # read ones
-    _write_csv(job.csv_path, run.rows)
-    atomic_write_json(job.stats_path, stats)
-    return stats

@@ -1,5 +1,6 @@
 """Choices made on the validation volumes: the validation PSNR of a model during training, the
-TV weight (``train.tv_grid``) and PnP-αPGD's test-time parameters (``train.pnp_grid``)."""
+TV weight (``train.tv_grid``) and PnP-αPGD's test-time parameters (``train.pnp_grid``), per
+setting for a trained run (:func:`tune_pnp`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from unroll3d.metrics import convention_for, psnr_under
 from unroll3d.models import build_variant
 from unroll3d.variants import variant_spec
 
-__all__ = ["validate_psnr", "select_tv", "select_pnp"]
+__all__ = ["validate_psnr", "select_tv", "select_pnp", "tune_pnp"]
 
 
 def _name(prep: Prepared) -> str:
@@ -135,3 +136,19 @@ def select_pnp(model, task, config, prepared: list[Prepared]) -> dict:
     model.set_algo_params(**chosen)
     model.train(was_training)
     return {"algo_params": chosen, "pnp_val_psnr": best["psnr"], "pnp_grid_scores": rows}
+
+
+def tune_pnp(run) -> dict:
+    """PnP: α-PGD's test-time parameters chosen per setting on its validation volumes (on its
+    first training volume without them); ``{}`` for the other variants."""
+    tuned: dict = {}
+    if run.spec.kind != "pnp":
+        return tuned
+    job = run.job
+    for s in job.settings:
+        c = run.val_caches[s] if run.val_paths else run.caches[s]
+        prepared = [c.get(i, whole=True) for i in range(len(c) if run.val_paths else 1)]
+        use_lipschitz(run.model, run.by_setting[s])
+        for key, value in select_pnp(run.model, job.task, job.config, prepared).items():
+            tuned.setdefault(key, {})[s] = value
+    return tuned
