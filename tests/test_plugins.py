@@ -227,3 +227,63 @@ def test_the_workflow_plans_a_plugins_variant(tmp_path):
     res = _snakemake(tmp_path, configfile, "-n")
     assert res.returncode != 0
     assert f"config key variants: unknown variant '{NAME}'" in res.stderr + res.stdout
+
+
+def test_the_report_tabulates_a_plugins_variant(fresh, plugin_dir, capsys):
+    """`unroll3d report` given the plugins list (as the workflow passes it) loads the plugin and
+    puts its variant in the tables under the plugin's label; without the list it refuses it."""
+    import test_report
+
+    results = plugin_dir / "results"
+    test_report.write_evals(results)
+    test_report.write_bench(results)
+    config = {**test_report.CONFIG, "variants": [*test_report.VARIANTS, NAME]}
+    for src in sorted((results / "eval").glob("*/*/fdk/*.json")):  # fdk's files as the plugin's
+        rec = {**json.loads(src.read_text()), "variant": NAME, "n_params": 3}
+        rec["psnr"] += 4.25
+        dst = src.parents[1] / NAME / src.name
+        dst.parent.mkdir(exist_ok=True)
+        dst.write_text(json.dumps(rec))
+        (dst.with_suffix(".npz")).write_bytes(src.with_suffix(".npz").read_bytes())
+    argv = ["report", "--results", str(results), "--only", "tables", "--config-json"]
+    assert cli.main([*argv, json.dumps(config)]) == 1  # the variant is unknown without plugins
+    assert f"unknown variant(s) ['{NAME}']" in capsys.readouterr().err
+    assert cli.main([*argv, json.dumps({**config, "plugins": ["my_methods.py"]})]) == 0
+    table = (results / "tables" / "table2_mri.md").read_text()
+    row = next(line for line in table.splitlines() if "Learned Landweber" in line)
+    assert "22.75" in row  # fdk's mean PSNR 18.5 + 4.25
+
+
+@pytest.mark.slow
+def test_the_workflow_runs_a_plugins_variant_and_reruns_only_it(tmp_path):
+    """A real toy run of the plugin's variant next to fdk through Snakemake; adding a second
+    plugin then reruns the plugin variant's train and evaluate jobs and nothing else."""
+    (tmp_path / "my_methods.py").write_text(PLUGIN)
+    (tmp_path / "other.py").write_text(
+        "from unroll3d import variants\nvariants.register(variants.VariantSpec("
+        "'other-adjoint', 'adjoint', False, False, False, gpu=False))\n"
+    )
+    config = _smoke(tasks=["mri"], variants=["fdk", NAME], plugins=["my_methods.py"])
+    config["benchmarks"]["enabled"] = False
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    volume = config["mri"]["splits"]["test"][0]
+    targets = [f"results/eval/mri/R5/{v}/{volume}.json" for v in ("fdk", NAME)]
+    res = _snakemake(tmp_path, configfile, *targets)
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads((tmp_path / targets[1]).read_text())
+    assert result["status"] == "ok" and result["psnr"] > result["psnr_x0"]
+
+    def planned():
+        res = _snakemake(tmp_path, configfile, *targets, "-n", "-p", "--rerun-triggers", "params")
+        assert res.returncode == 0, res.stderr[-2000:]
+        return sorted(
+            (ln.split("unroll3d ")[2].split()[0], ln.split("--variant ")[1].split()[0])
+            for ln in res.stdout.splitlines()
+            if "--variant " in ln and "device run" in ln
+        )
+
+    assert planned() == []
+    config["plugins"].append("other.py")
+    configfile.write_text(yaml.safe_dump(config))
+    assert planned() == [("evaluate", NAME), ("train", NAME)]
