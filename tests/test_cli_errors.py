@@ -49,6 +49,20 @@ def test_cuda_without_cuda_is_one_line(monkeypatch, tmp_path, capsys):
                                             "machine; use --device cpu or auto")  # fmt: skip
 
 
+
+@pytest.mark.parametrize("bench", ["gpu_check", "gpu_accuracy"])
+def test_the_gpu_checks_without_cuda_stop_with_one_usage_line(monkeypatch, tmp_path, capsys, bench):
+    """Without a GPU a GPU check stops before any work unless --tiny asks for the CPU toy run."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as err:
+        cli.main(["bench", bench, "--out-dir", str(out)])
+    assert err.value.code == 2 and not out.exists()
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"unroll3d bench {bench}: error: no CUDA device: run on a GPU, or use --tiny "
+                    "for the CPU toy check")  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("verb", "option"),
     [

@@ -1,6 +1,6 @@
 """What the benchmarks' parsers share: ``--config-json`` (the config values a workflow rule
-passes, :mod:`unroll3d.bench.settings`) and the schema's default of an option that mirrors a
-config key."""
+passes, :mod:`unroll3d.bench.settings`), the schema's default of an option that mirrors a
+config key, and the GPU checks' refusal to run without a GPU unless ``--tiny``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from unroll3d.bench.settings import KEYS, schema_default
 
-__all__ = ["add_config_json", "parse_bench_args", "schema_default"]
+__all__ = ["add_config_json", "parse_bench_args", "require_cuda", "schema_default"]
 
 
 def add_config_json(p: argparse.ArgumentParser, name: str) -> None:
@@ -47,3 +47,11 @@ def parse_bench_args(
             if action.dest in defaults:
                 action.required = False
     return p.parse_args(argv)
+
+
+def require_cuda(p: argparse.ArgumentParser, tiny: bool) -> None:
+    """A usage error when no CUDA device is present, unless ``--tiny`` (the CPU toy check)."""
+    import torch
+
+    if not tiny and not torch.cuda.is_available():
+        p.error("no CUDA device: run on a GPU, or use --tiny for the CPU toy check")

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from unroll3d.bench import gpu_accuracy as lib
+from unroll3d.cli.bench.common import require_cuda
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,10 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
-    import torch
-
-    if not a.tiny and not torch.cuda.is_available():
-        p.error("no CUDA device: run on a GPU, or use --tiny for the CPU toy check")
+    require_cuda(p, a.tiny)
     return lib.run_gpu_accuracy(
         tiny=a.tiny,
         out_dir=a.out_dir,

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from unroll3d.bench import gpu_check as lib
+from unroll3d.cli.bench.common import require_cuda
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,10 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.write_reference:
         lib.write_agreement_reference(a.write_reference, a.tiny)
         return 0
-    import torch
-
-    if not a.tiny and not torch.cuda.is_available():
-        p.error("no CUDA device: run on a GPU, or use --tiny for the CPU toy check")
+    require_cuda(p, a.tiny)
     return lib.run_gpu_check(
         tiny=a.tiny,
         out_dir=a.out_dir,
