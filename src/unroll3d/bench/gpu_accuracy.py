@@ -40,48 +40,29 @@ from pathlib import Path
 from unroll3d.bench.accuracy import FIELDS as ACCURACY_FIELDS
 from unroll3d.bench.accuracy import PREDICTOR_MAX, headline
 from unroll3d.bench.accuracy import summary as accuracy_summary
+from unroll3d.bench.gpu_recorder import mode_device, profiles
 from unroll3d.utils import atomic_write_csv, atomic_write_text
 
 FIELDS = [*ACCURACY_FIELDS, "device"]
 
-PROFILES = {
-    "gpu": dict(
-        ratio_volume=501,
-        ratio_patch=[8, 384, 384],
-        ratio_fit_steps=60,
-        ratio_patches=3,
-        ratio_steps=5,
-        views=30,
-        train_volume=128,
-        train_patch=[8, 96, 96],
-        train_volumes=4,
-        fit_steps=300,
-        train_s=90.0,
-        lr=1e-3,
-        channels=[32, 64, 128, 256],
-        blocks=2,
-        K=3,
-        patches=4,
-    ),
-    "tiny": dict(
-        ratio_volume=20,
-        ratio_patch=[4, 12, 12],
-        ratio_fit_steps=10,
-        ratio_patches=2,
-        ratio_steps=3,
-        views=6,
-        train_volume=16,
-        train_patch=[4, 8, 8],
-        train_volumes=2,
-        fit_steps=10,
-        train_s=2.0,
-        lr=3e-3,
-        channels=[4, 8, 8, 8],
-        blocks=1,
-        K=2,
-        patches=2,
-    ),
-}
+PROFILES = profiles(  # each size: (gpu, tiny)
+    ratio_volume=(501, 20),
+    ratio_patch=([8, 384, 384], [4, 12, 12]),
+    ratio_fit_steps=(60, 10),
+    ratio_patches=(3, 2),
+    ratio_steps=(5, 3),
+    views=(30, 6),
+    train_volume=(128, 16),
+    train_patch=([8, 96, 96], [4, 8, 8]),
+    train_volumes=(4, 2),
+    fit_steps=(300, 10),
+    train_s=(90.0, 2.0),
+    lr=(1e-3, 3e-3),
+    channels=([32, 64, 128, 256], [4, 8, 8, 8]),
+    blocks=(2, 1),
+    K=(3, 2),
+    patches=(4, 2),
+)
 ALPHAS = (0.0, 0.1, 0.3, 1.0)
 #: Gaussian noise on y, as a fraction of max |y|
 NOISE = 0.01
@@ -504,9 +485,7 @@ def run_gpu_accuracy(
     from unroll3d.utils import device_name
 
     prof = dict(PROFILES["tiny" if tiny else "gpu"])
-    if not tiny and not torch.cuda.is_available():
-        raise RuntimeError("no CUDA device: run on a GPU, or use --tiny for the CPU toy check")
-    device = torch.device("cpu" if tiny else "cuda")
+    device = mode_device(tiny)
     out = Path(out_dir) if out_dir else Path("results/benchmarks/gpu-accuracy" + ("-tiny" if tiny else ""))
     train_s = float(prof["train_s"] if train_s is None else train_s)
     rec = Recorder(out, budget_s, "tiny (CPU)" if tiny else "gpu", device_name(device))

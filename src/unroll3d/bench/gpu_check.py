@@ -46,51 +46,30 @@ from unroll3d.bench.gpu_env import section_env, section_tests
 from unroll3d.bench.gpu_inference import section_inference
 from unroll3d.bench.gpu_network import network_sections
 from unroll3d.bench.gpu_projector import section_projector, write_reference
-from unroll3d.bench.gpu_recorder import Recorder, free
+from unroll3d.bench.gpu_recorder import Recorder, free, mode_device, profiles
 from unroll3d.bench.gpu_train import section_normal_step, section_train, section_train_mri
 
 #: sizes of each mode. ``train_sizes``: full-volume unrolled until OOM; ``patch``: the paper's
 #: CBCT patch (config/config.yaml); ``model``: DRUNet widths/blocks and K.
-PROFILES = {
-    "gpu": dict(
-        projector_sizes=[128, 501],
-        views=30,
-        agreement_size=32,
-        volume=501,
-        normal_patch=128,
-        train_sizes=[64, 96, 128, 160, 192, 224, 256],
-        patch=[8, 384, 384],
-        channels=[64, 128, 256, 512],
-        blocks=4,
-        K=3,
-        steps=2,
-        repeats=3,
-        mri_shape=[256, 218, 170],
-        mri_coils=12,
-        mri_R=5,
-        mri_K=5,
-        mri_patch=[8, 128, 128],
-    ),
-    "tiny": dict(
-        projector_sizes=[16],
-        views=6,
-        agreement_size=12,
-        volume=24,
-        normal_patch=12,
-        train_sizes=[12, 16],
-        patch=[4, 12, 12],
-        channels=[4, 8, 8, 8],
-        blocks=1,
-        K=2,
-        steps=1,
-        repeats=1,
-        mri_shape=[8, 12, 10],
-        mri_coils=2,
-        mri_R=2,
-        mri_K=2,
-        mri_patch=[4, 8, 8],
-    ),
-}
+PROFILES = profiles(  # each size: (gpu, tiny)
+    projector_sizes=([128, 501], [16]),
+    views=(30, 6),
+    agreement_size=(32, 12),
+    volume=(501, 24),
+    normal_patch=(128, 12),
+    train_sizes=([64, 96, 128, 160, 192, 224, 256], [12, 16]),
+    patch=([8, 384, 384], [4, 12, 12]),
+    channels=([64, 128, 256, 512], [4, 8, 8, 8]),
+    blocks=(4, 1),
+    K=(3, 2),
+    steps=(2, 1),
+    repeats=(3, 1),
+    mri_shape=([256, 218, 170], [8, 12, 10]),
+    mri_coils=(12, 2),
+    mri_R=(5, 2),
+    mri_K=(5, 2),
+    mri_patch=([8, 128, 128], [4, 8, 8]),
+)
 
 
 #: every section in its order (network, train_loop, profile: :mod:`unroll3d.bench.gpu_network`)
@@ -124,9 +103,7 @@ def run_gpu_check(
     import torch
 
     prof = PROFILES["tiny" if tiny else "gpu"]
-    if not tiny and not torch.cuda.is_available():
-        raise RuntimeError("no CUDA device: run on a GPU, or use --tiny for the CPU toy check")
-    device = torch.device("cpu" if tiny else "cuda")
+    device = mode_device(tiny)
     backend = "rtk" if tiny else "astra"
     reference = Path(reference) if reference is not None else None
     rec = Recorder(Path(out_dir), budget_s, "tiny (CPU)" if tiny else "gpu")

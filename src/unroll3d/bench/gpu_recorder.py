@@ -1,5 +1,6 @@
 """The GPU check's rows (CSV and ``summary.md``, rewritten after every section), its time budget,
-and the device helpers its sections share: synchronise, free, peak memory, median time.
+and the device helpers its sections share: synchronise, free, peak memory, median time; with
+:mod:`unroll3d.bench.gpu_accuracy`, the two size profiles and the device of a run.
 """
 
 from __future__ import annotations
@@ -67,6 +68,23 @@ class Recorder:
                     lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
         return "\n".join(lines)
+
+
+NO_CUDA = "no CUDA device: run on a GPU, or use --tiny for the CPU toy check"
+
+
+def profiles(**sizes: tuple) -> dict[str, dict]:
+    """``{"gpu": {...}, "tiny": {...}}`` from each size's ``(gpu, tiny)`` pair."""
+    return {mode: {k: v[i] for k, v in sizes.items()} for i, mode in enumerate(("gpu", "tiny"))}
+
+
+def mode_device(tiny: bool):
+    """The device of a run: the CPU for ``tiny``, else CUDA (an error naming ``--tiny`` if none)."""
+    import torch
+
+    if not tiny and not torch.cuda.is_available():
+        raise RuntimeError(NO_CUDA)
+    return torch.device("cpu" if tiny else "cuda")
 
 
 def sync(device) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 #: CSV columns, one row per size; memory in GB (10⁹ B)
@@ -57,26 +58,29 @@ def masked_blur(n: int, keep: float, seed: int = 0, device="cpu"):
     )
 
 
-def measure(
-    n: int,
-    *,
-    steps: int,
-    init_steps: int,
-    lr: float,
-    levels: int,
-    features: int,
-    log2_table_size: int,
-    base_resolution: int,
-    finest_resolution: int,
-    hidden: int,
-    layers: int,
-    keep: float,
-    noise: float,
-    seed: int,
-    device: str,
-) -> dict:
-    """One fit on n³ (``finest_resolution`` 0: n); the row of the CSV (without n, device,
-    status)."""
+@dataclass(frozen=True)
+class InrSettings:
+    """One fit's settings (``unroll3d bench inr``'s options of the same names): Adam ``steps``
+    after ``init_steps`` warm-start steps on x₀, the hash grid (``finest_resolution`` 0: n), the
+    MLP, the fraction ``keep`` of voxels measured, the noise and the seed."""
+
+    steps: int
+    init_steps: int
+    lr: float
+    levels: int
+    features: int
+    log2_table_size: int
+    base_resolution: int
+    finest_resolution: int
+    hidden: int
+    layers: int
+    keep: float
+    noise: float
+    seed: int
+
+
+def measure(n: int, fit: InrSettings, device: str) -> dict:
+    """One fit on n³; the row of the CSV (without n, device, status)."""
     import gc
 
     import torch
@@ -87,21 +91,21 @@ def measure(
     from unroll3d.physics import sqnorm
 
     dev = torch.device(device)
-    x = blobs(n, seed=seed).to(dev)
-    physics = masked_blur(n, keep, seed=seed, device=dev)
-    g = torch.Generator().manual_seed(seed + 1)
-    y = physics.A(x) + noise * torch.randn(x.shape, generator=g).to(dev)
+    x = blobs(n, seed=fit.seed).to(dev)
+    physics = masked_blur(n, fit.keep, seed=fit.seed, device=dev)
+    g = torch.Generator().manual_seed(fit.seed + 1)
+    y = physics.A(x) + fit.noise * torch.randn(x.shape, generator=g).to(dev)
     # seeded power method (deepinv's compute_sqnorm starts from the global RNG, random per process)
     sq = sqnorm(
-        physics, img_size=tuple(x.shape[1:]), max_iter=300, rtol=1e-6, seed=seed, device=dev
+        physics, img_size=tuple(x.shape[1:]), max_iter=300, rtol=1e-6, seed=fit.seed, device=dev
     )
     x0 = physics.A_adjoint(y) / sq
     enc = dict(
-        levels=levels,
-        features=features,
-        log2_table_size=log2_table_size,
-        base_resolution=min(base_resolution, n),
-        finest_resolution=finest_resolution or n,
+        levels=fit.levels,
+        features=fit.features,
+        log2_table_size=fit.log2_table_size,
+        base_resolution=min(fit.base_resolution, n),
+        finest_resolution=fit.finest_resolution or n,
     )
     gc.collect()
     if dev.type == "cuda":
@@ -113,8 +117,8 @@ def measure(
         base = rss_gb() or 0.0
     start = time.perf_counter()
     vol, hist = fit_inr(
-        y, physics, (n, n, n), 1, steps, lr=lr, seed=seed, x_init=x0,
-        init_steps=init_steps, hidden=hidden, layers=layers, **enc,
+        y, physics, (n, n, n), 1, fit.steps, lr=fit.lr, seed=fit.seed, x_init=x0,
+        init_steps=fit.init_steps, hidden=fit.hidden, layers=fit.layers, **enc,
     )  # fmt: skip
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -126,9 +130,9 @@ def measure(
     data_range = float(x.max())
     table = HashGridEncoding(**enc).table.numel()
     return {
-        "steps": steps,
-        "init_steps": init_steps,
-        "time_per_step_s": total / max(steps + init_steps, 1),
+        "steps": fit.steps,
+        "init_steps": fit.init_steps,
+        "time_per_step_s": total / max(fit.steps + fit.init_steps, 1),
         "total_s": total,
         "peak_memory_gb": peak,
         "mem_method": method,
@@ -137,7 +141,7 @@ def measure(
         "final_loss": hist[-1] if hist else "",
         **enc,
         "table_params": table,
-        "lr": lr,
+        "lr": fit.lr,
         "threads": torch.get_num_threads(),
     }
 
@@ -145,20 +149,8 @@ def measure(
 def run_inr(
     sizes: Sequence[int],
     out: str | Path,
+    fit: InrSettings,
     *,
-    steps: int,
-    init_steps: int,
-    lr: float,
-    levels: int,
-    features: int,
-    log2_table_size: int,
-    base_resolution: int,
-    finest_resolution: int,
-    hidden: int,
-    layers: int,
-    keep: float,
-    noise: float,
-    seed: int,
     device: str = "auto",
     threads: int | None = None,
 ) -> list[dict]:
@@ -171,15 +163,11 @@ def run_inr(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if threads:
         torch.set_num_threads(threads)
-    fit = dict(steps=steps, init_steps=init_steps, lr=lr, levels=levels, features=features,
-               log2_table_size=log2_table_size, base_resolution=base_resolution,
-               finest_resolution=finest_resolution, hidden=hidden, layers=layers, keep=keep,
-               noise=noise, seed=seed)  # fmt: skip
     rows = []
     for n in sorted(sizes):  # ascending: the RSS high-water mark grows with N
         row = {"n": n, "device": device_name(device)}
         try:
-            row.update(measure(n, **fit, device=device), status="ok")
+            row.update(measure(n, fit, device), status="ok")
         except torch.OutOfMemoryError:
             row["status"] = "oom"
         rows.append(row)

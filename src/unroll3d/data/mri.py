@@ -66,28 +66,23 @@ _AX = (-3, -2, -1)
 
 def fft3c(img):
     """deepinv's centred orthonormal FFT over the last three axes (torch or numpy)."""
-    if isinstance(img, np.ndarray):
-        return np.fft.fftshift(
-            np.fft.fftn(np.fft.ifftshift(img, axes=_AX), axes=_AX, norm="ortho"), axes=_AX
-        )
-    import torch
-
-    return torch.fft.fftshift(
-        torch.fft.fftn(torch.fft.ifftshift(img, dim=_AX), dim=_AX, norm="ortho"), dim=_AX
-    )
+    return _centred_fft(img, inverse=False)
 
 
 def ifft3c(k):
     """Inverse of :func:`fft3c`."""
-    if isinstance(k, np.ndarray):
-        return np.fft.fftshift(
-            np.fft.ifftn(np.fft.ifftshift(k, axes=_AX), axes=_AX, norm="ortho"), axes=_AX
-        )
+    return _centred_fft(k, inverse=True)
+
+
+def _centred_fft(a, inverse: bool, ax: tuple[int, ...] = _AX):
+    """fftshift ∘ (i)fftn ∘ ifftshift over the axes ``ax``, orthonormal (torch or numpy)."""
+    if isinstance(a, np.ndarray):
+        f = np.fft.ifftn if inverse else np.fft.fftn
+        return np.fft.fftshift(f(np.fft.ifftshift(a, axes=ax), axes=ax, norm="ortho"), axes=ax)
     import torch
 
-    return torch.fft.fftshift(
-        torch.fft.ifftn(torch.fft.ifftshift(k, dim=_AX), dim=_AX, norm="ortho"), dim=_AX
-    )
+    f = torch.fft.ifftn if inverse else torch.fft.fftn
+    return torch.fft.fftshift(f(torch.fft.ifftshift(a, dim=ax), dim=ax, norm="ortho"), dim=ax)
 
 
 def hybrid_to_image(k: np.ndarray, convention: str) -> np.ndarray:
@@ -96,9 +91,7 @@ def hybrid_to_image(k: np.ndarray, convention: str) -> np.ndarray:
     if convention == "uncentred":
         return np.fft.ifftn(np.fft.ifftshift(k, axes=ax), axes=ax, norm="ortho")
     if convention == "centred":
-        return np.fft.fftshift(
-            np.fft.ifftn(np.fft.ifftshift(k, axes=ax), axes=ax, norm="ortho"), axes=ax
-        )
+        return _centred_fft(k, inverse=True, ax=ax)
     raise DataError(
         f"unknown k-space convention {convention!r} (expected auto, centred, uncentred)"
     )

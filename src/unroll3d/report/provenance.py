@@ -12,23 +12,16 @@ def git_commit(cwd: str | Path = ".") -> str:
     """Short commit of ``cwd`` with ``-dirty`` for uncommitted tracked changes; ``unknown``
     outside a git checkout."""
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        sha = _git(cwd, "rev-parse", "--short=12", "HEAD")
+        dirty = _git(cwd, "status", "--porcelain", "--untracked-files=no")
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def _git(cwd: str | Path, *args: str) -> str:
+    run = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
+    return run.stdout.strip()
 
 
 def config_footnote(config: dict, config_path: str | None, commit: str | None) -> str:

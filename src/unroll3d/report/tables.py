@@ -319,27 +319,17 @@ def _footnotes(
                 f"{title}: paper rows not reimplemented here: {', '.join(PAPER_ONLY_ROWS[task])}"
                 f"{extra}."
             )
-    failed = sorted(
-        {(r.path, r.message or "no message") for rs in task_cells.values() for r in rs
-         if r.status == "failed"}
-    )  # fmt: skip
-    if failed:
-        notes.append(
-            "failed = an evaluation without a usable result, left out of every mean: "
-            + "; ".join(f"{path}: {message}" for path, message in failed)
-            + "."
-        )
-    unavailable = sorted(
-        {(r.variant, r.message or "no message") for rs in task_cells.values() for r in rs
-         if r.status == "unavailable"}
-    )  # fmt: skip
-    if unavailable:
-        notes.append(
-            "weights not available = a pretrained method whose weights file is absent here (no "
-            "other weights are substituted): "
-            + "; ".join(f"{v}: {message}" for v, message in unavailable)
-            + "."
-        )
+    for status, key, meaning in (
+        ("failed", "path", "failed = an evaluation without a usable result, left out of every mean"),
+        ("unavailable", "variant", "weights not available = a pretrained method whose weights "
+         "file is absent here (no other weights are substituted)"),
+    ):  # fmt: skip
+        cases = sorted(
+            {(getattr(r, key), r.message or "no message") for rs in task_cells.values() for r in rs
+             if r.status == status}
+        )  # fmt: skip
+        if cases:
+            notes.append(f"{meaning}: " + "; ".join(f"{k}: {m}" for k, m in cases) + ".")
     devices = sorted({r.device for rs in task_cells.values() for r in rs if r.device})
     notes.append(
         f"Hardware: {', '.join(devices) or 'not recorded'} (paper: one NVIDIA H100 80 GB). "

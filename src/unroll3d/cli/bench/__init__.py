@@ -1,12 +1,14 @@
 """``unroll3d bench NAME [options]``: one module here per benchmark of :mod:`unroll3d.bench`
-(its parser and ``main(argv)``, which calls the benchmark's typed ``run_<name>``), imported only
-when its benchmark runs, so ``unroll3d bench --help`` loads no torch."""
+(its parser, from :func:`bench_parser`, and ``main(argv)``, which calls the benchmark's typed
+``run_<name>``), imported only when its benchmark runs, so ``unroll3d bench --help`` loads no
+torch."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from types import ModuleType
 
 from unroll3d.bench import BENCHMARKS
 
@@ -24,6 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", choices=list(BENCHMARKS), help="benchmark to run")
     p.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
     return p
+
+
+def bench_parser(lib: ModuleType, raw: bool = False) -> argparse.ArgumentParser:
+    """``unroll3d bench NAME``'s parser for benchmark module ``lib`` (NAME: its last name),
+    described by the first paragraph of its docstring (``raw``: line breaks kept)."""
+    raw_kw = {"formatter_class": argparse.RawDescriptionHelpFormatter} if raw else {}
+    return argparse.ArgumentParser(
+        prog=f"unroll3d bench {lib.__name__.rsplit('.', 1)[-1]}",
+        description=lib.__doc__.split("\n\n")[0],
+        **raw_kw,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

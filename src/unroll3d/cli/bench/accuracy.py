@@ -6,15 +6,12 @@ import argparse
 from pathlib import Path
 
 from unroll3d.bench import accuracy as lib
+from unroll3d.cli.bench import bench_parser
 from unroll3d.cli.common import device_arg, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="unroll3d bench accuracy",
-        description=lib.__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = bench_parser(lib, raw=True)
     p.add_argument("--task", required=True, choices=["cbct", "mri"])
     p.add_argument("--setting", required=True, help="v30, R5, ...")
     g = p.add_mutually_exclusive_group(required=True)

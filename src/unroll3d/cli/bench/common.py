@@ -53,5 +53,7 @@ def require_cuda(p: argparse.ArgumentParser, tiny: bool) -> None:
     """A usage error when no CUDA device is present, unless ``--tiny`` (the CPU toy check)."""
     import torch
 
+    from unroll3d.bench.gpu_recorder import NO_CUDA
+
     if not tiny and not torch.cuda.is_available():
-        p.error("no CUDA device: run on a GPU, or use --tiny for the CPU toy check")
+        p.error(NO_CUDA)

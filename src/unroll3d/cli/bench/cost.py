@@ -6,10 +6,11 @@ import argparse
 from pathlib import Path
 
 from unroll3d.bench import cost as lib
+from unroll3d.cli.bench import bench_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unroll3d bench cost", description=lib.__doc__.split("\n\n")[0])
+    p = bench_parser(lib)
     p.add_argument("--config", required=True, type=Path, help="workflow config YAML")
     p.add_argument(
         "--gpu-check",

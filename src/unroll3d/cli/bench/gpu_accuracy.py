@@ -7,15 +7,12 @@ import argparse
 from pathlib import Path
 
 from unroll3d.bench import gpu_accuracy as lib
+from unroll3d.cli.bench import bench_parser
 from unroll3d.cli.bench.common import require_cuda
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="unroll3d bench gpu_accuracy",
-        description=lib.__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = bench_parser(lib, raw=True)
     p.add_argument("--tiny", action="store_true", help="toy sizes on the CPU (masked blur)")
     p.add_argument(
         "--out-dir", type=Path, default=None, help="default results/benchmarks/gpu-accuracy[-tiny]"

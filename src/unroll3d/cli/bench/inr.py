@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
 from unroll3d.bench import inr as lib
+from unroll3d.cli.bench import bench_parser
 from unroll3d.cli.common import device_arg, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unroll3d bench inr", description=lib.__doc__.splitlines()[0])
+    p = bench_parser(lib)
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 32], help="volume sizes N (N³)")
     p.add_argument("--steps", type=int, default=200, help="data-fit Adam steps")
     p.add_argument("--init-steps", type=int, default=30, help="warm-start steps on x₀")
@@ -37,11 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    lib.run_inr(
-        a.sizes, a.out, steps=a.steps, init_steps=a.init_steps, lr=a.lr, levels=a.levels,
-        features=a.features, log2_table_size=a.log2_table_size,
-        base_resolution=a.base_resolution, finest_resolution=a.finest_resolution,
-        hidden=a.hidden, layers=a.layers, keep=a.keep, noise=a.noise, seed=a.seed,
-        device=a.device, threads=a.threads,
-    )  # fmt: skip
+    fit = lib.InrSettings(**{f.name: getattr(a, f.name) for f in fields(lib.InrSettings)})
+    lib.run_inr(a.sizes, a.out, fit, device=a.device, threads=a.threads)
     return 0

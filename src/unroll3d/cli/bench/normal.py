@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 
 from unroll3d.bench import normal as lib
+from unroll3d.cli.bench import bench_parser
 from unroll3d.cli.bench.common import add_config_json, parse_bench_args, schema_default
 from unroll3d.cli.common import device_arg, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="unroll3d bench normal", description=lib.__doc__.split("\n\n")[0]
-    )
+    ap = bench_parser(lib)
     ap.add_argument(
         "--volumes", "--sizes", type=int, nargs="+", default=[32], help="volume sizes n (n³)"
     )

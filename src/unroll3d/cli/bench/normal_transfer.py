@@ -7,12 +7,11 @@ import argparse
 from pathlib import Path
 
 from unroll3d.bench import normal_transfer as lib
+from unroll3d.cli.bench import bench_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="unroll3d bench normal_transfer", description=lib.__doc__.split("\n\n")[0]
-    )
+    p = bench_parser(lib)
     p.add_argument("--fit", required=True, type=Path, help="fitted H (results/normal/...pt)")
     p.add_argument("--setting", required=True, help="R5, v30, ...")
     p.add_argument("--data", required=True, nargs="+", help="preprocessed volumes")

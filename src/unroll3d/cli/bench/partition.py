@@ -6,14 +6,13 @@ import argparse
 from pathlib import Path
 
 from unroll3d.bench import partition as lib
+from unroll3d.cli.bench import bench_parser
 from unroll3d.cli.bench.common import add_config_json, parse_bench_args, schema_default
 from unroll3d.cli.common import device_arg, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="unroll3d bench partition", description=lib.__doc__.splitlines()[0]
-    )
+    ap = bench_parser(lib)
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 48, 64], help="cubic volume sizes")
     ap.add_argument("--patch", type=int, default=16, help="cubic training patch size")
     ap.add_argument(

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 
 from unroll3d.bench import physics as lib
+from unroll3d.cli.bench import bench_parser
 from unroll3d.cli.bench.common import add_config_json, parse_bench_args
 from unroll3d.cli.common import positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="unroll3d bench physics", description=lib.__doc__.split("\n\n")[0]
-    )
+    p = bench_parser(lib)
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 32], help="cubic sizes N")
     p.add_argument("--views", type=int, nargs="+", default=[30, 90], help="numbers of views")
     p.add_argument(

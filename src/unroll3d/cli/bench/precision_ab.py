@@ -7,12 +7,11 @@ import argparse
 from pathlib import Path
 
 from unroll3d.bench import precision_ab as lib
+from unroll3d.cli.bench import bench_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="unroll3d bench precision_ab", description=lib.__doc__.split("\n\n")[0]
-    )
+    p = bench_parser(lib)
     p.add_argument("--run-dir", type=Path, required=True, help="a run with config.yaml, results/")
     p.add_argument("--task", choices=["cbct", "mri"], required=True)
     p.add_argument("--variants", nargs="+", default=["partition-H"])

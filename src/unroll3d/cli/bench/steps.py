@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 
 from unroll3d.bench import steps as lib
+from unroll3d.cli.bench import bench_parser
 from unroll3d.cli.bench.common import add_config_json, parse_bench_args, schema_default
 from unroll3d.cli.common import device_arg
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unroll3d bench steps", description=lib.__doc__.splitlines()[0])
+    p = bench_parser(lib)
     p.add_argument("--sizes", type=int, nargs="+", required=True, help="volume sizes N (N³)")
     p.add_argument("--views", type=int, default=schema_default("benchmarks.views"))
     p.add_argument("--channels", type=int, nargs=4, default=schema_default("model.channels"))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 
 from unroll3d.bench import study as lib
+from unroll3d.cli.bench import bench_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unroll3d bench study", description=lib.__doc__.split("\n\n")[0])
+    p = bench_parser(lib)
     p.add_argument("--study", default="config/study.yaml", help="study file")
     p.add_argument("--only", nargs="*", default=None, help="points to run (default: all)")
     p.add_argument("--steps", nargs="*", type=int, default=None, help="lengths to run (default: all)")

@@ -81,6 +81,16 @@ def log_y_axis(ax) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
+def size_axes(ax, sizes, ylabel: str) -> None:
+    """A measurement against the volume size N: log y (:func:`log_y_axis`), one x tick per size."""
+    log_y_axis(ax)
+    ax.set_xlabel("volume size N (N³ voxels)")
+    ax.set_ylabel(ylabel)
+    sizes = sorted(sizes.unique())
+    ax.set_xticks(sizes)
+    ax.set_xticklabels([str(int(s)) for s in sizes])
+
+
 def read_csv(path: Path):
     import pandas as pd
 

@@ -3,24 +3,21 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from unroll3d.report.figures.base import (
     device_label,
     find_column,
-    log_y_axis,
     mark_oom,
     memory_column_gb,
     no_data,
     pyplot,
     read_csv,
     save_figure,
+    size_axes,
     size_column,
 )
 from unroll3d.report.figures.style import STYLE
-
-log = logging.getLogger("unroll3d.report")
 
 
 def fig_data_vs_network(bench_csv: Path, out_dir: Path, reason: str | None = None) -> list[Path]:
@@ -64,12 +61,7 @@ def fig_data_vs_network(bench_csv: Path, out_dir: Path, reason: str | None = Non
                     if status is not None:
                         bad = sub[sub["status"].astype(str) != "ok"]
                         mark_oom(ax, bad[ncol], c)
-                log_y_axis(ax)
-                ax.set_xlabel("volume size N (N³ voxels)")
-                ax.set_ylabel(ylabel)
-                sizes = sorted(df[ncol].unique())
-                ax.set_xticks(sizes)
-                ax.set_xticklabels([str(int(s)) for s in sizes])
+                size_axes(ax, df[ncol], ylabel)
             handles, labels_ = axes[0].get_legend_handles_labels()
             fig.legend(
                 handles,

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from unroll3d.report.common import variant_style
 from unroll3d.report.figures.base import (
     device_label,
     find_column,
-    log_y_axis,
     mark_oom,
     memory_column_gb,
     no_data,
     pyplot,
     read_csv,
     save_figure,
+    size_axes,
     size_column,
 )
 from unroll3d.report.figures.style import STYLE
-
-log = logging.getLogger("unroll3d.report")
 
 
 def fig_partition_memory(bench_csv: Path, out_dir: Path, reason: str | None = None) -> list[Path]:
@@ -69,12 +66,7 @@ def fig_partition_memory(bench_csv: Path, out_dir: Path, reason: str | None = No
                         label=f"{label}: added by the step",
                     )
                 mark_oom(ax, sub[ncol][~ok], color)
-            log_y_axis(ax)
-            ax.set_xlabel("volume size N (N³ voxels)")
-            ax.set_ylabel("peak training memory (GB)")
-            sizes = sorted(df[ncol].unique())
-            ax.set_xticks(sizes)
-            ax.set_xticklabels([str(int(s)) for s in sizes])
+            size_axes(ax, df[ncol], "peak training memory (GB)")
             patch = ""
             pcol = find_column(df, ("patch", "patch_size"), bench_csv, required=False)
             if pcol:
