@@ -112,6 +112,34 @@ def test_each_benchmark_is_a_typed_function_behind_a_cli_module(name):
     assert callable(cli.build_parser) and callable(cli.main)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_each_benchmark_parser_is_named_and_described_by_its_module(name):
+    """``unroll3d bench NAME``'s usage line names it; its description is the first paragraph of
+    the benchmark module's docstring."""
+    lib = importlib.import_module(f"unroll3d.bench.{name}")
+    parser = importlib.import_module(f"unroll3d.cli.bench.{name}").build_parser()
+    assert parser.prog == f"unroll3d bench {name}"
+    assert parser.description == lib.__doc__.split("\n\n")[0]
+
+
+@pytest.mark.parametrize("name", ["gpu_check", "gpu_accuracy"])
+def test_a_full_size_gpu_check_without_cuda_is_a_one_line_error(name, capsys):
+    import torch
+
+    from unroll3d.bench.gpu_recorder import NO_CUDA, mode_device
+    from unroll3d.cli.bench import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(SystemExit) as exc:
+        main([name])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"unroll3d bench {name}: error: {NO_CUDA}"
+    with pytest.raises(RuntimeError, match="--tiny"):  # the library refuses too
+        mode_device(False)
+    assert mode_device(True).type == "cpu"
+
+
 def _parse(name: str, argv: list[str]):
     from unroll3d.cli.bench.common import parse_bench_args
 
