@@ -157,3 +157,39 @@ def test_from_file_checks_a_function_defined_operator(tmp_path):
     with pytest.raises(NormalFileError, match="fitted for operator"):
         DiagCirculantWrapper.from_file(_function_physics(shift=1), path)
     DiagCirculantWrapper.from_file(_function_physics(shift=1), path, check_hash=False)
+
+
+def _fft_blur_physics(cast_to_float32=False):
+    """A function-defined 3D circulant blur plus a global sum term (an FFT and a reduction, whose
+    float32 results change in their last bits with the number of CPU threads). ``cast_to_float32``:
+    an operator that computes in float32 whatever its input."""
+    n = 48  # large enough for torch to split the FFT and the sum over threads
+    kernel = torch.randn(1, 1, n, n, n, generator=torch.Generator().manual_seed(0))
+    K = torch.fft.fftn(kernel, dim=(-3, -2, -1))
+
+    def conv(x, spectrum):
+        x = x.float() if cast_to_float32 else x
+        out = torch.fft.ifftn(torch.fft.fftn(x, dim=(-3, -2, -1)) * spectrum, dim=(-3, -2, -1))
+        return out.real + 1e-3 * x.sum()
+
+    physics = LinearPhysics(A=lambda x: conv(x, K), A_adjoint=lambda y: conv(y, K.conj()))
+    return physics, (1, n, n, n)
+
+
+@pytest.mark.parametrize("cast_to_float32", [False, True], ids=["any_dtype", "float32_only"])
+def test_probe_hash_does_not_depend_on_the_thread_count(cast_to_float32):
+    """The probe's response is rounded to 4 significant digits; computed in float32 with 1 and
+    with 2 CPU threads, a few entries of AᵀA x land on either side of a rounding boundary, and an
+    H fitted in a job with other threads would be refused. The probe runs on one thread (and in
+    float64 where the operator takes it)."""
+    physics, img = _fft_blur_physics(cast_to_float32)
+    threads = torch.get_num_threads()
+    try:
+        digests = set()
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            digests.add(operator_hash(physics, img))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(digests) == 1
+    assert torch.get_num_threads() == threads

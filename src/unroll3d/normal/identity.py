@@ -81,23 +81,42 @@ def _hash_response(h: Any, name: str, response: Any) -> None:
 
 
 def _hash_probe(h: Any, physics: nn.Module, img_size: Sequence[int]) -> None:
-    """Hash ``A x`` and ``Aᵀ A x`` for a seeded Gaussian ``x`` of shape ``(1, *img_size)``."""
+    """Hash ``A x`` and ``Aᵀ A x`` for a seeded Gaussian ``x`` of shape ``(1, *img_size)``.
+
+    Rounding to 4 digits is only as stable as the last bits below it: a sum or an FFT split over
+    CPU threads rounds differently, and in float32 a few of 10⁵ entries then cross a rounding
+    boundary. So the probe runs on one CPU thread, and in float64 (float noise some 10⁹ times
+    below the 4th digit) unless the operator refuses it (then float32: the same digest on one
+    machine whatever its thread count; across devices, only an exact operator is sure to)."""
     shape = (1, *(int(n) for n in img_size))
     x = torch.randn(shape, generator=torch.Generator().manual_seed(_PROBE_SEED))
+    device = physics_device(physics)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        with torch.no_grad():
-            y = physics.A(x.to(physics_device(physics)))
-            adjoint = getattr(physics, "A_adjoint", None)
-            z = None if adjoint is None else adjoint(y)
+        try:
+            y, z = _respond(physics, x.double().to(device))
+        except Exception:  # noqa: BLE001 - an operator that takes float32 only: probe in float32
+            y, z = _respond(physics, x.to(device))
     except Exception as err:  # noqa: BLE001 - any failure of a user's operator: one clear line
         raise ValueError(
             f"cannot hash {type(physics).__name__} by its response to a {shape} probe "
             f"(is img_size right?): {type(err).__name__}: {err}"
         ) from err
+    finally:
+        torch.set_num_threads(threads)
     h.update(f"probe{shape}".encode())
     _hash_response(h, "A", y)
     if z is not None:
         _hash_response(h, "AtA", z)
+
+
+def _respond(physics: nn.Module, x: torch.Tensor) -> tuple[Any, Any]:
+    """``(A x, Aᵀ A x)`` (``Aᵀ A x`` None for an operator without an adjoint)."""
+    with torch.no_grad():
+        y = physics.A(x)
+        adjoint = getattr(physics, "A_adjoint", None)
+        return y, (None if adjoint is None else adjoint(y))
 
 
 def operator_hash(physics: nn.Module, img_size: Sequence[int] | None = None) -> str:
@@ -108,7 +127,8 @@ def operator_hash(physics: nn.Module, img_size: Sequence[int] | None = None) -> 
     Two operators with the same geometry hash equally whatever their backend (astra / RTK). An
     operator described by no tensor (deepinv's ``_device_holder`` does not count), e.g. a
     ``LinearPhysics`` built from functions, is hashed by its response to a fixed seeded probe:
-    ``A x`` and ``Aᵀ A x``, to 4 significant digits. That needs ``img_size`` ``(C, D, H, W)``
+    ``A x`` and ``Aᵀ A x``, to 4 significant digits (on one CPU thread, in float64 when the
+    operator takes it). That needs ``img_size`` ``(C, D, H, W)``
     (or the physics' own ``img_size``). A :class:`WrapsPhysics` hashes as the physics it wraps.
     """
     while isinstance(physics, WrapsPhysics):
