@@ -4,6 +4,7 @@ same samples and learns the same weights, bit for bit, as when every mask is dra
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -165,3 +166,22 @@ def test_a_stopped_run_ends_the_mask_worker(tmp_path, mri_volume, mask_draws):
     assert tr.train(job, stop_at=2) == {"stopped_at": 2}
     assert any(t.startswith(WORKER) for _, t in calls)  # step 3's mask was drawn ahead
     assert not _mask_threads()
+
+
+def test_a_mask_drawn_for_another_volume_is_refused(mri_volume):
+    """A mask carries its volume's partial-Fourier block: given to another file of the same grid
+    it would sample k-space that file never acquired, so make_sample refuses it (before, it built
+    the sample silently), as it refuses a mask of another grid with a clear line."""
+    data, meta, _task, _value = engine_samples.read_sample_file(mri_volume, "R2")
+    mask = data_mri.draw_sample_mask(data, meta, 2.0, 5)
+    pf = data["pf_mask"].clone()
+    pf[:, pf.shape[1] // 2 :] = 0  # another file: a shorter partial-Fourier side
+    other = {**data, "pf_mask": pf}
+    other_meta = {**meta, "source": mri_volume.replace(".pt", "_other.pt")}
+    with pytest.raises(ValueError, match=r"drawn for .*\.pt \(12×10\), not for .*_other\.pt"):
+        data_mri.make_sample(other, other_meta, "R2", 2.0, 5, "cpu", mask=mask)
+    own = data_mri.draw_sample_mask(other, other_meta, 2.0, 5)
+    assert not torch.equal(own.mask, mask.mask)  # what the refused call would have got wrong
+    wrong_grid = dataclasses.replace(mask, mask=mask.mask[:, :-1])
+    with pytest.raises(ValueError, match=r"\(12×9\), not for .* \(12×10\)"):
+        data_mri.make_sample(data, meta, "R2", 2.0, 5, "cpu", mask=wrong_grid)

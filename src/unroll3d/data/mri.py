@@ -409,6 +409,7 @@ class DrawnMask:
     source: str  # "seeded" or "challenge R<r> #<index>"
     kind: str  # "seeded" or "challenge"
     effective: float  # ky·kz / number of samples
+    volume: str | None  # the file it was drawn for (its partial-Fourier block is in the mask)
 
 
 def draw_sample_mask(data: dict, meta: dict, acceleration: float, seed: int) -> DrawnMask:
@@ -435,7 +436,11 @@ def draw_sample_mask(data: dict, meta: dict, acceleration: float, seed: int) -> 
         source = kind = "seeded"
     # counted on the host, before the copy: the mask's only read (a sync on CUDA otherwise)
     effective = float(ny * nz / max(float(mask2d.sum()), 1.0))
-    return DrawnMask(mask2d, acceleration, int(seed), source, kind, effective)
+    return DrawnMask(mask2d, acceleration, int(seed), source, kind, effective, _volume_of(meta))
+
+
+def _volume_of(meta: dict) -> str | None:
+    return meta.get("source") or meta.get("volume")
 
 
 def make_sample(
@@ -470,6 +475,12 @@ def make_sample(
         raise ValueError(
             f"make_sample: the mask given was drawn for seed {mask.seed} at R{mask.acceleration:g}, "
             f"not seed {seed} at R{acceleration:g}"
+        )
+    elif mask.volume != _volume_of(meta) or tuple(mask.mask.shape) != (ny, nz):
+        h, w = mask.mask.shape
+        raise ValueError(
+            f"make_sample: the mask given was drawn for {mask.volume} ({h}×{w}), not for "
+            f"{_volume_of(meta)} ({ny}×{nz}): draw it from this file's arrays (draw_sample_mask)"
         )
     mask2d = mask.mask.to(device, non_blocking=True)  # one (ky, kz) plane, no wait for the queue
     maps = data["coil_maps"].to(device)[None]
