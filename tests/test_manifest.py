@@ -100,6 +100,38 @@ def test_logs_and_benchmarks_attributed_through_the_job_log(tmp_path):
     assert m["files"]["results/benchmarks/rules/report/tables_figures.tsv"]["kind"] == "benchmark"
 
 
+def test_the_plugins_source_is_recorded_when_listed(tmp_path, monkeypatch):
+    """The config's plugins: a .py file's sha256 and size, a module name's source file (found
+    without importing it), none for a module without a file; no plugins, no section."""
+    monkeypatch.chdir(tmp_path)
+    _fill(tmp_path)
+    mine, theirs = b"# registers a variant\n", b"# an importable module\n"
+    (tmp_path / "my_methods.py").write_bytes(mine)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "their_methods.py").write_bytes(theirs)
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    config = {"name": "unit", "plugins": ["my_methods.py", "their_methods", "sys"]}
+    argv = ["--results", "results", "--inputs", "--config-json"]
+    assert manifest_cli.main([*argv, json.dumps(config)]) == 0
+    m = json.loads((tmp_path / "results" / "manifest.json").read_text())
+    assert m["plugins"] == {
+        "my_methods.py": {
+            "file": "my_methods.py",
+            "sha256": hashlib.sha256(mine).hexdigest(),
+            "bytes": len(mine),
+        },
+        "their_methods": {
+            "file": str(tmp_path / "lib" / "their_methods.py"),
+            "sha256": hashlib.sha256(theirs).hexdigest(),
+            "bytes": len(theirs),
+        },
+        "sys": {"file": None, "sha256": None, "bytes": None},
+    }
+    assert "their_methods" not in sys.modules  # found, not run
+    assert manifest_cli.main([*argv, json.dumps({**config, "plugins": []})]) == 0
+    assert "plugins" not in json.loads((tmp_path / "results" / "manifest.json").read_text())
+
+
 def _rules(root: Path) -> str:
     p = root / "rules.json"
     p.write_text(json.dumps({"results/figures/fig.png": "from_mapping"}))

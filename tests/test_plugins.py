@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ import yaml
 from unroll3d import cli, plugins
 from unroll3d import config as u3config
 from unroll3d.config import ConfigError
+from unroll3d.engine import checkpoint
+from unroll3d.engine import train as engine_train
 from unroll3d.models import BUILDERS
 from unroll3d.plugins import PluginError
 from unroll3d.variants import BUILTIN_VARIANTS, VARIANTS
@@ -193,6 +197,66 @@ def test_cli_train_and_evaluate_a_plugins_variant(fresh, plugin_dir, mri_volume,
     capsys.readouterr()
 
 
+#: run_fingerprint of _fingerprint_job's plain config with the code version pinned to "code", as
+#: computed before the plugins' source joined it: checkpoints of the package's variants still resume
+PLAIN_FINGERPRINT = "09c7ef0c53bf2922d92d64d9ac4af8c8"
+
+
+def _fingerprint_job(config, out):
+    return engine_train.TrainJob(
+        task="cbct", setting="v30", variant="partition", config=config, train_paths=["toy0"],
+        val_paths=[], out=out, loader=lambda path: None,
+    )  # fmt: skip
+
+
+def test_the_run_fingerprint_covers_the_plugins_source(fresh, plugin_dir, monkeypatch):
+    """No plugins (absent or empty): the fingerprint as before; a listed plugin's source (a
+    file's bytes, a module name's __file__) is part of it, and only its source."""
+    monkeypatch.setattr(checkpoint, "_code_version", lambda: "code")
+    plain = {"seed": 0, "train": {"steps": 6}}
+
+    def fingerprint(**extra):
+        return checkpoint.run_fingerprint(_fingerprint_job({**plain, **extra}, plugin_dir / "m.pt"))
+
+    assert fingerprint() == fingerprint(plugins=[]) == PLAIN_FINGERPRINT
+    by_file = fingerprint(plugins=["my_methods.py"])
+    assert by_file != PLAIN_FINGERPRINT
+    os.utime(plugin_dir / "my_methods.py", (1e9, 1e9))  # touched, same bytes: same fingerprint
+    assert fingerprint(plugins=["my_methods.py"]) == by_file
+    monkeypatch.syspath_prepend(str(plugin_dir))
+    by_name = fingerprint(plugins=["my_methods"])
+    (plugin_dir / "my_methods.py").write_text(PLUGIN.replace("K gradient", "K  gradient") + "#\n")
+    assert fingerprint(plugins=["my_methods.py"]) not in (by_file, PLAIN_FINGERPRINT)
+    assert fingerprint(plugins=["my_methods"]) not in (by_name, PLAIN_FINGERPRINT)
+    assert fingerprint() == PLAIN_FINGERPRINT
+
+
+def test_an_edited_plugin_restarts_training(fresh, plugin_dir, mri_volume, capsys):
+    """A run of the plugin's variant killed at step 2 resumes while the plugin is unchanged;
+    once its file is edited the checkpoint is discarded (the fingerprint's usual line)."""
+    config = _smoke(variants=["fdk", NAME], plugins=["my_methods.py"])
+    config["mri"]["patch_size"] = [4, 6, 6]
+    config["train"].update(steps=4, warmup_steps=1, lr=0.05, checkpoint_every=1, val_every=100)
+    config = u3config.validate(config)
+    job_cfg = {**u3config.job_config(config, "mri"), **plugins.plugins_for(config, [NAME])}
+
+    def job(name):
+        return engine_train.TrainJob(
+            task="mri", setting="R2", variant=NAME, config=job_cfg, train_paths=[mri_volume],
+            val_paths=[], out=plugin_dir / f"{name}.pt", progress=False,
+        )  # fmt: skip
+
+    engine_train.train(job("same"), stop_at=2)
+    engine_train.train(job("edited"), stop_at=2)
+    capsys.readouterr()
+    engine_train.train(job("same"))
+    assert "resuming from" in capsys.readouterr().err
+    (plugin_dir / "my_methods.py").write_text(PLUGIN + "# a changed step\n")
+    engine_train.train(job("edited"))
+    err = capsys.readouterr().err
+    assert "discarding checkpoint" in err and "resuming" not in err
+
+
 def _snakemake(workdir, configfile, *args):
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
     return subprocess.run(
@@ -200,6 +264,18 @@ def _snakemake(workdir, configfile, *args):
          str(workdir), "--configfile", str(configfile), "--cores", "1", *args],
         capture_output=True, text=True, cwd=ROOT, env=env,
     )  # fmt: skip
+
+
+def _planned(res) -> set[tuple[str, str | None]]:
+    """(rule, {variant} wildcard or None) of each job a dry run plans (`rule all` aside)."""
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs: list[list] = []
+    for line in res.stdout.splitlines():
+        if rule := re.fullmatch(r"(?:local)?rule (\w+):", line):
+            jobs.append([rule.group(1), None])
+        elif jobs and (variant := re.match(r"    wildcards: .*\bvariant=([^,\s]+)", line)):
+            jobs[-1][1] = variant.group(1)
+    return {(rule, variant) for rule, variant in jobs if rule != "all"}
 
 
 def test_the_workflow_plans_a_plugins_variant(tmp_path):
@@ -222,6 +298,21 @@ def test_the_workflow_plans_a_plugins_variant(tmp_path):
     for command in commands:
         has_list = '"plugins": ["my_methods.py"]' in command
         assert has_list == (f"--variant {NAME}" in command or "unroll3d report" in command)
+    # every planned output made, the plugin file older; then the plugin edited: under the mtime
+    # trigger exactly its variant's jobs rerun, and the report that reads it (and the manifest)
+    made = time.time() - 1000
+    for line in res.stdout.splitlines():
+        if line.startswith("    output: "):
+            for out in line.split(": ", 1)[1].split(", "):
+                (tmp_path / out).parent.mkdir(parents=True, exist_ok=True)
+                (tmp_path / out).touch()
+                os.utime(tmp_path / out, (made, made))
+    os.utime(tmp_path / "my_methods.py", (made - 10, made - 10))
+    assert _planned(_snakemake(tmp_path, configfile, "-n", "--rerun-triggers", "mtime")) == set()
+    os.utime(tmp_path / "my_methods.py", (made + 10, made + 10))
+    res = _snakemake(tmp_path, configfile, "-n", "--rerun-triggers", "mtime")
+    assert _planned(res) == {("train", NAME), ("evaluate", NAME), ("tables_figures", None),
+                             ("manifest", None)}  # fmt: skip
     del config["plugins"]
     configfile.write_text(yaml.safe_dump(config))
     res = _snakemake(tmp_path, configfile, "-n")

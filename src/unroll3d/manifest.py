@@ -4,7 +4,8 @@
 For every file under the results folder: its sha256, size and the Snakemake rule that made it
 (read from ``.snakemake/metadata``, or from a JSON mapping given with ``--rules``). Plus the
 sha256 of the input data (``resources/`` by default), the installed software versions, the
-CPU/GPU names, the git commit and the config used. Written atomically.
+CPU/GPU names, the git commit and the config used; when the config lists ``plugins``, the
+sha256 of each plugin's source (:func:`unroll3d.plugins.source_digests`). Written atomically.
 
 Hashing raw downloads (hundreds of GB for Walnut-CBCT) is slow, so a previous manifest's hash is
 reused for a file whose size and modification time are unchanged (``--no-reuse`` disables it).
@@ -31,6 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from unroll3d.plugins import source_digests
 from unroll3d.utils import atomic_write_json, cpu_name
 
 __all__ = [
@@ -356,12 +358,14 @@ def build_manifest(
     for root in inputs:
         input_hashes.update(hash_files(root, DEFAULT_EXCLUDE, previous, _key(root, workdir)))
     n_unknown = sum(1 for e in files.values() if e["rule"] is None)
-    return {
+    config_record = _load_config(config, config_resolved)
+    plugins = ((config_record or {}).get("resolved") or {}).get("plugins")
+    manifest = {
         "manifest_version": MANIFEST_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "git": git_info(workdir),
-        "config": _load_config(config, config_resolved),
+        "config": config_record,
         "software": software_versions(),
         "hardware": hardware(),
         "results_root": str(results),
@@ -374,6 +378,9 @@ def build_manifest(
         "files": files,
         "inputs": input_hashes,
     }
+    if plugins:  # the user's code the run imported (a .py entry relative to the working dir)
+        manifest["plugins"] = source_digests(plugins)
+    return manifest
 
 
 def write_manifest(out: str | Path = "results/manifest.json", **kwargs: Any) -> dict[str, Any]:

@@ -6,7 +6,8 @@ kind (``unroll3d.models.BUILDERS``) when imported. An entry ending in ``.py`` is
 path relative to the working directory (where ``snakemake`` or ``unroll3d`` runs; an absolute
 path works too); any other entry is a dotted module name that Python can import (installed, or
 on ``PYTHONPATH``). :func:`load` imports each entry once per process; config validation, the
-workflow and the ``train``/``evaluate``/``report`` jobs all go through it.
+workflow and the ``train``/``evaluate``/``report`` jobs all go through it. :func:`source_digests`
+gives the sha256 of each entry's source (the training fingerprint and the manifest record it).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from unroll3d.variants import BUILTIN_VARIANTS, VARIANTS
 
-__all__ = ["PluginError", "load", "plugins_for"]
+__all__ = ["PluginError", "load", "plugins_for", "source_file", "source_digests"]
 
 
 class PluginError(ValueError):
@@ -109,3 +110,38 @@ def plugins_for(config: dict, variants: Iterable[str]) -> dict:
     if entries and any(v not in BUILTIN_VARIANTS for v in variants):
         return {"plugins": entries}
     return {}
+
+
+def source_file(entry: str) -> Path | None:
+    """The file a plugin entry's code is read from: a ``.py`` entry's path (resolved against the
+    working directory), a module name's ``__file__`` (a package: its ``__init__.py``), found
+    without running the module; None for a module that has no source file or cannot be found."""
+    if _is_file(entry):
+        return Path(entry).resolve()
+    try:
+        spec = importlib.util.find_spec(entry)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.has_location or not spec.origin:
+        return None
+    return Path(spec.origin)
+
+
+def source_digests(entries: Iterable[str] | None) -> dict[str, dict]:
+    """``{entry: {"file", "sha256", "bytes"}}`` of each plugin entry's source file
+    (:func:`source_file`; a ``.py`` entry's ``file`` as given; all None when there is no file
+    to read)."""
+    out: dict[str, dict] = {}
+    for entry in entries or []:
+        path = source_file(entry)
+        try:
+            data = path.read_bytes() if path is not None else None
+        except OSError:
+            data = None
+        if data is None:
+            out[entry] = {"file": None, "sha256": None, "bytes": None}
+        else:
+            digest = hashlib.sha256(data).hexdigest()
+            file = entry if _is_file(entry) else str(path)
+            out[entry] = {"file": file, "sha256": digest, "bytes": len(data)}
+    return out

@@ -122,6 +122,14 @@ def train_config_json(wildcards):
     return _training_view(_job_config(wildcards.task, wildcards.variant))
 
 
+def plugin_files(variants):
+    """`{"plugins": [...]}`: the `.py` plugin files a job of `variants` imports (plugins_for), as
+    an input, so editing one reruns exactly those jobs (mtime); `{}` for the package's variants.
+    A module-name entry has no file here to track."""
+    files = [e for e in plugins_for(config, variants).get("plugins", []) if e.endswith(".py")]
+    return {"plugins": files} if files else {}
+
+
 def gpu_for(wildcards):
     """resources: gpu = 1 for the variants that run on a GPU (registry), else 0."""
     return 1 if VARIANTS[wildcards.variant].gpu else 0
@@ -280,6 +288,7 @@ def train_inputs(wildcards):
         **training_volumes(wildcards.task),
         **normal_for(wildcards.task, wildcards.setting, wildcards.variant),
         **pretrained_weights(wildcards.variant),
+        **plugin_files([wildcards.variant]),
     }
 
 
@@ -312,6 +321,7 @@ def evaluate_inputs(wildcards):
     return {
         **model_inputs(base, wildcards.task, wildcards.volume),
         **normal_for(wildcards.task, wildcards.setting, wildcards.variant, wildcards.volume),
+        **plugin_files([wildcards.variant]),
     }
 
 
@@ -365,6 +375,7 @@ def sweep_train_inputs(wildcards):
     return {
         **training_volumes(wildcards.task),
         **normal_for(wildcards.task, wildcards.setting, SWEEP["variant"]),
+        **plugin_files([SWEEP["variant"]]),
     }
 
 
@@ -374,6 +385,7 @@ def sweep_evaluate_inputs(wildcards):
     return {
         **model_inputs(base, wildcards.task, wildcards.volume),
         **normal_for(wildcards.task, wildcards.setting, SWEEP["variant"], wildcards.volume),
+        **plugin_files([SWEEP["variant"]]),
     }
 
 
@@ -430,11 +442,26 @@ def report_eval_inputs():
     return jsons + [j[: -len(".json")] + ".npz" for j in jsons] + sweep_eval_targets()
 
 
+def _report_variants():
+    return [*config["variants"], SWEEP["variant"]]
+
+
 def report_config_json():
     """The keys the report reads (unroll3d.config.report_config), plus the plugins list when a
     listed or swept variant is a plugin's (it reads their labels from the registry)."""
-    read = [*config["variants"], SWEEP["variant"]]
+    read = _report_variants()
     return u3config.dumps({**u3config.report_config(config), **plugins_for(config, read)})
+
+
+def report_plugin_inputs(wildcards):
+    """The `.py` plugin files the report imports (plugin_files) when it reads a plugin's variant."""
+    return plugin_files(_report_variants())
+
+
+def manifest_config_json():
+    """The whole config as the manifest records it; an empty `plugins` (the schema's default)
+    left out, so the manifest job of a run without plugins is the one it was before the key."""
+    return u3config.dumps({k: v for k, v in config.items() if k != "plugins" or v})
 
 
 def report_bench_inputs(wildcards):

@@ -12,7 +12,7 @@ REPORT_CONFIG = config.get("report", {})
 # The report gets only the keys it reads; the manifest records the whole config (it is the
 # reviewer's record of the run, and runs last).
 REPORT_CONFIG_JSON = report_config_json()
-FULL_CONFIG_JSON = u3config.dumps(config)
+FULL_CONFIG_JSON = manifest_config_json()
 # config files named from the repository root (the Snakefile's folder), also under --directory
 CONFIG_FILES = [os.path.relpath(f, workflow.basedir) for f in workflow.configfiles] or [
     "config/config.yaml"
@@ -44,6 +44,7 @@ rule normal_illustration:
 rule tables_figures:
     input:
         unpack(report_bench_inputs),
+        unpack(report_plugin_inputs),
         evals=report_eval_inputs(),
         illustrations=illustration_targets(),
     output:

@@ -8,7 +8,8 @@
 # validation PSNR) and the train stats JSON (peak memory, mean s/step after warm-up, device).
 # The checkpoint `<model>.ckpt` is the job's private resume state: it exists only while the job
 # is unfinished (deleted on success), and a rerun resumes it only if its fingerprint of every
-# input (config section, volumes, H file, code) matches; otherwise it is discarded and logged.
+# input (config section, volumes, H file, code, plugins' source) matches; otherwise it is
+# discarded and logged.
 # CUDA out-of-memory is a result (status "oom" in the model file and the stats), not a failure.
 
 MODEL_BASE = paths.model_base(RESULTS, "{task}", "{setting}", "{variant}")

@@ -60,16 +60,17 @@ def add_progress_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", dest="progress", action="store_false", help="never show one")
 
 
-def read_job_config(args: argparse.Namespace, task: str) -> dict:
+def read_job_config(args: argparse.Namespace, task: str, variant: str | None = None) -> dict:
     """The job's config section: from ``--config`` (whole file, validated, then cut to the job's
     keys) or ``--config-json`` (already cut by the workflow; validated against the schema's
-    types and values again, defaults filled)."""
-    from unroll3d.config import ConfigError, job_config, job_config_from_json, load_config
+    types and values again, defaults filled); for a plugin's ``variant``, with the config's
+    ``plugins`` list (:func:`unroll3d.plugins.plugins_for`: the run fingerprint covers them)."""
+    from unroll3d.config import ConfigError, config_from_json, job_config, load_config
+    from unroll3d.plugins import plugins_for
 
     try:
-        if args.config:
-            return job_config(load_config(args.config), task)
-        return job_config_from_json(args.config_json, task)
+        full = load_config(args.config) if args.config else config_from_json(args.config_json)
+        return {**job_config(full, task), **plugins_for(full, [variant] if variant else [])}
     except ConfigError as err:  # a clear one-line error naming the key, no traceback
         raise SystemExit(f"unroll3d: {err}") from None
 

@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from unroll3d.cli.common import add_config_args, add_runtime_args, read_job_config, setup_runtime
-from unroll3d.cli.train import add_job_args, check_variant
+from unroll3d.cli.common import add_config_args, add_runtime_args
+from unroll3d.cli.train import add_job_args, start_job
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,10 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config = read_job_config(args, args.task)
-    check_variant(args.variant)
-    device = setup_runtime(args)
+    args, config, device = start_job(build_parser(), argv)
     from unroll3d.engine.evaluate import evaluate_volume
     from unroll3d.engine.samples import default_loader
     from unroll3d.normal import NormalFitMismatch

@@ -47,6 +47,15 @@ def check_variant(name: str) -> None:
         )
 
 
+def start_job(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """``(args, config, device)`` of a ``train`` or ``evaluate`` job: ``argv`` parsed, the job's
+    config read (importing its plugins), ``--variant`` checked, ``--threads`` applied."""
+    args = parser.parse_args(argv)
+    config = read_job_config(args, args.task, args.variant)
+    check_variant(args.variant)
+    return args, config, setup_runtime(args)
+
+
 def _one_or_several(values):
     return values[0] if values and len(values) == 1 else values
 
@@ -76,10 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config = read_job_config(args, args.task)
-    check_variant(args.variant)
-    device = setup_runtime(args)
+    args, config, device = start_job(build_parser(), argv)
     from unroll3d.engine.train import NonFiniteLoss, TrainJob, train
     from unroll3d.normal import NormalFitMismatch
 

@@ -1,5 +1,6 @@
 """What a training checkpoint must match to be resumed (:func:`run_fingerprint`: config section,
-input files, H, code), reading one back, and the RNG states it carries."""
+input files, H, code, the config's plugins' source), reading one back, and the RNG states it
+carries."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from unroll3d import __version__
+from unroll3d.plugins import source_digests
 from unroll3d.utils import resumable_checkpoint, source_digest
 
 __all__ = ["resumable_state", "rng_state", "run_fingerprint", "set_rng_state"]
@@ -54,9 +56,12 @@ def _file_stamp(path: str | Path | None) -> str:
 def run_fingerprint(job) -> str:
     """What a checkpoint must match to be resumed: the task, setting, variant, the job's config
     section, every input file (training/validation volumes and H: path, size, mtime), the H
-    tensors when H is given in memory, and the code of the training step."""
+    tensors when H is given in memory, the code of the training step and the source of the
+    plugins the config lists (none listed: the fingerprint is the one without plugins)."""
     h = hashlib.sha256()
-    head = {"task": job.task, "setting": job.setting, "variant": job.variant, "config": job.config}
+    plugins = job.config.get("plugins")
+    config = {k: v for k, v in job.config.items() if k != "plugins" or plugins}
+    head = {"task": job.task, "setting": job.setting, "variant": job.variant, "config": config}
     head["settings"] = job.settings
     h.update(json.dumps(head, sort_keys=True, default=str).encode())
     for role, paths in (("train", job.train_paths), ("val", job.val_paths)):
@@ -70,6 +75,8 @@ def run_fingerprint(job) -> str:
         for t in (fit.fourier_filter, fit.spatial_mask):
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
     h.update(_code_version().encode())
+    for entry, source in source_digests(plugins).items():  # a plugin edited: no resume
+        h.update(f"plugin:{entry}:{source['sha256']}\n".encode())
     return h.hexdigest()[:32]
 
 
