@@ -174,3 +174,22 @@ def test_rules_from_a_real_snakemake_run(tmp_path):
     assert rules[key]["rule"] == "make_table"
     m = manifest.build_manifest(results=tmp_path / "results", inputs=(), workdir=tmp_path)
     assert m["files"][key]["rule"] == "make_table"
+
+
+def test_the_manifest_job_opens_the_config_files_under_directory(tmp_path):
+    """Under ``snakemake --directory`` (``make mini``: ``runs/mini``) the jobs run in that
+    directory: the manifest's ``--config`` must name the config file from there, while the
+    tables' label still names it from the repository (``config/smoke.yaml``)."""
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run(
+        [str(Path(sys.executable).with_name("snakemake")), "--snakefile", str(root / "Snakefile"),
+         "--directory", str(tmp_path), "-n", "-p", "--cores", "1", "--forcerun", "manifest",
+         "--configfile", "config/smoke.yaml", "--until", "manifest"],
+        capture_output=True, text=True, cwd=root,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    command = next(line for line in res.stdout.splitlines() if "unroll3d manifest" in line)
+    config_arg = command.split(" --config ")[1].split()[0].strip("'")
+    assert config_arg.endswith("config/smoke.yaml")
+    assert (tmp_path / config_arg).resolve() == (root / "config/smoke.yaml").resolve()
+    assert "--config-label config/smoke.yaml" in res.stdout  # the tables' footnote label

@@ -18,6 +18,8 @@ CONFIG_FILES = [os.path.relpath(f, workflow.basedir) for f in workflow.configfil
     "config/config.yaml"
 ]
 CONFIG_LABEL = " ".join(CONFIG_FILES)
+# the same files as a job opens them: from the working directory (--directory) the jobs run in
+CONFIG_PATHS = [os.path.relpath(f) for f in workflow.configfiles] or CONFIG_FILES
 
 
 rule normal_illustration:
@@ -85,7 +87,7 @@ rule manifest:
         ),
     params:
         results=lambda wildcards, output: Path(output[0]).parent,
-        configfiles=CONFIG_FILES,
+        configfiles=CONFIG_PATHS,
         config=FULL_CONFIG_JSON,
         inputs=REPORT_CONFIG.get("input_checksums", [RESOURCES]),
     log:
