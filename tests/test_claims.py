@@ -109,6 +109,9 @@ def test_settings_claim_names_the_method_that_breaks_it():
         r.psnr += 5.0
     c = by_claim(cl.collect_claims(cells, CONFIG), "lower acceleration", "MC-MRI")[0]
     assert c.verdict == cl.FAILS and c.why == "fails for TV"
+    tv = next(p for p in c.measured.split("; ") if p.startswith("TV "))
+    assert " ≤ " in tv and " > " not in tv  # the measured column shows the sign it really has
+    assert " > " in c.measured  # the methods that keep the order still read ">"
     assert by_claim(cl.collect_claims(cells, CONFIG), "more views")[0].verdict == cl.HOLDS
 
 

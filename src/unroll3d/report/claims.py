@@ -347,7 +347,10 @@ def claim_settings(cells: Cells, config: dict, task: str) -> Claim:
             skipped.append(v)
             continue
         vals = [a.value for a in aggs]
-        parts.append(f"{short_label(task, v)} " + " > ".join(f"{x:.2f}" for x in vals))
+        shown = f"{vals[0]:.2f}" + "".join(
+            f" {'>' if x > y else '≤'} {y:.2f}" for x, y in zip(vals, vals[1:], strict=False)
+        )  # the sign each pair really has
+        parts.append(f"{short_label(task, v)} {shown}")
         if not all(x > y for x, y in zip(vals, vals[1:], strict=False)):
             broken.append(short_label(task, v))
     if not parts:
