@@ -22,7 +22,7 @@ from pathlib import Path
 
 from unroll3d.variants import BUILTIN_VARIANTS, VARIANTS
 
-__all__ = ["PluginError", "load", "plugins_for", "source_file", "source_digests"]
+__all__ = ["PluginError", "load", "plugins_for", "without_empty_plugins", "source_file", "source_digests"]
 
 
 class PluginError(ValueError):
@@ -110,6 +110,12 @@ def plugins_for(config: dict, variants: Iterable[str]) -> dict:
     if entries and any(v not in BUILTIN_VARIANTS for v in variants):
         return {"plugins": entries}
     return {}
+
+
+def without_empty_plugins(config: dict) -> dict:
+    """``config`` without its ``plugins`` key when the list is empty (the schema's default), so a
+    run without plugins keeps the run fingerprint and manifest command it had before the key."""
+    return {k: v for k, v in config.items() if k != "plugins" or v}
 
 
 def source_file(entry: str) -> Path | None:

@@ -14,7 +14,7 @@ from unroll3d import paths
 from unroll3d.bench.settings import bench_config
 from unroll3d.data.masks import challenge_mask_files
 from unroll3d.data.weights import DOWNLOAD as DPIR_DOWNLOAD, weights_file as dpir_weights_file
-from unroll3d.plugins import plugins_for
+from unroll3d.plugins import plugins_for, without_empty_plugins
 from unroll3d.variants import VARIANTS, needs_H
 
 
@@ -461,7 +461,7 @@ def report_plugin_inputs(wildcards):
 def manifest_config_json():
     """The whole config as the manifest records it; an empty `plugins` (the schema's default)
     left out, so the manifest job of a run without plugins is the one it was before the key."""
-    return u3config.dumps({k: v for k, v in config.items() if k != "plugins" or v})
+    return u3config.dumps(without_empty_plugins(config))
 
 
 def report_bench_inputs(wildcards):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from unroll3d import __version__
-from unroll3d.plugins import source_digests
+from unroll3d.plugins import source_digests, without_empty_plugins
 from unroll3d.utils import resumable_checkpoint, source_digest
 
 __all__ = ["resumable_state", "rng_state", "run_fingerprint", "set_rng_state"]
@@ -59,8 +59,7 @@ def run_fingerprint(job) -> str:
     tensors when H is given in memory, the code of the training step and the source of the
     plugins the config lists (none listed: the fingerprint is the one without plugins)."""
     h = hashlib.sha256()
-    plugins = job.config.get("plugins")
-    config = {k: v for k, v in job.config.items() if k != "plugins" or plugins}
+    config = without_empty_plugins(job.config)
     head = {"task": job.task, "setting": job.setting, "variant": job.variant, "config": config}
     head["settings"] = job.settings
     h.update(json.dumps(head, sort_keys=True, default=str).encode())
@@ -75,7 +74,7 @@ def run_fingerprint(job) -> str:
         for t in (fit.fourier_filter, fit.spatial_mask):
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
     h.update(_code_version().encode())
-    for entry, source in source_digests(plugins).items():  # a plugin edited: no resume
+    for entry, source in source_digests(config.get("plugins")).items():  # a plugin edited: no resume
         h.update(f"plugin:{entry}:{source['sha256']}\n".encode())
     return h.hexdigest()[:32]
 
